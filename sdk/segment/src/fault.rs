@@ -27,7 +27,10 @@ pub struct Faults {
 impl Faults {
     /// A handle with no fault armed.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { space_left_bytes: AtomicU64::new(u64::MAX), ..Self::default() })
+        Arc::new(Self {
+            space_left_bytes: AtomicU64::new(u64::MAX),
+            ..Self::default()
+        })
     }
     /// Arms or disarms fsync failure.
     pub fn set_fail_sync(&self, on: bool) {
@@ -83,7 +86,8 @@ impl WritableFile for FaultyWritable {
                 f.space_left_bytes.store(0, Ordering::SeqCst);
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
-            f.space_left_bytes.store(left - buf.len() as u64, Ordering::SeqCst);
+            f.space_left_bytes
+                .store(left - buf.len() as u64, Ordering::SeqCst);
         }
         self.inner.append(buf)
     }
@@ -108,7 +112,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     }
     fn open_writable(&self, path: &Path, create: bool) -> io::Result<Box<dyn WritableFile>> {
         let inner = self.inner.open_writable(path, create)?;
-        Ok(Box::new(FaultyWritable { inner, faults: self.faults.clone() }))
+        Ok(Box::new(FaultyWritable {
+            inner,
+            faults: self.faults.clone(),
+        }))
     }
     fn open_readable(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
         self.inner.open_readable(path)

@@ -58,7 +58,9 @@ mod record;
 pub mod fault;
 pub mod storage;
 
-pub use log::{LogError, LogOptions, LogReader, LogStats, RecoveryReport, SegmentLog, StoredRecord};
+pub use log::{
+    LogError, LogOptions, LogReader, LogStats, RecoveryReport, SegmentLog, StoredRecord,
+};
 pub use record::{
     Decoded, RECORD_HEADER_BYTES, RecordFault, RecordHeader, SEGMENT_HEADER_BYTES, decode_record,
     encode_record,

@@ -42,7 +42,11 @@ pub enum LogError {
     NoSpace { path: PathBuf, source: io::Error },
     /// An I/O operation failed.
     #[error("{op} failed on {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// A failed fsync (or an undo that failed) stopped the log. Restart the process.
     #[error(
         "the log in {dir} stopped accepting writes: {reason}; restart the process to recover from what is durable"
@@ -53,7 +57,11 @@ pub enum LogError {
     RecordTooLarge { len: usize, max: u32 },
     /// A durable record failed its check when read back.
     #[error("corrupt record in {path} at byte {pos}: {fault}")]
-    Corrupt { path: PathBuf, pos: u64, fault: RecordFault },
+    Corrupt {
+        path: PathBuf,
+        pos: u64,
+        fault: RecordFault,
+    },
 }
 
 impl LogError {
@@ -155,18 +163,35 @@ struct Scanner<'f> {
 }
 
 enum Scan<'a> {
-    Record { header: RecordHeader, payload: &'a [u8], pos: u64, size: usize },
+    Record {
+        header: RecordHeader,
+        payload: &'a [u8],
+        pos: u64,
+        size: usize,
+    },
     End,
     /// The bytes at `pos` are an incomplete record (a torn tail).
-    Torn { pos: u64 },
-    Fault { pos: u64, fault: RecordFault },
+    Torn {
+        pos: u64,
+    },
+    Fault {
+        pos: u64,
+        fault: RecordFault,
+    },
 }
 
 const SCAN_CHUNK_BYTES: usize = 256 << 10;
 
 impl<'f> Scanner<'f> {
     fn new(file: &'f dyn ReadableFile, pos: u64, end: u64, max_len: u32) -> Self {
-        Self { file, buf: Vec::new(), buf_pos: pos, start: 0, end, max_len }
+        Self {
+            file,
+            buf: Vec::new(),
+            buf_pos: pos,
+            start: 0,
+            end,
+            max_len,
+        }
     }
 
     fn pos(&self) -> u64 {
@@ -187,7 +212,12 @@ impl<'f> Scanner<'f> {
                     let s = self.start;
                     self.start += size;
                     let payload = &self.buf[s + RECORD_HEADER_BYTES..s + size];
-                    return Ok(Scan::Record { header, payload, pos, size });
+                    return Ok(Scan::Record {
+                        header,
+                        payload,
+                        pos,
+                        size,
+                    });
                 }
                 Decoded::Incomplete { need } => {
                     if need > limit || !self.fill(need)? {
@@ -209,7 +239,9 @@ impl<'f> Scanner<'f> {
         while self.buf.len() < want {
             let have = self.buf.len();
             self.buf.resize(want, 0);
-            let n = self.file.read_at(&mut self.buf[have..], self.buf_pos + have as u64)?;
+            let n = self
+                .file
+                .read_at(&mut self.buf[have..], self.buf_pos + have as u64)?;
             self.buf.truncate(have + n);
             if n == 0 {
                 break;
@@ -272,7 +304,9 @@ impl SegmentLog {
         min_next_offset: u64,
     ) -> Result<(Self, RecoveryReport), LogError> {
         assert!(opts.segment_bytes_max > (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as u64);
-        storage.create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        storage
+            .create_dir_all(dir)
+            .map_err(io_err("create directory", dir))?;
         let mut found: Vec<(u64, PathBuf)> = storage
             .list_dir(dir)
             .map_err(io_err("list directory", dir))?
@@ -299,7 +333,10 @@ impl SegmentLog {
             }
         }
 
-        let mut next_offset = segments.last().map_or(0, |s| s.end_offset).max(min_next_offset);
+        let mut next_offset = segments
+            .last()
+            .map_or(0, |s| s.end_offset)
+            .max(min_next_offset);
         // The active segment must be the last one and must continue at `next_offset`.
         let reuse_last = segments.last().is_some_and(|s| s.end_offset == next_offset);
         if !reuse_last {
@@ -307,7 +344,9 @@ impl SegmentLog {
                 && !last.has_records()
             {
                 let last = segments.pop().expect("checked");
-                storage.remove_file(&last.path).map_err(io_err("remove segment", &last.path))?;
+                storage
+                    .remove_file(&last.path)
+                    .map_err(io_err("remove segment", &last.path))?;
             }
             next_offset = next_offset.max(segments.last().map_or(0, |s| s.end_offset));
             segments.push(create_segment(&*storage, dir, next_offset)?);
@@ -317,8 +356,9 @@ impl SegmentLog {
         let active_len = last.durable_len;
         let active_max_ts = last.max_ts;
         let last_index_pos = last.index.last().map_or(0, |e| e.pos);
-        let active =
-            storage.open_writable(&active_path, false).map_err(io_err("open", &active_path))?;
+        let active = storage
+            .open_writable(&active_path, false)
+            .map_err(io_err("open", &active_path))?;
         report.segments = segments.len();
         report.next_offset = next_offset;
         let shared = Arc::new(Shared {
@@ -350,7 +390,9 @@ impl SegmentLog {
 
     /// A reader that sees every durable record.
     pub fn reader(&self) -> LogReader {
-        LogReader { shared: self.shared.clone() }
+        LogReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The directory of this log.
@@ -381,13 +423,19 @@ impl SegmentLog {
         if let Err(source) = self.active.append(&self.frame) {
             // Cut the partial record off again so the file stays a sequence of whole records.
             if let Err(undo) = self.active.set_len(self.active_len) {
-                return Err(self.poison(format!("write failed ({source}) and undo failed ({undo})")));
+                return Err(
+                    self.poison(format!("write failed ({source}) and undo failed ({undo})"))
+                );
             }
             let path = self.active_path.clone();
             return Err(if source.raw_os_error() == Some(libc::ENOSPC) {
                 LogError::NoSpace { path, source }
             } else {
-                LogError::Io { op: "append", path, source }
+                LogError::Io {
+                    op: "append",
+                    path,
+                    source,
+                }
             });
         }
         let pos = self.active_len;
@@ -412,7 +460,10 @@ impl SegmentLog {
     pub fn sync(&mut self) -> Result<u64, LogError> {
         self.check_poisoned()?;
         if let Err(e) = self.active.sync_data() {
-            return Err(self.poison(format!("fdatasync of {} failed: {e}", self.active_path.display())));
+            return Err(self.poison(format!(
+                "fdatasync of {} failed: {e}",
+                self.active_path.display()
+            )));
         }
         self.publish();
         Ok(self.next_offset)
@@ -430,16 +481,20 @@ impl SegmentLog {
 
     fn check_poisoned(&self) -> Result<(), LogError> {
         match &self.poisoned {
-            Some(reason) => {
-                Err(LogError::Poisoned { dir: self.shared.dir.clone(), reason: reason.clone() })
-            }
+            Some(reason) => Err(LogError::Poisoned {
+                dir: self.shared.dir.clone(),
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     fn poison(&mut self, reason: String) -> LogError {
         self.poisoned = Some(reason.clone());
-        LogError::Poisoned { dir: self.shared.dir.clone(), reason }
+        LogError::Poisoned {
+            dir: self.shared.dir.clone(),
+            reason,
+        }
     }
 
     /// Seals the active segment (durably) and starts a new one at `next_offset`.
@@ -448,8 +503,15 @@ impl SegmentLog {
         let info = create_segment(&*self.storage, &self.shared.dir, self.next_offset)
             .map_err(|e| self.poison(format!("could not start a new segment: {e}")))?;
         let path = info.path.clone();
-        let active = self.storage.open_writable(&path, false).map_err(io_err("open", &path))?;
-        self.shared.segments.write().expect("lock poisoned").push(info);
+        let active = self
+            .storage
+            .open_writable(&path, false)
+            .map_err(io_err("open", &path))?;
+        self.shared
+            .segments
+            .write()
+            .expect("lock poisoned")
+            .push(info);
         self.active = active;
         self.active_path = path;
         self.active_len = SEGMENT_HEADER_BYTES as u64;
@@ -474,25 +536,40 @@ impl SegmentLog {
             return Ok((0, 0));
         }
         // Readers stop seeing the segments before the files go.
-        self.shared.segments.write().expect("lock poisoned").drain(..doomed.len());
+        self.shared
+            .segments
+            .write()
+            .expect("lock poisoned")
+            .drain(..doomed.len());
         let mut bytes = 0;
         for (path, len) in &doomed {
-            self.storage.remove_file(path).map_err(io_err("remove segment", path))?;
+            self.storage
+                .remove_file(path)
+                .map_err(io_err("remove segment", path))?;
             bytes += len;
         }
-        self.storage.sync_dir(&self.shared.dir).map_err(io_err("fsync directory", &self.shared.dir))?;
+        self.storage
+            .sync_dir(&self.shared.dir)
+            .map_err(io_err("fsync directory", &self.shared.dir))?;
         Ok((doomed.len(), bytes))
     }
 }
 
 fn create_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<SegmentInfo, LogError> {
     let path = dir.join(segment_name(base));
-    let mut file = storage.open_writable(&path, true).map_err(io_err("create segment", &path))?;
+    let mut file = storage
+        .open_writable(&path, true)
+        .map_err(io_err("create segment", &path))?;
     file.set_len(0).map_err(io_err("truncate segment", &path))?;
-    file.append(&segment_header()).map_err(io_err("write segment header", &path))?;
+    file.append(&segment_header())
+        .map_err(io_err("write segment header", &path))?;
     file.sync_data().map_err(io_err("fsync segment", &path))?;
-    storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
-    let readable = storage.open_readable(&path).map_err(io_err("open", &path))?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_err("fsync directory", dir))?;
+    let readable = storage
+        .open_readable(&path)
+        .map_err(io_err("open", &path))?;
     Ok(SegmentInfo {
         base,
         path,
@@ -516,10 +593,16 @@ fn quarantine_segment(
     report: &mut RecoveryReport,
 ) -> Result<(), LogError> {
     let qdir = quarantine_dir(dir);
-    storage.create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
+    storage
+        .create_dir_all(&qdir)
+        .map_err(io_err("create directory", &qdir))?;
     let to = qdir.join(path.file_name().expect("segment file name"));
-    storage.rename(path, &to).map_err(io_err("quarantine segment", path))?;
-    storage.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    storage
+        .rename(path, &to)
+        .map_err(io_err("quarantine segment", path))?;
+    storage
+        .sync_dir(dir)
+        .map_err(io_err("fsync directory", dir))?;
     report.quarantined_segments.push((to, why));
     Ok(())
 }
@@ -552,11 +635,21 @@ fn recover_segment(
         index: Vec::new(),
         max_ts: i64::MIN,
     };
-    let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES as u64, len, opts.record_bytes_max);
+    let mut scanner = Scanner::new(
+        &*file,
+        SEGMENT_HEADER_BYTES as u64,
+        len,
+        opts.record_bytes_max,
+    );
     let mut last_index_pos = 0u64;
     let bad = loop {
-        match scanner.next(Some(info.end_offset)).map_err(io_err("read", path))? {
-            Scan::Record { header, pos, size, .. } => {
+        match scanner
+            .next(Some(info.end_offset))
+            .map_err(io_err("read", path))?
+        {
+            Scan::Record {
+                header, pos, size, ..
+            } => {
                 if pos == SEGMENT_HEADER_BYTES as u64
                     || pos - last_index_pos >= opts.index_interval_bytes
                 {
@@ -577,7 +670,9 @@ fn recover_segment(
             Scan::Fault { pos, fault } => break Some((pos, fault.to_string())),
         }
     };
-    let Some((pos, why)) = bad else { return Ok(Some(info)) };
+    let Some((pos, why)) = bad else {
+        return Ok(Some(info));
+    };
     if !is_last {
         let why = format!("byte {pos}: {why}");
         quarantine_segment(storage, dir, path, why, report)?;
@@ -585,20 +680,36 @@ fn recover_segment(
     }
     // Torn tail of the active segment: keep a copy of the bytes, then cut them off.
     let qdir = quarantine_dir(dir);
-    storage.create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
-    let name = path.file_name().expect("segment file name").to_string_lossy();
+    storage
+        .create_dir_all(&qdir)
+        .map_err(io_err("create directory", &qdir))?;
+    let name = path
+        .file_name()
+        .expect("segment file name")
+        .to_string_lossy();
     let tail_path = qdir.join(format!("{name}.tail-{pos}"));
-    let mut tail = vec![0u8; usize::try_from(len - pos).map_err(io::Error::other).map_err(io_err("read", path))?];
+    let mut tail = vec![
+        0u8;
+        usize::try_from(len - pos)
+            .map_err(io::Error::other)
+            .map_err(io_err("read", path))?
+    ];
     let mut done = 0;
     while done < tail.len() {
-        let n = file.read_at(&mut tail[done..], pos + done as u64).map_err(io_err("read", path))?;
+        let n = file
+            .read_at(&mut tail[done..], pos + done as u64)
+            .map_err(io_err("read", path))?;
         if n == 0 {
             break;
         }
         done += n;
     }
-    storage.write_atomic(&tail_path, &tail[..done]).map_err(io_err("write", &tail_path))?;
-    let mut w = storage.open_writable(path, false).map_err(io_err("open", path))?;
+    storage
+        .write_atomic(&tail_path, &tail[..done])
+        .map_err(io_err("write", &tail_path))?;
+    let mut w = storage
+        .open_writable(path, false)
+        .map_err(io_err("open", path))?;
     w.set_len(pos).map_err(io_err("truncate torn tail", path))?;
     w.sync_data().map_err(io_err("fsync", path))?;
     report.truncated_bytes += len - pos;
@@ -613,7 +724,9 @@ pub struct LogReader {
 
 impl std::fmt::Debug for LogReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogReader").field("dir", &self.shared.dir).finish()
+        f.debug_struct("LogReader")
+            .field("dir", &self.shared.dir)
+            .finish()
     }
 }
 
@@ -669,18 +782,29 @@ impl LogReader {
                     return Ok(out);
                 }
                 match scanner.next(None).map_err(io_err("read", &path))? {
-                    Scan::Record { header, payload, .. } => {
+                    Scan::Record {
+                        header, payload, ..
+                    } => {
                         if header.base_offset + u64::from(header.count) <= from {
                             continue;
                         }
                         bytes += payload.len();
-                        out.push(StoredRecord { header, payload: payload.to_vec() });
+                        out.push(StoredRecord {
+                            header,
+                            payload: payload.to_vec(),
+                        });
                     }
                     Scan::End => break,
                     Scan::Torn { pos } => {
-                        return Err(LogError::Corrupt { path, pos, fault: RecordFault::Truncated });
+                        return Err(LogError::Corrupt {
+                            path,
+                            pos,
+                            fault: RecordFault::Truncated,
+                        });
                     }
-                    Scan::Fault { pos, fault } => return Err(LogError::Corrupt { path, pos, fault }),
+                    Scan::Fault { pos, fault } => {
+                        return Err(LogError::Corrupt { path, pos, fault });
+                    }
                 }
             }
         }
@@ -714,7 +838,9 @@ impl LogReader {
                     }
                     Scan::Record { .. } => {}
                     Scan::End | Scan::Torn { .. } => break,
-                    Scan::Fault { pos, fault } => return Err(LogError::Corrupt { path, pos, fault }),
+                    Scan::Fault { pos, fault } => {
+                        return Err(LogError::Corrupt { path, pos, fault });
+                    }
                 }
             }
         }

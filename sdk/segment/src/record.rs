@@ -44,7 +44,10 @@ impl std::fmt::Display for RecordFault {
         match self {
             Self::TooLarge { len, max } => write!(f, "record length {len} exceeds maximum {max}"),
             Self::Checksum { stored, computed } => {
-                write!(f, "crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             Self::OffsetGap { expected, found } => {
                 write!(f, "record offset {found} does not follow {expected}")
@@ -66,7 +69,10 @@ pub fn segment_header() -> [u8; SEGMENT_HEADER_BYTES] {
 /// Checks a segment file header; returns a description of what is wrong.
 pub fn check_segment_header(h: &[u8]) -> Result<(), String> {
     if h.len() < SEGMENT_HEADER_BYTES {
-        return Err(format!("segment header is {} bytes, expected {SEGMENT_HEADER_BYTES}", h.len()));
+        return Err(format!(
+            "segment header is {} bytes, expected {SEGMENT_HEADER_BYTES}",
+            h.len()
+        ));
     }
     if &h[..8] != SEGMENT_MAGIC {
         return Err("segment magic mismatch".into());
@@ -102,7 +108,11 @@ pub fn encode_record(out: &mut Vec<u8>, base_offset: u64, count: u32, ts_ms: i64
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A complete, valid record, and the bytes it occupies.
-    Record { header: RecordHeader, payload: &'a [u8], size: usize },
+    Record {
+        header: RecordHeader,
+        payload: &'a [u8],
+        size: usize,
+    },
     /// `buf` ends before the record does; at least `need` bytes are required.
     Incomplete { need: usize },
     /// The bytes are not a valid record.
@@ -112,7 +122,9 @@ pub enum Decoded<'a> {
 /// Decodes the record at the start of `buf`; `expected_offset` is where it must start.
 pub fn decode_record(buf: &[u8], max_len: u32, expected_offset: Option<u64>) -> Decoded<'_> {
     if buf.len() < RECORD_HEADER_BYTES {
-        return Decoded::Incomplete { need: RECORD_HEADER_BYTES };
+        return Decoded::Incomplete {
+            need: RECORD_HEADER_BYTES,
+        };
     }
     let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
@@ -124,7 +136,10 @@ pub fn decode_record(buf: &[u8], max_len: u32, expected_offset: Option<u64>) -> 
         ts_ms: u64_at(20) as i64,
     };
     if header.len > max_len {
-        return Decoded::Fault(RecordFault::TooLarge { len: header.len, max: max_len });
+        return Decoded::Fault(RecordFault::TooLarge {
+            len: header.len,
+            max: max_len,
+        });
     }
     let size = RECORD_HEADER_BYTES + header.len as usize;
     if buf.len() < size {
@@ -133,7 +148,10 @@ pub fn decode_record(buf: &[u8], max_len: u32, expected_offset: Option<u64>) -> 
     let payload = &buf[RECORD_HEADER_BYTES..size];
     let computed = crc_of(&buf[8..RECORD_HEADER_BYTES], payload);
     if computed != header.crc {
-        return Decoded::Fault(RecordFault::Checksum { stored: header.crc, computed });
+        return Decoded::Fault(RecordFault::Checksum {
+            stored: header.crc,
+            computed,
+        });
     }
     if header.count == 0 {
         return Decoded::Fault(RecordFault::ZeroCount);
@@ -141,9 +159,16 @@ pub fn decode_record(buf: &[u8], max_len: u32, expected_offset: Option<u64>) -> 
     if let Some(expected) = expected_offset
         && expected != header.base_offset
     {
-        return Decoded::Fault(RecordFault::OffsetGap { expected, found: header.base_offset });
+        return Decoded::Fault(RecordFault::OffsetGap {
+            expected,
+            found: header.base_offset,
+        });
     }
-    Decoded::Record { header, payload, size }
+    Decoded::Record {
+        header,
+        payload,
+        size,
+    }
 }
 
 #[cfg(test)]

@@ -123,7 +123,9 @@ impl Storage for FsStorage {
         Ok(Box::new(FsWritable { file }))
     }
     fn open_readable(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
-        Ok(Box::new(FsReadable { file: File::open(path)? }))
+        Ok(Box::new(FsReadable {
+            file: File::open(path)?,
+        }))
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)

@@ -5,11 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use runnel_segment::fault::{FaultyStorage, Faults};
+use runnel_segment::fault::{Faults, FaultyStorage};
 use runnel_segment::{FsStorage, LogOptions, RecoveryReport, SegmentLog, Storage};
 
 fn small() -> LogOptions {
-    LogOptions { segment_bytes_max: 512, record_bytes_max: 4096, index_interval_bytes: 64 }
+    LogOptions {
+        segment_bytes_max: 512,
+        record_bytes_max: 4096,
+        index_interval_bytes: 64,
+    }
 }
 
 fn open(dir: &Path, opts: LogOptions) -> (SegmentLog, RecoveryReport) {
@@ -57,7 +61,11 @@ fn appends_survive_reopen_across_many_segments() {
     drop(log);
     let (log, report) = open(dir.path(), small());
     assert_eq!(report.records, 100);
-    assert!(report.segments > 5, "small segments roll: {}", report.segments);
+    assert!(
+        report.segments > 5,
+        "small segments roll: {}",
+        report.segments
+    );
     assert_eq!(report.next_offset, 200);
     assert_eq!(payloads(&log, 0), want);
     // Reading from the middle of a record returns that record first.
@@ -120,17 +128,29 @@ fn corrupt_sealed_segment_is_quarantined_not_fatal() {
     std::fs::write(&segs[1], &bytes).unwrap();
     let (log, report) = open(dir.path(), small());
     assert_eq!(report.quarantined_segments.len(), 1);
-    assert!(report.quarantined_segments[0].1.contains("crc32c"), "{report:?}");
+    assert!(
+        report.quarantined_segments[0].1.contains("crc32c"),
+        "{report:?}"
+    );
     // Every record outside the quarantined segment is still readable.
     let lost = 40 - payloads(&log, 0).len();
     assert!(lost > 0 && lost < 40);
-    assert!(dir.path().join("quarantine").join(segs[1].file_name().unwrap()).exists());
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .join(segs[1].file_name().unwrap())
+            .exists()
+    );
 }
 
 #[test]
 fn garbage_segment_header_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(format!("{:020}.seg", 0)), b"not a segment at all").unwrap();
+    std::fs::write(
+        dir.path().join(format!("{:020}.seg", 0)),
+        b"not a segment at all",
+    )
+    .unwrap();
     let (mut log, report) = open(dir.path(), LogOptions::default());
     assert_eq!(report.quarantined_segments.len(), 1);
     assert_eq!(log.append(b"x", 1, 0).unwrap(), 0);
@@ -182,8 +202,14 @@ fn enospc_is_reported_and_undone_then_writes_resume() {
     log.sync().unwrap();
     drop(log);
     let (log, report) = open(dir.path(), LogOptions::default());
-    assert_eq!(report.truncated_bytes, 0, "the partial write was cut off at once");
-    assert_eq!(payloads(&log, 0), vec![(0, b"first".to_vec()), (1, b"second".to_vec())]);
+    assert_eq!(
+        report.truncated_bytes, 0,
+        "the partial write was cut off at once"
+    );
+    assert_eq!(
+        payloads(&log, 0),
+        vec![(0, b"first".to_vec()), (1, b"second".to_vec())]
+    );
 }
 
 #[test]

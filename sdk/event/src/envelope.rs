@@ -1,0 +1,492 @@
+//! The event envelope (ARCHITECTURE §3) and its validation.
+//!
+//! Required: `event_id` (string, 1–128 bytes), `event_type` (`[a-z][a-z0-9_.]{0,63}`),
+//! `timestamp` (RFC 3339 string or integer epoch milliseconds). Optional: `user_id`,
+//! `session_id`, `device_id`, `platform`, `app_version` (strings), `schema_version` (u32,
+//! default 1), `properties` (a JSON object, kept as JSON text). Unknown top-level fields are an
+//! error. The agent adds `received_at`, `agent_id` and `host`.
+//!
+//! Every error names the field and the rule it broke, so a producer can fix its code from the
+//! message alone.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Limits applied to each event. Every one is named in the errors it causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeLimits {
+    /// Largest `event_id`, in bytes (the contract fixes 128).
+    pub event_id_bytes_max: usize,
+    /// Largest value of an optional string field (`user_id`, `platform`, …), in bytes.
+    pub field_bytes_max: usize,
+    /// Largest `properties` object, in bytes of JSON text.
+    pub properties_bytes_max: usize,
+    /// Deepest nesting of objects and arrays inside `properties` (the object itself is 1).
+    pub properties_depth_max: usize,
+    /// Most events in one request body.
+    pub events_per_request_max: usize,
+}
+
+impl Default for EnvelopeLimits {
+    fn default() -> Self {
+        Self {
+            event_id_bytes_max: 128,
+            field_bytes_max: 256,
+            properties_bytes_max: 64 << 10,
+            properties_depth_max: 32,
+            events_per_request_max: 50_000,
+        }
+    }
+}
+
+/// Largest `event_type`, in bytes (fixed by the contract's pattern).
+pub const EVENT_TYPE_BYTES_MAX: usize = 64;
+/// Timestamps must fall in [1970-01-01, 10000-01-01) UTC.
+pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_800_000;
+
+/// A validated event as stored in the spool and the log.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Event {
+    /// Producer-chosen id, unique per event; the agent drops repeats.
+    pub event_id: String,
+    /// Event type, e.g. `checkout.completed`.
+    pub event_type: String,
+    /// Event time, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+    /// When the agent accepted it, milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// Schema version of `properties` (default 1).
+    pub schema_version: u32,
+    /// Optional user id.
+    pub user_id: Option<String>,
+    /// Optional session id.
+    pub session_id: Option<String>,
+    /// Optional device id.
+    pub device_id: Option<String>,
+    /// Optional platform (`ios`, `web`, …).
+    pub platform: Option<String>,
+    /// Optional application version.
+    pub app_version: Option<String>,
+    /// Optional properties object, as compact JSON text.
+    pub properties: Option<String>,
+}
+
+/// Why one event was rejected: the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct EventError {
+    /// The offending field (`body` when the JSON itself is broken).
+    pub field: String,
+    /// What the field must be, and what it was.
+    pub rule: String,
+}
+
+impl EventError {
+    fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    session_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    device_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    platform: Option<&'a RawValue>,
+    #[serde(borrow)]
+    app_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    schema_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+}
+
+/// How a request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON object or a JSON array of objects.
+    Json,
+    /// One JSON object per line (`application/x-ndjson`).
+    Ndjson,
+}
+
+/// The events of one body, each parsed and validated on its own.
+#[derive(Debug, Default)]
+pub struct ParsedBody {
+    /// Valid events with their index in the body.
+    pub events: Vec<(usize, Event)>,
+    /// Rejected events with their index in the body.
+    pub rejected: Vec<(usize, EventError)>,
+}
+
+fn kind_of(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn string_field<'a>(
+    name: &str,
+    raw: &'a RawValue,
+) -> Result<std::borrow::Cow<'a, str>, EventError> {
+    if !raw.get().starts_with('"') {
+        return Err(EventError::new(
+            name,
+            format!("must be a string, got {}", kind_of(raw)),
+        ));
+    }
+    serde_json::from_str::<std::borrow::Cow<'a, str>>(raw.get())
+        .map_err(|e| EventError::new(name, format!("invalid string: {e}")))
+}
+
+fn optional_string(
+    name: &str,
+    raw: Option<&RawValue>,
+    max: usize,
+) -> Result<Option<String>, EventError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let s = string_field(name, raw)?;
+    if s.len() > max {
+        return Err(EventError::new(
+            name,
+            format!(
+                "must be at most {max} bytes (field_bytes_max), got {} bytes",
+                s.len()
+            ),
+        ));
+    }
+    Ok(Some(s.into_owned()))
+}
+
+fn valid_event_type(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= EVENT_TYPE_BYTES_MAX
+        && b[0].is_ascii_lowercase()
+        && b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'.')
+}
+
+fn parse_timestamp(raw: &RawValue) -> Result<i64, EventError> {
+    let text = raw.get();
+    let ms = if text.starts_with('"') {
+        let s = string_field("timestamp", raw)?;
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| {
+                EventError::new(
+                    "timestamp",
+                    format!("must be RFC 3339 (e.g. 2026-11-21T14:00:00Z) or epoch milliseconds: {s:?}: {e}"),
+                )
+            })?
+            .timestamp_millis()
+    } else if text.bytes().all(|c| c.is_ascii_digit() || c == b'-') {
+        text.parse::<i64>().map_err(|_| {
+            EventError::new(
+                "timestamp",
+                format!("integer {text} does not fit epoch milliseconds"),
+            )
+        })?
+    } else {
+        return Err(EventError::new(
+            "timestamp",
+            format!(
+                "must be an RFC 3339 string or integer epoch milliseconds, got {}",
+                if kind_of(raw) == "a number" {
+                    "a non-integer number"
+                } else {
+                    kind_of(raw)
+                }
+            ),
+        ));
+    };
+    if !(0..TIMESTAMP_MS_MAX).contains(&ms) {
+        return Err(EventError::new(
+            "timestamp",
+            format!("must fall between 1970-01-01 and 9999-12-31 UTC, got {ms} ms"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// Parses and validates one JSON object. `received_at_ms` is stamped on the result.
+pub fn parse_event(
+    json: &str,
+    limits: &EnvelopeLimits,
+    received_at_ms: i64,
+) -> Result<Event, EventError> {
+    let raw: RawEnvelope<'_> = serde_json::from_str(json).map_err(|e| {
+        let msg = e.to_string();
+        match msg.strip_prefix("unknown field ") {
+            Some(rest) => {
+                let field = rest.split('`').nth(1).unwrap_or("?").to_string();
+                EventError::new(
+                    field,
+                    format!("unknown field; allowed fields are {}", ALLOWED),
+                )
+            }
+            None if json.trim_start().starts_with('{') => EventError::new("body", msg),
+            None => EventError::new("body", format!("each event must be a JSON object: {msg}")),
+        }
+    })?;
+    let event_id = match raw.event_id {
+        None => return Err(EventError::new("event_id", "is required")),
+        Some(r) => string_field("event_id", r)?,
+    };
+    if event_id.is_empty() || event_id.len() > limits.event_id_bytes_max {
+        return Err(EventError::new(
+            "event_id",
+            format!(
+                "must be 1 to {} bytes, got {} bytes",
+                limits.event_id_bytes_max,
+                event_id.len()
+            ),
+        ));
+    }
+    let event_type = match raw.event_type {
+        None => return Err(EventError::new("event_type", "is required")),
+        Some(r) => string_field("event_type", r)?,
+    };
+    if !valid_event_type(&event_type) {
+        return Err(EventError::new(
+            "event_type",
+            format!("must match [a-z][a-z0-9_.]{{0,63}}, got {event_type:?}"),
+        ));
+    }
+    let timestamp_ms = match raw.timestamp {
+        None => return Err(EventError::new("timestamp", "is required")),
+        Some(r) => parse_timestamp(r)?,
+    };
+    let schema_version = match raw.schema_version {
+        None => 1,
+        Some(r) if r.get() == "null" => 1,
+        Some(r) => r.get().parse::<u32>().map_err(|_| {
+            EventError::new(
+                "schema_version",
+                format!("must be an integer from 0 to {}, got {}", u32::MAX, r.get()),
+            )
+        })?,
+    };
+    let properties = match raw.properties {
+        None => None,
+        Some(r) if r.get() == "null" => None,
+        Some(r) if !r.get().starts_with('{') => {
+            return Err(EventError::new(
+                "properties",
+                format!("must be a JSON object, got {}", kind_of(r)),
+            ));
+        }
+        Some(r) if r.get().len() > limits.properties_bytes_max => {
+            return Err(EventError::new(
+                "properties",
+                format!(
+                    "must be at most {} bytes (properties_bytes_max), got {} bytes",
+                    limits.properties_bytes_max,
+                    r.get().len()
+                ),
+            ));
+        }
+        Some(r) => {
+            let depth = json_depth(r.get());
+            if depth > limits.properties_depth_max {
+                return Err(EventError::new(
+                    "properties",
+                    format!(
+                        "nests {depth} levels deep, more than properties_depth_max ({})",
+                        limits.properties_depth_max
+                    ),
+                ));
+            }
+            Some(r.get().to_string())
+        }
+    };
+    let max = limits.field_bytes_max;
+    Ok(Event {
+        event_id: event_id.into_owned(),
+        event_type: event_type.into_owned(),
+        timestamp_ms,
+        received_at_ms,
+        schema_version,
+        user_id: optional_string("user_id", raw.user_id, max)?,
+        session_id: optional_string("session_id", raw.session_id, max)?,
+        device_id: optional_string("device_id", raw.device_id, max)?,
+        platform: optional_string("platform", raw.platform, max)?,
+        app_version: optional_string("app_version", raw.app_version, max)?,
+        properties,
+    })
+}
+
+/// Deepest nesting of objects and arrays in valid JSON text, without recursion.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+const ALLOWED: &str = "event_id, event_type, timestamp, user_id, session_id, device_id, platform, \
+                       app_version, schema_version, properties";
+
+/// Splits a body into events and validates each. A body that is not JSON at all yields one
+/// rejection at index 0 with field `body`.
+pub fn parse_body(
+    body: &[u8],
+    format: BodyFormat,
+    limits: &EnvelopeLimits,
+    received_at_ms: i64,
+) -> ParsedBody {
+    let mut out = ParsedBody::default();
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            out.rejected
+                .push((0, EventError::new("body", format!("is not UTF-8: {e}"))));
+            return out;
+        }
+    };
+    let push = |i: usize, json: &str, out: &mut ParsedBody| match parse_event(
+        json,
+        limits,
+        received_at_ms,
+    ) {
+        Ok(ev) => out.events.push((i, ev)),
+        Err(e) => out.rejected.push((i, e)),
+    };
+    let too_many = |n: usize| {
+        EventError::new(
+            "body",
+            format!(
+                "holds {n} events, more than events_per_request_max ({})",
+                limits.events_per_request_max
+            ),
+        )
+    };
+    match format {
+        BodyFormat::Ndjson => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.len() > limits.events_per_request_max {
+                out.rejected.push((0, too_many(lines.len())));
+                return out;
+            }
+            for (i, line) in lines.into_iter().enumerate() {
+                push(i, line, &mut out);
+            }
+        }
+        BodyFormat::Json => {
+            let trimmed = text.trim_start();
+            if trimmed.starts_with('[') {
+                match serde_json::from_str::<Vec<&RawValue>>(text) {
+                    Ok(items) if items.len() > limits.events_per_request_max => {
+                        out.rejected.push((0, too_many(items.len())));
+                    }
+                    Ok(items) => {
+                        for (i, item) in items.into_iter().enumerate() {
+                            push(i, item.get(), &mut out);
+                        }
+                    }
+                    Err(e) => out.rejected.push((
+                        0,
+                        EventError::new("body", format!("is not a valid JSON array: {e}")),
+                    )),
+                }
+            } else if trimmed.is_empty() {
+                out.rejected.push((0, EventError::new("body", "is empty")));
+            } else {
+                push(0, text, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// An event rendered for people and tools (`runnel log read`): every envelope field, with the
+/// timestamps as RFC 3339 UTC strings and `properties` as a JSON object.
+#[derive(serde::Serialize)]
+pub struct EventView<'a> {
+    /// Log offset.
+    pub offset: u64,
+    /// See [`Event::event_id`].
+    pub event_id: &'a str,
+    /// See [`Event::event_type`].
+    pub event_type: &'a str,
+    /// Event time, RFC 3339 UTC with milliseconds.
+    pub timestamp: String,
+    /// Acceptance time at the agent, RFC 3339 UTC with milliseconds.
+    pub received_at: String,
+    /// The agent that accepted it.
+    pub agent_id: &'a str,
+    /// The host that agent runs on.
+    pub host: &'a str,
+    /// See [`Event::schema_version`].
+    pub schema_version: u32,
+    /// See [`Event::user_id`].
+    pub user_id: Option<&'a str>,
+    /// See [`Event::session_id`].
+    pub session_id: Option<&'a str>,
+    /// See [`Event::device_id`].
+    pub device_id: Option<&'a str>,
+    /// See [`Event::platform`].
+    pub platform: Option<&'a str>,
+    /// See [`Event::app_version`].
+    pub app_version: Option<&'a str>,
+    /// See [`Event::properties`].
+    pub properties: Option<&'a RawValue>,
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+impl fmt::Display for BodyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Json => "json",
+            Self::Ndjson => "ndjson",
+        })
+    }
+}

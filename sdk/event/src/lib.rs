@@ -1,0 +1,14 @@
+//! # runnel-event: the event envelope and the wire batch format
+//!
+//! - [`envelope`]: what an application sends (ARCHITECTURE §3): parsing a JSON object, a JSON
+//!   array or NDJSON, and validation whose errors name the field and the rule.
+//! - [`wire`]: how accepted events travel from agent to broker and sit in the spool and the log:
+//!   rkyv 0.8 archives in a versioned, CRC32C-checked frame, zstd-compressed when it pays.
+
+pub mod envelope;
+pub mod wire;
+
+pub use envelope::{
+    BodyFormat, EnvelopeLimits, Event, EventError, ParsedBody, parse_body, parse_event,
+};
+pub use wire::{AckStatus, Batch, BatchAck, Chunk, WireError};
