@@ -742,6 +742,16 @@ impl LogReader {
         }
     }
 
+    /// Sealed segments whose every offset is below `offset` (what
+    /// [`SegmentLog::delete_before`] would remove).
+    pub fn sealed_segments_below(&self, offset: u64) -> usize {
+        let segs = self.shared.segments.read().expect("lock poisoned");
+        segs[..segs.len().saturating_sub(1)]
+            .iter()
+            .take_while(|s| s.end_offset <= offset)
+            .count()
+    }
+
     /// One past the last durable offset.
     pub fn end_offset(&self) -> u64 {
         self.stats().end_offset

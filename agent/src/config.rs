@@ -1,0 +1,216 @@
+//! Agent configuration, declared once.
+//!
+//! Every setting is a field of [`AgentConfig`] with a doc comment and a default. Each can be set
+//! in a TOML file (`--config FILE`, key = field name), by environment variable `RUNNEL_<FIELD>`
+//! and by flag `--<field-with-dashes>`; a flag beats the environment, which beats the file, which
+//! beats the default. `runnel-agent --help` lists them all; `docs/CONFIG.md` is checked against
+//! [`AgentConfig::documented_keys`] by a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent does when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolFullPolicy {
+    /// Hold the request until space frees up (at most `spool_full_block_ms`), then answer 503.
+    Block,
+    /// Answer 429 at once and count the events in `runnel_agent_events_dropped_total`.
+    DropNewest,
+}
+
+macro_rules! agent_config {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty [$arg:ty] = $default:expr ;)*) => {
+        /// The agent's settings. See the module documentation for how they are set.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct AgentConfig {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for AgentConfig {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// Command-line flags (each also read from `RUNNEL_<FIELD>`); unset flags fall back to
+        /// the config file, then to the default.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct AgentArgs {
+            /// TOML file with any of the settings below (keys are the field names).
+            #[arg(long)]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])*
+               #[arg(long)]
+               pub $field: Option<$arg>, )*
+        }
+
+        impl AgentArgs {
+            fn apply(&self, cfg: &mut AgentConfig) {
+                $( if let Some(v) = &self.$field { cfg.$field = v.clone().into(); } )*
+            }
+        }
+
+        impl AgentConfig {
+            /// The names of every setting (config-file keys).
+            pub fn documented_keys() -> &'static [&'static str] {
+                &[$( stringify!($field), )*]
+            }
+        }
+    };
+}
+
+/// Gives every long flag of `cmd` (and its subcommands) the environment variable
+/// `RUNNEL_<FLAG_IN_UPPER_SNAKE_CASE>`, so `--data-dir` is also `RUNNEL_DATA_DIR`.
+pub fn with_env_names(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|arg| match arg.get_long() {
+        Some(long) if long != "help" && long != "version" => {
+            let name = format!("RUNNEL_{}", long.replace('-', "_").to_uppercase());
+            arg.env(&*Box::leak(name.into_boxed_str()))
+        }
+        _ => arg,
+    });
+    cmd.mut_subcommands(with_env_names)
+}
+
+agent_config! {
+    /// Directory for the spool, the agent identity and the dedup snapshot. Required.
+    data_dir: PathBuf [PathBuf] = PathBuf::new();
+    /// Address of the HTTP ingest and admin endpoints.
+    http_addr: SocketAddr [SocketAddr] = "127.0.0.1:8710".parse().expect("valid address");
+    /// Address of the broker's QUIC endpoint.
+    broker_addr: SocketAddr [SocketAddr] = "127.0.0.1:8711".parse().expect("valid address");
+    /// PEM file with the CA that signed the broker's certificate (the broker writes its dev CA
+    /// to `DATA_DIR/tls/ca.pem`). Required unless the agent is started by `runnel dev`.
+    broker_ca: Option<PathBuf> [PathBuf] = None;
+    /// Name the broker's certificate must carry.
+    broker_server_name: String [String] = "localhost".to_string();
+    /// Stable id of this agent; generated and kept in `data_dir/agent_id` when unset.
+    agent_id: Option<String> [String] = None;
+    /// Largest request body as sent, in bytes (413 above it).
+    body_bytes_max: usize [usize] = 16 << 20;
+    /// Largest request body after gzip/zstd decompression, in bytes (413 above it).
+    decompressed_bytes_max: usize [usize] = 64 << 20;
+    /// Most events in one request body (400 above it).
+    events_per_request_max: usize [usize] = 50_000;
+    /// Largest `properties` object of one event, in bytes of JSON.
+    properties_bytes_max: usize [usize] = 64 << 10;
+    /// Deepest nesting inside `properties`.
+    properties_depth_max: usize [usize] = 32;
+    /// Largest optional string field (`user_id`, `platform`, …), in bytes.
+    field_bytes_max: usize [usize] = 256;
+    /// Requests handled at once; more get 503 with Retry-After.
+    requests_in_flight_max: usize [usize] = 1024;
+    /// How long an `event_id` is remembered for dedup, in seconds.
+    dedup_window_secs: u64 [u64] = 3600;
+    /// Most event ids remembered; past it the oldest time bucket is forgotten early (counted in
+    /// `runnel_agent_dedup_evicted_early_total`). About 40 bytes of memory per id.
+    dedup_ids_max: usize [usize] = 10_000_000;
+    /// Most bytes the spool may hold on disk.
+    spool_bytes_max: u64 [u64] = 1 << 30;
+    /// Size at which a spool segment is sealed and a new one started, in bytes.
+    spool_segment_bytes_max: u64 [u64] = 64 << 20;
+    /// What to do when the spool is full.
+    spool_full_policy: SpoolFullPolicy [SpoolFullPolicy] = SpoolFullPolicy::Block;
+    /// With `block`, how long a request waits for spool space before it gets 503, in ms.
+    spool_full_block_ms: u64 [u64] = 5_000;
+    /// `Retry-After` sent with 429 and 503 answers, in seconds.
+    retry_after_secs: u64 [u64] = 1;
+    /// Most bytes of spool records in one shipped batch.
+    ship_batch_bytes_max: usize [usize] = 4 << 20;
+    /// How long the shipper waits for a batch to fill before sending a partial one, in ms.
+    ship_linger_ms: u64 [u64] = 2;
+    /// How long the shipper waits for the broker's answer to one batch, in ms.
+    ship_timeout_ms: u64 [u64] = 10_000;
+    /// First retry delay when the broker is unreachable, in ms (doubles, with jitter).
+    ship_backoff_min_ms: u64 [u64] = 50;
+    /// Longest retry delay when the broker is unreachable, in ms.
+    ship_backoff_max_ms: u64 [u64] = 5_000;
+}
+
+impl AgentConfig {
+    /// Builds the configuration from the config file named by `args` (if any), then `args`.
+    pub fn load(args: &AgentArgs) -> anyhow::Result<Self> {
+        let mut cfg = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        args.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// Checks every field; the error names the field and the rule.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let fail = |field: &str, rule: &str| Err(anyhow::anyhow!("config: {field}: {rule}"));
+        if self.data_dir.as_os_str().is_empty() {
+            return fail(
+                "data_dir",
+                "is required (--data-dir, RUNNEL_DATA_DIR or config key)",
+            );
+        }
+        if self.body_bytes_max == 0 || self.decompressed_bytes_max < self.body_bytes_max {
+            return fail(
+                "decompressed_bytes_max",
+                "must be at least body_bytes_max (> 0)",
+            );
+        }
+        if self.events_per_request_max == 0 {
+            return fail("events_per_request_max", "must be at least 1");
+        }
+        if self.requests_in_flight_max == 0 {
+            return fail("requests_in_flight_max", "must be at least 1");
+        }
+        if self.dedup_window_secs == 0 {
+            return fail("dedup_window_secs", "must be at least 1");
+        }
+        if self.spool_segment_bytes_max < 64 << 10 {
+            return fail("spool_segment_bytes_max", "must be at least 65536");
+        }
+        if self.spool_bytes_max < 2 * self.spool_segment_bytes_max {
+            return fail(
+                "spool_bytes_max",
+                "must be at least twice spool_segment_bytes_max",
+            );
+        }
+        if self.ship_batch_bytes_max as u64 > self.spool_segment_bytes_max
+            || self.ship_batch_bytes_max < 1024
+        {
+            return fail(
+                "ship_batch_bytes_max",
+                "must be between 1024 and spool_segment_bytes_max",
+            );
+        }
+        if self.decompressed_bytes_max as u64 > self.spool_segment_bytes_max / 2 {
+            return fail(
+                "decompressed_bytes_max",
+                "must be at most half of spool_segment_bytes_max (one request is one spool record)",
+            );
+        }
+        if self.ship_backoff_min_ms == 0 || self.ship_backoff_max_ms < self.ship_backoff_min_ms {
+            return fail("ship_backoff_max_ms", "must be >= ship_backoff_min_ms > 0");
+        }
+        Ok(())
+    }
+
+    /// The per-event limits in the form the envelope parser takes.
+    pub fn envelope_limits(&self) -> runnel_event::EnvelopeLimits {
+        runnel_event::EnvelopeLimits {
+            event_id_bytes_max: 128,
+            field_bytes_max: self.field_bytes_max,
+            properties_bytes_max: self.properties_bytes_max,
+            properties_depth_max: self.properties_depth_max,
+            events_per_request_max: self.events_per_request_max,
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Dedup by `event_id` within a time window: a sans-IO core (time is an argument).
+//!
+//! Each id is reduced to a 64-bit XXH3 hash. A hash map from hash to the time bucket it was
+//! last seen in answers "seen before?" with one lookup; a queue of buckets (the window split
+//! into [`BUCKETS`] slices) lists which hashes to forget when a bucket ages out. Two different
+//! ids collide with probability about n²/2⁶⁵ (for 10 million remembered ids, about 3 in a
+//! million that any one false duplicate exists).
+//!
+//! Memory: about 40 bytes per remembered id (map entry with its control byte and load-factor
+//! slack, plus 8 bytes in the bucket queue); `benches/dedup_memory` measures it. `ids_max` caps
+//! it: past the cap, the oldest bucket is forgotten early and counted.
+//!
+//! Restart: [`Dedup::snapshot`] is written before any spool segment is deleted, and on clean
+//! shutdown; after a restart the snapshot is loaded and every event still in the spool is added
+//! again, so every id accepted within the window is remembered.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The window is split into this many buckets; ids are forgotten a bucket at a time.
+pub const BUCKETS: i64 = 60;
+
+/// A hasher for keys that already are uniform 64-bit hashes.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap = HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>;
+
+/// The hash under which an `event_id` is remembered.
+pub fn id_hash(event_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())
+}
+
+/// Remembered event ids.
+#[derive(Debug)]
+pub struct Dedup {
+    bucket_ms: i64,
+    ids_max: usize,
+    /// hash -> start of the bucket it was inserted in.
+    seen: IdMap,
+    /// (bucket start, hashes inserted in it), oldest first.
+    buckets: VecDeque<(i64, Vec<u64>)>,
+    evicted_early: u64,
+}
+
+/// Magic and version of a snapshot.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RNLDDUP1";
+
+impl Dedup {
+    /// An empty set remembering ids for `window_ms`, at most `ids_max` of them.
+    pub fn new(window_ms: i64, ids_max: usize) -> Self {
+        Self {
+            bucket_ms: (window_ms / BUCKETS).max(1),
+            ids_max,
+            seen: IdMap::default(),
+            buckets: VecDeque::new(),
+            evicted_early: 0,
+        }
+    }
+
+    /// Ids remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Buckets forgotten before their time because of `ids_max`.
+    pub fn evicted_early(&self) -> u64 {
+        self.evicted_early
+    }
+
+    fn bucket_of(&self, now_ms: i64) -> i64 {
+        now_ms - now_ms.rem_euclid(self.bucket_ms)
+    }
+
+    /// Forgets buckets older than the window.
+    pub fn expire(&mut self, now_ms: i64) {
+        let oldest_kept = self.bucket_of(now_ms) - (BUCKETS - 1) * self.bucket_ms;
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(start, _)| *start < oldest_kept)
+        {
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some((start, hashes)) = self.buckets.pop_front() {
+            for h in hashes {
+                if self.seen.get(&h) == Some(&start) {
+                    self.seen.remove(&h);
+                }
+            }
+        }
+    }
+
+    /// Remembers `hash` as seen at `now_ms`; false if it was already remembered.
+    pub fn insert(&mut self, hash: u64, now_ms: i64) -> bool {
+        let bucket = self.bucket_of(now_ms);
+        if self.seen.contains_key(&hash) {
+            return false;
+        }
+        while self.seen.len() >= self.ids_max && self.buckets.len() > 1 {
+            self.drop_oldest();
+            self.evicted_early += 1;
+        }
+        // An insert older than the newest bucket (only during restore) joins the newest bucket,
+        // so it is remembered a little longer, never shorter. `seen` names the bucket that
+        // lists the hash, so `drop_oldest` finds it.
+        match self.buckets.back_mut() {
+            Some((start, hashes)) if *start >= bucket => {
+                hashes.push(hash);
+                self.seen.insert(hash, *start);
+            }
+            _ => {
+                self.buckets.push_back((bucket, vec![hash]));
+                self.seen.insert(hash, bucket);
+            }
+        }
+        true
+    }
+
+    /// Forgets `hash` again (used when the events it belongs to could not be made durable).
+    pub fn remove(&mut self, hash: u64) {
+        // The bucket queue keeps the hash; `drop_oldest` skips it unless it was re-inserted.
+        self.seen.remove(&hash);
+    }
+
+    /// Serializes the remembered ids: magic, count, then (hash, bucket start) pairs, then a
+    /// CRC32C of everything before it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.seen.len() * 16);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(self.seen.len() as u64).to_le_bytes());
+        for (start, hashes) in &self.buckets {
+            for h in hashes {
+                if self.seen.get(h) == Some(start) {
+                    out.extend_from_slice(&h.to_le_bytes());
+                    out.extend_from_slice(&start.to_le_bytes());
+                }
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Adds the ids of a snapshot; ids already outside the window at `now_ms` are skipped.
+    pub fn restore(&mut self, bytes: &[u8], now_ms: i64) -> Result<usize, String> {
+        if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+            return Err("not a dedup snapshot".into());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err("dedup snapshot checksum mismatch".into());
+        }
+        let n = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")) as usize;
+        let pairs = &body[16..];
+        if pairs.len() != n * 16 {
+            return Err(format!(
+                "dedup snapshot holds {} bytes for {n} ids",
+                pairs.len()
+            ));
+        }
+        let mut entries: Vec<(i64, u64)> = pairs
+            .chunks_exact(16)
+            .map(|p| {
+                let h = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                let start = i64::from_le_bytes(p[8..].try_into().expect("8 bytes"));
+                (start, h)
+            })
+            .collect();
+        entries.sort_unstable();
+        let mut added = 0;
+        for (start, h) in entries {
+            if self.insert(h, start) {
+                added += 1;
+            }
+        }
+        self.expire(now_ms);
+        Ok(added)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn repeats_inside_the_window_are_duplicates() {
+        let mut d = Dedup::new(HOUR, 1000);
+        assert!(d.insert(id_hash("a"), 0));
+        assert!(!d.insert(id_hash("a"), HOUR / 2));
+        assert!(d.insert(id_hash("b"), HOUR / 2));
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_the_window() {
+        let mut d = Dedup::new(HOUR, 1000);
+        d.insert(id_hash("a"), 0);
+        d.expire(HOUR + HOUR / BUCKETS);
+        assert!(d.insert(id_hash("a"), HOUR + HOUR / BUCKETS));
+    }
+
+    #[test]
+    fn budget_evicts_oldest_bucket_early() {
+        let mut d = Dedup::new(HOUR, 10);
+        for i in 0..10 {
+            d.insert(i, 0);
+        }
+        d.insert(100, HOUR / 2);
+        assert_eq!(d.evicted_early(), 1);
+        assert!(d.len() <= 10);
+        assert!(
+            d.insert(0, HOUR / 2),
+            "the evicted bucket's ids are forgotten"
+        );
+    }
+
+    #[test]
+    fn removal_undoes_an_insert() {
+        let mut d = Dedup::new(HOUR, 1000);
+        d.insert(7, 0);
+        d.remove(7);
+        assert!(d.insert(7, 1));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_corruption() {
+        let mut d = Dedup::new(HOUR, 1000);
+        for i in 0..100u64 {
+            d.insert(i, i as i64 * 1000);
+        }
+        let snap = d.snapshot();
+        let mut e = Dedup::new(HOUR, 1000);
+        assert_eq!(e.restore(&snap, 100_000).unwrap(), 100);
+        for i in 0..100u64 {
+            assert!(!e.insert(i, 100_000));
+        }
+        let mut bad = snap.clone();
+        bad[30] ^= 1;
+        assert!(Dedup::new(HOUR, 1000).restore(&bad, 0).is_err());
+        // Restored long after: everything has aged out.
+        let mut late = Dedup::new(HOUR, 1000);
+        late.restore(&snap, 10 * HOUR).unwrap();
+        assert!(late.is_empty());
+    }
+}

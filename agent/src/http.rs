@@ -1,0 +1,359 @@
+//! HTTP ingest (`POST /v1/events`) and the agent's admin endpoints.
+//!
+//! Answers, exactly as in ARCHITECTURE §3:
+//! - `202 {"accepted","duplicates","rejected":[{"index","error"}]}` only after the accepted
+//!   events are fsynced in the spool;
+//! - `400` (same shape) when nothing in the body is valid;
+//! - `413` over `body_bytes_max` or `decompressed_bytes_max`; `415` for an unknown
+//!   `Content-Encoding`;
+//! - `429` (policy `drop_newest`) or `503` (policy `block`, after `spool_full_block_ms`) with
+//!   `Retry-After` when the spool is full; `503` with `Retry-After` when the disk is full, the
+//!   spool has failed, or `requests_in_flight_max` requests are already being handled.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use runnel_event::{BodyFormat, Chunk, EnvelopeLimits, parse_body};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::{AgentConfig, SpoolFullPolicy};
+use crate::dedup::{Dedup, id_hash};
+use crate::spool::{Spool, SpoolError};
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) limits: EnvelopeLimits,
+    pub(crate) spool: Spool,
+    pub(crate) dedup: Arc<Mutex<Dedup>>,
+    pub(crate) in_flight: Semaphore,
+    pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// One rejected event in an answer.
+#[derive(Debug, Serialize)]
+pub struct Rejected {
+    /// Position of the event in the body (0-based; NDJSON counts non-empty lines).
+    pub index: usize,
+    /// `field: rule`.
+    pub error: String,
+}
+
+/// The body of every ingest answer.
+#[derive(Debug, Serialize, Default)]
+pub struct IngestAnswer {
+    /// Events made durable by this request.
+    pub accepted: usize,
+    /// Events dropped because their `event_id` was seen within the dedup window.
+    pub duplicates: usize,
+    /// Invalid events.
+    pub rejected: Vec<Rejected>,
+    /// Present when the request as a whole failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The router of the agent's HTTP endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest))
+        .route("/metrics", get(metrics_text))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics_text(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    metrics::gauge!("runnel_agent_spool_bytes").set(app.spool.bytes() as f64);
+    metrics::gauge!("runnel_agent_dedup_ids").set(app.dedup.lock().expect("lock").len() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match app.spool.failure() {
+        None => "ready".into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: spool failed: {reason}"),
+        )
+            .into_response(),
+    }
+}
+
+fn answer(status: StatusCode, body: &IngestAnswer, retry_after: Option<u64>) -> Response {
+    metrics::counter!("runnel_agent_requests_total", "status" => status.as_str().to_string())
+        .increment(1);
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn whole_request_error(status: StatusCode, msg: String, retry_after: Option<u64>) -> Response {
+    answer(
+        status,
+        &IngestAnswer {
+            error: Some(msg),
+            ..IngestAnswer::default()
+        },
+        retry_after,
+    )
+}
+
+/// Reads the body, refusing it past `max` bytes without buffering more than that.
+async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            whole_request_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body exceeds body_bytes_max ({max} bytes)"),
+                None,
+            )
+        } else {
+            whole_request_error(StatusCode::BAD_REQUEST, format!("reading body: {e}"), None)
+        }
+    })
+}
+
+/// Decompresses into at most `max` bytes; a bomb is refused once it passes the cap.
+fn decompress(encoding: &str, raw: &[u8], max: usize) -> Result<Vec<u8>, Response> {
+    let reader: Box<dyn Read + '_> = match encoding {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        "zstd" => match zstd::stream::read::Decoder::new(raw) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                return Err(whole_request_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Content-Encoding zstd: {e}"),
+                    None,
+                ));
+            }
+        },
+        other => {
+            return Err(whole_request_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {other:?} is not supported (use gzip or zstd)"),
+                None,
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(max));
+    match reader.take(max as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > max => Err(whole_request_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("decompressed body exceeds decompressed_bytes_max ({max} bytes)"),
+            None,
+        )),
+        Ok(_) => Ok(out),
+        Err(e) => Err(whole_request_error(
+            StatusCode::BAD_REQUEST,
+            format!("Content-Encoding {encoding}: body does not decompress: {e}"),
+            None,
+        )),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let cfg = &app.cfg;
+    let Ok(_permit) = app.in_flight.try_acquire() else {
+        return whole_request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many requests in flight (requests_in_flight_max = {})",
+                cfg.requests_in_flight_max
+            ),
+            Some(cfg.retry_after_secs),
+        );
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > cfg.body_bytes_max as u64
+    {
+        return whole_request_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "body of {len} bytes exceeds body_bytes_max ({} bytes)",
+                cfg.body_bytes_max
+            ),
+            None,
+        );
+    }
+    let raw = match read_body(body, cfg.body_bytes_max).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "identity");
+    let decompressed;
+    let body: &[u8] = match encoding {
+        None => &raw,
+        Some(enc) => match decompress(&enc, &raw, cfg.decompressed_bytes_max) {
+            Ok(d) => {
+                decompressed = d;
+                &decompressed
+            }
+            Err(resp) => return resp,
+        },
+    };
+    let format = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ct)
+            if ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl") =>
+        {
+            BodyFormat::Ndjson
+        }
+        _ => BodyFormat::Json,
+    };
+    let received_at = now_ms();
+    let parsed = parse_body(body, format, &app.limits, received_at);
+    let mut out = IngestAnswer {
+        rejected: parsed
+            .rejected
+            .iter()
+            .map(|(index, e)| Rejected {
+                index: *index,
+                error: e.to_string(),
+            })
+            .collect(),
+        ..IngestAnswer::default()
+    };
+    for (_, e) in &parsed.rejected {
+        let reason = if e.field == "body" {
+            "body"
+        } else {
+            field_label(&e.field)
+        };
+        metrics::counter!("runnel_agent_events_rejected_total", "field" => reason).increment(1);
+    }
+    if parsed.events.is_empty() {
+        return answer(StatusCode::BAD_REQUEST, &out, None);
+    }
+
+    // Dedup: reserve the ids now so concurrent requests see them; undo if the spool refuses.
+    let mut hashes = Vec::with_capacity(parsed.events.len());
+    let mut events = Vec::with_capacity(parsed.events.len());
+    {
+        let mut dedup = app.dedup.lock().expect("lock poisoned");
+        dedup.expire(received_at);
+        for (_, ev) in parsed.events {
+            let h = id_hash(&ev.event_id);
+            if dedup.insert(h, received_at) {
+                hashes.push(h);
+                events.push(ev);
+            } else {
+                out.duplicates += 1;
+            }
+        }
+    }
+    metrics::counter!("runnel_agent_events_duplicate_total").increment(out.duplicates as u64);
+    if events.is_empty() {
+        return answer(StatusCode::ACCEPTED, &out, None);
+    }
+    let n = events.len();
+    let payload = Chunk { events }.encode();
+    let result = append_with_policy(&app, payload, received_at).await;
+    match result {
+        Ok(_) => {
+            out.accepted = n;
+            metrics::counter!("runnel_agent_events_accepted_total").increment(n as u64);
+            metrics::histogram!("runnel_agent_ingest_seconds")
+                .record(started.elapsed().as_secs_f64());
+            answer(StatusCode::ACCEPTED, &out, None)
+        }
+        Err(e) => {
+            {
+                let mut dedup = app.dedup.lock().expect("lock poisoned");
+                for h in hashes {
+                    dedup.remove(h);
+                }
+            }
+            let (status, retry) = match &e {
+                SpoolError::Full { .. } if cfg.spool_full_policy == SpoolFullPolicy::DropNewest => {
+                    metrics::counter!("runnel_agent_events_dropped_total", "reason" => "spool_full")
+                        .increment(n as u64);
+                    (StatusCode::TOO_MANY_REQUESTS, Some(cfg.retry_after_secs))
+                }
+                SpoolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, Some(cfg.retry_after_secs)),
+            };
+            out.error = Some(format!(
+                "{e}; none of the events in this request were accepted"
+            ));
+            answer(status, &out, retry)
+        }
+    }
+}
+
+async fn append_with_policy(
+    app: &AppState,
+    payload: Vec<u8>,
+    received_at: i64,
+) -> Result<u64, SpoolError> {
+    let deadline = Instant::now() + Duration::from_millis(app.cfg.spool_full_block_ms);
+    loop {
+        match app.spool.append(payload.clone(), received_at).await {
+            Err(SpoolError::Full { .. })
+                if app.cfg.spool_full_policy == SpoolFullPolicy::Block
+                    && Instant::now() < deadline =>
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                app.spool
+                    .wait_for_space(left.min(Duration::from_millis(100)))
+                    .await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Metric label for a rejected field: known fields by name, anything else as `unknown_field`
+/// (keeps label cardinality bounded whatever producers send).
+fn field_label(field: &str) -> &'static str {
+    const KNOWN: [&str; 10] = [
+        "event_id",
+        "event_type",
+        "timestamp",
+        "user_id",
+        "session_id",
+        "device_id",
+        "platform",
+        "app_version",
+        "schema_version",
+        "properties",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == field)
+        .copied()
+        .unwrap_or("unknown_field")
+}

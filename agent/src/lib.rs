@@ -1,0 +1,299 @@
+//! # runnel-agent: the edge collector
+//!
+//! `app ──HTTP/JSON──▶ parse → validate → dedup(event_id) → spool (fsync) → 202`, and in the
+//! background the shipper sends spooled batches to the broker over QUIC and deletes them only
+//! once the broker has acknowledged them durably. See `docs/ARCHITECTURE.md` for the walk from
+//! the user's view down to these files:
+//! - [`config`]: every setting, as flag, environment variable and config-file key;
+//! - [`http`]: the ingest endpoint and its answers;
+//! - [`dedup`]: the time-windowed id set;
+//! - [`spool`]: the durable local buffer (group commit, mark-then-delete);
+//! - [`shipper`]: the QUIC client.
+
+pub mod config;
+pub mod dedup;
+pub mod http;
+pub mod shipper;
+pub mod spool;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use runnel_event::Chunk;
+use runnel_segment::Storage;
+use tokio::sync::{Semaphore, watch};
+
+pub use config::{AgentArgs, AgentConfig, SpoolFullPolicy};
+
+use crate::dedup::{Dedup, id_hash};
+use crate::shipper::{Identity, Shipper, ShipperOptions};
+use crate::spool::{Spool, SpoolOptions};
+
+/// A running agent.
+pub struct RunningAgent {
+    /// The address the HTTP endpoint listens on (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// The agent's id.
+    pub agent_id: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    spool: Spool,
+    dedup: Arc<Mutex<Dedup>>,
+    storage: Arc<dyn Storage>,
+    snapshot_path: std::path::PathBuf,
+}
+
+impl RunningAgent {
+    /// Stops accepting, lets in-flight requests finish, stops the shipper and writes the dedup
+    /// snapshot.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let snap = self.dedup.lock().expect("lock poisoned").snapshot();
+        if let Err(e) = self.storage.write_atomic(&self.snapshot_path, &snap) {
+            tracing::warn!(error = %e, "could not write the dedup snapshot at shutdown");
+        }
+        drop(self.spool);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn agent_identity(storage: &dyn Storage, cfg: &AgentConfig) -> anyhow::Result<Identity> {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let agent_id = match &cfg.agent_id {
+        Some(id) => id.clone(),
+        None => {
+            let path = cfg.data_dir.join("agent_id");
+            match storage.read_file(&path) {
+                Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
+                _ => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    storage.write_atomic(&path, id.as_bytes())?;
+                    id
+                }
+            }
+        }
+    };
+    Ok(Identity { agent_id, host })
+}
+
+/// Loads the dedup snapshot and adds every event still in the spool.
+fn rebuild_dedup(
+    storage: &dyn Storage,
+    cfg: &AgentConfig,
+    spool: &Spool,
+    snapshot: &Path,
+) -> Dedup {
+    let window_ms = (cfg.dedup_window_secs * 1000) as i64;
+    let mut dedup = Dedup::new(window_ms, cfg.dedup_ids_max);
+    let now = now_ms();
+    match storage.read_file(snapshot) {
+        Ok(bytes) => match dedup.restore(&bytes, now) {
+            Ok(n) => tracing::info!(ids = n, "dedup snapshot loaded"),
+            Err(e) => {
+                metrics::counter!("runnel_agent_dedup_snapshot_errors_total").increment(1);
+                tracing::warn!(error = %e, "dedup snapshot unreadable; continuing with the spool only");
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "dedup snapshot unreadable"),
+    }
+    let mut from = 0;
+    let mut spool_ids = 0usize;
+    loop {
+        let records = match spool.reader().read(from, 4096, 16 << 20) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the spool to rebuild dedup stopped early");
+                break;
+            }
+        };
+        for rec in &records {
+            if let Ok(chunk) = Chunk::decode(&rec.payload) {
+                for ev in chunk.events {
+                    if now - ev.received_at_ms < window_ms {
+                        dedup.insert(id_hash(&ev.event_id), ev.received_at_ms);
+                        spool_ids += 1;
+                    }
+                }
+            }
+        }
+        from = records.last().expect("non-empty").header.base_offset + 1;
+    }
+    dedup.expire(now);
+    tracing::info!(ids = dedup.len(), from_spool = spool_ids, "dedup rebuilt");
+    dedup
+}
+
+/// Starts an agent: recovers the spool and dedup, binds HTTP, starts the shipper.
+pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningAgent> {
+    cfg.validate()?;
+    let metrics = telemetry::prometheus();
+    storage
+        .create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let identity = agent_identity(&*storage, &cfg)?;
+    let spool_dir = cfg.data_dir.join("spool");
+    let record_bytes_max = u32::try_from(cfg.decompressed_bytes_max.saturating_mul(2).max(1 << 20))
+        .unwrap_or(u32::MAX);
+    let opts = SpoolOptions {
+        bytes_max: cfg.spool_bytes_max,
+        segment_bytes_max: cfg.spool_segment_bytes_max,
+        record_bytes_max,
+    };
+    let (spool, report) = {
+        let storage = storage.clone();
+        let dir = spool_dir.clone();
+        tokio::task::spawn_blocking(move || Spool::open(storage, &dir, opts)).await??
+    };
+    if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
+        tracing::warn!(truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "spool recovered from damage");
+    }
+    metrics::counter!("runnel_agent_spool_truncated_bytes_total").increment(report.truncated_bytes);
+    metrics::counter!("runnel_agent_spool_quarantined_segments_total")
+        .increment(report.quarantined_segments.len() as u64);
+    let snapshot_path = cfg.data_dir.join("dedup.snapshot");
+    let dedup = {
+        let (storage, cfg, spool, path) = (
+            storage.clone(),
+            cfg.clone(),
+            spool.clone(),
+            snapshot_path.clone(),
+        );
+        tokio::task::spawn_blocking(move || rebuild_dedup(&*storage, &cfg, &spool, &path)).await?
+    };
+    let dedup = Arc::new(Mutex::new(dedup));
+
+    let broker_ca = cfg.broker_ca.clone().context(
+        "config: broker_ca: is required: pass --broker-ca with the broker's CA (DATA_DIR/tls/ca.pem of the broker)",
+    )?;
+    let shipper = Shipper::new(
+        ShipperOptions {
+            broker_addr: cfg.broker_addr,
+            server_name: cfg.broker_server_name.clone(),
+            broker_ca,
+            batch_bytes_max: cfg.ship_batch_bytes_max,
+            linger: Duration::from_millis(cfg.ship_linger_ms),
+            timeout: Duration::from_millis(cfg.ship_timeout_ms),
+            backoff_min: Duration::from_millis(cfg.ship_backoff_min_ms),
+            backoff_max: Duration::from_millis(cfg.ship_backoff_max_ms),
+            rejected_dir: cfg.data_dir.join("rejected"),
+        },
+        identity.clone(),
+        spool.clone(),
+    )?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding http_addr {}", cfg.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(http::AppState {
+        limits: cfg.envelope_limits(),
+        in_flight: Semaphore::new(cfg.requests_in_flight_max),
+        spool: spool.clone(),
+        dedup: dedup.clone(),
+        metrics,
+        cfg: cfg.clone(),
+    });
+    let mut tasks = Vec::new();
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+            let _ = http_shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(shipper.run(shutdown_rx.clone())));
+    tasks.push(tokio::spawn(maintenance(
+        spool.clone(),
+        dedup.clone(),
+        storage.clone(),
+        snapshot_path.clone(),
+        shutdown_rx,
+    )));
+    tracing::info!(%http_addr, agent_id = %identity.agent_id, epoch = spool.epoch(), "agent started");
+    Ok(RunningAgent {
+        http_addr,
+        agent_id: identity.agent_id,
+        shutdown: shutdown_tx,
+        tasks,
+        spool,
+        dedup,
+        storage,
+        snapshot_path,
+    })
+}
+
+/// Once a second: age out dedup ids; delete acknowledged spool segments after writing the dedup
+/// snapshot that remembers their ids.
+async fn maintenance(
+    spool: Spool,
+    dedup: Arc<Mutex<Dedup>>,
+    storage: Arc<dyn Storage>,
+    snapshot_path: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let evicted = {
+            let mut d = dedup.lock().expect("lock poisoned");
+            d.expire(now_ms());
+            metrics::gauge!("runnel_agent_dedup_ids").set(d.len() as f64);
+            d.evicted_early()
+        };
+        metrics::counter!("runnel_agent_dedup_evicted_early_total").absolute(evicted);
+        metrics::gauge!("runnel_agent_spool_bytes").set(spool.bytes() as f64);
+        if spool.deletable_segments() == 0 {
+            continue;
+        }
+        let snap = dedup.lock().expect("lock poisoned").snapshot();
+        let (st, path) = (storage.clone(), snapshot_path.clone());
+        match tokio::task::spawn_blocking(move || st.write_atomic(&path, &snap)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "dedup snapshot failed; keeping acknowledged segments");
+                continue;
+            }
+            Err(_) => continue,
+        }
+        match spool.delete_acked().await {
+            Ok((segments, bytes)) => {
+                tracing::debug!(segments, bytes, "deleted acknowledged spool segments");
+            }
+            Err(e) => tracing::warn!(error = %e, "deleting acknowledged spool segments failed"),
+        }
+    }
+}
+
+/// Runs an agent until `stop` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let agent = start(cfg, Arc::new(runnel_segment::FsStorage)).await?;
+    stop.await;
+    tracing::info!("agent shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
