@@ -21,16 +21,19 @@ pub enum SpoolFullPolicy {
     DropNewest,
 }
 
-macro_rules! agent_config {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty [$arg:ty] = $default:expr ;)*) => {
-        /// The agent's settings. See the module documentation for how they are set.
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Declares a settings struct, its defaults, and the matching clap flags, from one list of
+/// `/// doc` + `name: Type [FlagType] = default;` entries. Used by the agent and the broker.
+#[macro_export]
+macro_rules! settings {
+    ($config:ident, $args:ident; $( $(#[doc = $doc:literal])* $field:ident : $ty:ty [$arg:ty] = $default:expr ;)*) => {
+        /// Settings. See the module documentation for how they are set.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(deny_unknown_fields, default)]
-        pub struct AgentConfig {
+        pub struct $config {
             $( $(#[doc = $doc])* pub $field: $ty, )*
         }
 
-        impl Default for AgentConfig {
+        impl Default for $config {
             fn default() -> Self {
                 Self { $( $field: $default, )* }
             }
@@ -39,7 +42,7 @@ macro_rules! agent_config {
         /// Command-line flags (each also read from `RUNNEL_<FIELD>`); unset flags fall back to
         /// the config file, then to the default.
         #[derive(Debug, Clone, Default, clap::Args)]
-        pub struct AgentArgs {
+        pub struct $args {
             /// TOML file with any of the settings below (keys are the field names).
             #[arg(long)]
             pub config: Option<PathBuf>,
@@ -48,19 +51,27 @@ macro_rules! agent_config {
                pub $field: Option<$arg>, )*
         }
 
-        impl AgentArgs {
-            fn apply(&self, cfg: &mut AgentConfig) {
+        impl $args {
+            /// Overrides `cfg` with every flag that was given.
+            pub fn apply(&self, cfg: &mut $config) {
                 $( if let Some(v) = &self.$field { cfg.$field = v.clone().into(); } )*
             }
         }
 
-        impl AgentConfig {
+        impl $config {
             /// The names of every setting (config-file keys).
             pub fn documented_keys() -> &'static [&'static str] {
                 &[$( stringify!($field), )*]
             }
         }
     };
+}
+
+/// Reads a TOML settings file; unknown keys are an error that names them.
+pub fn from_file<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
 /// Gives every long flag of `cmd` (and its subcommands) the environment variable
@@ -76,7 +87,8 @@ pub fn with_env_names(cmd: clap::Command) -> clap::Command {
     cmd.mut_subcommands(with_env_names)
 }
 
-agent_config! {
+settings! {
+    AgentConfig, AgentArgs;
     /// Directory for the spool, the agent identity and the dedup snapshot. Required.
     data_dir: PathBuf [PathBuf] = PathBuf::new();
     /// Address of the HTTP ingest and admin endpoints.
@@ -93,7 +105,7 @@ agent_config! {
     /// Largest request body as sent, in bytes (413 above it).
     body_bytes_max: usize [usize] = 16 << 20;
     /// Largest request body after gzip/zstd decompression, in bytes (413 above it).
-    decompressed_bytes_max: usize [usize] = 64 << 20;
+    decompressed_bytes_max: usize [usize] = 32 << 20;
     /// Most events in one request body (400 above it).
     events_per_request_max: usize [usize] = 50_000;
     /// Largest `properties` object of one event, in bytes of JSON.

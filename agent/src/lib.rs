@@ -148,8 +148,11 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let identity = agent_identity(&*storage, &cfg)?;
     let spool_dir = cfg.data_dir.join("spool");
-    let record_bytes_max = u32::try_from(cfg.decompressed_bytes_max.saturating_mul(2).max(1 << 20))
-        .unwrap_or(u32::MAX);
+    // One request is one spool record; its encoding may be somewhat larger than its JSON.
+    let record_bytes_max = (cfg.decompressed_bytes_max as u64)
+        .saturating_mul(2)
+        .min(cfg.spool_segment_bytes_max - 1024)
+        .min(u64::from(u32::MAX)) as u32;
     let opts = SpoolOptions {
         bytes_max: cfg.spool_bytes_max,
         segment_bytes_max: cfg.spool_segment_bytes_max,

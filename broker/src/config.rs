@@ -1,0 +1,75 @@
+//! Broker configuration, declared once (same rules as the agent's: TOML file keys, flags,
+//! `RUNNEL_*` environment variables; flag > environment > file > default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use runnel_agent::settings;
+
+settings! {
+    BrokerConfig, BrokerArgs;
+    /// Directory for the log, TLS material and state. Required.
+    data_dir: PathBuf [PathBuf] = PathBuf::new();
+    /// QUIC address agents ship to.
+    quic_addr: SocketAddr [SocketAddr] = "127.0.0.1:8711".parse().expect("valid address");
+    /// Admin HTTP address (`/v1/log/*`, `/metrics`, `/livez`, `/readyz`).
+    admin_addr: SocketAddr [SocketAddr] = "127.0.0.1:8713".parse().expect("valid address");
+    /// PEM certificate chain for QUIC. Unset: a dev CA and certificate are created in
+    /// `DATA_DIR/tls/` (agents trust `DATA_DIR/tls/ca.pem`).
+    tls_cert: Option<PathBuf> [PathBuf] = None;
+    /// PEM private key for `tls_cert`.
+    tls_key: Option<PathBuf> [PathBuf] = None;
+    /// Largest batch an agent may send, in bytes, compressed or not (larger ones are refused).
+    batch_bytes_max: usize [usize] = 64 << 20;
+    /// Size at which a log segment is sealed and a new one started, in bytes.
+    segment_bytes_max: u64 [u64] = 128 << 20;
+    /// Agent connections at once; more are refused.
+    connections_max: u32 [u32] = 1024;
+    /// Batches (streams) in flight per connection.
+    streams_per_connection_max: u32 [u32] = 64;
+    /// Most events one `log read` request may return.
+    log_read_limit_max: usize [usize] = 100_000;
+}
+
+impl BrokerConfig {
+    /// Builds the configuration from the config file named by `args` (if any), then `args`.
+    pub fn load(args: &BrokerArgs) -> anyhow::Result<Self> {
+        let mut cfg: Self = match &args.config {
+            Some(path) => runnel_agent::config::from_file(path)?,
+            None => Self::default(),
+        };
+        args.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field; the error names the field and the rule.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let fail = |field: &str, rule: &str| Err(anyhow::anyhow!("config: {field}: {rule}"));
+        if self.data_dir.as_os_str().is_empty() {
+            return fail(
+                "data_dir",
+                "is required (--data-dir, RUNNEL_DATA_DIR or config key)",
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return fail("tls_key", "tls_cert and tls_key must be given together");
+        }
+        if self.batch_bytes_max < 1024 || self.batch_bytes_max > (u32::MAX as usize) / 2 {
+            return fail("batch_bytes_max", "must be between 1024 and 2 GiB");
+        }
+        if self.segment_bytes_max < 2 * self.batch_bytes_max as u64 {
+            return fail(
+                "segment_bytes_max",
+                "must be at least twice batch_bytes_max",
+            );
+        }
+        if self.connections_max == 0 || self.streams_per_connection_max == 0 {
+            return fail(
+                "connections_max",
+                "connections_max and streams_per_connection_max must be > 0",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,477 @@
+//! The broker log: every accepted batch, appended once, durable before it is acknowledged.
+//!
+//! ## Layout
+//! `DATA_DIR/log/` is a [`runnel_segment`] log (segment format, CRC32C per record, sparse
+//! offset and time index, torn-tail recovery and quarantine are described there). Each record's
+//! payload is a wire frame exactly as an agent sent it ([`runnel_event::wire`]): a [`Batch`] of
+//! chunks from one agent spool, `(agent_id, epoch, first_seq)`. A record covers one offset per
+//! event, so every event has its own log offset; the record timestamp is the broker's append
+//! time (milliseconds), which the time index uses.
+//!
+//! ## Write path
+//! QUIC tasks check a batch (frame CRC, size limits, rkyv validation of the batch and every
+//! chunk) in parallel and hand it to the single writer thread. The writer takes every batch
+//! waiting, decides for each which chunks are new — the producer table maps `(agent_id, epoch)`
+//! to the next expected spool sequence number, and chunks below it are duplicates — appends the
+//! new ones, runs one `fdatasync` for the whole group, then answers each batch. A batch that is
+//! partly a duplicate is re-framed with just its new chunks. The producer table is updated only
+//! for appends that succeed.
+//!
+//! ## Read path
+//! [`BrokerLog::read_events`] walks records from an offset with the log's sparse index and
+//! expands them to events with their offsets.
+//!
+//! ## Recovery
+//! After segment recovery, the log is scanned once: every record's batch header rebuilds the
+//! producer table, so a batch appended before a crash is recognised when its agent sends it
+//! again; its events rebuild the per-type counts of `runnel log stats`. (Startup time grows
+//! with the log; a periodic snapshot of both is the planned remedy, see docs/DECISIONS.md.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use runnel_event::envelope::{EventView, rfc3339_ms};
+use runnel_event::wire::{ArchivedBatch, access_batch, aligned, decode_frame};
+use runnel_event::{AckStatus, Batch, BatchAck, Chunk};
+use runnel_segment::{LogError, LogOptions, LogReader, RecoveryReport, SegmentLog, Storage};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// A batch that passed every check, ready for the writer.
+#[derive(Debug)]
+pub struct CheckedBatch {
+    /// Sending agent.
+    pub agent_id: String,
+    /// Its spool epoch.
+    pub epoch: u64,
+    /// Spool sequence number of the first chunk.
+    pub first_seq: u64,
+    /// The frame as received.
+    pub frame: Vec<u8>,
+    /// Events in each chunk.
+    pub chunk_events: Vec<u32>,
+    /// Events per type in each chunk.
+    pub chunk_types: Vec<Vec<(String, u64)>>,
+}
+
+/// Most bytes of an `agent_id`.
+pub const AGENT_ID_BYTES_MAX: usize = 256;
+
+/// Checks a received frame. The error says what is wrong; the agent will not fix it by resending.
+pub fn check_batch(frame: Vec<u8>, max: usize) -> Result<CheckedBatch, String> {
+    let body = decode_frame(&frame, max).map_err(|e| e.to_string())?;
+    let (batch, chunk_events) = access_batch(&body).map_err(|e| e.to_string())?;
+    if batch.agent_id.is_empty() || batch.agent_id.len() > AGENT_ID_BYTES_MAX {
+        return Err(format!("agent_id must be 1 to {AGENT_ID_BYTES_MAX} bytes"));
+    }
+    if batch.chunks.is_empty() {
+        return Err("batch holds no chunks".into());
+    }
+    if let Some(i) = chunk_events.iter().position(|n| *n == 0) {
+        return Err(format!("chunk {i} holds no events"));
+    }
+    let total: u64 = chunk_events.iter().map(|n| u64::from(*n)).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(format!(
+            "batch holds {total} events, more than {}",
+            u32::MAX
+        ));
+    }
+    let chunk_types = batch
+        .chunks
+        .iter()
+        .map(|c| {
+            let a = aligned(c.as_slice());
+            let chunk = Chunk::access(&a).expect("validated by access_batch");
+            let mut types: HashMap<&str, u64> = HashMap::new();
+            for ev in chunk.events.iter() {
+                *types.entry(ev.event_type.as_str()).or_default() += 1;
+            }
+            types.into_iter().map(|(t, n)| (t.to_string(), n)).collect()
+        })
+        .collect();
+    Ok(CheckedBatch {
+        agent_id: batch.agent_id.to_string(),
+        epoch: batch.epoch.to_native(),
+        first_seq: batch.first_seq.to_native(),
+        chunk_events,
+        chunk_types,
+        frame,
+    })
+}
+
+/// Figures of `runnel log stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Events in the log.
+    pub records: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// First offset.
+    pub start_offset: u64,
+    /// One past the last offset.
+    pub end_offset: u64,
+    /// Events per `event_type`.
+    pub by_event_type: BTreeMap<String, u64>,
+    /// Agent spools the log has batches from.
+    pub producers: usize,
+}
+
+#[derive(Default)]
+struct Counts {
+    events: u64,
+    by_type: BTreeMap<String, u64>,
+    producers: usize,
+}
+
+struct Append {
+    batch: CheckedBatch,
+    reply: oneshot::Sender<BatchAck>,
+}
+
+/// Handle to the broker log; cheap to clone.
+#[derive(Clone)]
+pub struct BrokerLog {
+    tx: mpsc::Sender<Append>,
+    reader: LogReader,
+    counts: Arc<Mutex<Counts>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+type Producers = HashMap<(String, u64), u64>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Batches waiting for the writer before QUIC tasks wait.
+pub const WRITER_QUEUE_MAX: usize = 4096;
+/// Most batches in one group commit.
+pub const GROUP_COMMIT_MAX: usize = 1024;
+
+impl BrokerLog {
+    /// Opens (recovering) the log in `dir` and starts its writer thread.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        segment_bytes_max: u64,
+        batch_bytes_max: usize,
+    ) -> anyhow::Result<(Self, RecoveryReport)> {
+        let opts = LogOptions {
+            segment_bytes_max,
+            record_bytes_max: u32::try_from(batch_bytes_max + 64).unwrap_or(u32::MAX),
+            ..LogOptions::default()
+        };
+        let (log, report) = SegmentLog::open(storage, dir, opts, 0)?;
+        let reader = log.reader();
+        let started = Instant::now();
+        let (producers, counts) = scan(&reader, batch_bytes_max)?;
+        tracing::info!(
+            events = counts.events,
+            producers = producers.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "log scanned"
+        );
+        let counts = Arc::new(Mutex::new(counts));
+        let failed = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
+        let (c, f) = (counts.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer(log, producers, rx, c, f))?;
+        Ok((
+            Self {
+                tx,
+                reader,
+                counts,
+                failed,
+            },
+            report,
+        ))
+    }
+
+    /// Appends a checked batch (the new chunks of it) and resolves after the fsync.
+    pub async fn append(&self, batch: CheckedBatch) -> BatchAck {
+        let (reply, rx) = oneshot::channel();
+        let unavailable = |m: &str| BatchAck {
+            status: AckStatus::Unavailable,
+            base_offset: 0,
+            appended_events: 0,
+            duplicate_chunks: 0,
+            message: m.to_string(),
+        };
+        if self.tx.send(Append { batch, reply }).await.is_err() {
+            return unavailable("log writer stopped");
+        }
+        rx.await
+            .unwrap_or_else(|_| unavailable("log writer stopped"))
+    }
+
+    /// Why the log stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("lock poisoned").clone()
+    }
+
+    /// The figures of `runnel log stats`.
+    pub fn stats(&self) -> Stats {
+        let s = self.reader.stats();
+        let c = self.counts.lock().expect("lock poisoned");
+        Stats {
+            records: c.events,
+            segments: s.segments,
+            bytes: s.bytes,
+            start_offset: s.start_offset,
+            end_offset: s.end_offset,
+            by_event_type: c.by_type.clone(),
+            producers: c.producers,
+        }
+    }
+
+    /// Calls `f` for up to `limit` events from offset `from`, in offset order.
+    pub fn read_events(
+        &self,
+        from: u64,
+        limit: usize,
+        max: usize,
+        mut f: impl FnMut(EventView<'_>),
+    ) -> Result<usize, LogError> {
+        let mut done = 0;
+        let mut next = from;
+        while done < limit {
+            let records = self.reader.read(next, 64, 8 << 20)?;
+            if records.is_empty() {
+                break;
+            }
+            for rec in &records {
+                let Ok(body) = decode_frame(&rec.payload, max) else {
+                    continue;
+                };
+                let Ok((batch, _)) = access_batch(&body) else {
+                    continue;
+                };
+                let mut offset = rec.header.base_offset;
+                for chunk in batch.chunks.iter() {
+                    let a = aligned(chunk.as_slice());
+                    let Ok(c) = Chunk::access(&a) else { continue };
+                    for ev in c.events.iter() {
+                        if offset >= from && done < limit {
+                            let props = ev.properties.as_ref().and_then(|p| {
+                                serde_json::from_str::<&serde_json::value::RawValue>(p.as_str())
+                                    .ok()
+                            });
+                            f(EventView {
+                                offset,
+                                event_id: &ev.event_id,
+                                event_type: &ev.event_type,
+                                timestamp: rfc3339_ms(ev.timestamp_ms.to_native()),
+                                received_at: rfc3339_ms(ev.received_at_ms.to_native()),
+                                agent_id: &batch.agent_id,
+                                host: &batch.host,
+                                schema_version: ev.schema_version.to_native(),
+                                user_id: ev.user_id.as_ref().map(|s| s.as_str()),
+                                session_id: ev.session_id.as_ref().map(|s| s.as_str()),
+                                device_id: ev.device_id.as_ref().map(|s| s.as_str()),
+                                platform: ev.platform.as_ref().map(|s| s.as_str()),
+                                app_version: ev.app_version.as_ref().map(|s| s.as_str()),
+                                properties: props,
+                            });
+                            done += 1;
+                        }
+                        offset += 1;
+                    }
+                }
+                next = rec.header.base_offset + u64::from(rec.header.count);
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Rebuilds the producer table and counts from the whole log.
+fn scan(reader: &LogReader, max: usize) -> anyhow::Result<(Producers, Counts)> {
+    let mut producers = Producers::new();
+    let mut counts = Counts::default();
+    let mut next = 0;
+    loop {
+        let records = reader.read(next, 256, 32 << 20)?;
+        if records.is_empty() {
+            break;
+        }
+        for rec in &records {
+            next = rec.header.base_offset + u64::from(rec.header.count);
+            let body = match decode_frame(&rec.payload, max) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(offset = rec.header.base_offset, error = %e, "unreadable batch in the log");
+                    continue;
+                }
+            };
+            let Ok((batch, _)) = access_batch(&body) else {
+                continue;
+            };
+            note_producer(&mut producers, batch);
+            for chunk in batch.chunks.iter() {
+                let a = aligned(chunk.as_slice());
+                if let Ok(c) = Chunk::access(&a) {
+                    for ev in c.events.iter() {
+                        counts.events += 1;
+                        *counts.by_type.entry(ev.event_type.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    counts.producers = producers.len();
+    Ok((producers, counts))
+}
+
+fn note_producer(producers: &mut Producers, batch: &ArchivedBatch) {
+    let key = (batch.agent_id.to_string(), batch.epoch.to_native());
+    let end = batch.first_seq.to_native() + batch.chunks.len() as u64;
+    let next = producers.entry(key).or_default();
+    *next = (*next).max(end);
+}
+
+/// The frame to store for `batch` without its first `skip` chunks.
+fn trimmed_frame(batch: &CheckedBatch, skip: usize) -> Vec<u8> {
+    if skip == 0 {
+        return batch.frame.clone();
+    }
+    let body = decode_frame(&batch.frame, usize::MAX).expect("checked before");
+    let (archived, _) = access_batch(&body).expect("checked before");
+    Batch {
+        agent_id: archived.agent_id.to_string(),
+        host: archived.host.to_string(),
+        epoch: archived.epoch.to_native(),
+        first_seq: archived.first_seq.to_native() + skip as u64,
+        chunks: archived
+            .chunks
+            .iter()
+            .skip(skip)
+            .map(|c| c.as_slice().to_vec())
+            .collect(),
+    }
+    .encode_frame()
+}
+
+fn writer(
+    mut log: SegmentLog,
+    mut producers: Producers,
+    mut rx: mpsc::Receiver<Append>,
+    counts: Arc<Mutex<Counts>>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
+    let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        // (reply, ack, producer update, type counts) of batches appended in this group.
+        let mut appended = Vec::new();
+        for Append { batch, reply } in group.drain(..) {
+            let key = (batch.agent_id.clone(), batch.epoch);
+            let expected = producers.get(&key).copied().unwrap_or(0);
+            let skip = usize::try_from(expected.saturating_sub(batch.first_seq))
+                .unwrap_or(usize::MAX)
+                .min(batch.chunk_events.len());
+            if skip == batch.chunk_events.len() {
+                metrics::counter!("runnel_broker_batches_duplicate_total").increment(1);
+                let _ = reply.send(BatchAck {
+                    status: AckStatus::Duplicate,
+                    base_offset: 0,
+                    appended_events: 0,
+                    duplicate_chunks: skip as u32,
+                    message: String::new(),
+                });
+                continue;
+            }
+            if batch.first_seq > expected && expected > 0 {
+                tracing::warn!(agent = %batch.agent_id, expected, got = batch.first_seq, "gap in an agent's sequence (spool damage on the agent?)");
+                metrics::counter!("runnel_broker_sequence_gaps_total").increment(1);
+            }
+            let events: u32 = batch.chunk_events[skip..].iter().sum();
+            let frame = trimmed_frame(&batch, skip);
+            match log.append(&frame, events, now_ms()) {
+                Ok(base) => {
+                    let end = batch.first_seq + batch.chunk_events.len() as u64;
+                    let ack = BatchAck {
+                        status: AckStatus::Appended,
+                        base_offset: base,
+                        appended_events: events,
+                        duplicate_chunks: skip as u32,
+                        message: String::new(),
+                    };
+                    // Later batches of the same producer in this group build on this one.
+                    producers.insert(key, end);
+                    let types: Vec<(String, u64)> = batch.chunk_types[skip..]
+                        .iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    appended.push((reply, ack, types));
+                }
+                Err(e) => {
+                    if e.is_poisoned() {
+                        *failed.lock().expect("lock poisoned") = Some(e.to_string());
+                    }
+                    metrics::counter!("runnel_broker_append_errors_total").increment(1);
+                    let status = match e {
+                        LogError::RecordTooLarge { .. } => AckStatus::Rejected,
+                        _ => AckStatus::Unavailable,
+                    };
+                    let _ = reply.send(BatchAck {
+                        status,
+                        base_offset: 0,
+                        appended_events: 0,
+                        duplicate_chunks: 0,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        if appended.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        match log.sync() {
+            Ok(_) => {
+                metrics::histogram!("runnel_broker_log_fsync_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let mut c = counts.lock().expect("lock poisoned");
+                c.producers = producers.len();
+                for (reply, ack, types) in appended {
+                    c.events += u64::from(ack.appended_events);
+                    for (t, n) in types {
+                        *c.by_type.entry(t).or_default() += n;
+                    }
+                    metrics::counter!("runnel_broker_events_appended_total")
+                        .increment(u64::from(ack.appended_events));
+                    let _ = reply.send(ack);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log fsync failed; the broker stops accepting batches");
+                *failed.lock().expect("lock poisoned") = Some(e.to_string());
+                for (reply, _, _) in appended {
+                    let _ = reply.send(BatchAck {
+                        status: AckStatus::Unavailable,
+                        base_offset: 0,
+                        appended_events: 0,
+                        duplicate_chunks: 0,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! TLS for the QUIC endpoint: a configured certificate, or a dev CA made on first start.
+//!
+//! Dev material lives in `DATA_DIR/tls/`: `ca.pem` (give it to agents as `--broker-ca`),
+//! `ca.key`, `server.pem`, `server.key`. The server certificate names `localhost`, `127.0.0.1`,
+//! `::1` and the host name. Files are reused on later starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Paths of the certificate chain and key to serve.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+    /// The dev CA, when the dev material is in use.
+    pub dev_ca: Option<PathBuf>,
+}
+
+/// Makes (once) and returns the dev CA and server certificate in `dir`.
+pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        dev_ca: Some(dir.join("ca.pem")),
+    };
+    if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
+        return Ok(files);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Runnel dev CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(h) = hostname::get() {
+        let h = h.to_string_lossy().into_owned();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h);
+        }
+    }
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "runnel broker");
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca)?;
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write(&dir.join("ca.pem"), &ca.pem())?;
+    write(&dir.join("ca.key"), &ca.key().serialize_pem())?;
+    write(&files.key, &key.serialize_pem())?;
+    write(&files.cert, &format!("{}{}", cert.pem(), ca.pem()))?;
+    tracing::info!(dir = %dir.display(), "created a dev CA and server certificate");
+    Ok(files)
+}
+
+/// The QUIC server config for `files`.
+pub fn server_config(files: &TlsFiles, streams_max: u32) -> anyhow::Result<quinn::ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("reading tls_cert {}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing tls_cert {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading tls_key {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls_cert and tls_key do not match")?;
+    tls.alpn_protocols = vec![runnel_agent::shipper::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(streams_max.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(std::time::Duration::from_secs(60).try_into()?));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
