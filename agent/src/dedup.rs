@@ -119,7 +119,7 @@ impl Dedup {
         if self.seen.contains_key(&hash) {
             return false;
         }
-        while self.seen.len() >= self.ids_max && self.buckets.len() > 1 {
+        while self.seen.len() >= self.ids_max && !self.buckets.is_empty() {
             self.drop_oldest();
             self.evicted_early += 1;
         }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Runnel needs on a fresh machine. Idempotent: each step
+# checks first and does nothing when its tool is already there.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    log "cargo not found: install Rust 1.95 with rustup first"; exit 1
+  fi
+fi
+
+need_rust="1.95"
+have_rust=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n1)" != "$need_rust" ]; then
+  log "rustc $have_rust is older than $need_rust"; exit 1
+fi
+
+# rustfmt and clippy are part of the default rustup profile; add them if a minimal one was used.
+for comp in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+    log "adding rustup component $comp"
+    rustup component add "$comp"
+  fi
+done

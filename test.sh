@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite: formatting, lints, then every test, including the end-to-end tests that start
+# the real binaries and kill them with SIGKILL.
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+scripts/setup.sh
+started=$(date +%s)
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the binaries from the target dir: build them first.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
+echo "test.sh: all checks passed in $(( $(date +%s) - started ))s"
