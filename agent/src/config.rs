@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// What the agent does when the spool is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum SpoolFullPolicy {
     /// Hold the request until space frees up (at most `spool_full_block_ms`), then answer 503.
     Block,
@@ -103,9 +104,11 @@ settings! {
     /// Stable id of this agent; generated and kept in `data_dir/agent_id` when unset.
     agent_id: Option<String> [String] = None;
     /// Largest request body as sent, in bytes (413 above it).
-    body_bytes_max: usize [usize] = 16 << 20;
-    /// Largest request body after gzip/zstd decompression, in bytes (413 above it).
-    decompressed_bytes_max: usize [usize] = 32 << 20;
+    body_bytes_max: usize [usize] = 8 << 20;
+    /// Largest request body after gzip/zstd decompression, in bytes (413 above it). One request
+    /// becomes one spool record of at most twice this, which must fit the broker's
+    /// `batch_bytes_max` (64 MiB by default).
+    decompressed_bytes_max: usize [usize] = 16 << 20;
     /// Most events in one request body (400 above it).
     events_per_request_max: usize [usize] = 50_000;
     /// Largest `properties` object of one event, in bytes of JSON.
@@ -176,6 +179,11 @@ impl AgentConfig {
                 "decompressed_bytes_max",
                 "must be at least body_bytes_max (> 0)",
             );
+        }
+        if let Some(id) = &self.agent_id
+            && (id.is_empty() || id.len() > 256)
+        {
+            return fail("agent_id", "must be 1 to 256 bytes (the broker's limit)");
         }
         if self.events_per_request_max == 0 {
             return fail("events_per_request_max", "must be at least 1");

@@ -195,6 +195,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
             backoff_min: Duration::from_millis(cfg.ship_backoff_min_ms),
             backoff_max: Duration::from_millis(cfg.ship_backoff_max_ms),
             rejected_dir: cfg.data_dir.join("rejected"),
+            storage: storage.clone(),
         },
         identity.clone(),
         spool.clone(),

@@ -58,6 +58,8 @@ pub struct ShipperOptions {
     pub backoff_max: Duration,
     /// Where chunks the broker refuses as invalid are kept (never deleted by the agent).
     pub rejected_dir: PathBuf,
+    /// Files go through the storage seam.
+    pub storage: Arc<dyn runnel_segment::Storage>,
 }
 
 /// Builds a QUIC client config that trusts only the CA in `ca_pem`.
@@ -238,9 +240,12 @@ impl Shipper {
             .opts
             .rejected_dir
             .join(format!("{}-{}.chunk", batch.epoch, batch.first_seq));
-        let result = std::fs::create_dir_all(&self.opts.rejected_dir)
-            .and_then(|()| std::fs::write(&path, &batch.chunks[0]))
-            .and_then(|()| std::fs::write(path.with_extension("reason"), reason));
+        let st = &self.opts.storage;
+        // Durable before the cursor moves past the chunk.
+        let result = st
+            .create_dir_all(&self.opts.rejected_dir)
+            .and_then(|()| st.write_atomic(&path.with_extension("reason"), reason.as_bytes()))
+            .and_then(|()| st.write_atomic(&path, &batch.chunks[0]));
         match result {
             Ok(()) => {
                 tracing::error!(path = %path.display(), reason, "kept a chunk the broker refused")

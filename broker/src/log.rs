@@ -360,6 +360,16 @@ fn trimmed_frame(batch: &CheckedBatch, skip: usize) -> Vec<u8> {
     .encode_frame()
 }
 
+fn unavailable(message: String) -> BatchAck {
+    BatchAck {
+        status: AckStatus::Unavailable,
+        base_offset: 0,
+        appended_events: 0,
+        duplicate_chunks: 0,
+        message,
+    }
+}
+
 fn writer(
     mut log: SegmentLog,
     mut producers: Producers,
@@ -376,9 +386,18 @@ fn writer(
                 Err(_) => break,
             }
         }
-        // (reply, ack, producer update, type counts) of batches appended in this group.
+        // (reply, ack, type counts) of batches appended in this group.
         let mut appended = Vec::new();
+        // Duplicates are answered only after this group's fsync: a resend of a batch appended
+        // earlier in the same group is not durable until then.
+        let mut duplicates = Vec::new();
         for Append { batch, reply } in group.drain(..) {
+            if let Some(reason) = failed.lock().expect("lock poisoned").clone() {
+                // After a failed fsync nothing in the producer table can be trusted: answer
+                // Unavailable until a restart has rebuilt it from what is durable.
+                let _ = reply.send(unavailable(reason));
+                continue;
+            }
             let key = (batch.agent_id.clone(), batch.epoch);
             let expected = producers.get(&key).copied().unwrap_or(0);
             let skip = usize::try_from(expected.saturating_sub(batch.first_seq))
@@ -386,13 +405,7 @@ fn writer(
                 .min(batch.chunk_events.len());
             if skip == batch.chunk_events.len() {
                 metrics::counter!("runnel_broker_batches_duplicate_total").increment(1);
-                let _ = reply.send(BatchAck {
-                    status: AckStatus::Duplicate,
-                    base_offset: 0,
-                    appended_events: 0,
-                    duplicate_chunks: skip as u32,
-                    message: String::new(),
-                });
+                duplicates.push((reply, skip as u32));
                 continue;
             }
             if batch.first_seq > expected && expected > 0 {
@@ -439,7 +452,17 @@ fn writer(
                 }
             }
         }
+        let duplicate_ack = |chunks: u32| BatchAck {
+            status: AckStatus::Duplicate,
+            base_offset: 0,
+            appended_events: 0,
+            duplicate_chunks: chunks,
+            message: String::new(),
+        };
         if appended.is_empty() {
+            for (reply, chunks) in duplicates {
+                let _ = reply.send(duplicate_ack(chunks));
+            }
             continue;
         }
         let started = Instant::now();
@@ -458,18 +481,18 @@ fn writer(
                         .increment(u64::from(ack.appended_events));
                     let _ = reply.send(ack);
                 }
+                for (reply, chunks) in duplicates {
+                    let _ = reply.send(duplicate_ack(chunks));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "log fsync failed; the broker stops accepting batches");
                 *failed.lock().expect("lock poisoned") = Some(e.to_string());
                 for (reply, _, _) in appended {
-                    let _ = reply.send(BatchAck {
-                        status: AckStatus::Unavailable,
-                        base_offset: 0,
-                        appended_events: 0,
-                        duplicate_chunks: 0,
-                        message: e.to_string(),
-                    });
+                    let _ = reply.send(unavailable(e.to_string()));
+                }
+                for (reply, _) in duplicates {
+                    let _ = reply.send(unavailable(e.to_string()));
                 }
             }
         }

@@ -25,6 +25,12 @@ enum Cmd {
         /// Data directory for both (`DIR/broker`, `DIR/agent`).
         #[arg(long = "dir", default_value = ".runnel-dev")]
         dir: PathBuf,
+        /// TOML file with broker settings (see docs/CONFIG.md); `data_dir` is set by `--dir`.
+        #[arg(long)]
+        broker_config: Option<PathBuf>,
+        /// TOML file with agent settings (see docs/CONFIG.md); `data_dir` is set by `--dir`.
+        #[arg(long)]
+        agent_config: Option<PathBuf>,
     },
     /// Run the broker.
     Broker {
@@ -82,15 +88,27 @@ fn try_main() -> anyhow::Result<()> {
     let matches = with_env_names(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.cmd {
-        Cmd::Dev { dir } => {
+        Cmd::Dev {
+            dir,
+            broker_config,
+            agent_config,
+        } => {
             telemetry::init_logging();
+            let broker: BrokerConfig = match broker_config {
+                Some(p) => runnel_agent::config::from_file(&p)?,
+                None => BrokerConfig::default(),
+            };
+            let agent: AgentConfig = match agent_config {
+                Some(p) => runnel_agent::config::from_file(&p)?,
+                None => AgentConfig::default(),
+            };
             let broker = BrokerConfig {
                 data_dir: dir.join("broker"),
-                ..BrokerConfig::default()
+                ..broker
             };
             let agent = AgentConfig {
                 data_dir: dir.join("agent"),
-                ..AgentConfig::default()
+                ..agent
             };
             runtime()?.block_on(runnel_broker::dev::run(
                 dir,

@@ -757,9 +757,9 @@ impl LogReader {
         self.stats().end_offset
     }
 
-    /// Reads whole records that hold offsets at or after `from`, in order, until `max_records`
-    /// records or about `max_bytes` of payload (at least one record if any is there). The first
-    /// record may start before `from` when `from` falls inside it.
+    /// Reads whole records that hold offsets at or after `from`, in order: at most `max_records`
+    /// records and at most `max_bytes` of payload, except that the first record is returned
+    /// whatever its size. The first record may start before `from` when `from` falls inside it.
     pub fn read(
         &self,
         from: u64,
@@ -788,7 +788,7 @@ impl LogReader {
         for (file, path, start, end, _base) in plan {
             let mut scanner = Scanner::new(&*file, start, end, self.shared.record_bytes_max);
             loop {
-                if out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
+                if out.len() >= max_records {
                     return Ok(out);
                 }
                 match scanner.next(None).map_err(io_err("read", &path))? {
@@ -797,6 +797,9 @@ impl LogReader {
                     } => {
                         if header.base_offset + u64::from(header.count) <= from {
                             continue;
+                        }
+                        if !out.is_empty() && bytes + payload.len() > max_bytes {
+                            return Ok(out);
                         }
                         bytes += payload.len();
                         out.push(StoredRecord {

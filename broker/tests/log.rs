@@ -1,0 +1,164 @@
+//! The broker log: idempotent append across restarts, partial overlaps, and fsync failure
+//! injected through the storage seam.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use runnel_broker::log::{BrokerLog, check_batch};
+use runnel_event::{AckStatus, Batch, BatchAck, Chunk, Event};
+use runnel_segment::fault::{Faults, FaultyStorage};
+use runnel_segment::{FsStorage, Storage};
+
+const MAX: usize = 1 << 20;
+
+fn ev(id: &str) -> Event {
+    Event {
+        event_id: id.into(),
+        event_type: "order.placed".into(),
+        timestamp_ms: 1,
+        received_at_ms: 2,
+        schema_version: 1,
+        user_id: None,
+        session_id: None,
+        device_id: None,
+        platform: None,
+        app_version: None,
+        properties: None,
+    }
+}
+
+/// A batch of spool records `first..first+n`, record `s` holding event `e-s`.
+fn batch(epoch: u64, first: u64, n: u64) -> Vec<u8> {
+    Batch {
+        agent_id: "agent-1".into(),
+        host: "h".into(),
+        epoch,
+        first_seq: first,
+        chunks: (first..first + n)
+            .map(|s| {
+                Chunk {
+                    events: vec![ev(&format!("e-{s}"))],
+                }
+                .encode()
+            })
+            .collect(),
+    }
+    .encode_frame()
+}
+
+async fn send(log: &BrokerLog, frame: Vec<u8>) -> BatchAck {
+    log.append(check_batch(frame, MAX).expect("valid batch"))
+        .await
+}
+
+fn open(dir: &Path, storage: Arc<dyn Storage>) -> BrokerLog {
+    BrokerLog::open(storage, &dir.join("log"), 1 << 20, MAX)
+        .unwrap()
+        .0
+}
+
+fn ids(log: &BrokerLog) -> Vec<String> {
+    let mut out = Vec::new();
+    log.read_events(0, usize::MAX, MAX, |e| out.push(e.event_id.to_string()))
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn resends_are_appended_once_across_restarts_and_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), Arc::new(FsStorage));
+    let a = send(&log, batch(7, 0, 3)).await;
+    assert_eq!(
+        (a.status, a.base_offset, a.appended_events),
+        (AckStatus::Appended, 0, 3)
+    );
+    assert_eq!(
+        send(&log, batch(7, 0, 3)).await.status,
+        AckStatus::Duplicate
+    );
+    drop(log);
+
+    let log = open(dir.path(), Arc::new(FsStorage));
+    // Known after the restart: the producer table is rebuilt from the log.
+    let d = send(&log, batch(7, 0, 3)).await;
+    assert_eq!((d.status, d.duplicate_chunks), (AckStatus::Duplicate, 3));
+    // A resend that overlaps: only the new records are appended.
+    let o = send(&log, batch(7, 1, 4)).await;
+    assert_eq!(
+        (o.status, o.appended_events, o.duplicate_chunks),
+        (AckStatus::Appended, 2, 2)
+    );
+    // Another epoch is another spool: same sequence numbers, new records.
+    assert_eq!(send(&log, batch(8, 0, 1)).await.status, AckStatus::Appended);
+    assert_eq!(ids(&log), vec!["e-0", "e-1", "e-2", "e-3", "e-4", "e-0"]);
+    let stats = log.stats();
+    assert_eq!((stats.records, stats.producers), (6, 2));
+    assert_eq!(stats.by_event_type["order.placed"], 6);
+}
+
+#[tokio::test]
+async fn failed_fsync_acknowledges_nothing_not_even_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open(
+        dir.path(),
+        Arc::new(FaultyStorage::new(FsStorage, faults.clone())),
+    );
+    assert_eq!(send(&log, batch(1, 0, 2)).await.status, AckStatus::Appended);
+    faults.set_fail_sync(true);
+    let failed = send(&log, batch(1, 2, 2)).await;
+    assert_eq!(failed.status, AckStatus::Unavailable, "{failed:?}");
+    faults.set_fail_sync(false);
+    // The resend must not be taken for a durable duplicate: the log is poisoned.
+    assert_eq!(
+        send(&log, batch(1, 2, 2)).await.status,
+        AckStatus::Unavailable
+    );
+    assert_eq!(
+        send(&log, batch(1, 0, 2)).await.status,
+        AckStatus::Unavailable
+    );
+    assert!(log.failure().is_some());
+    drop(log);
+
+    // After a restart the resend lands exactly once, whether or not the unsynced bytes survived.
+    let log = open(dir.path(), Arc::new(FsStorage));
+    let again = send(&log, batch(1, 2, 2)).await;
+    assert!(
+        matches!(again.status, AckStatus::Appended | AckStatus::Duplicate),
+        "{again:?}"
+    );
+    assert_eq!(ids(&log), vec!["e-0", "e-1", "e-2", "e-3"]);
+}
+
+#[test]
+fn malformed_batches_are_refused_with_a_reason() {
+    assert!(
+        check_batch(b"garbage".to_vec(), MAX)
+            .unwrap_err()
+            .contains("truncated")
+    );
+    let mut frame = batch(1, 0, 1);
+    let last = frame.len() - 1;
+    frame[last] ^= 0xff;
+    assert!(check_batch(frame, MAX).unwrap_err().contains("crc32c"));
+    let empty = Batch {
+        agent_id: "a".into(),
+        host: "h".into(),
+        epoch: 1,
+        first_seq: 0,
+        chunks: vec![Chunk { events: vec![] }.encode()],
+    };
+    assert!(
+        check_batch(empty.encode_frame(), MAX)
+            .unwrap_err()
+            .contains("no events")
+    );
+    let big = batch(1, 0, 2000);
+    assert!(
+        check_batch(big, 1024)
+            .unwrap_err()
+            .contains("batch_bytes_max")
+    );
+}

@@ -1,0 +1,282 @@
+//! Harness for the end-to-end tests: starts `runnel broker` and `runnel-agent` as real child
+//! processes on 127.0.0.1 with their own temporary data dirs, and kills them with SIGKILL.
+//!
+//! The binaries are taken from the cargo target dir this test binary was built into; build
+//! them first (`cargo build --workspace --bins`, which `./test.sh` does).
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to this test's target dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process with its arguments, so it can be restarted the same way.
+pub struct Proc {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// How many times it was killed.
+    pub kills: u32,
+}
+
+impl Proc {
+    fn new(name: &'static str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            name,
+            program,
+            args,
+            log,
+            child: None,
+            kills: 0,
+        }
+    }
+
+    /// Starts the process (stdout and stderr appended to its log file).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+            self.kills += 1;
+        }
+    }
+
+    /// True while started and not exited.
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A broker and an agent wired together in one temporary directory.
+pub struct Pipeline {
+    /// Temporary root (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// `runnel broker`.
+    pub broker: Proc,
+    /// `runnel-agent`.
+    pub agent: Proc,
+    /// `http://127.0.0.1:PORT` of the agent.
+    pub agent_url: String,
+    /// `127.0.0.1:PORT` of the broker admin API.
+    pub admin_addr: String,
+}
+
+impl Pipeline {
+    /// Prepares (does not start) a pipeline; `agent_extra` are additional agent flags.
+    pub fn new(agent_extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (quic, admin, http) = (free_udp_port(), free_tcp_port(), free_tcp_port());
+        let d = dir.path();
+        let broker_args = vec![
+            "broker".to_string(),
+            format!("--data-dir={}", d.join("broker").display()),
+            format!("--quic-addr=127.0.0.1:{quic}"),
+            format!("--admin-addr=127.0.0.1:{admin}"),
+        ];
+        let mut agent_args = vec![
+            format!("--data-dir={}", d.join("agent").display()),
+            format!("--http-addr=127.0.0.1:{http}"),
+            format!("--broker-addr=127.0.0.1:{quic}"),
+            format!("--broker-ca={}", d.join("broker/tls/ca.pem").display()),
+        ];
+        agent_args.extend(agent_extra.iter().map(|s| s.to_string()));
+        Self {
+            broker: Proc::new("broker", bin("runnel"), broker_args, d.join("broker.log")),
+            agent: Proc::new(
+                "agent",
+                bin("runnel-agent"),
+                agent_args,
+                d.join("agent.log"),
+            ),
+            agent_url: format!("http://127.0.0.1:{http}"),
+            admin_addr: format!("127.0.0.1:{admin}"),
+            dir,
+        }
+    }
+
+    /// Starts the broker, waits until it is ready, then the agent, and waits for it.
+    pub async fn start(&mut self) {
+        self.start_broker().await;
+        self.start_agent().await;
+    }
+
+    /// Starts the broker and waits for `/readyz`.
+    pub async fn start_broker(&mut self) {
+        self.broker.start();
+        let url = format!("http://{}/readyz", self.admin_addr);
+        wait_ready(&url, &mut self.broker).await;
+    }
+
+    /// Starts the agent and waits for `/readyz`.
+    pub async fn start_agent(&mut self) {
+        self.agent.start();
+        let url = format!("{}/readyz", self.agent_url);
+        wait_ready(&url, &mut self.agent).await;
+    }
+
+    /// `runnel log stats` from the CLI, parsed.
+    pub fn log_stats(&self) -> serde_json::Value {
+        let out = Command::new(bin("runnel"))
+            .args(["log", "stats", "--admin-addr", &self.admin_addr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `runnel log read` from the CLI, one parsed value per line.
+    pub fn log_read(&self, from: u64, limit: usize) -> Vec<serde_json::Value> {
+        let out = Command::new(bin("runnel"))
+            .args(["log", "read", "--admin-addr", &self.admin_addr])
+            .args(["--from", &from.to_string(), "--limit", &limit.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the log holds `n` events (panics with both logs after `timeout`).
+    pub async fn wait_for_records(&self, n: u64, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = format!("http://{}/v1/log/stats", self.admin_addr);
+            if let Ok(resp) = reqwest::get(&url).await
+                && let Ok(v) = resp.json::<serde_json::Value>().await
+                && v["records"].as_u64() >= Some(n)
+            {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the log did not reach {n} events in {timeout:?}\n--- agent log ---\n{}\n--- broker log ---\n{}",
+                    tail(&self.agent.log_text()),
+                    tail(&self.broker.log_text())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let start = s.len().saturating_sub(6000);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+async fn wait_ready(url: &str, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            proc.running(),
+            "{} exited during start:\n{}",
+            proc.name,
+            tail(&proc.log_text())
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} not ready:\n{}",
+            proc.name,
+            tail(&proc.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A valid event of about 300 bytes of JSON.
+pub fn event(id: &str, event_type: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": id,
+        "event_type": event_type,
+        "timestamp": "2026-11-21T12:00:00.000Z",
+        "user_id": "user-0042",
+        "session_id": "session-7f3a",
+        "platform": "ios",
+        "app_version": "4.2.0",
+        "properties": {"path": "/checkout/confirm", "amount": 129.5, "currency": "EUR", "pad": "x".repeat(80)}
+    })
+}
