@@ -263,7 +263,7 @@ async fn nothing_lost_or_doubled_under_kill_9() {
             } else if p.broker.kills >= KILLS_EACH + 2 {
                 true
             } else {
-                turn % 2 == 0 || rng.random_bool(0.3)
+                turn.is_multiple_of(2) || rng.random_bool(0.3)
             };
             turn += 1;
             if agent_turn {

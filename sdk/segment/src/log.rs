@@ -619,7 +619,7 @@ fn recover_segment(
 ) -> Result<Option<SegmentInfo>, LogError> {
     let file: Arc<dyn ReadableFile> =
         Arc::from(storage.open_readable(path).map_err(io_err("open", path))?);
-    let len = file.len().map_err(io_err("stat", path))?;
+    let len = file.size().map_err(io_err("stat", path))?;
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     let got = file.read_at(&mut header, 0).map_err(io_err("read", path))?;
     if let Err(why) = check_segment_header(&header[..got]) {
@@ -716,6 +716,14 @@ fn recover_segment(
     Ok(Some(info))
 }
 
+/// The part of one segment a read will scan.
+struct ScanPlan {
+    file: Arc<dyn ReadableFile>,
+    path: PathBuf,
+    start: u64,
+    end: u64,
+}
+
 /// Reads durable records; cheap to clone, safe to use from many threads.
 #[derive(Clone)]
 pub struct LogReader {
@@ -766,7 +774,7 @@ impl LogReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, LogError> {
-        let plan: Vec<(Arc<dyn ReadableFile>, PathBuf, u64, u64, u64)> = {
+        let plan: Vec<ScanPlan> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
             let first = segs.partition_point(|s| s.end_offset <= from);
             segs[first..]
@@ -779,13 +787,24 @@ impl LogReader {
                         .take_while(|e| e.offset <= from)
                         .last()
                         .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.pos);
-                    (s.file.clone(), s.path.clone(), start, s.durable_len, s.base)
+                    ScanPlan {
+                        file: s.file.clone(),
+                        path: s.path.clone(),
+                        start,
+                        end: s.durable_len,
+                    }
                 })
                 .collect()
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (file, path, start, end, _base) in plan {
+        for ScanPlan {
+            file,
+            path,
+            start,
+            end,
+        } in plan
+        {
             let mut scanner = Scanner::new(&*file, start, end, self.shared.record_bytes_max);
             loop {
                 if out.len() >= max_records {
@@ -827,7 +846,7 @@ impl LogReader {
     /// The offset of the first durable record whose timestamp is at least `ts_ms` (records are
     /// scanned from the nearest time-index entry), or the end offset if there is none.
     pub fn offset_for_time(&self, ts_ms: i64) -> Result<u64, LogError> {
-        let candidates: Vec<(Arc<dyn ReadableFile>, PathBuf, u64, u64)> = {
+        let candidates: Vec<ScanPlan> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
             segs.iter()
                 .filter(|s| s.has_records() && s.max_ts >= ts_ms)
@@ -838,11 +857,22 @@ impl LogReader {
                         .take_while(|e| e.max_ts_before < ts_ms)
                         .last()
                         .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.pos);
-                    (s.file.clone(), s.path.clone(), start, s.durable_len)
+                    ScanPlan {
+                        file: s.file.clone(),
+                        path: s.path.clone(),
+                        start,
+                        end: s.durable_len,
+                    }
                 })
                 .collect()
         };
-        for (file, path, start, end) in candidates {
+        for ScanPlan {
+            file,
+            path,
+            start,
+            end,
+        } in candidates
+        {
             let mut scanner = Scanner::new(&*file, start, end, self.shared.record_bytes_max);
             loop {
                 match scanner.next(None).map_err(io_err("read", &path))? {

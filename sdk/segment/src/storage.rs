@@ -23,8 +23,8 @@ pub trait WritableFile: Send {
 pub trait ReadableFile: Send + Sync {
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
-    /// The file's current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    /// The file's current size in bytes.
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// The file-system operations the spool and the log need, and nothing more.
@@ -47,7 +47,7 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Reads a whole (small) file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let file = self.open_readable(path)?;
-        let len = usize::try_from(file.len()?).map_err(io::Error::other)?;
+        let len = usize::try_from(file.size()?).map_err(io::Error::other)?;
         let mut buf = vec![0; len];
         let mut done = 0;
         while done < len {
@@ -106,7 +106,7 @@ impl ReadableFile for FsReadable {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.file.read_at(buf, pos)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 }

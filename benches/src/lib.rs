@@ -1,0 +1,112 @@
+//! Shared pieces of the benchmarks: the machine they ran on, a 300-byte event, process CPU time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A valid event whose JSON is close to `bytes` long (at least ~200).
+pub fn event_json(id: u64, bytes: usize) -> String {
+    let base = format!(
+        r#"{{"event_id":"ev-{id:012}","event_type":"checkout.completed","timestamp":1763726400000,"user_id":"user-{u:06}","platform":"ios","app_version":"4.2.0","properties":{{"amount":129.5,"currency":"EUR","pad":""}}}}"#,
+        u = id % 100_000
+    );
+    let pad = bytes.saturating_sub(base.len());
+    base.replacen(r#""pad":"""#, &format!(r#""pad":"{}""#, "x".repeat(pad)), 1)
+}
+
+/// A JSON array body of `n` events starting at id `first`.
+pub fn body(first: u64, n: usize, event_bytes: usize) -> String {
+    let mut s = String::with_capacity(n * (event_bytes + 1) + 2);
+    s.push('[');
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&event_json(first + i as u64, event_bytes));
+    }
+    s.push(']');
+    s
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the command: state is 0, utime is 11, stime is 12.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// One line describing the machine: cores, memory, CPU model, kernel, fsync latency of a 4 KiB
+/// append in `dir` (median of 200).
+pub fn machine(dir: &Path) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores, {mem_gib:.1} GiB, {cpu}, Linux {}, fdatasync(4 KiB append) p50 {:.3} ms",
+        kernel.trim(),
+        fsync_p50_ms(dir)
+    )
+}
+
+fn fsync_p50_ms(dir: &Path) -> f64 {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let Ok(mut f) = std::fs::File::create(&path) else {
+        return f64::NAN;
+    };
+    let block = [0u8; 4096];
+    let mut samples: Vec<f64> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = f.write_all(&block);
+            let _ = f.sync_data();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
+/// A release binary of the workspace, next to the benchmark executable.
+pub fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// Median of a list of figures.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
