@@ -180,6 +180,12 @@ impl AgentConfig {
                 "must be at least body_bytes_max (> 0)",
             );
         }
+        if self.broker_ca.is_none() {
+            return fail(
+                "broker_ca",
+                "is required: pass --broker-ca with the broker's CA (the broker writes DATA_DIR/tls/ca.pem)",
+            );
+        }
         if let Some(id) = &self.agent_id
             && (id.is_empty() || id.len() > 256)
         {

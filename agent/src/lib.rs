@@ -181,9 +181,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     };
     let dedup = Arc::new(Mutex::new(dedup));
 
-    let broker_ca = cfg.broker_ca.clone().context(
-        "config: broker_ca: is required: pass --broker-ca with the broker's CA (DATA_DIR/tls/ca.pem of the broker)",
-    )?;
+    let broker_ca = cfg.broker_ca.clone().expect("checked by validate");
     let shipper = Shipper::new(
         ShipperOptions {
             broker_addr: cfg.broker_addr,

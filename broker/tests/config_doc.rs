@@ -19,6 +19,7 @@ fn every_setting_is_documented() {
 fn defaults_are_valid_and_errors_name_the_field() {
     let agent = runnel_agent::AgentConfig {
         data_dir: "/tmp/x".into(),
+        broker_ca: Some("/tmp/ca.pem".into()),
         ..Default::default()
     };
     agent.validate().unwrap();

@@ -9,6 +9,7 @@
 //! Every error names the field and the rule it broke, so a producer can fix its code from the
 //! message alone.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -117,6 +118,68 @@ struct RawEnvelope<'a> {
     properties: Option<&'a RawValue>,
 }
 
+/// The typed fast path: strings straight out of the parser. Any type error sends the event to
+/// [`RawEnvelope`], which words the error by field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastEnvelope<'a> {
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    platform: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    app_version: Option<Cow<'a, str>>,
+    schema_version: Option<u32>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// Checks the JSON type of every field, naming the field when it is wrong.
+    fn typed(self) -> Result<FastEnvelope<'a>, EventError> {
+        let opt =
+            |name: &str, raw: Option<&'a RawValue>| -> Result<Option<Cow<'a, str>>, EventError> {
+                match raw {
+                    None => Ok(None),
+                    Some(r) if r.get() == "null" => Ok(None),
+                    Some(r) => string_field(name, r).map(Some),
+                }
+            };
+        let schema_version = match self.schema_version {
+            None => None,
+            Some(r) if r.get() == "null" => None,
+            Some(r) => Some(r.get().parse::<u32>().map_err(|_| {
+                EventError::new(
+                    "schema_version",
+                    format!("must be an integer from 0 to {}, got {}", u32::MAX, r.get()),
+                )
+            })?),
+        };
+        Ok(FastEnvelope {
+            event_id: opt("event_id", self.event_id)?,
+            event_type: opt("event_type", self.event_type)?,
+            timestamp: self.timestamp,
+            user_id: opt("user_id", self.user_id)?,
+            session_id: opt("session_id", self.session_id)?,
+            device_id: opt("device_id", self.device_id)?,
+            platform: opt("platform", self.platform)?,
+            app_version: opt("app_version", self.app_version)?,
+            schema_version,
+            properties: self.properties,
+        })
+    }
+}
+
 /// How a request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -156,30 +219,8 @@ fn string_field<'a>(
             format!("must be a string, got {}", kind_of(raw)),
         ));
     }
-    serde_json::from_str::<std::borrow::Cow<'a, str>>(raw.get())
+    serde_json::from_str::<Cow<'a, str>>(raw.get())
         .map_err(|e| EventError::new(name, format!("invalid string: {e}")))
-}
-
-fn optional_string(
-    name: &str,
-    raw: Option<&RawValue>,
-    max: usize,
-) -> Result<Option<String>, EventError> {
-    let Some(raw) = raw else { return Ok(None) };
-    if raw.get() == "null" {
-        return Ok(None);
-    }
-    let s = string_field(name, raw)?;
-    if s.len() > max {
-        return Err(EventError::new(
-            name,
-            format!(
-                "must be at most {max} bytes (field_bytes_max), got {} bytes",
-                s.len()
-            ),
-        ));
-    }
-    Ok(Some(s.into_owned()))
 }
 
 fn valid_event_type(s: &str) -> bool {
@@ -239,23 +280,56 @@ pub fn parse_event(
     limits: &EnvelopeLimits,
     received_at_ms: i64,
 ) -> Result<Event, EventError> {
-    let raw: RawEnvelope<'_> = serde_json::from_str(json).map_err(|e| {
+    let fields = match serde_json::from_str::<FastEnvelope<'_>>(json) {
+        Ok(fields) => fields,
+        // Something is off: parse again field by field to say exactly what.
+        Err(_) => raw_envelope(json)?.typed()?,
+    };
+    validate(fields, limits, received_at_ms)
+}
+
+fn raw_envelope(json: &str) -> Result<RawEnvelope<'_>, EventError> {
+    serde_json::from_str(json).map_err(|e| {
         let msg = e.to_string();
         match msg.strip_prefix("unknown field ") {
             Some(rest) => {
                 let field = rest.split('`').nth(1).unwrap_or("?").to_string();
                 EventError::new(
                     field,
-                    format!("unknown field; allowed fields are {}", ALLOWED),
+                    format!("unknown field; allowed fields are {ALLOWED}"),
                 )
             }
             None if json.trim_start().starts_with('{') => EventError::new("body", msg),
             None => EventError::new("body", format!("each event must be a JSON object: {msg}")),
         }
-    })?;
-    let event_id = match raw.event_id {
-        None => return Err(EventError::new("event_id", "is required")),
-        Some(r) => string_field("event_id", r)?,
+    })
+}
+
+fn bounded(
+    name: &str,
+    value: Option<Cow<'_, str>>,
+    max: usize,
+) -> Result<Option<String>, EventError> {
+    match value {
+        Some(s) if s.len() > max => Err(EventError::new(
+            name,
+            format!(
+                "must be at most {max} bytes (field_bytes_max), got {} bytes",
+                s.len()
+            ),
+        )),
+        other => Ok(other.map(Cow::into_owned)),
+    }
+}
+
+/// Applies the envelope rules to fields of the right JSON types.
+fn validate(
+    f: FastEnvelope<'_>,
+    limits: &EnvelopeLimits,
+    received_at_ms: i64,
+) -> Result<Event, EventError> {
+    let Some(event_id) = f.event_id else {
+        return Err(EventError::new("event_id", "is required"));
     };
     if event_id.is_empty() || event_id.len() > limits.event_id_bytes_max {
         return Err(EventError::new(
@@ -267,9 +341,8 @@ pub fn parse_event(
             ),
         ));
     }
-    let event_type = match raw.event_type {
-        None => return Err(EventError::new("event_type", "is required")),
-        Some(r) => string_field("event_type", r)?,
+    let Some(event_type) = f.event_type else {
+        return Err(EventError::new("event_type", "is required"));
     };
     if !valid_event_type(&event_type) {
         return Err(EventError::new(
@@ -277,21 +350,11 @@ pub fn parse_event(
             format!("must match [a-z][a-z0-9_.]{{0,63}}, got {event_type:?}"),
         ));
     }
-    let timestamp_ms = match raw.timestamp {
+    let timestamp_ms = match f.timestamp {
         None => return Err(EventError::new("timestamp", "is required")),
         Some(r) => parse_timestamp(r)?,
     };
-    let schema_version = match raw.schema_version {
-        None => 1,
-        Some(r) if r.get() == "null" => 1,
-        Some(r) => r.get().parse::<u32>().map_err(|_| {
-            EventError::new(
-                "schema_version",
-                format!("must be an integer from 0 to {}, got {}", u32::MAX, r.get()),
-            )
-        })?,
-    };
-    let properties = match raw.properties {
+    let properties = match f.properties {
         None => None,
         Some(r) if r.get() == "null" => None,
         Some(r) if !r.get().starts_with('{') => {
@@ -311,7 +374,14 @@ pub fn parse_event(
             ));
         }
         Some(r) => {
-            let depth = json_depth(r.get());
+            // JSON cannot nest deeper than it has openers; counting them is cheap (vectorized),
+            // so the exact scan runs only for the rare object that could be too deep.
+            let openers = r.get().bytes().filter(|&b| b == b'{' || b == b'[').count();
+            let depth = if openers > limits.properties_depth_max {
+                json_depth(r.get())
+            } else {
+                0
+            };
             if depth > limits.properties_depth_max {
                 return Err(EventError::new(
                     "properties",
@@ -330,12 +400,12 @@ pub fn parse_event(
         event_type: event_type.into_owned(),
         timestamp_ms,
         received_at_ms,
-        schema_version,
-        user_id: optional_string("user_id", raw.user_id, max)?,
-        session_id: optional_string("session_id", raw.session_id, max)?,
-        device_id: optional_string("device_id", raw.device_id, max)?,
-        platform: optional_string("platform", raw.platform, max)?,
-        app_version: optional_string("app_version", raw.app_version, max)?,
+        schema_version: f.schema_version.unwrap_or(1),
+        user_id: bounded("user_id", f.user_id, max)?,
+        session_id: bounded("session_id", f.session_id, max)?,
+        device_id: bounded("device_id", f.device_id, max)?,
+        platform: bounded("platform", f.platform, max)?,
+        app_version: bounded("app_version", f.app_version, max)?,
         properties,
     })
 }
