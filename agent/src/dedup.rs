@@ -1,20 +1,20 @@
 //! Dedup by `event_id` within a time window: a sans-IO core (time is an argument).
 //!
-//! Each id is reduced to a 64-bit XXH3 hash. A hash map from hash to the time bucket it was
-//! last seen in answers "seen before?" with one lookup; a queue of buckets (the window split
-//! into [`BUCKETS`] slices) lists which hashes to forget when a bucket ages out. Two different
+//! Each id is reduced to a 64-bit XXH3 hash. A hash set answers "seen before?" with one lookup;
+//! a queue of buckets (the window split into [`BUCKETS`] slices) lists which hashes to forget
+//! when a bucket ages out. Every hash in the set is in exactly one bucket list. Two different
 //! ids collide with probability about n²/2⁶⁵ (for 10 million remembered ids, about 3 in a
 //! million that any one false duplicate exists).
 //!
-//! Memory: about 40 bytes per remembered id (map entry with its control byte and load-factor
-//! slack, plus 8 bytes in the bucket queue); `benches/dedup_memory` measures it. `ids_max` caps
-//! it: past the cap, the oldest bucket is forgotten early and counted.
+//! Memory: 8 bytes per id in the set plus its control byte and load-factor slack, and 8 bytes in
+//! a bucket list; `benches/benches/dedup_memory.rs` measures it (docs/BENCHMARKS.md). `ids_max`
+//! caps it: past the cap, the oldest bucket is forgotten early and counted.
 //!
 //! Restart: [`Dedup::snapshot`] is written before any spool segment is deleted, and on clean
 //! shutdown; after a restart the snapshot is loaded and every event still in the spool is added
 //! again, so every id accepted within the window is remembered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// The window is split into this many buckets; ids are forgotten a bucket at a time.
@@ -38,7 +38,7 @@ impl Hasher for IdentityHasher {
     }
 }
 
-type IdMap = HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>;
+type IdSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
 
 /// The hash under which an `event_id` is remembered.
 pub fn id_hash(event_id: &str) -> u64 {
@@ -50,8 +50,8 @@ pub fn id_hash(event_id: &str) -> u64 {
 pub struct Dedup {
     bucket_ms: i64,
     ids_max: usize,
-    /// hash -> start of the bucket it was inserted in.
-    seen: IdMap,
+    /// Every remembered hash.
+    seen: IdSet,
     /// (bucket start, hashes inserted in it), oldest first.
     buckets: VecDeque<(i64, Vec<u64>)>,
     evicted_early: u64,
@@ -66,7 +66,7 @@ impl Dedup {
         Self {
             bucket_ms: (window_ms / BUCKETS).max(1),
             ids_max,
-            seen: IdMap::default(),
+            seen: IdSet::default(),
             buckets: VecDeque::new(),
             evicted_early: 0,
         }
@@ -104,11 +104,9 @@ impl Dedup {
     }
 
     fn drop_oldest(&mut self) {
-        if let Some((start, hashes)) = self.buckets.pop_front() {
+        if let Some((_, hashes)) = self.buckets.pop_front() {
             for h in hashes {
-                if self.seen.get(&h) == Some(&start) {
-                    self.seen.remove(&h);
-                }
+                self.seen.remove(&h);
             }
         }
     }
@@ -116,33 +114,36 @@ impl Dedup {
     /// Remembers `hash` as seen at `now_ms`; false if it was already remembered.
     pub fn insert(&mut self, hash: u64, now_ms: i64) -> bool {
         let bucket = self.bucket_of(now_ms);
-        if self.seen.contains_key(&hash) {
+        if self.seen.contains(&hash) {
             return false;
         }
         while self.seen.len() >= self.ids_max && !self.buckets.is_empty() {
             self.drop_oldest();
             self.evicted_early += 1;
         }
-        // An insert older than the newest bucket (only during restore) joins the newest bucket,
-        // so it is remembered a little longer, never shorter. `seen` names the bucket that
-        // lists the hash, so `drop_oldest` finds it.
+        // An insert older than the newest bucket (only while rebuilding after a restart) joins
+        // the newest bucket, so it is remembered a little longer, never shorter.
+        self.seen.insert(hash);
         match self.buckets.back_mut() {
-            Some((start, hashes)) if *start >= bucket => {
-                hashes.push(hash);
-                self.seen.insert(hash, *start);
-            }
-            _ => {
-                self.buckets.push_back((bucket, vec![hash]));
-                self.seen.insert(hash, bucket);
-            }
+            Some((start, hashes)) if *start >= bucket => hashes.push(hash),
+            _ => self.buckets.push_back((bucket, vec![hash])),
         }
         true
     }
 
     /// Forgets `hash` again (used when the events it belongs to could not be made durable).
     pub fn remove(&mut self, hash: u64) {
-        // The bucket queue keeps the hash; `drop_oldest` skips it unless it was re-inserted.
-        self.seen.remove(&hash);
+        if !self.seen.remove(&hash) {
+            return;
+        }
+        // Keep "every hash is in exactly one bucket list": it was inserted moments ago, so it is
+        // near the end of the newest list; search from there.
+        for (_, hashes) in self.buckets.iter_mut().rev() {
+            if let Some(i) = hashes.iter().rposition(|h| *h == hash) {
+                hashes.swap_remove(i);
+                return;
+            }
+        }
     }
 
     /// Serializes the remembered ids: magic, count, then (hash, bucket start) pairs, then a
@@ -153,10 +154,8 @@ impl Dedup {
         out.extend_from_slice(&(self.seen.len() as u64).to_le_bytes());
         for (start, hashes) in &self.buckets {
             for h in hashes {
-                if self.seen.get(h) == Some(start) {
-                    out.extend_from_slice(&h.to_le_bytes());
-                    out.extend_from_slice(&start.to_le_bytes());
-                }
+                out.extend_from_slice(&h.to_le_bytes());
+                out.extend_from_slice(&start.to_le_bytes());
             }
         }
         let crc = crc32c::crc32c(&out);
@@ -243,7 +242,11 @@ mod tests {
         let mut d = Dedup::new(HOUR, 1000);
         d.insert(7, 0);
         d.remove(7);
-        assert!(d.insert(7, 1));
+        assert!(d.insert(7, HOUR / 2));
+        // Removed from the old bucket too: ageing that bucket out keeps the new insert.
+        d.expire(HOUR + HOUR / BUCKETS);
+        assert!(!d.insert(7, HOUR + HOUR / BUCKETS));
+        assert_eq!(d.snapshot().len(), 8 + 8 + 16 + 4);
     }
 
     #[test]
