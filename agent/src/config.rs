@@ -122,7 +122,7 @@ settings! {
     /// How long an `event_id` is remembered for dedup, in seconds.
     dedup_window_secs: u64 [u64] = 3600;
     /// Most event ids remembered; past it the oldest time bucket is forgotten early (counted in
-    /// `runnel_agent_dedup_evicted_early_total`). About 40 bytes of memory per id.
+    /// `runnel_agent_dedup_evicted_early_total`). About 35 bytes of memory per id.
     dedup_ids_max: usize [usize] = 10_000_000;
     /// Most bytes the spool may hold on disk.
     spool_bytes_max: u64 [u64] = 1 << 30;
