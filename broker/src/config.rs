@@ -27,6 +27,9 @@ settings! {
     connections_max: u32 [u32] = 1024;
     /// Batches (streams) in flight per connection.
     streams_per_connection_max: u32 [u32] = 64;
+    /// The log's recovery checkpoint (producer table and counts) is rewritten after this many
+    /// appended bytes; a restart scans at most about this much of the log.
+    checkpoint_interval_bytes: u64 [u64] = 256 << 20;
     /// Most events one `log read` request may return.
     log_read_limit_max: usize [usize] = 100_000;
 }

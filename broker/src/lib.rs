@@ -64,8 +64,12 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let server_config = tls::server_config(&files, cfg.streams_per_connection_max)?;
     let (log, report) = {
         let (storage, dir) = (storage.clone(), cfg.data_dir.join("log"));
-        let (seg, batch) = (cfg.segment_bytes_max, cfg.batch_bytes_max);
-        tokio::task::spawn_blocking(move || log::BrokerLog::open(storage, &dir, seg, batch))
+        let (seg, batch, ckpt) = (
+            cfg.segment_bytes_max,
+            cfg.batch_bytes_max,
+            cfg.checkpoint_interval_bytes,
+        );
+        tokio::task::spawn_blocking(move || log::BrokerLog::open(storage, &dir, seg, batch, ckpt))
             .await??
     };
     if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {

@@ -21,11 +21,20 @@
 //! [`BrokerLog::read_events`] walks records from an offset with the log's sparse index and
 //! expands them to events with their offsets.
 //!
+//! ## Checkpoint
+//! `DATA_DIR/log/state.checkpoint` holds the producer table and the counts as of a log offset:
+//! magic `RNLCKPT1`, CRC32C (u32 LE) of the rest, then JSON `{end_offset, producers, counts}`.
+//! The writer replaces it atomically after a successful fsync whenever
+//! `checkpoint_interval_bytes` have been appended since the last one, so it only ever describes
+//! durable records.
+//!
 //! ## Recovery
-//! After segment recovery, the log is scanned once: every record's batch header rebuilds the
+//! After segment recovery the checkpoint is loaded (if it is readable and its offset lies within
+//! the log) and the records from its offset on are scanned: each batch header advances the
 //! producer table, so a batch appended before a crash is recognised when its agent sends it
-//! again; its events rebuild the per-type counts of `runnel log stats`. (Startup time grows
-//! with the log; a periodic snapshot of both is the planned remedy, see docs/DECISIONS.md.)
+//! again, and its events advance the per-type counts of `runnel log stats`. Without a usable
+//! checkpoint the whole log is scanned. Start-up work is thus bounded by
+//! `checkpoint_interval_bytes`, not by the size of the log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -121,7 +130,7 @@ pub struct Stats {
     pub producers: usize,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Serialize, serde::Deserialize)]
 struct Counts {
     events: u64,
     by_type: BTreeMap<String, u64>,
@@ -140,6 +149,7 @@ pub struct BrokerLog {
     reader: LogReader,
     counts: Arc<Mutex<Counts>>,
     failed: Arc<Mutex<Option<String>>>,
+    scanned_at_open: u64,
 }
 
 type Producers = HashMap<(String, u64), u64>;
@@ -162,35 +172,77 @@ impl BrokerLog {
         dir: &Path,
         segment_bytes_max: u64,
         batch_bytes_max: usize,
+        checkpoint_interval_bytes: u64,
     ) -> anyhow::Result<(Self, RecoveryReport)> {
         let opts = LogOptions {
             segment_bytes_max,
             record_bytes_max: u32::try_from(batch_bytes_max + 64).unwrap_or(u32::MAX),
             ..LogOptions::default()
         };
-        let (log, report) = SegmentLog::open(storage, dir, opts, 0)?;
+        let (log, report) = SegmentLog::open(storage.clone(), dir, opts, 0)?;
         let reader = log.reader();
         let started = Instant::now();
-        let (producers, counts) = scan(&reader, batch_bytes_max)?;
+        let checkpoint_path = dir.join("state.checkpoint");
+        let stats = reader.stats();
+        let state = match storage.read_file(&checkpoint_path) {
+            Ok(bytes) => match Checkpoint::decode(&bytes) {
+                Ok(c) if c.end_offset <= stats.end_offset => Some(c),
+                Ok(c) => {
+                    tracing::warn!(
+                        checkpoint = c.end_offset,
+                        log_end = stats.end_offset,
+                        "checkpoint is past the end of the log; scanning the whole log"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint unreadable; scanning the whole log");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let (from, mut producers, mut counts) = match state {
+            Some(c) => (
+                c.end_offset,
+                c.producers
+                    .into_iter()
+                    .map(|(a, e, n)| ((a, e), n))
+                    .collect(),
+                c.counts,
+            ),
+            None => (0, Producers::new(), Counts::default()),
+        };
+        let scanned = scan(&reader, batch_bytes_max, from, &mut producers, &mut counts)?;
         tracing::info!(
             events = counts.events,
             producers = producers.len(),
+            from_offset = from,
+            scanned_records = scanned,
             ms = started.elapsed().as_millis() as u64,
-            "log scanned"
+            "log state recovered"
         );
+        metrics::gauge!("runnel_broker_recovery_scanned_records").set(scanned as f64);
+        let checkpointer = Checkpointer {
+            storage,
+            path: checkpoint_path,
+            interval_bytes: checkpoint_interval_bytes,
+            since_bytes: 0,
+        };
         let counts = Arc::new(Mutex::new(counts));
         let failed = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let (c, f) = (counts.clone(), failed.clone());
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer(log, producers, rx, c, f))?;
+            .spawn(move || writer(log, producers, rx, c, f, checkpointer))?;
         Ok((
             Self {
                 tx,
                 reader,
                 counts,
                 failed,
+                scanned_at_open: scanned,
             },
             report,
         ))
@@ -211,6 +263,12 @@ impl BrokerLog {
         }
         rx.await
             .unwrap_or_else(|_| unavailable("log writer stopped"))
+    }
+
+    /// Records scanned at open to recover the producer table and counts (those after the
+    /// checkpoint).
+    pub fn scanned_at_open(&self) -> u64 {
+        self.scanned_at_open
     }
 
     /// Why the log stopped accepting writes, if it did.
@@ -293,11 +351,88 @@ impl BrokerLog {
     }
 }
 
-/// Rebuilds the producer table and counts from the whole log.
-fn scan(reader: &LogReader, max: usize) -> anyhow::Result<(Producers, Counts)> {
-    let mut producers = Producers::new();
-    let mut counts = Counts::default();
-    let mut next = 0;
+/// What the checkpoint file holds.
+#[derive(Serialize, serde::Deserialize)]
+struct Checkpoint {
+    end_offset: u64,
+    producers: Vec<(String, u64, u64)>,
+    counts: Counts,
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"RNLCKPT1";
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("serializing to memory");
+        let mut out = Vec::with_capacity(json.len() + 12);
+        out.extend_from_slice(CHECKPOINT_MAGIC);
+        out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err("not a checkpoint".into());
+        }
+        let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[12..]) != crc {
+            return Err("checkpoint checksum mismatch".into());
+        }
+        serde_json::from_slice(&bytes[12..]).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes the checkpoint every `interval_bytes` of appended records.
+struct Checkpointer {
+    storage: Arc<dyn Storage>,
+    path: std::path::PathBuf,
+    interval_bytes: u64,
+    since_bytes: u64,
+}
+
+impl Checkpointer {
+    /// Called after a successful fsync that made everything below `end_offset` durable.
+    fn after_sync(
+        &mut self,
+        appended_bytes: u64,
+        end_offset: u64,
+        producers: &Producers,
+        counts: &Counts,
+    ) {
+        self.since_bytes += appended_bytes;
+        if self.since_bytes < self.interval_bytes {
+            return;
+        }
+        self.since_bytes = 0;
+        let c = Checkpoint {
+            end_offset,
+            producers: producers
+                .iter()
+                .map(|((a, e), n)| (a.clone(), *e, *n))
+                .collect(),
+            counts: counts.clone(),
+        };
+        match self.storage.write_atomic(&self.path, &c.encode()) {
+            Ok(()) => metrics::counter!("runnel_broker_checkpoints_total").increment(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the log checkpoint failed; the next start scans more")
+            }
+        }
+    }
+}
+
+/// Advances the producer table and counts over the records from offset `from` on; returns how
+/// many records were scanned.
+fn scan(
+    reader: &LogReader,
+    max: usize,
+    from: u64,
+    producers: &mut Producers,
+    counts: &mut Counts,
+) -> anyhow::Result<u64> {
+    let mut scanned = 0u64;
+    let mut next = from;
     loop {
         let records = reader.read(next, 256, 32 << 20)?;
         if records.is_empty() {
@@ -305,6 +440,7 @@ fn scan(reader: &LogReader, max: usize) -> anyhow::Result<(Producers, Counts)> {
         }
         for rec in &records {
             next = rec.header.base_offset + u64::from(rec.header.count);
+            scanned += 1;
             let body = match decode_frame(&rec.payload, max) {
                 Ok(b) => b,
                 Err(e) => {
@@ -315,7 +451,7 @@ fn scan(reader: &LogReader, max: usize) -> anyhow::Result<(Producers, Counts)> {
             let Ok((batch, _)) = access_batch(&body) else {
                 continue;
             };
-            note_producer(&mut producers, batch);
+            note_producer(producers, batch);
             for chunk in batch.chunks.iter() {
                 let a = aligned(chunk.as_slice());
                 if let Ok(c) = Chunk::access(&a) {
@@ -328,7 +464,7 @@ fn scan(reader: &LogReader, max: usize) -> anyhow::Result<(Producers, Counts)> {
         }
     }
     counts.producers = producers.len();
-    Ok((producers, counts))
+    Ok(scanned)
 }
 
 fn note_producer(producers: &mut Producers, batch: &ArchivedBatch) {
@@ -376,6 +512,7 @@ fn writer(
     mut rx: mpsc::Receiver<Append>,
     counts: Arc<Mutex<Counts>>,
     failed: Arc<Mutex<Option<String>>>,
+    mut checkpointer: Checkpointer,
 ) {
     let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
     while let Some(first) = rx.blocking_recv() {
@@ -431,7 +568,7 @@ fn writer(
                         .flatten()
                         .cloned()
                         .collect();
-                    appended.push((reply, ack, types));
+                    appended.push((reply, ack, types, frame.len() as u64));
                 }
                 Err(e) => {
                     if e.is_poisoned() {
@@ -467,12 +604,13 @@ fn writer(
         }
         let started = Instant::now();
         match log.sync() {
-            Ok(_) => {
+            Ok(end_offset) => {
                 metrics::histogram!("runnel_broker_log_fsync_seconds")
                     .record(started.elapsed().as_secs_f64());
                 let mut c = counts.lock().expect("lock poisoned");
                 c.producers = producers.len();
-                for (reply, ack, types) in appended {
+                let appended_bytes: u64 = appended.iter().map(|(_, _, _, bytes)| *bytes).sum();
+                for (reply, ack, types, _) in appended {
                     c.events += u64::from(ack.appended_events);
                     for (t, n) in types {
                         *c.by_type.entry(t).or_default() += n;
@@ -481,6 +619,8 @@ fn writer(
                         .increment(u64::from(ack.appended_events));
                     let _ = reply.send(ack);
                 }
+                checkpointer.after_sync(appended_bytes, end_offset, &producers, &c);
+                drop(c);
                 for (reply, chunks) in duplicates {
                     let _ = reply.send(duplicate_ack(chunks));
                 }
@@ -488,7 +628,7 @@ fn writer(
             Err(e) => {
                 tracing::error!(error = %e, "log fsync failed; the broker stops accepting batches");
                 *failed.lock().expect("lock poisoned") = Some(e.to_string());
-                for (reply, _, _) in appended {
+                for (reply, _, _, _) in appended {
                     let _ = reply.send(unavailable(e.to_string()));
                 }
                 for (reply, _) in duplicates {

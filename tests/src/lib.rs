@@ -137,6 +137,8 @@ impl Pipeline {
             format!("--data-dir={}", d.join("broker").display()),
             format!("--quic-addr=127.0.0.1:{quic}"),
             format!("--admin-addr=127.0.0.1:{admin}"),
+            // Checkpoint often, so restarts (and kill -9) exercise checkpoint + partial scan.
+            "--checkpoint-interval-bytes=262144".to_string(),
         ];
         let mut agent_args = vec![
             format!("--data-dir={}", d.join("agent").display()),
