@@ -12,4 +12,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the binaries from the target dir: build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The fuzz targets (run by scripts/fuzz.sh on nightly) must keep compiling.
+cargo check --locked --manifest-path sdk/event/fuzz/Cargo.toml
 echo "test.sh: all checks passed in $(( $(date +%s) - started ))s"
