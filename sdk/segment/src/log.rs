@@ -141,6 +141,23 @@ impl SegmentInfo {
     fn has_records(&self) -> bool {
         self.end_offset > self.base
     }
+
+    /// A scan of this segment's durable bytes from the last index entry for which `before`
+    /// holds (index entries are in file order), or from the first record.
+    fn plan_from(&self, before: impl Fn(&IndexEntry) -> bool) -> ScanPlan {
+        let start = self
+            .index
+            .iter()
+            .take_while(|e| before(e))
+            .last()
+            .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.pos);
+        ScanPlan {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            start,
+            end: self.durable_len,
+        }
+    }
 }
 
 struct Shared {
@@ -780,20 +797,7 @@ impl LogReader {
             segs[first..]
                 .iter()
                 .filter(|s| s.has_records())
-                .map(|s| {
-                    let start = s
-                        .index
-                        .iter()
-                        .take_while(|e| e.offset <= from)
-                        .last()
-                        .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.pos);
-                    ScanPlan {
-                        file: s.file.clone(),
-                        path: s.path.clone(),
-                        start,
-                        end: s.durable_len,
-                    }
-                })
+                .map(|s| s.plan_from(|e| e.offset <= from))
                 .collect()
         };
         let mut out = Vec::new();
@@ -850,20 +854,7 @@ impl LogReader {
             let segs = self.shared.segments.read().expect("lock poisoned");
             segs.iter()
                 .filter(|s| s.has_records() && s.max_ts >= ts_ms)
-                .map(|s| {
-                    let start = s
-                        .index
-                        .iter()
-                        .take_while(|e| e.max_ts_before < ts_ms)
-                        .last()
-                        .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.pos);
-                    ScanPlan {
-                        file: s.file.clone(),
-                        path: s.path.clone(),
-                        start,
-                        end: s.durable_len,
-                    }
-                })
+                .map(|s| s.plan_from(|e| e.max_ts_before < ts_ms))
                 .collect()
         };
         for ScanPlan {
