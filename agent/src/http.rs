@@ -281,7 +281,23 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     }
     let n = events.len();
     let payload = Chunk { events }.encode();
-    let result = append_with_policy(&app, payload, received_at).await;
+    // The append and the undo of the reservations run to completion even if the client goes
+    // away and this handler is dropped: otherwise a dropped request could leave ids reserved
+    // whose events were never stored (a retry would then be answered "duplicate"), or release
+    // ids whose events the spool did store.
+    let task_app = app.clone();
+    let result = tokio::spawn(async move {
+        let result = append_with_policy(&task_app, payload, received_at).await;
+        if result.is_err() {
+            let mut dedup = task_app.dedup.lock().expect("lock poisoned");
+            for h in hashes {
+                dedup.remove(h);
+            }
+        }
+        result
+    })
+    .await
+    .unwrap_or_else(|e| Err(SpoolError::Failed(format!("append task failed: {e}"))));
     match result {
         Ok(_) => {
             out.accepted = n;
@@ -291,12 +307,6 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             answer(StatusCode::ACCEPTED, &out, None)
         }
         Err(e) => {
-            {
-                let mut dedup = app.dedup.lock().expect("lock poisoned");
-                for h in hashes {
-                    dedup.remove(h);
-                }
-            }
             let (status, retry) = match &e {
                 SpoolError::Full { .. } if cfg.spool_full_policy == SpoolFullPolicy::DropNewest => {
                     metrics::counter!("runnel_agent_events_dropped_total", "reason" => "spool_full")

@@ -228,30 +228,37 @@ impl Shipper {
             };
             let ack = self.send_until_answered(&single, shutdown).await?;
             if ack.status == AckStatus::Rejected {
-                self.keep_rejected(&single, &ack.message);
+                metrics::counter!("runnel_agent_chunks_rejected_by_broker_total").increment(1);
+                // Until the chunk is kept on disk the cursor must not pass it.
+                loop {
+                    match self.keep_rejected(&single, &ack.message) {
+                        Ok(path) => {
+                            tracing::error!(path = %path.display(), reason = %ack.message, "kept a chunk the broker refused");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not keep a chunk the broker refused; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(self.opts.backoff_max) => {}
+                                _ = shutdown.changed() => return None,
+                            }
+                        }
+                    }
+                }
             }
         }
         Some(())
     }
 
-    fn keep_rejected(&self, batch: &Batch, reason: &str) {
-        metrics::counter!("runnel_agent_chunks_rejected_by_broker_total").increment(1);
-        let path = self
-            .opts
-            .rejected_dir
-            .join(format!("{}-{}.chunk", batch.epoch, batch.first_seq));
+    /// Keeps a chunk the broker refused in `rejected/`, durably, before the cursor may pass it.
+    fn keep_rejected(&self, batch: &Batch, reason: &str) -> std::io::Result<std::path::PathBuf> {
+        let name = format!("{}-{}.chunk", batch.epoch, batch.first_seq);
+        let path = self.opts.rejected_dir.join(name);
         let st = &self.opts.storage;
-        // Durable before the cursor moves past the chunk.
-        let result = st
-            .create_dir_all(&self.opts.rejected_dir)
-            .and_then(|()| st.write_atomic(&path.with_extension("reason"), reason.as_bytes()))
-            .and_then(|()| st.write_atomic(&path, &batch.chunks[0]));
-        match result {
-            Ok(()) => {
-                tracing::error!(path = %path.display(), reason, "kept a chunk the broker refused")
-            }
-            Err(e) => tracing::error!(error = %e, "could not keep a chunk the broker refused"),
-        }
+        st.create_dir_all(&self.opts.rejected_dir)?;
+        st.write_atomic(&path.with_extension("reason"), reason.as_bytes())?;
+        st.write_atomic(&path, &batch.chunks[0])?;
+        Ok(path)
     }
 
     async fn send_until_answered(

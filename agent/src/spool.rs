@@ -336,8 +336,16 @@ fn writer(
             Err(e) => {
                 tracing::error!(error = %e, "spool fsync failed; the agent stops accepting events");
                 *state.failed.lock().expect("lock poisoned") = Some(e.to_string());
-                for (reply, _) in appended {
-                    let _ = reply.send(Err(SpoolError::Failed(e.to_string())));
+                // Records an earlier fsync in this group covered (a segment roll syncs) are
+                // durable and visible to the shipper: they are accepted, not refused.
+                let durable = log.reader().end_offset();
+                let _ = durable_tx.send(durable);
+                for (reply, seq) in appended {
+                    let _ = reply.send(if seq < durable {
+                        Ok(seq)
+                    } else {
+                        Err(SpoolError::Failed(e.to_string()))
+                    });
                 }
             }
         }

@@ -452,6 +452,58 @@ async fn spool_full_policies() {
 }
 
 #[tokio::test]
+async fn a_client_that_gives_up_leaves_no_ids_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig {
+        spool_bytes_max: 256 << 10,
+        spool_segment_bytes_max: 128 << 10,
+        decompressed_bytes_max: 32 << 10,
+        body_bytes_max: 32 << 10,
+        ship_batch_bytes_max: 64 << 10,
+        spool_full_policy: SpoolFullPolicy::Block,
+        spool_full_block_ms: 400,
+        ..config(dir.path())
+    };
+    let (agent, url) = start(cfg, Arc::new(FsStorage)).await;
+    // Fill the spool (no broker drains it).
+    for r in 0.. {
+        let body: Vec<Value> = (0..40).map(|i| event(&format!("fill-{r}-{i}"))).collect();
+        if post(&url, json!(body).to_string()).await.0 != 202 {
+            break;
+        }
+    }
+    // A client with a short timeout gives up while its request waits for space.
+    let body = json!(
+        (0..60)
+            .map(|i| event(&format!("gone-{i}")))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .post(format!("{url}/v1/events"))
+            .body(body.clone())
+            .send()
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Its retry must not be told "duplicate": nothing of it was stored.
+    let (status, answer, _) = post(&url, body).await;
+    assert_eq!(status, 503, "{answer}");
+    agent.shutdown().await;
+    assert!(
+        !spool_ids(&dir.path().join("agent"))
+            .iter()
+            .any(|id| id.starts_with("gone-"))
+    );
+}
+
+#[tokio::test]
 async fn torn_spool_tail_after_a_crash_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());

@@ -23,8 +23,6 @@ pub struct Admin {
     pub log: BrokerLog,
     /// See `BrokerConfig::log_read_limit_max`.
     pub read_limit_max: usize,
-    /// See `BrokerConfig::batch_bytes_max`.
-    pub batch_bytes_max: usize,
     /// Prometheus renderer.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -73,10 +71,10 @@ async fn read(
             a.read_limit_max
         ));
     }
-    let (log, max, from) = (a.log.clone(), a.batch_bytes_max, q.from.unwrap_or(0));
+    let (log, from) = (a.log.clone(), q.from.unwrap_or(0));
     let result = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        log.read_events(from, limit, max, |ev| {
+        log.read_events(from, limit, |ev| {
             serde_json::to_writer(&mut out, &ev).expect("serializing to memory");
             out.push(b'\n');
         })

@@ -98,7 +98,6 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let admin = Arc::new(admin::Admin {
         log: log.clone(),
         read_limit_max: cfg.log_read_limit_max,
-        batch_bytes_max: cfg.batch_bytes_max,
         metrics,
     });
     let mut admin_shutdown = shutdown_rx;

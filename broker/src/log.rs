@@ -78,6 +78,18 @@ pub fn check_batch(frame: Vec<u8>, max: usize) -> Result<CheckedBatch, String> {
     if batch.chunks.is_empty() {
         return Err("batch holds no chunks".into());
     }
+    if batch
+        .first_seq
+        .to_native()
+        .checked_add(batch.chunks.len() as u64)
+        .is_none()
+    {
+        return Err(format!(
+            "first_seq {} overflows with {} chunks",
+            batch.first_seq,
+            batch.chunks.len()
+        ));
+    }
     if let Some(i) = chunk_events.iter().position(|n| *n == 0) {
         return Err(format!("chunk {i} holds no events"));
     }
@@ -213,7 +225,7 @@ impl BrokerLog {
             ),
             None => (0, Producers::new(), Counts::default()),
         };
-        let scanned = scan(&reader, batch_bytes_max, from, &mut producers, &mut counts)?;
+        let scanned = scan(&reader, from, &mut producers, &mut counts)?;
         tracing::info!(
             events = counts.events,
             producers = producers.len(),
@@ -296,7 +308,6 @@ impl BrokerLog {
         &self,
         from: u64,
         limit: usize,
-        max: usize,
         mut f: impl FnMut(EventView<'_>),
     ) -> Result<usize, LogError> {
         let mut done = 0;
@@ -307,7 +318,8 @@ impl BrokerLog {
                 break;
             }
             for rec in &records {
-                let Ok(body) = decode_frame(&rec.payload, max) else {
+                next = rec.header.base_offset + u64::from(rec.header.count);
+                let Some(body) = stored_frame(rec) else {
                     continue;
                 };
                 let Ok((batch, _)) = access_batch(&body) else {
@@ -344,10 +356,21 @@ impl BrokerLog {
                         offset += 1;
                     }
                 }
-                next = rec.header.base_offset + u64::from(rec.header.count);
             }
         }
         Ok(done)
+    }
+}
+
+/// Decodes a frame stored in the log. It was checked against `batch_bytes_max` when it was
+/// appended and the segment's CRC covers it, so it is read whatever the limit is now.
+fn stored_frame(rec: &runnel_segment::StoredRecord) -> Option<runnel_event::wire::AlignedVec<16>> {
+    match decode_frame(&rec.payload, u32::MAX as usize) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            tracing::error!(offset = rec.header.base_offset, error = %e, "unreadable batch in the log");
+            None
+        }
     }
 }
 
@@ -426,7 +449,6 @@ impl Checkpointer {
 /// many records were scanned.
 fn scan(
     reader: &LogReader,
-    max: usize,
     from: u64,
     producers: &mut Producers,
     counts: &mut Counts,
@@ -441,12 +463,8 @@ fn scan(
         for rec in &records {
             next = rec.header.base_offset + u64::from(rec.header.count);
             scanned += 1;
-            let body = match decode_frame(&rec.payload, max) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(offset = rec.header.base_offset, error = %e, "unreadable batch in the log");
-                    continue;
-                }
+            let Some(body) = stored_frame(rec) else {
+                continue;
             };
             let Ok((batch, _)) = access_batch(&body) else {
                 continue;
@@ -628,8 +646,16 @@ fn writer(
             Err(e) => {
                 tracing::error!(error = %e, "log fsync failed; the broker stops accepting batches");
                 *failed.lock().expect("lock poisoned") = Some(e.to_string());
-                for (reply, _, _, _) in appended {
-                    let _ = reply.send(unavailable(e.to_string()));
+                // Batches an earlier fsync in this group covered (a segment roll syncs) are
+                // durable: acknowledge them.
+                let durable = log.reader().end_offset();
+                for (reply, ack, _, _) in appended {
+                    let covered = ack.base_offset + u64::from(ack.appended_events) <= durable;
+                    let _ = reply.send(if covered {
+                        ack
+                    } else {
+                        unavailable(e.to_string())
+                    });
                 }
                 for (reply, _) in duplicates {
                     let _ = reply.send(unavailable(e.to_string()));

@@ -71,7 +71,7 @@ fn open_checkpointing(dir: &Path, interval_bytes: u64) -> BrokerLog {
 
 fn ids(log: &BrokerLog) -> Vec<String> {
     let mut out = Vec::new();
-    log.read_events(0, usize::MAX, MAX, |e| out.push(e.event_id.to_string()))
+    log.read_events(0, usize::MAX, |e| out.push(e.event_id.to_string()))
         .unwrap();
     out
 }
@@ -192,6 +192,31 @@ async fn restart_scans_only_what_follows_the_checkpoint() {
     );
 }
 
+#[tokio::test]
+async fn a_smaller_batch_limit_after_a_restart_still_reads_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), Arc::new(FsStorage));
+    assert_eq!(
+        send(&log, batch(5, 0, 200)).await.status,
+        AckStatus::Appended
+    );
+    drop(log);
+    let small = BrokerLog::open(
+        Arc::new(FsStorage),
+        &dir.path().join("log"),
+        1 << 20,
+        2048,
+        u64::MAX,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(small.stats().records, 200);
+    assert_eq!(ids(&small).len(), 200);
+    // And the producer table still knows the batch.
+    let resend = check_batch(batch(5, 0, 1), MAX).unwrap();
+    assert_eq!(small.append(resend).await.status, AckStatus::Duplicate);
+}
+
 #[test]
 fn malformed_batches_are_refused_with_a_reason() {
     assert!(
@@ -214,6 +239,23 @@ fn malformed_batches_are_refused_with_a_reason() {
         check_batch(empty.encode_frame(), MAX)
             .unwrap_err()
             .contains("no events")
+    );
+    let overflow = Batch {
+        agent_id: "a".into(),
+        host: "h".into(),
+        epoch: 1,
+        first_seq: u64::MAX,
+        chunks: vec![
+            Chunk {
+                events: vec![ev("x")],
+            }
+            .encode(),
+        ],
+    };
+    assert!(
+        check_batch(overflow.encode_frame(), MAX)
+            .unwrap_err()
+            .contains("overflows")
     );
     let big = batch(1, 0, 2000);
     assert!(

@@ -27,7 +27,7 @@
 //! The broker's answer is a [`BatchAck`], a small fixed frame (see [`BatchAck::encode`]).
 
 use rkyv::rancor;
-use rkyv::util::AlignedVec;
+pub use rkyv::util::AlignedVec;
 
 use crate::envelope::{ArchivedEvent, Event};
 

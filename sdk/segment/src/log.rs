@@ -16,8 +16,9 @@ use crate::storage::{ReadableFile, Storage, WritableFile};
 pub struct LogOptions {
     /// A segment is sealed and a new one started before it would grow past this many bytes.
     pub segment_bytes_max: u64,
-    /// Largest payload of a single record; larger appends are refused, larger headers on disk
-    /// are treated as corruption.
+    /// Largest payload of a single new record; larger appends are refused. Records already on
+    /// disk are read whatever this is set to now (a scan never reads past the end of the file,
+    /// so a garbage length cannot make it allocate more than the file holds).
     pub record_bytes_max: u32,
     /// One sparse index entry per this many bytes of a segment.
     pub index_interval_bytes: u64,
@@ -162,7 +163,6 @@ impl SegmentInfo {
 
 struct Shared {
     dir: PathBuf,
-    record_bytes_max: u32,
     segments: RwLock<Vec<SegmentInfo>>,
 }
 
@@ -267,6 +267,9 @@ impl<'f> Scanner<'f> {
         Ok(self.buf.len() >= need)
     }
 }
+
+/// The largest record length the format can express; what reading and recovery accept.
+const RECORD_FORMAT_MAX: u32 = u32::MAX;
 
 fn segment_name(base: u64) -> String {
     format!("{base:020}.seg")
@@ -380,7 +383,6 @@ impl SegmentLog {
         report.next_offset = next_offset;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            record_bytes_max: opts.record_bytes_max,
             segments: RwLock::new(segments),
         });
         let log = Self {
@@ -517,8 +519,25 @@ impl SegmentLog {
     /// Seals the active segment (durably) and starts a new one at `next_offset`.
     fn roll(&mut self) -> Result<(), LogError> {
         self.sync()?;
-        let info = create_segment(&*self.storage, &self.shared.dir, self.next_offset)
-            .map_err(|e| self.poison(format!("could not start a new segment: {e}")))?;
+        // If the new segment cannot be made (a full disk, say), nothing has changed: the active
+        // segment stays active and complete, the append that wanted the roll fails, and a later
+        // one tries again.
+        let info = match create_segment(&*self.storage, &self.shared.dir, self.next_offset) {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = self
+                    .storage
+                    .remove_file(&self.shared.dir.join(segment_name(self.next_offset)));
+                return Err(match e {
+                    LogError::Io { path, source, .. }
+                        if source.raw_os_error() == Some(libc::ENOSPC) =>
+                    {
+                        LogError::NoSpace { path, source }
+                    }
+                    other => other,
+                });
+            }
+        };
         let path = info.path.clone();
         let active = self
             .storage
@@ -652,12 +671,7 @@ fn recover_segment(
         index: Vec::new(),
         max_ts: i64::MIN,
     };
-    let mut scanner = Scanner::new(
-        &*file,
-        SEGMENT_HEADER_BYTES as u64,
-        len,
-        opts.record_bytes_max,
-    );
+    let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES as u64, len, RECORD_FORMAT_MAX);
     let mut last_index_pos = 0u64;
     let bad = loop {
         match scanner
@@ -809,7 +823,7 @@ impl LogReader {
             end,
         } in plan
         {
-            let mut scanner = Scanner::new(&*file, start, end, self.shared.record_bytes_max);
+            let mut scanner = Scanner::new(&*file, start, end, RECORD_FORMAT_MAX);
             loop {
                 if out.len() >= max_records {
                     return Ok(out);
@@ -864,7 +878,7 @@ impl LogReader {
             end,
         } in candidates
         {
-            let mut scanner = Scanner::new(&*file, start, end, self.shared.record_bytes_max);
+            let mut scanner = Scanner::new(&*file, start, end, RECORD_FORMAT_MAX);
             loop {
                 match scanner.next(None).map_err(io_err("read", &path))? {
                     Scan::Record { header, .. } if header.ts_ms >= ts_ms => {

@@ -264,3 +264,53 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_roll_that_hits_a_full_disk_fails_that_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let storage: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
+    let (mut log, _) = SegmentLog::open(storage, dir.path(), small(), 0).unwrap();
+    // Fill the first segment so that the next append must roll.
+    let mut n = 0u64;
+    while log.reader().stats().segments == 1 && n < 9 {
+        log.append(&[1; 100], 1, 0).unwrap();
+        n += 1;
+    }
+    log.sync().unwrap();
+    let before = payloads(&log, 0).len();
+    faults.set_space_left(0);
+    let err = log.append(&[2; 100], 1, 0).unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    faults.set_space_left(u64::MAX);
+    // Not poisoned: the next append rolls and lands.
+    let off = log.append(&[3; 100], 1, 0).unwrap();
+    log.sync().unwrap();
+    let got = payloads(&log, 0);
+    assert_eq!(got.len(), before + 1);
+    assert_eq!(got.last().unwrap().0, off);
+    drop(log);
+    let (log, report) = open(dir.path(), small());
+    assert_eq!(report.truncated_bytes, 0);
+    assert!(report.quarantined_segments.is_empty(), "{report:?}");
+    assert_eq!(payloads(&log, 0).len(), before + 1);
+}
+
+#[test]
+fn lowering_record_bytes_max_never_drops_stored_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), LogOptions::default());
+    log.append(&[1; 3000], 1, 0).unwrap();
+    log.append(&[2; 10], 1, 0).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let tight = LogOptions {
+        record_bytes_max: 100,
+        ..LogOptions::default()
+    };
+    let (mut log, report) = open(dir.path(), tight);
+    assert_eq!((report.records, report.truncated_bytes), (2, 0));
+    assert_eq!(payloads(&log, 0).len(), 2);
+    // The limit still applies to new appends.
+    assert!(log.append(&[3; 3000], 1, 0).is_err());
+}
