@@ -8,9 +8,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/setup.sh
 started=$(date +%s)
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path plugins/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --locked --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -- -D warnings
 # The end-to-end tests run the binaries from the target dir: build them first.
 cargo build --workspace --bins --locked
+# The host tests load the example and test plugins: build them (wasm32-wasip2 components).
+cargo build --release --locked --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 cargo test --workspace --locked
 # The fuzz targets (run by scripts/fuzz.sh on nightly) must keep compiling.
 cargo check --locked --manifest-path sdk/event/fuzz/Cargo.toml

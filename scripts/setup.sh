@@ -26,3 +26,9 @@ for comp in rustfmt clippy; do
     rustup component add "$comp"
   fi
 done
+
+# Plugins are WebAssembly components for wasm32-wasip2.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  log "adding rustup target wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
