@@ -1,0 +1,158 @@
+//! # runnel-plugin: a Runnel plugin is one function
+//!
+//! An enricher decides, for each event, to keep it, replace it, or drop it (with a reason). The
+//! host calls the plugin once per batch; this crate turns that call into one call of your
+//! function per event, reading events straight out of the batch bytes without copying.
+//!
+//! ```ignore
+//! use runnel_plugin::{Decision, Event, Field};
+//!
+//! /// Drops debug events, and tags everything else with the plugin's `team` parameter.
+//! fn tag(event: &Event<'_>) -> Decision {
+//!     if event.event_type().starts_with("debug.") {
+//!         return Decision::Drop("debug events stay on the host".into());
+//!     }
+//!     let mut out = event.to_owned_event();
+//!     let team = runnel_plugin::params().get("team").unwrap_or("none");
+//!     out.set(Field::AppVersion, Some(format!("{}+{team}", event.field(Field::AppVersion).unwrap_or("?"))));
+//!     Decision::Replace(out)
+//! }
+//!
+//! runnel_plugin::enricher!(tag);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to deploy. `enricher!(f, init = g)` also
+//! runs `g(&Params) -> Result<(), String>` once per instance, to check parameters: an error
+//! refuses the deploy.
+//!
+//! A plugin has no filesystem, network, clock or randomness; it can log through [`log`] and
+//! count through [`counter_add`]. It must not keep state the host relies on: the host may
+//! replace an instance at any time.
+
+use std::sync::OnceLock;
+
+use runnel_batch::{BatchView, BatchWriter};
+pub use runnel_batch::{EventRef as Event, Field, OwnedEvent};
+
+/// The generated bindings of the `enricher` world (`wit/plugin.wit`).
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "enricher",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_enricher_world",
+        default_bindings_module: "runnel_plugin::bindings",
+    });
+}
+
+use bindings::runnel::plugin::host;
+use bindings::runnel::plugin::types::{EnrichResult, Outcome, Param};
+
+/// What becomes of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Pass it on unchanged.
+    Keep,
+    /// Pass this event on instead.
+    Replace(OwnedEvent),
+    /// Drop it; the reason is counted by the host.
+    Drop(String),
+}
+
+/// The plugin's parameters (from its manifest and the deploy command).
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The value of parameter `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+static PARAMS: OnceLock<Params> = OnceLock::new();
+
+/// The parameters this instance was started with.
+pub fn params() -> &'static Params {
+    PARAMS.get_or_init(Params::default)
+}
+
+/// Writes a line to the host's log at level info.
+pub fn log(message: &str) {
+    host::log(host::Level::Info, message);
+}
+
+/// Adds `delta` to this plugin's counter `name` on the host.
+pub fn counter_add(name: &str, delta: u64) {
+    host::counter_add(name, delta);
+}
+
+#[doc(hidden)]
+pub fn __init(params: Vec<Param>, check: fn(&Params) -> Result<(), String>) -> Result<(), String> {
+    let params = Params(params.into_iter().map(|p| (p.name, p.value)).collect());
+    check(&params)?;
+    PARAMS
+        .set(params)
+        .map_err(|_| "init called twice".to_string())
+}
+
+#[doc(hidden)]
+pub fn __enrich(batch: &[u8], decide: fn(&Event<'_>) -> Decision) -> Result<EnrichResult, String> {
+    let view = BatchView::new(batch).map_err(|e| e.to_string())?;
+    let mut outcomes = Vec::with_capacity(view.len());
+    let mut replacements = BatchWriter::new();
+    for event in view.iter() {
+        outcomes.push(match decide(&event) {
+            Decision::Keep => Outcome::Keep,
+            Decision::Drop(reason) => Outcome::Drop(reason),
+            Decision::Replace(new) => {
+                replacements.push_owned(&new);
+                Outcome::Replace(replacements.len() as u32 - 1)
+            }
+        });
+    }
+    let replacements = if replacements.is_empty() {
+        Vec::new()
+    } else {
+        replacements.finish()
+    };
+    Ok(EnrichResult {
+        outcomes,
+        replacements,
+    })
+}
+
+/// Makes `decide: fn(&Event) -> Decision` this component's enricher (see the crate docs).
+#[macro_export]
+macro_rules! enricher {
+    ($decide:path) => {
+        $crate::enricher!($decide, init = |_: &$crate::Params| Ok(()));
+    };
+    ($decide:path, init = $init:expr) => {
+        struct __RunnelEnricher;
+
+        impl $crate::bindings::Guest for __RunnelEnricher {
+            fn init(
+                params: ::std::vec::Vec<$crate::bindings::runnel::plugin::types::Param>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__init(params, $init)
+            }
+
+            fn enrich(
+                batch: ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<
+                $crate::bindings::runnel::plugin::types::EnrichResult,
+                ::std::string::String,
+            > {
+                $crate::__enrich(&batch, $decide)
+            }
+        }
+
+        $crate::bindings::__export_enricher_world!(__RunnelEnricher with_types_in $crate::bindings);
+    };
+}
