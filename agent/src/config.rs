@@ -126,6 +126,14 @@ settings! {
     dedup_ids_max: usize [usize] = 10_000_000;
     /// Most bytes the spool may hold on disk.
     spool_bytes_max: u64 [u64] = 1 << 30;
+    /// Edge plugin (a wasm32-wasip2 component of the `enricher` world) run on every accepted
+    /// batch before it is spooled; repeat the flag for several, run in order. Reloaded when the
+    /// file changes.
+    edge_plugin: Vec<PathBuf> [Vec<PathBuf>] = Vec::new();
+    /// Longest one edge plugin call may run, in ms (then the call is interrupted).
+    edge_plugin_deadline_ms: u64 [u64] = 200;
+    /// Largest linear memory of one edge plugin instance, in bytes.
+    edge_plugin_memory_bytes_max: usize [usize] = 64 << 20;
     /// Size at which a spool segment is sealed and a new one started, in bytes.
     spool_segment_bytes_max: u64 [u64] = 64 << 20;
     /// What to do when the spool is full.

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{AgentConfig, SpoolFullPolicy};
 use crate::dedup::{Dedup, id_hash};
+use crate::edge::{EdgeChain, EdgeOutcome};
 use crate::spool::{Spool, SpoolError};
 
 /// Shared state of the HTTP handlers.
@@ -35,6 +36,7 @@ pub struct AppState {
     pub(crate) spool: Spool,
     pub(crate) dedup: Arc<Mutex<Dedup>>,
     pub(crate) in_flight: Semaphore,
+    pub(crate) edge: Option<Arc<Mutex<EdgeChain>>>,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -261,15 +263,17 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
 
     // Dedup: reserve the ids now so concurrent requests see them; undo if the spool refuses.
     let mut hashes = Vec::with_capacity(parsed.events.len());
+    let mut indices = Vec::with_capacity(parsed.events.len());
     let mut events = Vec::with_capacity(parsed.events.len());
     {
         let mut dedup = app.dedup.lock().expect("lock poisoned");
         dedup.expire(received_at);
-        for (_, ev) in parsed.events {
+        for (index, ev) in parsed.events {
             let h = id_hash(&ev.event_id);
             if dedup.insert(h, received_at) {
                 hashes.push(h);
-                events.push(ev);
+                indices.push(index);
+                events.push((index, ev));
             } else {
                 out.duplicates += 1;
             }
@@ -279,25 +283,82 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     if events.is_empty() {
         return answer(StatusCode::ACCEPTED, &out, None);
     }
-    let n = events.len();
-    let payload = Chunk { events }.encode();
-    // The append and the undo of the reservations run to completion even if the client goes
-    // away and this handler is dropped: otherwise a dropped request could leave ids reserved
-    // whose events were never stored (a retry would then be answered "duplicate"), or release
-    // ids whose events the spool did store.
+    // Edge plugins, the spool append and the undo of the reservations run to completion even
+    // if the client goes away and this handler is dropped: otherwise a dropped request could
+    // leave ids reserved whose events were never stored (a retry would then be answered
+    // "duplicate"), or release ids whose events the spool did store.
+    let attempted = indices.len();
     let task_app = app.clone();
-    let result = tokio::spawn(async move {
-        let result = append_with_policy(&task_app, payload, received_at).await;
+    let (result, edge) = tokio::spawn(async move {
+        let app = task_app;
+        let mut edge = EdgeOutcome::default();
+        let mut events = events;
+        if let Some(chain) = app.edge.clone() {
+            let limits = app.limits;
+            let outcome = tokio::task::spawn_blocking(move || {
+                chain.lock().expect("lock poisoned").run(events, &limits)
+            })
+            .await
+            .expect("edge plugin task");
+            if !outcome.rejected.is_empty() {
+                // Rejected events were not stored: a retry must not be told "duplicate".
+                let mut dedup = app.dedup.lock().expect("lock poisoned");
+                for (index, _) in &outcome.rejected {
+                    if let Some(pos) = indices.iter().position(|i| i == index) {
+                        dedup.remove(hashes[pos]);
+                    }
+                }
+            }
+            events = outcome.events;
+            edge.dropped = outcome.dropped;
+            edge.rejected = outcome.rejected;
+        }
+        if events.is_empty() {
+            return (Ok(0), edge);
+        }
+        let n = events.len();
+        let payload = Chunk {
+            events: events.into_iter().map(|(_, e)| e).collect(),
+        }
+        .encode();
+        let result = append_with_policy(&app, payload, received_at)
+            .await
+            .map(|_| n);
         if result.is_err() {
-            let mut dedup = task_app.dedup.lock().expect("lock poisoned");
+            let mut dedup = app.dedup.lock().expect("lock poisoned");
             for h in hashes {
                 dedup.remove(h);
             }
         }
-        result
+        (result, edge)
     })
     .await
-    .unwrap_or_else(|e| Err(SpoolError::Failed(format!("append task failed: {e}"))));
+    .unwrap_or_else(|e| {
+        (
+            Err(SpoolError::Failed(format!("ingest task failed: {e}"))),
+            EdgeOutcome::default(),
+        )
+    });
+    if !edge.rejected.is_empty() {
+        out.rejected.extend(
+            edge.rejected
+                .into_iter()
+                .map(|(index, error)| Rejected { index, error }),
+        );
+        out.rejected.sort_by_key(|r| r.index);
+        metrics::counter!("runnel_agent_events_rejected_total", "field" => "edge_plugin")
+            .increment(out.rejected.len() as u64);
+    }
+    if edge.dropped > 0 {
+        metrics::counter!("runnel_agent_events_dropped_total", "reason" => "plugin")
+            .increment(edge.dropped as u64);
+    }
+    let result = result.map(|stored| stored + edge.dropped);
+    if matches!(result, Ok(0)) && out.duplicates == 0 {
+        // Every event was rejected by an edge plugin.
+        return answer(StatusCode::BAD_REQUEST, &out, None);
+    }
+    let n = result.as_ref().map_or(0, |n| *n);
     match result {
         Ok(_) => {
             out.accepted = n;
@@ -310,7 +371,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             let (status, retry) = match &e {
                 SpoolError::Full { .. } if cfg.spool_full_policy == SpoolFullPolicy::DropNewest => {
                     metrics::counter!("runnel_agent_events_dropped_total", "reason" => "spool_full")
-                        .increment(n as u64);
+                        .increment(attempted as u64);
                     (StatusCode::TOO_MANY_REQUESTS, Some(cfg.retry_after_secs))
                 }
                 SpoolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),

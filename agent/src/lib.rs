@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod edge;
 pub mod http;
 pub mod shipper;
 pub mod spool;
@@ -204,7 +205,24 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         .with_context(|| format!("binding http_addr {}", cfg.http_addr))?;
     let http_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let edge = if cfg.edge_plugin.is_empty() {
+        None
+    } else {
+        let (paths, limits) = (
+            cfg.edge_plugin.clone(),
+            runnel_host::Limits {
+                deadline: Duration::from_millis(cfg.edge_plugin_deadline_ms),
+                memory_bytes_max: cfg.edge_plugin_memory_bytes_max,
+                ..runnel_host::Limits::default()
+            },
+        );
+        let chain =
+            tokio::task::spawn_blocking(move || edge::EdgeChain::load(&paths, limits)).await??;
+        tracing::info!(plugins = ?cfg.edge_plugin, "edge plugins loaded");
+        Some(Arc::new(Mutex::new(chain)))
+    };
     let state = Arc::new(http::AppState {
+        edge,
         limits: cfg.envelope_limits(),
         in_flight: Semaphore::new(cfg.requests_in_flight_max),
         spool: spool.clone(),

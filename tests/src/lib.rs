@@ -269,6 +269,26 @@ async fn wait_ready(url: &str, proc: &mut Proc) {
     }
 }
 
+/// Path of a plugin component built by `cargo build --release --target wasm32-wasip2
+/// --manifest-path plugins/Cargo.toml` into the shared target dir.
+pub fn plugin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first",
+        path.display()
+    );
+    path
+}
+
 /// A valid event of about 300 bytes of JSON.
 pub fn event(id: &str, event_type: &str) -> serde_json::Value {
     serde_json::json!({

@@ -347,3 +347,59 @@ fn line_id<'a>(line: &'a str, id: &str) -> &'a str {
         + 12;
     &line[start..start + id.len()]
 }
+
+/// Issue #3, must-show 2: with `pii-redact` as an edge plugin, no raw email, phone or full IP
+/// reaches the broker log; everything else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_redact_at_the_edge_keeps_personal_data_off_the_broker() {
+    let redact = runnel_e2e::plugin("pii_redact");
+    let mut p = Pipeline::new(&[&format!("--edge-plugin={}", redact.display())]);
+    p.start().await;
+    let client = reqwest::Client::new();
+    let events: Vec<Value> = (0..200)
+        .map(|i| {
+            json!({
+                "event_id": format!("pii-{i}"),
+                "event_type": "account.created",
+                "timestamp": 1_763_726_400_000i64 + i,
+                "properties": {
+                    "email": format!("person{i}@example.com"),
+                    "phone": format!("+2547001{i:05}"),
+                    "ip": format!("198.51.100.{}", i % 250 + 1),
+                    "plan": "pro"
+                }
+            })
+        })
+        .collect();
+    let (status, answer) = post(&client, &p.agent_url, json!(events).to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (202, Some(200)),
+        "{answer}"
+    );
+    p.wait_for_records(200, Duration::from_secs(30)).await;
+    let url = format!("http://{}/v1/log/read?from=0&limit=1000", p.admin_addr);
+    let log = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(log.lines().count(), 200);
+    assert!(!log.contains("@example.com"), "an email reached the broker");
+    assert!(
+        !log.contains("+2547001"),
+        "a phone number reached the broker"
+    );
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let props = &v["properties"];
+        assert!(
+            props["email"].as_str().unwrap().starts_with("sha256:"),
+            "{line}"
+        );
+        assert!(
+            props["phone"].as_str().unwrap().starts_with("sha256:"),
+            "{line}"
+        );
+        assert_eq!(props["ip"], "198.51.100.0", "{line}");
+        assert_eq!(props["plan"], "pro");
+    }
+}

@@ -366,6 +366,15 @@ impl Enricher {
         self.instances
     }
 
+    /// Drops the live instance and makes a fresh one (with `init`), returning how long that
+    /// took. Used at a redeploy boundary and by the benchmarks.
+    pub fn reinstantiate(&mut self) -> Result<Duration, Failure> {
+        self.live = None;
+        let started = Instant::now();
+        self.live()?;
+        Ok(started.elapsed())
+    }
+
     fn ticks(&self) -> u64 {
         let tick = EPOCH_TICK.as_nanos();
         (self.limits.deadline.as_nanos().div_ceil(tick)).max(1) as u64
