@@ -116,6 +116,13 @@ pub fn __enrich(batch: &[u8], decide: fn(&Event<'_>) -> Decision) -> Result<Enri
             }
         });
     }
+    if replacements.is_empty() && outcomes.iter().all(|o| matches!(o, Outcome::Keep)) {
+        // "Keep every event" in its short form: nothing to lift on the host side.
+        return Ok(EnrichResult {
+            outcomes: Vec::new(),
+            replacements: Vec::new(),
+        });
+    }
     let replacements = if replacements.is_empty() {
         Vec::new()
     } else {

@@ -2,8 +2,6 @@
 
 wit_bindgen::generate!({ world: "enricher", path: "../../../wit" });
 
-use runnel::plugin::types::Outcome;
-
 struct Noop;
 
 impl Guest for Noop {
@@ -12,9 +10,10 @@ impl Guest for Noop {
     }
 
     fn enrich(batch: Vec<u8>) -> Result<EnrichResult, String> {
-        let view = runnel_batch::BatchView::new(&batch).map_err(|e| e.to_string())?;
+        runnel_batch::BatchView::new(&batch).map_err(|e| e.to_string())?;
+        // An empty outcome list is the contract's "keep every event".
         Ok(EnrichResult {
-            outcomes: vec![Outcome::Keep; view.len()],
+            outcomes: Vec::new(),
             replacements: Vec::new(),
         })
     }
