@@ -35,6 +35,18 @@ fn config(dir: &Path) -> AgentConfig {
     }
 }
 
+/// A spool that fills after a few requests (no broker drains it in these tests).
+fn tiny_spool(dir: &Path) -> AgentConfig {
+    AgentConfig {
+        spool_bytes_max: 256 << 10,
+        spool_segment_bytes_max: 128 << 10,
+        decompressed_bytes_max: 32 << 10,
+        body_bytes_max: 32 << 10,
+        ship_batch_bytes_max: 64 << 10,
+        ..config(dir)
+    }
+}
+
 async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> (RunningAgent, String) {
     let agent = runnel_agent::start(cfg, storage)
         .await
@@ -393,13 +405,8 @@ async fn disk_full_is_503_with_retry_after_and_recovers() {
 async fn spool_full_policies() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = AgentConfig {
-        spool_bytes_max: 256 << 10,
-        spool_segment_bytes_max: 128 << 10,
-        decompressed_bytes_max: 32 << 10,
-        body_bytes_max: 32 << 10,
-        ship_batch_bytes_max: 64 << 10,
         spool_full_policy: SpoolFullPolicy::DropNewest,
-        ..config(dir.path())
+        ..tiny_spool(dir.path())
     };
     let (agent, url) = start(cfg.clone(), Arc::new(FsStorage)).await;
     let mut accepted = 0;
@@ -455,14 +462,9 @@ async fn spool_full_policies() {
 async fn a_client_that_gives_up_leaves_no_ids_reserved() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = AgentConfig {
-        spool_bytes_max: 256 << 10,
-        spool_segment_bytes_max: 128 << 10,
-        decompressed_bytes_max: 32 << 10,
-        body_bytes_max: 32 << 10,
-        ship_batch_bytes_max: 64 << 10,
         spool_full_policy: SpoolFullPolicy::Block,
         spool_full_block_ms: 400,
-        ..config(dir.path())
+        ..tiny_spool(dir.path())
     };
     let (agent, url) = start(cfg, Arc::new(FsStorage)).await;
     // Fill the spool (no broker drains it).

@@ -3,30 +3,13 @@
 //! on serving. Build the plugins first:
 //! `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`.
 
-use std::path::PathBuf;
+mod common;
+use common::wasm;
+
 use std::time::{Duration, Instant};
 
 use runnel_batch::BatchWriter;
 use runnel_host::{FailureKind, Fate, Limits, LoadError, Runtime};
-
-fn wasm(name: &str) -> Vec<u8> {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .unwrap();
-    let path: PathBuf = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the test plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
-            path.display()
-        )
-    })
-}
 
 fn batch(ids: impl IntoIterator<Item = String>) -> Vec<u8> {
     let mut w = BatchWriter::new();

@@ -1,24 +1,12 @@
 //! The example plugins of `plugins/`, run through the real host.
 
+mod common;
+use common::wasm;
+
 use std::time::Duration;
 
 use runnel_batch::{BatchView, BatchWriter, Field};
 use runnel_host::{Fate, Limits, Runtime};
-
-fn wasm(name: &str) -> Vec<u8> {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .unwrap();
-    let path = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the plugins first (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml)", path.display())
-    })
-}
 
 #[test]
 fn pii_redact_leaves_no_raw_email_phone_or_ip() {
