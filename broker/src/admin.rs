@@ -4,6 +4,14 @@
 //! - `GET /v1/log/read?from=OFFSET&limit=N`: NDJSON, one stored event per line with its
 //!   `offset` and every envelope field; `limit` defaults to 100 and may not exceed
 //!   `log_read_limit_max`.
+//!   `topic=dead_letters` reads that topic instead (each entry with its topic `offset`).
+//! - `GET /v1/plugins`: JSON array, one object per plugin in pipeline order (see
+//!   [`PluginInfo`]).
+//! - `PUT /v1/plugins/NAME?version=V&policy=hold|skip&param=K=V&deadline_ms=N&memory_bytes_max=N&fuel_per_call=N`
+//!   with the component as the body: deploys (or redeploys) a plugin. The component is loaded
+//!   and its `init` run with the parameters before anything is stored, so a broken plugin is
+//!   refused with the reason. `201` for a new version, `200` when nothing changed.
+//! - `POST /v1/plugins/NAME/pause`, `POST /v1/plugins/NAME/resume`, `DELETE /v1/plugins/NAME`.
 //! - `/metrics` (Prometheus), `/livez`, `/readyz`.
 
 use std::sync::Arc;
@@ -16,11 +24,25 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use crate::log::BrokerLog;
+use crate::pipeline;
+use crate::registry::{self, Deploy, PluginLimits, Registry, RegistryError, Status};
 
 /// Shared state of the admin handlers.
 pub struct Admin {
     /// The log.
     pub log: BrokerLog,
+    /// The `dead_letters` topic.
+    pub dead_letters: runnel_segment::LogReader,
+    /// The plugin registry.
+    pub registry: Registry,
+    /// The plugin runtime (deploys are test-loaded in it).
+    pub runtime: runnel_host::Runtime,
+    /// The pipeline's progress.
+    pub pipeline: Arc<pipeline::Shared>,
+    /// Ceilings and defaults of plugin limits.
+    pub plugin_limits: PluginLimits,
+    /// See `BrokerConfig::plugin_isolation_calls_max`.
+    pub isolation_calls_max: u32,
     /// See `BrokerConfig::log_read_limit_max`.
     pub read_limit_max: usize,
     /// Prometheus renderer.
@@ -32,6 +54,13 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/v1/log/stats", get(stats))
         .route("/v1/log/read", get(read))
+        .route("/v1/plugins", get(list_plugins))
+        .route(
+            "/v1/plugins/{name}",
+            axum::routing::put(deploy_plugin).delete(remove_plugin),
+        )
+        .route("/v1/plugins/{name}/pause", axum::routing::post(pause_plugin))
+        .route("/v1/plugins/{name}/resume", axum::routing::post(resume_plugin))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -46,6 +75,7 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
 struct ReadQuery {
     from: Option<u64>,
     limit: Option<usize>,
+    topic: Option<String>,
 }
 
 fn bad_request(msg: String) -> Response {
@@ -71,14 +101,29 @@ async fn read(
             a.read_limit_max
         ));
     }
-    let (log, from) = (a.log.clone(), q.from.unwrap_or(0));
+    let topic = q.topic.unwrap_or_else(|| "events".into());
+    if !crate::topic::TOPICS.contains(&topic.as_str()) {
+        return bad_request(format!(
+            "topic: {topic:?} is not one of {:?}",
+            crate::topic::TOPICS
+        ));
+    }
+    let (log, dead, from) = (a.log.clone(), a.dead_letters.clone(), q.from.unwrap_or(0));
     let result = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        log.read_events(from, limit, |ev| {
-            serde_json::to_writer(&mut out, &ev).expect("serializing to memory");
-            out.push(b'\n');
-        })
-        .map(|_| out)
+        if topic == "dead_letters" {
+            crate::topic::read_entries(&dead, from, limit, |entry| {
+                out.extend_from_slice(entry);
+                out.push(b'\n');
+            })
+            .map(|_| out)
+        } else {
+            log.read_events(from, limit, |ev| {
+                serde_json::to_writer(&mut out, &ev).expect("serializing to memory");
+                out.push(b'\n');
+            })
+            .map(|_| out)
+        }
     })
     .await;
     match result {
@@ -100,6 +145,13 @@ async fn metrics_text(State(a): State<Arc<Admin>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
+    if let Some(f) = a.pipeline.failure.lock().expect("lock poisoned").clone() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: pipeline failed: {f}"),
+        )
+            .into_response();
+    }
     match a.log.failure() {
         None => "ready".into_response(),
         Some(r) => (
@@ -107,5 +159,278 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
             format!("not ready: log failed: {r}"),
         )
             .into_response(),
+    }
+}
+
+/// One plugin in `GET /v1/plugins` (and `runnel plugin list`).
+#[derive(Debug, serde::Serialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// The active version.
+    pub version: String,
+    /// `enrich`.
+    pub kind: String,
+    /// `running` or `paused`.
+    pub status: Status,
+    /// Why it is paused.
+    pub paused_reason: Option<String>,
+    /// `hold` or `skip`.
+    pub policy: registry::Policy,
+    /// Events passed to it.
+    pub events_in: u64,
+    /// Events it passed on.
+    pub events_out: u64,
+    /// Events it dropped.
+    pub dropped: u64,
+    /// Events it failed on (in `dead_letters`).
+    pub errors: u64,
+    /// Failed calls.
+    pub traps: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Events in the log the pipeline has not processed yet.
+    pub lag: u64,
+    /// The active version's limits.
+    pub limits: PluginLimits,
+    /// Every version, oldest first, with the events each processed.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One version in [`PluginInfo`].
+#[derive(Debug, serde::Serialize)]
+pub struct VersionInfo {
+    /// Label.
+    pub version: String,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// When it was deployed.
+    pub deployed_at: String,
+    /// Its `init` parameters.
+    pub params: Vec<(String, String)>,
+    /// Events passed to it.
+    pub events_in: u64,
+}
+
+fn registry_error(e: RegistryError) -> Response {
+    let status = match &e {
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::Conflict(_) => StatusCode::CONFLICT,
+        RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, axum::Json(serde_json::json!({ "error": format!("{e:#}") }))).into_response()
+}
+
+fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
+    let lag = a
+        .log
+        .durable_end()
+        .saturating_sub(a.pipeline.offset.load(std::sync::atomic::Ordering::Acquire));
+    Ok(a.registry
+        .list()?
+        .into_iter()
+        .map(|(p, s)| {
+            let limits = p.active_version().limits;
+            PluginInfo {
+                version: p.active.clone(),
+                kind: p.kind.clone(),
+                status: p.status,
+                paused_reason: p.paused_reason.clone(),
+                policy: p.policy,
+                events_in: s.events_in,
+                events_out: s.events_out,
+                dropped: s.dropped,
+                errors: s.errors,
+                traps: s.traps,
+                last_error: s.last_error.clone(),
+                lag,
+                limits,
+                versions: p
+                    .versions
+                    .iter()
+                    .map(|v| VersionInfo {
+                        version: v.version.clone(),
+                        sha256: v.sha256.clone(),
+                        deployed_at: v.deployed_at.clone(),
+                        params: v.params.clone(),
+                        events_in: s
+                            .events_in_by_version
+                            .get(&v.version)
+                            .copied()
+                            .unwrap_or(0),
+                    })
+                    .collect(),
+                name: p.name,
+            }
+        })
+        .collect())
+}
+
+async fn list_plugins(State(a): State<Arc<Admin>>) -> Response {
+    let a2 = a.clone();
+    match tokio::task::spawn_blocking(move || plugin_infos(&a2)).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Parses the deploy query string; errors name the parameter.
+fn parse_deploy(
+    name: &str,
+    query: &str,
+    ceilings: PluginLimits,
+) -> Result<Deploy, String> {
+    registry::check_name(name)?;
+    let mut req = Deploy {
+        name: name.to_string(),
+        version: None,
+        policy: None,
+        params: Vec::new(),
+        limits: ceilings,
+    };
+    let num = |k: &str, v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{k}: {v:?} is not a whole number"))
+    };
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "version" => {
+                registry::check_version(&v)?;
+                req.version = Some(v.into_owned());
+            }
+            "policy" => req.policy = Some(v.parse()?),
+            "param" => {
+                let (pk, pv) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("param: {v:?} is not KEY=VALUE"))?;
+                if pk.is_empty() {
+                    return Err(format!("param: {v:?} has an empty key"));
+                }
+                req.params.push((pk.to_string(), pv.to_string()));
+            }
+            "deadline_ms" => {
+                let n = num("deadline_ms", &v)?;
+                if n == 0 || n > ceilings.deadline_ms {
+                    return Err(format!(
+                        "deadline_ms: {n} must be between 1 and the broker's plugin_deadline_ms ({})",
+                        ceilings.deadline_ms
+                    ));
+                }
+                req.limits.deadline_ms = n;
+            }
+            "memory_bytes_max" => {
+                let n = num("memory_bytes_max", &v)?;
+                if !(1 << 20..=ceilings.memory_bytes_max).contains(&n) {
+                    return Err(format!(
+                        "memory_bytes_max: {n} must be between 1 MiB and the broker's plugin_memory_bytes_max ({})",
+                        ceilings.memory_bytes_max
+                    ));
+                }
+                req.limits.memory_bytes_max = n;
+            }
+            "fuel_per_call" => req.limits.fuel_per_call = Some(num("fuel_per_call", &v)?),
+            other => return Err(format!("{other}: unknown deploy parameter")),
+        }
+    }
+    Ok(req)
+}
+
+async fn deploy_plugin(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: bytes::Bytes,
+) -> Response {
+    let req = match parse_deploy(&name, query.as_deref().unwrap_or(""), a.plugin_limits) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let a2 = a.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        // Load it exactly as the pipeline will: a component that fails here is refused.
+        if let Err(e) = a2.runtime.load_enricher(
+            &req.name,
+            &body,
+            req.params.clone(),
+            pipeline::host_limits(&req.limits, a2.isolation_calls_max),
+        ) {
+            return Err(bad_request(format!("component: {e}")));
+        }
+        let (record, changed) = a2.registry.deploy(req, &body, &sha).map_err(registry_error)?;
+        tracing::info!(plugin = %record.name, version = %record.active, changed, "plugin deployed");
+        Ok((record, changed))
+    })
+    .await;
+    match result {
+        Ok(Ok((record, changed))) => {
+            let status = if changed {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                axum::Json(serde_json::json!({
+                    "name": record.name,
+                    "version": record.active,
+                    "status": record.status,
+                    "policy": record.policy,
+                    "changed": changed,
+                })),
+            )
+                .into_response()
+        }
+        Ok(Err(resp)) => resp,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn set_status(a: Arc<Admin>, name: String, status: Status) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        a.registry.set_status(
+            &name,
+            status,
+            (status == Status::Paused).then(|| "paused by an operator".to_string()),
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(r)) => axum::Json(serde_json::json!({
+            "name": r.name, "version": r.active, "status": r.status
+        }))
+        .into_response(),
+        Ok(Err(e)) => registry_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn pause_plugin(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    set_status(a, name, Status::Paused).await
+}
+
+async fn resume_plugin(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    set_status(a, name, Status::Running).await
+}
+
+async fn remove_plugin(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match tokio::task::spawn_blocking(move || a.registry.remove(&name)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => registry_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

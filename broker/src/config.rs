@@ -32,6 +32,21 @@ settings! {
     checkpoint_interval_bytes: u64 [u64] = 256 << 20;
     /// Most events one `log read` request may return.
     log_read_limit_max: usize [usize] = 100_000;
+    /// Most events the pipeline passes to its plugins in one batch (one call per plugin).
+    pipeline_batch_events: usize [usize] = 1024;
+    /// Longest one plugin call may run, in milliseconds: the default for a deploy and the most
+    /// a deploy may ask for.
+    plugin_deadline_ms: u64 [u64] = 200;
+    /// Largest linear memory of one plugin instance, in bytes: the default for a deploy and the
+    /// most a deploy may ask for.
+    plugin_memory_bytes_max: u64 [u64] = 128 << 20;
+    /// Largest component a deploy may upload, in bytes.
+    plugin_wasm_bytes_max: usize [usize] = 64 << 20;
+    /// Most calls spent isolating the failing events of one batch (each halves the suspects).
+    plugin_isolation_calls_max: u32 [u32] = 24;
+    /// A plugin is paused after this many failing batches in a row (more than half of the
+    /// batch's events failed).
+    plugin_pause_after_failing_batches: u32 [u32] = 3;
 }
 
 impl BrokerConfig {
@@ -72,6 +87,21 @@ impl BrokerConfig {
                 "connections_max",
                 "connections_max and streams_per_connection_max must be > 0",
             );
+        }
+        if self.pipeline_batch_events == 0 || self.pipeline_batch_events > 1 << 20 {
+            return fail("pipeline_batch_events", "must be between 1 and 1048576");
+        }
+        if self.plugin_deadline_ms == 0 {
+            return fail("plugin_deadline_ms", "must be > 0");
+        }
+        if self.plugin_memory_bytes_max < 1 << 20 || self.plugin_memory_bytes_max > 1 << 30 {
+            return fail("plugin_memory_bytes_max", "must be between 1 MiB and 1 GiB");
+        }
+        if self.plugin_isolation_calls_max == 0 {
+            return fail("plugin_isolation_calls_max", "must be > 0");
+        }
+        if self.plugin_pause_after_failing_batches == 0 {
+            return fail("plugin_pause_after_failing_batches", "must be > 0");
         }
         Ok(())
     }

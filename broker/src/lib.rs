@@ -4,15 +4,23 @@
 //! - [`tls`]: the QUIC certificate (or the dev CA);
 //! - [`quic`]: the endpoint agents ship batches to;
 //! - [`log`]: the durable, idempotent event log;
-//! - [`admin`]: the admin HTTP API (`runnel log …` talks to it);
+//! - [`registry`]: deployed plugins and the pipeline's committed state (redb);
+//! - [`topic`]: side topics of the log (`dead_letters`);
+//! - [`pipeline`]: runs the deployed enrichers over the log;
+//! - [`plugin_cli`]: `runnel plugin new/build/test`;
+//! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
 //! - [`dev`]: `runnel dev`, broker and agent on one data dir.
 
 pub mod admin;
 pub mod config;
 pub mod dev;
 pub mod log;
+pub mod pipeline;
+pub mod plugin_cli;
 pub mod quic;
+pub mod registry;
 pub mod tls;
+pub mod topic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +41,9 @@ pub struct RunningBroker {
     pub dev_ca: Option<std::path::PathBuf>,
     /// The log.
     pub log: log::BrokerLog,
+    /// The plugin registry.
+    pub registry: registry::Registry,
+    pipeline: pipeline::Pipeline,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -44,6 +55,8 @@ impl RunningBroker {
         for t in self.tasks {
             let _ = t.await;
         }
+        let pipeline = self.pipeline;
+        let _ = tokio::task::spawn_blocking(move || pipeline.stop()).await;
     }
 }
 
@@ -79,6 +92,27 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     metrics::counter!("runnel_broker_log_quarantined_segments_total")
         .increment(report.quarantined_segments.len() as u64);
 
+    let registry = registry::Registry::open(&cfg.data_dir)?;
+    let runtime = runnel_host::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("starting the plugin runtime: {e}"))?
+        .with_cache_dir(registry.compiled_cache_dir());
+    let (dead_letters, dead_letters_reader) = topic::open(
+        storage.clone(),
+        &cfg.data_dir.join("topics").join("dead_letters"),
+        cfg.segment_bytes_max,
+    )?;
+    let pipeline = pipeline::Pipeline::start(
+        runtime.clone(),
+        registry.clone(),
+        log.clone(),
+        dead_letters,
+        pipeline::Settings {
+            batch_events: cfg.pipeline_batch_events,
+            pause_after_failing_batches: cfg.plugin_pause_after_failing_batches,
+            isolation_calls_max: cfg.plugin_isolation_calls_max,
+        },
+    )?;
+
     let endpoint = quinn::Endpoint::server(server_config, cfg.quic_addr)
         .with_context(|| format!("binding quic_addr {}", cfg.quic_addr))?;
     let quic_addr = endpoint.local_addr()?;
@@ -99,11 +133,22 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         log: log.clone(),
         read_limit_max: cfg.log_read_limit_max,
         metrics,
+        dead_letters: dead_letters_reader,
+        registry: registry.clone(),
+        runtime,
+        pipeline: pipeline.shared.clone(),
+        plugin_limits: registry::PluginLimits {
+            deadline_ms: cfg.plugin_deadline_ms,
+            memory_bytes_max: cfg.plugin_memory_bytes_max,
+            fuel_per_call: None,
+        },
+        isolation_calls_max: cfg.plugin_isolation_calls_max,
     });
+    let wasm_max = cfg.plugin_wasm_bytes_max;
     let mut admin_shutdown = shutdown_rx;
     tasks.push(tokio::spawn(async move {
         let serve =
-            axum::serve(listener, admin::router(admin)).with_graceful_shutdown(async move {
+            axum::serve(listener, admin::router(admin).layer(axum::extract::DefaultBodyLimit::max(wasm_max))).with_graceful_shutdown(async move {
                 let _ = admin_shutdown.changed().await;
             });
         if let Err(e) = serve.await {
@@ -116,6 +161,8 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         admin_addr,
         dev_ca: files.dev_ca,
         log,
+        registry,
+        pipeline,
         shutdown: shutdown_tx,
         tasks,
     })

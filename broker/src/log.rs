@@ -362,6 +362,96 @@ impl BrokerLog {
     }
 }
 
+/// A run of events read for the pipeline, in the plugin batch encoding.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// The events ([`runnel_batch`] encoding).
+    pub batch: Vec<u8>,
+    /// Log offset of each event.
+    pub offsets: Vec<u64>,
+    /// For each event, its index in `origins`.
+    pub origin: Vec<u32>,
+    /// `(agent_id, host)` of the batches the events came in.
+    pub origins: Vec<(String, String)>,
+    /// The first offset after the events read.
+    pub next: u64,
+}
+
+impl BrokerLog {
+    /// One past the last durable offset: the pipeline reads no further.
+    pub fn durable_end(&self) -> u64 {
+        self.reader.end_offset()
+    }
+
+    /// Reads up to `max_events` durable events from offset `from` for the pipeline.
+    pub fn read_batch(&self, from: u64, max_events: usize) -> Result<SourceBatch, LogError> {
+        let mut out = SourceBatch {
+            next: from,
+            ..SourceBatch::default()
+        };
+        let mut w = runnel_batch::BatchWriter::with_capacity(max_events.min(4096), 256);
+        'records: while out.offsets.len() < max_events {
+            let records = self.reader.read(out.next, 16, 8 << 20)?;
+            if records.is_empty() {
+                break;
+            }
+            for rec in &records {
+                let base = rec.header.base_offset;
+                let rec_end = base + u64::from(rec.header.count);
+                let body = stored_frame(rec).filter(|b| access_batch(b).is_ok());
+                let Some(body) = body else {
+                    // Unreadable records were reported by `stored_frame`; skip their offsets.
+                    out.next = out.next.max(rec_end);
+                    continue;
+                };
+                let (batch, _) = access_batch(&body).expect("checked above");
+                let mut origin = None;
+                let mut offset = base;
+                for chunk in batch.chunks.iter() {
+                    let a = aligned(chunk.as_slice());
+                    let Ok(c) = Chunk::access(&a) else {
+                        continue;
+                    };
+                    for ev in c.events.iter() {
+                        if offset >= out.next {
+                            if out.offsets.len() >= max_events {
+                                break 'records;
+                            }
+                            let o = *origin.get_or_insert_with(|| {
+                                out.origins
+                                    .push((batch.agent_id.to_string(), batch.host.to_string()));
+                                (out.origins.len() - 1) as u32
+                            });
+                            w.push(
+                                ev.timestamp_ms.to_native(),
+                                ev.received_at_ms.to_native(),
+                                ev.schema_version.to_native(),
+                                [
+                                    Some(ev.event_id.as_str()),
+                                    Some(ev.event_type.as_str()),
+                                    ev.user_id.as_ref().map(|s| s.as_str()),
+                                    ev.session_id.as_ref().map(|s| s.as_str()),
+                                    ev.device_id.as_ref().map(|s| s.as_str()),
+                                    ev.platform.as_ref().map(|s| s.as_str()),
+                                    ev.app_version.as_ref().map(|s| s.as_str()),
+                                    ev.properties.as_ref().map(|s| s.as_str()),
+                                ],
+                            );
+                            out.offsets.push(offset);
+                            out.origin.push(o);
+                            out.next = offset + 1;
+                        }
+                        offset += 1;
+                    }
+                }
+                out.next = out.next.max(rec_end);
+            }
+        }
+        out.batch = w.finish();
+        Ok(out)
+    }
+}
+
 /// Decodes a frame stored in the log. It was checked against `batch_bytes_max` when it was
 /// appended and the segment's CRC covers it, so it is read whatever the limit is now.
 fn stored_frame(rec: &runnel_segment::StoredRecord) -> Option<runnel_event::wire::AlignedVec<16>> {

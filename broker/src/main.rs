@@ -1,13 +1,14 @@
 //! `runnel`: the broker and the operator CLI.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use runnel_agent::config::with_env_names;
 use runnel_agent::{AgentArgs, AgentConfig, telemetry};
+use runnel_broker::plugin_cli::{self, Manifest};
 use runnel_broker::{BrokerArgs, BrokerConfig};
 
 /// Runnel: event-analytics pipeline — broker and operator tool.
@@ -47,6 +48,116 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// Write, build, test and deploy plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCmd {
+    /// Create a plugin project that builds as it is and keeps every event.
+    New {
+        /// Plugin name ([a-z][a-z0-9_-]{0,63}).
+        name: String,
+        /// `enrich`.
+        #[arg(long, default_value = "enrich")]
+        kind: String,
+        /// `rust`.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Directory to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the plugin in DIR and print the component's path.
+    Build {
+        /// The project directory (with plugin.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a component on an NDJSON file in the broker's host; prints one NDJSON line per
+    /// input line (the event, or the drop reason, failure or validation error).
+    Test {
+        /// The component.
+        wasm: PathBuf,
+        /// NDJSON events.
+        #[arg(long)]
+        input: PathBuf,
+        /// `init` parameter KEY=VALUE (repeatable; overrides the manifest's).
+        #[arg(long = "param", value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        /// Manifest (default: the first plugin.toml above the component, if any).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Deploy a component to a running broker (a new version if the plugin exists).
+    Deploy {
+        /// The component.
+        wasm: PathBuf,
+        /// Plugin name (default: the manifest's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Version label (default: the manifest's version, else 1, 2, …).
+        #[arg(long)]
+        version: Option<String>,
+        /// `init` parameter KEY=VALUE (repeatable; overrides the manifest's).
+        #[arg(long = "param", value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        /// While paused: `hold` events in the log (default) or `skip` the plugin.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Longest call, in milliseconds (default: the manifest's, else the broker's ceiling).
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Memory cap per instance, in bytes (default: the manifest's, else the broker's).
+        #[arg(long)]
+        memory_bytes_max: Option<u64>,
+        /// Manifest (default: the first plugin.toml above the component, if any).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+    /// Print the deployed plugins as JSON (name, version, kind, status, counts, last error, lag).
+    List {
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+    /// Pause a plugin (its policy decides what happens to events meanwhile).
+    Pause {
+        /// Plugin name.
+        name: String,
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+    /// Resume a paused plugin.
+    Resume {
+        /// Plugin name.
+        name: String,
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+    /// Remove a plugin from the pipeline.
+    Remove {
+        /// Plugin name.
+        name: String,
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +179,9 @@ enum LogCmd {
         /// Most events to print.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// `events` (the log) or `dead_letters`.
+        #[arg(long, default_value = "events")]
+        topic: String,
     },
 }
 
@@ -134,7 +248,182 @@ fn try_main() -> anyhow::Result<()> {
             runtime()?.block_on(runnel_agent::run(cfg, shutdown_signal()))
         }
         Cmd::Log { cmd } => runtime()?.block_on(log_cmd(cmd)),
+        Cmd::Plugin { cmd } => plugin_cmd(cmd),
     }
+}
+
+/// The manifest named, or the first `plugin.toml` in a directory above `wasm`.
+fn find_manifest(wasm: &Path, named: Option<PathBuf>) -> anyhow::Result<Option<Manifest>> {
+    if let Some(p) = named {
+        return Manifest::read(&p).map(Some);
+    }
+    let abs = std::fs::canonicalize(wasm).unwrap_or_else(|_| wasm.to_path_buf());
+    for dir in abs.ancestors().skip(1) {
+        let p = dir.join("plugin.toml");
+        if p.is_file() {
+            eprintln!("using manifest {}", p.display());
+            return Manifest::read(&p).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Manifest parameters with the command line's on top.
+fn merged_params(m: Option<&Manifest>, cli: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut params: std::collections::BTreeMap<String, String> =
+        m.map(|m| m.params().into_iter().collect()).unwrap_or_default();
+    params.extend(cli);
+    params.into_iter().collect()
+}
+
+fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
+    match cmd {
+        PluginCmd::New {
+            name,
+            kind,
+            lang,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            plugin_cli::new_project(&dir, &name, &kind, &lang)?;
+            println!("{}", dir.display());
+            eprintln!(
+                "created {kind} plugin {name} in {d}\nnext: runnel plugin build {d} && runnel plugin test <the .wasm> --input {d}/events.ndjson",
+                d = dir.display()
+            );
+            Ok(())
+        }
+        PluginCmd::Build { dir } => {
+            let wasm = plugin_cli::build(&dir)?;
+            println!("{}", wasm.display());
+            Ok(())
+        }
+        PluginCmd::Test {
+            wasm,
+            input,
+            params,
+            manifest,
+        } => {
+            let m = find_manifest(&wasm, manifest)?;
+            let defaults = runnel_host::Limits::default();
+            let limits = runnel_host::Limits {
+                deadline: m
+                    .as_ref()
+                    .and_then(|m| m.limits.deadline_ms)
+                    .map_or(defaults.deadline, std::time::Duration::from_millis),
+                memory_bytes_max: m
+                    .as_ref()
+                    .and_then(|m| m.limits.memory_bytes_max)
+                    .map_or(defaults.memory_bytes_max, |b| b as usize),
+                fuel_per_call: m.as_ref().and_then(|m| m.limits.fuel_per_call),
+                ..defaults
+            };
+            let params = merged_params(m.as_ref(), params);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let s = plugin_cli::test(&wasm, &input, params, limits, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!(
+                "{} lines: {} passed, {} dropped, {} failed, {} invalid",
+                s.lines, s.passed, s.dropped, s.failed, s.invalid
+            );
+            Ok(())
+        }
+        PluginCmd::Deploy {
+            wasm,
+            name,
+            version,
+            params,
+            policy,
+            deadline_ms,
+            memory_bytes_max,
+            manifest,
+            admin_addr,
+        } => {
+            let m = find_manifest(&wasm, manifest)?;
+            let name = name
+                .or_else(|| m.as_ref().map(|m| m.name.clone()))
+                .ok_or_else(|| anyhow::anyhow!("--name is required when there is no plugin.toml"))?;
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(v) = version.or_else(|| m.as_ref().and_then(|m| m.version.clone())) {
+                query.append_pair("version", &v);
+            }
+            if let Some(p) = policy.or_else(|| m.as_ref().and_then(|m| m.policy.clone())) {
+                query.append_pair("policy", &p);
+            }
+            for (k, v) in merged_params(m.as_ref(), params) {
+                query.append_pair("param", &format!("{k}={v}"));
+            }
+            let limits = m.as_ref().map(|m| m.limits).unwrap_or_default();
+            if let Some(d) = deadline_ms.or(limits.deadline_ms) {
+                query.append_pair("deadline_ms", &d.to_string());
+            }
+            if let Some(b) = memory_bytes_max.or(limits.memory_bytes_max) {
+                query.append_pair("memory_bytes_max", &b.to_string());
+            }
+            if let Some(f) = limits.fuel_per_call {
+                query.append_pair("fuel_per_call", &f.to_string());
+            }
+            let body = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+            let url = format!("http://{admin_addr}/v1/plugins/{name}?{}", query.finish());
+            runtime()?.block_on(async {
+                let resp = reqwest::Client::new().put(&url).body(body).send().await.with_context(|| {
+                    format!("cannot reach the broker admin API at {admin_addr} (is the broker running? --admin-addr)")
+                })?;
+                print_json_response(resp).await
+            })
+        }
+        PluginCmd::List { admin_addr } => runtime()?.block_on(async {
+            let resp = get(&format!("http://{admin_addr}/v1/plugins")).await?;
+            print_json_response(resp).await
+        }),
+        PluginCmd::Pause { name, admin_addr } => {
+            plugin_post(format!("http://{admin_addr}/v1/plugins/{name}/pause"))
+        }
+        PluginCmd::Resume { name, admin_addr } => {
+            plugin_post(format!("http://{admin_addr}/v1/plugins/{name}/resume"))
+        }
+        PluginCmd::Remove { name, admin_addr } => runtime()?.block_on(async {
+            let url = format!("http://{admin_addr}/v1/plugins/{name}");
+            let resp = reqwest::Client::new()
+                .delete(&url)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the broker admin API at {admin_addr}"))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                anyhow::bail!("{url}: {status}: {}", resp.text().await.unwrap_or_default());
+            }
+            println!("{{\"removed\":{}}}", serde_json::to_string(&name)?);
+            Ok(())
+        }),
+    }
+}
+
+fn plugin_post(url: String) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the broker admin API at {url}"))?;
+        print_json_response(resp).await
+    })
+}
+
+/// Prints a JSON answer on one line, or fails with the broker's error.
+async fn print_json_response(resp: reqwest::Response) -> anyhow::Result<()> {
+    let status = resp.status();
+    let url = resp.url().to_string();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        anyhow::bail!("{url}: {status}: {msg}");
+    }
+    println!("{}", text.trim_end());
+    Ok(())
 }
 
 async fn get(url: &str) -> anyhow::Result<reqwest::Response> {
@@ -163,9 +452,11 @@ async fn log_cmd(cmd: LogCmd) -> anyhow::Result<()> {
             admin_addr,
             from,
             limit,
+            topic,
         } => {
+            let topic: String = form_urlencoded::byte_serialize(topic.as_bytes()).collect();
             let mut resp = get(&format!(
-                "http://{admin_addr}/v1/log/read?from={from}&limit={limit}"
+                "http://{admin_addr}/v1/log/read?from={from}&limit={limit}&topic={topic}"
             ))
             .await?;
             let mut out = std::io::stdout().lock();

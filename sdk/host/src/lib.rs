@@ -168,6 +168,7 @@ pub struct EnrichOutput {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<State>>,
+    cache_dir: Option<std::path::PathBuf>,
     _ticker: Arc<Ticker>,
 }
 
@@ -219,8 +220,69 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            cache_dir: None,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+
+    /// Keeps compiled components in `dir` (created if missing), keyed by the SHA-256 of the
+    /// component and the engine's compatibility hash, so a component is compiled once per
+    /// machine and engine, not at every load (a Python component takes seconds to compile).
+    /// Each file carries the SHA-256 of its contents, checked before it is used; a file that
+    /// does not check out or that the engine refuses is recompiled and replaced.
+    pub fn with_cache_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.cache_dir = Some(dir);
+        self
+    }
+
+    /// Compiles `wasm`, through the cache when there is one.
+    fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
+        let compile = || Component::new(&self.engine, wasm).map_err(|e| format!("{e:#}"));
+        let Some(dir) = &self.cache_dir else {
+            return compile();
+        };
+        let key = {
+            use sha2::Digest;
+            use std::hash::{Hash, Hasher};
+            let mut engine_hash = std::hash::DefaultHasher::new();
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut engine_hash);
+            let digest = sha2::Sha256::new()
+                .chain_update(wasm)
+                .chain_update(engine_hash.finish().to_le_bytes())
+                .finalize();
+            hex(&digest)
+        };
+        let path = dir.join(format!("{key}.cwasm"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Some(component) = self.deserialize_checked(&bytes) {
+                metrics::counter!("runnel_plugin_cache_hits_total").increment(1);
+                return Ok(component);
+            }
+            tracing::warn!(path = %path.display(), "compiled plugin cache entry unusable; recompiling");
+        }
+        let component = compile()?;
+        metrics::counter!("runnel_plugin_cache_misses_total").increment(1);
+        if let Err(e) = write_cache_entry(dir, &path, &component) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the compiled plugin cache");
+        }
+        Ok(component)
+    }
+
+    /// A cache entry: 32 bytes of SHA-256 of the rest, then the serialized component.
+    fn deserialize_checked(&self, bytes: &[u8]) -> Option<Component> {
+        use sha2::Digest;
+        let (sum, body) = bytes.split_at_checked(32)?;
+        if sha2::Sha256::digest(body).as_slice() != sum {
+            return None;
+        }
+        // SAFETY: the bytes were written by `write_cache_entry` from `Component::serialize` of
+        // this engine configuration (the key includes the engine's compatibility hash), and the
+        // checksum above proves they are unchanged; wasmtime also checks its own header.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, body) };
+        component.ok()
     }
 
     /// Compiles `wasm` and prepares an enricher named `name` with its parameters and limits.
@@ -232,8 +294,7 @@ impl Runtime {
         params: Vec<(String, String)>,
         limits: Limits,
     ) -> Result<Enricher, LoadError> {
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = self.compile(wasm).map_err(LoadError::Invalid)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -255,6 +316,29 @@ impl Runtime {
         plugin.live().map_err(LoadError::Init)?;
         Ok(plugin)
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_cache_entry(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    component: &Component,
+) -> std::io::Result<()> {
+    use sha2::Digest;
+    use std::io::Write;
+    let body = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&sha2::Sha256::digest(&body))?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// What a plugin's store holds.

@@ -1,0 +1,359 @@
+//! `runnel plugin new | build | test`: the plugin author's loop, without a broker.
+//!
+//! - `new` writes a project that builds as it is and keeps every event, with the SDK vendored
+//!   into `.runnel/` (so the project builds anywhere, offline once its crates are fetched).
+//! - `build` builds the component (installing the `wasm32-wasip2` target if it is missing)
+//!   and returns its path.
+//! - `test` runs a component in the same host the broker uses, with the manifest's parameters
+//!   and limits, on an NDJSON file: one output line per input line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use runnel_batch::{BatchView, BatchWriter};
+use runnel_event::EnvelopeLimits;
+use runnel_host::{Fate, Runtime};
+use serde::Deserialize;
+
+/// `plugin.toml`: what a plugin is and how it runs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Plugin name (`[a-z][a-z0-9_-]{0,63}`); the deploy name unless `--name` says otherwise.
+    pub name: String,
+    /// Version label; the deploy version unless `--version` says otherwise.
+    pub version: Option<String>,
+    /// `enrich` (aggregators arrive with windowed aggregation).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// `rust`.
+    #[serde(default = "default_lang")]
+    pub lang: String,
+    /// One line for `plugin list` readers.
+    pub description: Option<String>,
+    /// `hold` or `skip` while paused.
+    pub policy: Option<String>,
+    /// Parameters for `init`.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Limits of one call.
+    #[serde(default)]
+    pub limits: ManifestLimits,
+}
+
+/// `[limits]` of a manifest.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    /// Longest one call may run.
+    pub deadline_ms: Option<u64>,
+    /// Largest linear memory of one instance.
+    pub memory_bytes_max: Option<u64>,
+    /// Instructions per call.
+    pub fuel_per_call: Option<u64>,
+}
+
+fn default_kind() -> String {
+    "enrich".into()
+}
+
+fn default_lang() -> String {
+    "rust".into()
+}
+
+impl Manifest {
+    /// Reads and checks a manifest; errors name the file and the field.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading manifest {}", path.display()))?;
+        let m: Self =
+            toml::from_str(&text).with_context(|| format!("manifest {}", path.display()))?;
+        let ctx = |e: String| anyhow::anyhow!("manifest {}: {e}", path.display());
+        crate::registry::check_name(&m.name).map_err(ctx)?;
+        if let Some(v) = &m.version {
+            crate::registry::check_version(v).map_err(ctx)?;
+        }
+        if m.kind != "enrich" {
+            return Err(ctx(format!(
+                "kind: {:?} is not supported yet (only \"enrich\")",
+                m.kind
+            )));
+        }
+        if m.lang != "rust" {
+            return Err(ctx(format!("lang: {:?} is not one of [\"rust\"]", m.lang)));
+        }
+        if let Some(p) = &m.policy {
+            p.parse::<crate::registry::Policy>().map_err(ctx)?;
+        }
+        Ok(m)
+    }
+
+    /// The parameters as strings (numbers and booleans are written as TOML writes them).
+    pub fn params(&self) -> Vec<(String, String)> {
+        self.params
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// The vendored SDK: every file `new` writes under `.runnel/`.
+const SDK_FILES: &[(&str, &str)] = &[
+    ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
+    (
+        "sdk/plugin/src/lib.rs",
+        include_str!("../../sdk/plugin/src/lib.rs"),
+    ),
+    (
+        "sdk/batch/src/lib.rs",
+        include_str!("../../sdk/batch/src/lib.rs"),
+    ),
+    (
+        "sdk/plugin/Cargo.toml",
+        "[package]\nname = \"runnel-plugin\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\n",
+    ),
+    (
+        "sdk/batch/Cargo.toml",
+        "[package]\nname = \"runnel-batch\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n",
+    ),
+];
+
+/// `runnel plugin new`: writes a project in `dir` (which must not exist or be empty).
+pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Result<()> {
+    crate::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if kind != "enrich" {
+        bail!(
+            "--kind: {kind:?} is not supported yet: this version runs enrichers only (aggregators arrive with windowed aggregation)"
+        );
+    }
+    if lang != "rust" {
+        bail!("--lang: {lang:?} is not one of [\"rust\"]");
+    }
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let fill = |t: &str| t.replace("{name}", name);
+    let files: Vec<(PathBuf, String)> = [
+        (
+            "Cargo.toml",
+            fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
+        ),
+        (
+            "src/lib.rs",
+            fill(include_str!("../templates/rust/lib.rs.tmpl")),
+        ),
+        (
+            "plugin.toml",
+            fill(include_str!("../templates/rust/plugin.toml.tmpl")),
+        ),
+        (
+            "events.ndjson",
+            include_str!("../templates/rust/events.ndjson").to_string(),
+        ),
+        (".gitignore", "/target\n".to_string()),
+    ]
+    .into_iter()
+    .map(|(p, c)| (dir.join(p), c))
+    .chain(
+        SDK_FILES
+            .iter()
+            .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+    )
+    .collect();
+    for (path, contents) in files {
+        std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes sure the `wasm32-wasip2` target is installed (with rustup, when there is one).
+fn ensure_target() -> anyhow::Result<()> {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return Ok(()); // no rustup: cargo says what is missing
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)…");
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("rustup target add wasm32-wasip2 failed ({status})");
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Artifact {
+    reason: String,
+    #[serde(default)]
+    filenames: Vec<PathBuf>,
+}
+
+/// `runnel plugin build`: builds the plugin in `dir` and returns the component's path.
+pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    let manifest_path = dir.join("plugin.toml");
+    let manifest = Manifest::read(&manifest_path)?;
+    ensure_target()?;
+    let out = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo (is Rust installed?)")?;
+    if !out.status.success() {
+        bail!("building {} failed (cargo: {})", manifest.name, out.status);
+    }
+    let wasm = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Artifact>(l).ok())
+        .filter(|a| a.reason == "compiler-artifact")
+        .flat_map(|a| a.filenames)
+        .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .next_back()
+        .ok_or_else(|| anyhow::anyhow!("cargo built no .wasm (is crate-type cdylib?)"))?;
+    Ok(wasm)
+}
+
+/// What `test` saw.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TestSummary {
+    /// Input lines.
+    pub lines: usize,
+    /// Lines that are not valid events.
+    pub invalid: usize,
+    /// Kept or replaced.
+    pub passed: usize,
+    /// Dropped by the plugin.
+    pub dropped: usize,
+    /// Failed in the plugin.
+    pub failed: usize,
+}
+
+/// `runnel plugin test`: runs `wasm` over the NDJSON `input` and writes one line per input
+/// line to `out`: `{"line":N,"fate":"keep|replace|drop|failed|invalid", …}` with the resulting
+/// event, the drop reason, the failure or the validation error.
+pub fn test(
+    wasm: &Path,
+    input: &Path,
+    params: Vec<(String, String)>,
+    limits: runnel_host::Limits,
+    out: &mut impl Write,
+) -> anyhow::Result<TestSummary> {
+    let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("reading {}", input.display()))?;
+    let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    let name = wasm
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let mut plugin = runtime
+        .load_enricher(&name, &bytes, params, limits)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let env_limits = EnvelopeLimits::default();
+    let mut summary = TestSummary::default();
+    // Each line is either an error now or an event in the batch.
+    let mut rows: Vec<Result<usize, String>> = Vec::new();
+    let mut w = BatchWriter::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        match runnel_event::parse_event(line, &env_limits, now) {
+            Ok(e) => {
+                w.push(
+                    e.timestamp_ms,
+                    e.received_at_ms,
+                    e.schema_version,
+                    [
+                        Some(&e.event_id),
+                        Some(&e.event_type),
+                        e.user_id.as_deref(),
+                        e.session_id.as_deref(),
+                        e.device_id.as_deref(),
+                        e.platform.as_deref(),
+                        e.app_version.as_deref(),
+                        e.properties.as_deref(),
+                    ],
+                );
+                rows.push(Ok(w.len() - 1));
+            }
+            Err(e) => rows.push(Err(e.to_string())),
+        }
+    }
+    let batch = w.finish();
+    let result = plugin.enrich(&batch)?;
+    let view = BatchView::new(&batch)?;
+    let repl = if result.replacements.is_empty() {
+        None
+    } else {
+        Some(BatchView::new(&result.replacements)?)
+    };
+    let host = "plugin-test";
+    for (line, row) in rows.into_iter().enumerate() {
+        let line = line + 1;
+        let v = match row {
+            Err(error) => {
+                summary.invalid += 1;
+                serde_json::json!({"line": line, "fate": "invalid", "error": error})
+            }
+            Ok(i) => match &result.fates[i] {
+                Fate::Keep => {
+                    summary.passed += 1;
+                    let ev = crate::pipeline::event_view(&view.event(i), i as u64, host, host);
+                    serde_json::json!({"line": line, "fate": "keep", "event": ev})
+                }
+                Fate::Replace(n) => {
+                    summary.passed += 1;
+                    let r = repl.as_ref().expect("replacements exist").event(*n as usize);
+                    let ev = crate::pipeline::event_view(&r, i as u64, host, host);
+                    serde_json::json!({"line": line, "fate": "replace", "event": ev})
+                }
+                Fate::Drop(reason) => {
+                    summary.dropped += 1;
+                    serde_json::json!({"line": line, "fate": "drop", "reason": reason})
+                }
+                Fate::Failed(f) => {
+                    summary.failed += 1;
+                    serde_json::json!({"line": line, "fate": "failed", "kind": f.kind.as_str(), "reason": f.message})
+                }
+            },
+        };
+        serde_json::to_writer(&mut *out, &v)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,525 @@
+//! The plugin registry and the pipeline's committed state, in one redb database
+//! (`DATA_DIR/state.redb`).
+//!
+//! ## Tables
+//! - `plugins`: name → JSON [`PluginRecord`] (every deployed version, the active one, status,
+//!   policy, order).
+//! - `plugin_stats`: name → JSON [`PluginStats`], written only by the pipeline, in the same
+//!   transaction as its consumer offset, so the counts describe exactly the events before that
+//!   offset (after a crash the pipeline resumes from the offset and counts nothing twice).
+//! - `meta`: `pipeline_offset` (the first log offset the pipeline has not processed),
+//!   `next_position` (deploy order).
+//!
+//! Component bytes live beside the database in `DATA_DIR/plugins/NAME/SHA256.wasm`, written and
+//! fsynced before the registry names them. Compiled components are cached in
+//! `DATA_DIR/plugins/.compiled/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_stats");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// What the pipeline does with events while a plugin is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Stop the pipeline at the plugin: events stay in the log until it is fixed (redeployed)
+    /// or resumed or removed. The default: nothing passes unprocessed.
+    #[default]
+    Hold,
+    /// Pass events through the paused plugin untouched.
+    Skip,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hold" => Ok(Self::Hold),
+            "skip" => Ok(Self::Skip),
+            other => Err(format!("policy: {other:?} is not hold or skip")),
+        }
+    }
+}
+
+/// Whether a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Runs on every batch.
+    Running,
+    /// Paused by an operator or after `plugin_pause_after_failing_batches` failing batches.
+    Paused,
+}
+
+/// Per-plugin limits; each at most the broker's ceiling of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginLimits {
+    /// Longest one call may run, in milliseconds.
+    pub deadline_ms: u64,
+    /// Largest linear memory of one instance, in bytes.
+    pub memory_bytes_max: u64,
+    /// Instructions (fuel) per call, if metered.
+    pub fuel_per_call: Option<u64>,
+}
+
+/// One deployed version of a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    /// The version label (from the deploy, or 1, 2, … when none was given).
+    pub version: String,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// Size of the component.
+    pub wasm_bytes: u64,
+    /// When it was deployed (RFC 3339).
+    pub deployed_at: String,
+    /// Parameters passed to the plugin's `init`.
+    pub params: Vec<(String, String)>,
+    /// Limits of its calls.
+    pub limits: PluginLimits,
+}
+
+/// A plugin in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// Unique name.
+    pub name: String,
+    /// `enrich` (aggregators arrive with windowed aggregation).
+    pub kind: String,
+    /// Order in the pipeline (deploy order of the first version).
+    pub position: u64,
+    /// What happens to events while it is paused.
+    pub policy: Policy,
+    /// Running or paused.
+    pub status: Status,
+    /// Why it is paused.
+    pub paused_reason: Option<String>,
+    /// The version that runs.
+    pub active: String,
+    /// Every version deployed, oldest first.
+    pub versions: Vec<PluginVersion>,
+}
+
+impl PluginRecord {
+    /// The active version.
+    pub fn active_version(&self) -> &PluginVersion {
+        self.versions
+            .iter()
+            .find(|v| v.version == self.active)
+            .expect("the active version is one of the versions")
+    }
+}
+
+/// What the pipeline has done with a plugin, committed with the pipeline offset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginStats {
+    /// Events passed to the plugin.
+    pub events_in: u64,
+    /// Events it passed on (kept or replaced).
+    pub events_out: u64,
+    /// Events it dropped.
+    pub dropped: u64,
+    /// Events it failed on (sent to `dead_letters`).
+    pub errors: u64,
+    /// Calls that trapped, timed out, ran out of memory or broke the contract.
+    pub traps: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Consecutive failing batches (more than half of the events failed).
+    pub failing_batches_in_a_row: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Events passed to each version.
+    pub events_in_by_version: BTreeMap<String, u64>,
+}
+
+/// A deploy request (from the admin API).
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    /// Plugin name.
+    pub name: String,
+    /// Version label, if the deployer gave one.
+    pub version: Option<String>,
+    /// Policy while paused (`None` keeps the current one, or `hold` for a new plugin).
+    pub policy: Option<Policy>,
+    /// `init` parameters.
+    pub params: Vec<(String, String)>,
+    /// Limits.
+    pub limits: PluginLimits,
+}
+
+/// Errors of registry operations that the caller answers with 4xx.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No plugin of that name.
+    #[error("no plugin named {0:?}")]
+    NotFound(String),
+    /// A request that cannot be applied.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failure.
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+/// Checks a plugin name: `[a-z][a-z0-9_-]{0,63}`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name: {name:?} must match [a-z][a-z0-9_-]{{0,63}}"
+        ))
+    }
+}
+
+/// Checks a version label: 1–64 of `[A-Za-z0-9._+-]`.
+pub fn check_version(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("version: {v:?} must be 1-64 of [A-Za-z0-9._+-]"))
+    }
+}
+
+/// The registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    db: Arc<Database>,
+    dir: PathBuf,
+    generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("dir", &self.dir).finish()
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serializing to memory")
+}
+
+fn from_json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).with_context(|| format!("state.redb: unreadable {what}"))
+}
+
+impl Registry {
+    /// Opens (creating) `DATA_DIR/state.redb` and `DATA_DIR/plugins/`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("plugins");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = data_dir.join("state.redb");
+        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(PLUGINS)?;
+            txn.open_table(STATS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(Self {
+            db: Arc::new(db),
+            dir,
+            generation: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// Where compiled components are cached.
+    pub fn compiled_cache_dir(&self) -> PathBuf {
+        self.dir.join(".compiled")
+    }
+
+    /// The component file of a version.
+    pub fn wasm_path(&self, name: &str, sha256: &str) -> PathBuf {
+        self.dir.join(name).join(format!("{sha256}.wasm"))
+    }
+
+    /// Changes whenever the registry does; the pipeline reloads when it sees a new value.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The first log offset the pipeline has not processed.
+    pub fn pipeline_offset(&self) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("pipeline_offset")?.map_or(0, |v| v.value()))
+    }
+
+    /// Every plugin, in pipeline order.
+    pub fn plugins(&self) -> anyhow::Result<Vec<PluginRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PLUGINS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(from_json::<PluginRecord>("plugin record", v.value())?);
+        }
+        out.sort_by_key(|p| p.position);
+        Ok(out)
+    }
+
+    /// Every plugin with its stats, in pipeline order.
+    pub fn list(&self) -> anyhow::Result<Vec<(PluginRecord, PluginStats)>> {
+        let plugins = self.plugins()?;
+        let txn = self.db.begin_read()?;
+        let stats = txn.open_table(STATS)?;
+        plugins
+            .into_iter()
+            .map(|p| {
+                let s = match stats.get(p.name.as_str())? {
+                    Some(v) => from_json("plugin stats", v.value())?,
+                    None => PluginStats::default(),
+                };
+                Ok((p, s))
+            })
+            .collect()
+    }
+
+    /// Stores `wasm` and makes it the active version of `req.name`. Returns the record and
+    /// whether anything changed (the same component with the same parameters and limits as the
+    /// active version is not deployed again). The caller has checked that the component loads.
+    pub fn deploy(
+        &self,
+        req: Deploy,
+        wasm: &[u8],
+        sha256: &str,
+    ) -> Result<(PluginRecord, bool), RegistryError> {
+        let path = self.wasm_path(&req.name, sha256);
+        if !path.exists() {
+            write_durably(&path, wasm).map_err(anyhow::Error::from)?;
+        }
+        let txn = self.db.begin_write().map_err(anyhow::Error::from)?;
+        let (record, changed) = {
+            let mut table = txn.open_table(PLUGINS).map_err(anyhow::Error::from)?;
+            let mut meta = txn.open_table(META).map_err(anyhow::Error::from)?;
+            let existing: Option<PluginRecord> = match table
+                .get(req.name.as_str())
+                .map_err(anyhow::Error::from)?
+            {
+                Some(v) => Some(from_json("plugin record", v.value())?),
+                None => None,
+            };
+            let version_of = |versions: &[PluginVersion]| {
+                req.version
+                    .clone()
+                    .unwrap_or_else(|| (versions.len() + 1).to_string())
+            };
+            let make = |version: String| PluginVersion {
+                version,
+                sha256: sha256.to_string(),
+                wasm_bytes: wasm.len() as u64,
+                deployed_at: runnel_event::envelope::rfc3339_ms(now_ms()),
+                params: req.params.clone(),
+                limits: req.limits,
+            };
+            let (record, changed) = match existing {
+                None => {
+                    let position = meta
+                        .get("next_position")
+                        .map_err(anyhow::Error::from)?
+                        .map_or(0, |v| v.value());
+                    meta.insert("next_position", position + 1)
+                        .map_err(anyhow::Error::from)?;
+                    let v = make(version_of(&[]));
+                    (
+                        PluginRecord {
+                            name: req.name.clone(),
+                            kind: "enrich".into(),
+                            position,
+                            policy: req.policy.unwrap_or_default(),
+                            status: Status::Running,
+                            paused_reason: None,
+                            active: v.version.clone(),
+                            versions: vec![v],
+                        },
+                        true,
+                    )
+                }
+                Some(mut rec) => {
+                    let active = rec.active_version();
+                    let same = active.sha256 == sha256
+                        && active.params == req.params
+                        && active.limits == req.limits
+                        && req.version.as_ref().is_none_or(|v| *v == active.version);
+                    let policy_changes = req.policy.is_some_and(|p| p != rec.policy);
+                    if same && rec.status == Status::Running && !policy_changes {
+                        (rec, false)
+                    } else {
+                        if !same {
+                            let version = version_of(&rec.versions);
+                            if let Some(old) = rec.versions.iter().find(|v| v.version == version) {
+                                if old.sha256 != sha256 || old.params != req.params {
+                                    return Err(RegistryError::Conflict(format!(
+                                        "version: {version:?} of {} is already deployed with other content; give a new --version",
+                                        req.name
+                                    )));
+                                }
+                                rec.active = version;
+                            } else {
+                                let v = make(version);
+                                rec.active = v.version.clone();
+                                rec.versions.push(v);
+                            }
+                        }
+                        if let Some(p) = req.policy {
+                            rec.policy = p;
+                        }
+                        rec.status = Status::Running;
+                        rec.paused_reason = None;
+                        (rec, true)
+                    }
+                }
+            };
+            if changed {
+                table
+                    .insert(req.name.as_str(), to_json(&record).as_slice())
+                    .map_err(anyhow::Error::from)?;
+            }
+            (record, changed)
+        };
+        txn.commit().map_err(anyhow::Error::from)?;
+        if changed {
+            self.bump();
+        }
+        Ok((record, changed))
+    }
+
+    /// Pauses or resumes a plugin (an operator's request).
+    pub fn set_status(
+        &self,
+        name: &str,
+        status: Status,
+        reason: Option<String>,
+    ) -> Result<PluginRecord, RegistryError> {
+        let txn = self.db.begin_write().map_err(anyhow::Error::from)?;
+        let record = {
+            let mut table = txn.open_table(PLUGINS).map_err(anyhow::Error::from)?;
+            let mut rec: PluginRecord = match table.get(name).map_err(anyhow::Error::from)? {
+                Some(v) => from_json("plugin record", v.value())?,
+                None => return Err(RegistryError::NotFound(name.into())),
+            };
+            rec.status = status;
+            rec.paused_reason = if status == Status::Paused {
+                reason
+            } else {
+                None
+            };
+            table
+                .insert(name, to_json(&rec).as_slice())
+                .map_err(anyhow::Error::from)?;
+            rec
+        };
+        txn.commit().map_err(anyhow::Error::from)?;
+        self.bump();
+        Ok(record)
+    }
+
+    /// Removes a plugin, its stats and its component files.
+    pub fn remove(&self, name: &str) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(anyhow::Error::from)?;
+        {
+            let mut table = txn.open_table(PLUGINS).map_err(anyhow::Error::from)?;
+            if table.remove(name).map_err(anyhow::Error::from)?.is_none() {
+                return Err(RegistryError::NotFound(name.into()));
+            }
+            let mut stats = txn.open_table(STATS).map_err(anyhow::Error::from)?;
+            stats.remove(name).map_err(anyhow::Error::from)?;
+        }
+        txn.commit().map_err(anyhow::Error::from)?;
+        self.bump();
+        let _ = std::fs::remove_dir_all(self.dir.join(name));
+        Ok(())
+    }
+
+    /// Commits the pipeline's progress: the new offset, the stats of the plugins that ran, and
+    /// the plugins it paused, in one transaction. Stats of a plugin removed meanwhile are
+    /// dropped.
+    pub fn commit(
+        &self,
+        offset: u64,
+        stats: &[(String, PluginStats)],
+        pauses: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("pipeline_offset", offset)?;
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let mut table = txn.open_table(STATS)?;
+            for (name, s) in stats {
+                if plugins.get(name.as_str())?.is_some() {
+                    table.insert(name.as_str(), to_json(s).as_slice())?;
+                }
+            }
+            for (name, reason) in pauses {
+                let rec = plugins
+                    .get(name.as_str())?
+                    .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
+                    .transpose()?;
+                if let Some(mut rec) = rec {
+                    rec.status = Status::Paused;
+                    rec.paused_reason = Some(reason.clone());
+                    plugins.insert(name.as_str(), to_json(&rec).as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        if !pauses.is_empty() {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// The committed stats of a plugin.
+    pub fn stats(&self, name: &str) -> anyhow::Result<PluginStats> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(STATS)?;
+        match table.get(name)? {
+            Some(v) => from_json("plugin stats", v.value()),
+            None => Ok(PluginStats::default()),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Writes `bytes` to `path` (temp file, fsync, rename, fsync of the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,131 @@
+//! Side topics of the log: `dead_letters` (events a plugin failed on, with the reason).
+//!
+//! A topic is a [`runnel_segment`] log in `DATA_DIR/topics/NAME/`: one record per entry, the
+//! entry as a JSON object, so it has the same checksums, recovery and offsets as the event log.
+//! The pipeline is its only writer; it appends a batch's entries and syncs them before it
+//! commits its offset. Every entry names the log offset of its event (`source_offset`); after a
+//! crash the pipeline replays from its committed offset and skips entries for source offsets
+//! the topic already holds, so an entry is written once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use runnel_segment::{LogError, LogOptions, LogReader, SegmentLog, Storage};
+use serde::Deserialize;
+
+/// Names of the topics `runnel log read --topic` accepts.
+pub const TOPICS: &[&str] = &["events", "dead_letters"];
+
+/// Largest entry, in bytes (an event at its largest plus the reason).
+pub const ENTRY_BYTES_MAX: u32 = 64 << 20;
+
+/// The writing end of a topic.
+pub struct TopicWriter {
+    log: SegmentLog,
+    high_source_offset: Option<u64>,
+}
+
+impl std::fmt::Debug for TopicWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicWriter")
+            .field("dir", &self.log.dir())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct SourceOffset {
+    source_offset: u64,
+}
+
+/// Opens (recovering) the topic in `dir`.
+pub fn open(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    segment_bytes_max: u64,
+) -> anyhow::Result<(TopicWriter, LogReader)> {
+    let opts = LogOptions {
+        segment_bytes_max,
+        record_bytes_max: ENTRY_BYTES_MAX,
+        ..LogOptions::default()
+    };
+    let (log, report) = SegmentLog::open(storage, dir, opts, 0)?;
+    if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
+        tracing::warn!(topic = %dir.display(), truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "topic recovered from damage");
+    }
+    let reader = log.reader();
+    let end = reader.end_offset();
+    let high_source_offset = if end == 0 {
+        None
+    } else {
+        reader
+            .read(end - 1, 1, ENTRY_BYTES_MAX as usize)?
+            .last()
+            .and_then(|r| serde_json::from_slice::<SourceOffset>(&r.payload).ok())
+            .map(|s| s.source_offset)
+    };
+    Ok((
+        TopicWriter {
+            log,
+            high_source_offset,
+        },
+        reader,
+    ))
+}
+
+impl TopicWriter {
+    /// Appends one entry (a JSON object with a `source_offset`) unless the topic already has
+    /// an entry for that source offset or a later one; entries must come in source-offset
+    /// order. Not durable until [`Self::sync`].
+    pub fn append(&mut self, source_offset: u64, entry: &[u8]) -> Result<bool, LogError> {
+        if self.high_source_offset.is_some_and(|h| source_offset <= h) {
+            return Ok(false);
+        }
+        self.log.append(entry, 1, now_ms())?;
+        self.high_source_offset = Some(source_offset);
+        Ok(true)
+    }
+
+    /// Makes the appended entries durable.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.log.sync().map(|_| ())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Calls `f` with up to `limit` entries from offset `from`, each as a JSON object that starts
+/// with its topic `offset`.
+pub fn read_entries(
+    reader: &LogReader,
+    from: u64,
+    limit: usize,
+    mut f: impl FnMut(&[u8]),
+) -> Result<usize, LogError> {
+    let mut done = 0;
+    let mut next = from;
+    let mut line = Vec::new();
+    while done < limit {
+        let records = reader.read(next, 256.min(limit - done), 8 << 20)?;
+        if records.is_empty() {
+            break;
+        }
+        for rec in &records {
+            next = rec.header.base_offset + u64::from(rec.header.count);
+            if rec.header.base_offset < from || done >= limit {
+                continue;
+            }
+            let body = rec.payload.strip_prefix(b"{").unwrap_or(&rec.payload);
+            line.clear();
+            line.extend_from_slice(format!("{{\"offset\":{},", rec.header.base_offset).as_bytes());
+            line.extend_from_slice(body);
+            f(&line);
+            done += 1;
+        }
+    }
+    Ok(done)
+}
