@@ -41,8 +41,8 @@ pub struct Admin {
     pub pipeline: Arc<pipeline::Shared>,
     /// Ceilings and defaults of plugin limits.
     pub plugin_limits: PluginLimits,
-    /// See `BrokerConfig::plugin_isolation_calls_max`.
-    pub isolation_calls_max: u32,
+    /// See `BrokerConfig::plugin_isolation_calls_max` and `plugin_isolation_time_ms`.
+    pub isolation: pipeline::Isolation,
     /// See `BrokerConfig::log_read_limit_max`.
     pub read_limit_max: usize,
     /// Prometheus renderer.
@@ -189,6 +189,8 @@ pub struct PluginInfo {
     pub traps: u64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The longest call, in milliseconds.
+    pub slowest_call_ms: f64,
     /// Events in the log the pipeline has not processed yet.
     pub lag: u64,
     /// The active version's limits.
@@ -243,6 +245,7 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                 errors: s.errors,
                 traps: s.traps,
                 last_error: s.last_error.clone(),
+                slowest_call_ms: s.slowest_call_ms,
                 lag,
                 limits,
                 versions: p
@@ -358,7 +361,7 @@ async fn deploy_plugin(
             &req.name,
             &body,
             req.params.clone(),
-            pipeline::host_limits(&req.limits, a2.isolation_calls_max),
+            pipeline::host_limits(&req.limits, a2.isolation),
         ) {
             return Err(bad_request(format!("component: {e}")));
         }

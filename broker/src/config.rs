@@ -42,8 +42,14 @@ settings! {
     plugin_memory_bytes_max: u64 [u64] = 128 << 20;
     /// Largest component a deploy may upload, in bytes.
     plugin_wasm_bytes_max: usize [usize] = 64 << 20;
-    /// Most calls spent isolating the failing events of one batch (each halves the suspects).
-    plugin_isolation_calls_max: u32 [u32] = 24;
+    /// Most calls spent isolating the failing events of one batch (each halves the suspects;
+    /// 2 × `pipeline_batch_events` always suffices). Past it the events not yet isolated go to
+    /// the dead letters too.
+    plugin_isolation_calls_max: u32 [u32] = 2048;
+    /// Longest time spent isolating the failing events of one batch, in milliseconds (a plugin
+    /// that times out on every event costs a deadline per call). Past it the events not yet
+    /// isolated go to the dead letters too.
+    plugin_isolation_time_ms: u64 [u64] = 2000;
     /// A plugin is paused after this many failing batches in a row (more than half of the
     /// batch's events failed).
     plugin_pause_after_failing_batches: u32 [u32] = 3;

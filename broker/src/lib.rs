@@ -101,6 +101,10 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         &cfg.data_dir.join("topics").join("dead_letters"),
         cfg.segment_bytes_max,
     )?;
+    let isolation = pipeline::Isolation {
+        calls_max: cfg.plugin_isolation_calls_max,
+        time_max: std::time::Duration::from_millis(cfg.plugin_isolation_time_ms),
+    };
     let pipeline = pipeline::Pipeline::start(
         runtime.clone(),
         registry.clone(),
@@ -109,7 +113,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         pipeline::Settings {
             batch_events: cfg.pipeline_batch_events,
             pause_after_failing_batches: cfg.plugin_pause_after_failing_batches,
-            isolation_calls_max: cfg.plugin_isolation_calls_max,
+            isolation,
         },
     )?;
 
@@ -142,7 +146,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             memory_bytes_max: cfg.plugin_memory_bytes_max,
             fuel_per_call: None,
         },
-        isolation_calls_max: cfg.plugin_isolation_calls_max,
+        isolation,
     });
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let mut admin_shutdown = shutdown_rx;

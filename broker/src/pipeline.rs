@@ -45,17 +45,28 @@ pub struct Settings {
     pub batch_events: usize,
     /// Consecutive failing batches after which a plugin is paused.
     pub pause_after_failing_batches: u32,
-    /// Most calls spent isolating the failing events of one batch.
-    pub isolation_calls_max: u32,
+    /// How much isolating the failing events of one batch may cost.
+    pub isolation: Isolation,
+}
+
+/// Bounds of isolating the failing events of one batch (`plugin_isolation_calls_max`,
+/// `plugin_isolation_time_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Isolation {
+    /// Most calls.
+    pub calls_max: u32,
+    /// Longest time.
+    pub time_max: Duration,
 }
 
 /// Converts a plugin's limits for the host.
-pub fn host_limits(l: &PluginLimits, isolation_calls_max: u32) -> Limits {
+pub fn host_limits(l: &PluginLimits, isolation: Isolation) -> Limits {
     Limits {
         deadline: Duration::from_millis(l.deadline_ms),
         memory_bytes_max: l.memory_bytes_max as usize,
         fuel_per_call: l.fuel_per_call,
-        isolation_calls_max,
+        isolation_calls_max: isolation.calls_max,
+        isolation_time_max: isolation.time_max,
         ..Limits::default()
     }
 }
@@ -259,7 +270,7 @@ impl Worker {
                 &record.name,
                 &wasm,
                 v.params.clone(),
-                host_limits(&v.limits, self.settings.isolation_calls_max),
+                host_limits(&v.limits, self.settings.isolation),
             )
             .map_err(|e| e.to_string())
     }
@@ -315,6 +326,7 @@ impl Worker {
             let s = &mut stage.stats;
             s.batches += 1;
             s.traps += u64::from(out.failed_calls);
+            s.slowest_call_ms = s.slowest_call_ms.max(out.slowest_call.as_secs_f64() * 1e3);
             *s.events_in_by_version
                 .entry(stage.record.active.clone())
                 .or_default() += n as u64;

@@ -138,6 +138,10 @@ pub struct PluginStats {
     pub failing_batches_in_a_row: u32,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The longest call so far, in milliseconds (a call past its deadline is interrupted, so
+    /// this stays near `deadline_ms`).
+    #[serde(default)]
+    pub slowest_call_ms: f64,
     /// Events passed to each version.
     pub events_in_by_version: BTreeMap<String, u64>,
 }

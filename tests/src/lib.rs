@@ -100,7 +100,17 @@ impl Proc {
         }
     }
 
-    /// The process's log so far.
+    /// Resident memory of the running process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// The process's output so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -129,6 +139,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Prepares (does not start) a pipeline; `agent_extra` are additional agent flags.
     pub fn new(agent_extra: &[&str]) -> Self {
+        Self::with_args(agent_extra, &[])
+    }
+
+    /// Like [`Pipeline::new`], with additional broker flags too.
+    pub fn with_args(agent_extra: &[&str], broker_extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (quic, admin, http) = (free_udp_port(), free_tcp_port(), free_tcp_port());
         let d = dir.path();
@@ -140,6 +155,8 @@ impl Pipeline {
             // Checkpoint often, so restarts (and kill -9) exercise checkpoint + partial scan.
             "--checkpoint-interval-bytes=262144".to_string(),
         ];
+        let mut broker_args = broker_args;
+        broker_args.extend(broker_extra.iter().map(|s| s.to_string()));
         let mut agent_args = vec![
             format!("--data-dir={}", d.join("agent").display()),
             format!("--http-addr=127.0.0.1:{http}"),
@@ -212,6 +229,55 @@ impl Pipeline {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).unwrap())
             .collect()
+    }
+
+    /// Runs `runnel ARGS --admin-addr ADMIN` and returns its stdout (panics with stderr on
+    /// failure).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("runnel"))
+            .args(args)
+            .args(["--admin-addr", &self.admin_addr])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runnel {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `runnel plugin list`, parsed.
+    pub fn plugin_list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["plugin", "list"])).unwrap()
+    }
+
+    /// `runnel log read --topic TOPIC` of everything, one parsed value per entry.
+    pub fn read_topic(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.cli(&["log", "read", "--topic", topic, "--limit", "100000"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the pipeline has processed every event in the log and the log holds at least
+    /// `n` events; returns the plugin list.
+    pub async fn wait_pipeline_caught_up(&self, n: u64, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.log_stats();
+            let list = self.plugin_list();
+            if stats["records"].as_u64() >= Some(n) && list.iter().all(|p| p["lag"] == 0) {
+                return list;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the pipeline did not catch up with {n} events in {timeout:?}: {list:?}\n--- broker log ---\n{}",
+                    tail(&self.broker.log_text())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the log holds `n` events (panics with both logs after `timeout`).

@@ -22,7 +22,9 @@
 //! crash. The instance is dropped (a fresh one is made from the pre-instantiated component for
 //! the next call), and the batch is split in halves, recursively, to find the events that fail:
 //! those get [`Fate::Failed`] with the reason, the rest get the plugin's answer. The splitting is
-//! bounded by `isolation_calls_max` calls per batch; past it the remaining events fail too.
+//! bounded by `isolation_calls_max` calls and `isolation_time_max` per batch (a plugin that
+//! times out on everything would otherwise cost a deadline per call); past either the events
+//! not yet isolated fail too.
 //!
 //! ## Threads
 //! An [`Enricher`] is used by one thread at a time (`&mut self`); make one per pipeline.
@@ -66,6 +68,9 @@ pub struct Limits {
     pub fuel_per_call: Option<u64>,
     /// Most calls spent isolating the failing events of one batch.
     pub isolation_calls_max: u32,
+    /// Longest time spent isolating the failing events of one batch (calls are not cut short;
+    /// no new one starts past it).
+    pub isolation_time_max: Duration,
     /// Log lines a plugin may write per call; more are counted and dropped.
     pub log_lines_per_call_max: u32,
 }
@@ -77,8 +82,29 @@ impl Default for Limits {
             memory_bytes_max: 64 << 20,
             fuel_per_call: None,
             isolation_calls_max: 64,
+            isolation_time_max: Duration::from_secs(2),
             log_lines_per_call_max: 100,
         }
+    }
+}
+
+impl Limits {
+    /// Names the limit a timeout or an out-of-memory ran into.
+    fn explain(&self, mut f: Failure) -> Failure {
+        let limit = match f.kind {
+            FailureKind::Timeout if self.fuel_per_call.is_some() => format!(
+                "deadline {} ms or fuel_per_call {} exhausted",
+                self.deadline.as_millis(),
+                self.fuel_per_call.unwrap_or_default()
+            ),
+            FailureKind::Timeout => format!("ran past its deadline of {} ms", self.deadline.as_millis()),
+            FailureKind::OutOfMemory => {
+                format!("memory would grow past memory_bytes_max ({} bytes)", self.memory_bytes_max)
+            }
+            _ => return f,
+        };
+        f.message = format!("{limit} ({})", f.message);
+        f
     }
 }
 
@@ -161,6 +187,8 @@ pub struct EnrichOutput {
     pub calls: u32,
     /// Calls that failed.
     pub failed_calls: u32,
+    /// The longest call (instantiation included).
+    pub slowest_call: Duration,
 }
 
 /// The process-wide engine and its epoch ticker. Cheap to clone.
@@ -509,13 +537,17 @@ impl Enricher {
         let ticks = self.ticks();
         let fuel = self.limits.fuel_per_call.unwrap_or(u64::MAX);
         let log_budget = self.limits.log_lines_per_call_max;
+        let limits = self.limits.clone();
         let live = self.live()?;
         live.store.set_epoch_deadline(ticks);
         live.store.set_fuel(fuel).map_err(|e| classify(&e))?;
         live.store.data_mut().log_budget = log_budget;
         let answer = live.bindings.call_enrich(&mut live.store, batch);
         let result = match answer {
-            Err(e) => Err(with_stderr(classify(&e), &live.store.data().stderr)),
+            Err(e) => Err(with_stderr(
+                limits.explain(classify(&e)),
+                &live.store.data().stderr,
+            )),
             Ok(Err(msg)) => Err(Failure {
                 kind: FailureKind::Error,
                 message: msg,
@@ -539,6 +571,8 @@ impl Enricher {
             calls: 0,
             failed_calls: 0,
             last_failure: None,
+            started: Instant::now(),
+            slowest_call: Duration::ZERO,
         };
         if !view.is_empty() {
             self.run_range(&view, batch, 0, view.len(), &mut out);
@@ -548,6 +582,7 @@ impl Enricher {
             replacements: out.replacements.finish(),
             calls: out.calls,
             failed_calls: out.failed_calls,
+            slowest_call: out.slowest_call,
         })
     }
 
@@ -559,7 +594,8 @@ impl Enricher {
         end: usize,
         out: &mut Run,
     ) {
-        if out.calls >= self.limits.isolation_calls_max {
+        let over_time = out.calls > 0 && out.started.elapsed() >= self.limits.isolation_time_max;
+        if out.calls >= self.limits.isolation_calls_max || over_time {
             let cause = out
                 .last_failure
                 .clone()
@@ -569,10 +605,17 @@ impl Enricher {
                     .last_failure
                     .as_ref()
                     .map_or(FailureKind::Error, |f| f.kind),
-                message: format!(
-                    "isolation_calls_max ({}) reached{cause}",
-                    self.limits.isolation_calls_max
-                ),
+                message: if over_time {
+                    format!(
+                        "isolation_time_max ({} ms) reached{cause}",
+                        self.limits.isolation_time_max.as_millis()
+                    )
+                } else {
+                    format!(
+                        "isolation_calls_max ({}) reached{cause}",
+                        self.limits.isolation_calls_max
+                    )
+                },
             };
             for fate in &mut out.fates[start..end] {
                 *fate = Fate::Failed(failure.clone());
@@ -593,8 +636,10 @@ impl Enricher {
         out.calls += 1;
         let started = Instant::now();
         let result = self.call(bytes, end - start);
+        let took = started.elapsed();
+        out.slowest_call = out.slowest_call.max(took);
         metrics::histogram!("runnel_plugin_call_seconds", "plugin" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
         match result {
             Ok((outcomes, replacements)) => {
                 let repl = BatchView::new(&replacements).ok();
@@ -634,6 +679,8 @@ struct Run {
     calls: u32,
     failed_calls: u32,
     last_failure: Option<Failure>,
+    started: Instant,
+    slowest_call: Duration,
 }
 
 /// Checks an answer: one outcome per event; every replacement index points at a valid event.

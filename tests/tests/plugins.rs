@@ -1,0 +1,274 @@
+//! Broker plugins end to end, with the real binaries and the test plugins that misbehave on
+//! purpose: deployed through `runnel plugin deploy` to a broker under load.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use runnel_e2e::{Pipeline, event, plugin};
+use serde_json::{Value, json};
+
+/// Posts batches of `batch` events until `stop`; every `poison_every`-th event's id contains
+/// `poison`. Returns the accepted ids.
+fn load(
+    agent_url: String,
+    prefix: &'static str,
+    batch: usize,
+    poison_every: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut accepted = Vec::new();
+        let mut n = 0usize;
+        while !stop.load(Ordering::Acquire) {
+            let ids: Vec<String> = (0..batch)
+                .map(|_| {
+                    n += 1;
+                    if poison_every > 0 && n % poison_every == 0 {
+                        format!("{prefix}-poison-{n}")
+                    } else {
+                        format!("{prefix}-{n}")
+                    }
+                })
+                .collect();
+            let body: Vec<Value> = ids.iter().map(|id| event(id, "page.view")).collect();
+            let resp = client
+                .post(format!("{agent_url}/v1/events"))
+                .header("content-type", "application/json")
+                .body(json!(body).to_string())
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().as_u16() == 202 => accepted.extend(ids),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        accepted
+    })
+}
+
+fn by_name<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {list:?}"))
+}
+
+/// Must-show 3: under load, the trapping plugin sends exactly the poisoned events to
+/// `dead_letters` and every other event on; the endless loop is interrupted at its deadline
+/// every time and the memory hog is capped, both are paused (and `skip`ped) after failing
+/// batches; the broker keeps serving with bounded RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_are_contained_under_load() {
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            "--plugin-deadline-ms=50",
+            "--plugin-memory-bytes-max=33554432",
+            "--pipeline-batch-events=256",
+        ],
+    );
+    p.start().await;
+    p.cli(&[
+        "plugin",
+        "deploy",
+        plugin("trap_on_event").to_str().unwrap(),
+        "--name",
+        "trapper",
+        "--param",
+        "poison=poison",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(p.agent_url.clone(), "ms3", 100, 97, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Both misbehaving plugins are deployed with `skip`: once paused, events pass them.
+    let deployed = Instant::now();
+    for (wasm, name) in [("loop_forever", "looper"), ("alloc_forever", "hog")] {
+        p.cli(&[
+            "plugin",
+            "deploy",
+            plugin(wasm).to_str().unwrap(),
+            "--name",
+            name,
+            "--policy",
+            "skip",
+        ]);
+    }
+    let mut peak_rss = 0;
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            peak_rss = peak_rss.max(p.broker.rss_kib().unwrap_or(0));
+            let list = p.plugin_list();
+            if by_name(&list, "looper")["status"] == "paused"
+                && by_name(&list, "hog")["status"] == "paused"
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not paused in 60 s: {list:?}");
+            // The broker keeps serving while they fail.
+            let ready = reqwest::get(format!("http://{}/readyz", p.admin_addr))
+                .await
+                .unwrap();
+            assert!(ready.status().is_success());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let paused_after = deployed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Release);
+    let accepted = loader.await.unwrap();
+    let list = p
+        .wait_pipeline_caught_up(accepted.len() as u64, Duration::from_secs(60))
+        .await;
+    peak_rss = peak_rss.max(p.broker.rss_kib().unwrap_or(0));
+
+    // Paused, with the reason, in `plugin list`.
+    for name in ["looper", "hog"] {
+        let pl = by_name(&list, name);
+        assert_eq!(pl["status"], "paused", "{pl}");
+        assert!(
+            pl["paused_reason"]
+                .as_str()
+                .unwrap()
+                .contains("failing batches in a row"),
+            "{pl}"
+        );
+    }
+    assert_eq!(by_name(&list, "trapper")["status"], "running");
+
+    // Exactly the poisoned events, each once, are trapper's dead letters.
+    let dead = p.read_topic("dead_letters");
+    let mut by_plugin: HashMap<String, Vec<&Value>> = HashMap::new();
+    for d in &dead {
+        by_plugin
+            .entry(d["plugin"].as_str().unwrap().to_string())
+            .or_default()
+            .push(d);
+    }
+    let poisoned: HashSet<&str> = accepted
+        .iter()
+        .filter(|id| id.contains("poison"))
+        .map(String::as_str)
+        .collect();
+    assert!(poisoned.len() > 10, "too few poisoned events sent");
+    let trapped: Vec<&str> = by_plugin["trapper"]
+        .iter()
+        .map(|d| d["event"]["event_id"].as_str().unwrap())
+        .collect();
+    let trapped_set: HashSet<&str> = trapped.iter().copied().collect();
+    assert_eq!(trapped.len(), trapped_set.len(), "a dead letter was written twice");
+    let extra: Vec<&&str> = trapped_set.difference(&poisoned).take(5).collect();
+    let missing: Vec<&&str> = poisoned.difference(&trapped_set).take(5).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "trapper's dead letters are not the poisoned events: {} extra (e.g. {extra:?}), {} missing (e.g. {missing:?}); a reason: {}",
+        trapped_set.difference(&poisoned).count(),
+        poisoned.difference(&trapped_set).count(),
+        by_plugin["trapper"].iter().find(|d| !d["event"]["event_id"].as_str().unwrap().contains("poison")).map_or(String::new(), |d| d["reason"].to_string())
+    );
+    for d in &by_plugin["trapper"] {
+        assert_eq!(d["kind"], "trap", "{d}");
+        assert!(d["reason"].as_str().unwrap().contains("poisoned event"), "{d}");
+    }
+    // trapper saw every event; all but the poisoned ones went on.
+    let trapper = by_name(&list, "trapper");
+    assert_eq!(trapper["events_in"], accepted.len() as u64, "{trapper}");
+    assert_eq!(
+        trapper["events_out"],
+        (accepted.len() - poisoned.len()) as u64,
+        "{trapper}"
+    );
+    assert_eq!(trapper["errors"], poisoned.len() as u64);
+
+    // The loop was interrupted at its deadline (50 ms, 1 ms epoch ticks) every time.
+    for d in by_plugin.get("looper").into_iter().flatten() {
+        assert_eq!(d["kind"], "timeout", "{d}");
+        assert!(
+            d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("deadline of 50 ms"),
+            "{d}"
+        );
+    }
+    let slowest = by_name(&list, "looper")["slowest_call_ms"].as_f64().unwrap();
+    assert!(
+        (50.0..200.0).contains(&slowest),
+        "the slowest looper call took {slowest} ms with a 50 ms deadline"
+    );
+    // The hog was stopped at its memory cap.
+    for d in by_plugin.get("hog").into_iter().flatten() {
+        assert_eq!(d["kind"], "out_of_memory", "{d}");
+        assert!(d["reason"].as_str().unwrap().contains("memory_bytes_max"), "{d}");
+    }
+    assert!(!by_plugin.get("hog").is_none_or(Vec::is_empty));
+    assert!(!by_plugin.get("looper").is_none_or(Vec::is_empty));
+    // Bounded memory: the hog's 32 MiB cap, not the machine's memory.
+    assert!(
+        peak_rss < 400 * 1024,
+        "broker RSS peaked at {peak_rss} KiB"
+    );
+    eprintln!(
+        "accepted {}, poisoned {}, looper/hog paused after {paused_after:?}, slowest looper call {slowest:.1} ms, peak broker RSS {} MiB",
+        accepted.len(),
+        poisoned.len(),
+        peak_rss / 1024
+    );
+    // Paused, they show in /metrics too.
+    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("runnel_plugin_paused{plugin=\"looper\"} 1"), "{metrics}");
+}
+
+/// Must-show 4: a plugin redeployed under load (and the broker `kill -9`ed meanwhile) switches
+/// versions at a batch boundary: every event is processed by exactly one version, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
+    let mut p = Pipeline::with_args(&[], &["--pipeline-batch-events=128"]);
+    p.start().await;
+    let noop = plugin("noop");
+    let noop = noop.to_str().unwrap();
+    p.cli(&["plugin", "deploy", noop, "--name", "tagger", "--param", "tag=a"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(p.agent_url.clone(), "ms4", 100, 0, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.broker.kill9();
+    p.start_broker().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.cli(&["plugin", "deploy", noop, "--name", "tagger", "--param", "tag=b"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    p.broker.kill9();
+    p.start_broker().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Release);
+    let accepted = loader.await.unwrap();
+    let list = p
+        .wait_pipeline_caught_up(accepted.len() as u64, Duration::from_secs(60))
+        .await;
+    let log_events = p.log_stats()["records"].as_u64().unwrap();
+    assert_eq!(log_events, accepted.len() as u64);
+    let tagger = by_name(&list, "tagger");
+    assert_eq!(tagger["version"], "2", "{tagger}");
+    let versions = tagger["versions"].as_array().unwrap();
+    let per_version: Vec<u64> = versions
+        .iter()
+        .map(|v| v["events_in"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_version.len(), 2, "{tagger}");
+    assert!(per_version.iter().all(|n| *n > 0), "{tagger}");
+    assert_eq!(
+        per_version.iter().sum::<u64>(),
+        log_events,
+        "every event processed by exactly one version, once: {tagger}"
+    );
+    assert_eq!(tagger["events_in"], log_events);
+    assert!(p.read_topic("dead_letters").is_empty());
+}
