@@ -340,6 +340,7 @@ impl Runtime {
             limits,
             live: None,
             instances: 0,
+            last_call: Duration::ZERO,
         };
         plugin.live().map_err(LoadError::Init)?;
         Ok(plugin)
@@ -427,6 +428,8 @@ pub struct Enricher {
     limits: Limits,
     live: Option<Live>,
     instances: u64,
+    /// How long the last call ran (instantiation excluded).
+    last_call: Duration,
 }
 
 impl std::fmt::Debug for Enricher {
@@ -542,7 +545,9 @@ impl Enricher {
         live.store.set_epoch_deadline(ticks);
         live.store.set_fuel(fuel).map_err(|e| classify(&e))?;
         live.store.data_mut().log_budget = log_budget;
+        let started = Instant::now();
         let answer = live.bindings.call_enrich(&mut live.store, batch);
+        let took = started.elapsed();
         let result = match answer {
             Err(e) => Err(with_stderr(
                 limits.explain(classify(&e)),
@@ -554,6 +559,7 @@ impl Enricher {
             }),
             Ok(Ok(r)) => check_answer(r.outcomes, r.replacements, events),
         };
+        self.last_call = took;
         if result.is_err() {
             // The instance may be in any state: never call it again.
             self.live = None;
@@ -634,9 +640,8 @@ impl Enricher {
             &owned
         };
         out.calls += 1;
-        let started = Instant::now();
         let result = self.call(bytes, end - start);
-        let took = started.elapsed();
+        let took = self.last_call;
         out.slowest_call = out.slowest_call.max(took);
         metrics::histogram!("runnel_plugin_call_seconds", "plugin" => self.name.clone())
             .record(took.as_secs_f64());

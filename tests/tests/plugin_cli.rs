@@ -1,0 +1,107 @@
+//! Must-show 1 of the plugin work: `runnel plugin new`, `build`, `test` on a fresh project,
+//! with nothing done by hand; and `test` with a plugin that drops, replaces and fails events.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use runnel_e2e::{bin, plugin};
+use serde_json::Value;
+
+fn runnel(args: &[&str], envs: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(bin("runnel"));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "runnel {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A target dir for projects made by `plugin new`, beside the test's own (kept between runs,
+/// so a rerun does not rebuild the SDK's dependencies).
+fn plugin_target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap();
+    target.join("plugin-new")
+}
+
+#[test]
+fn new_build_test_works_on_a_fresh_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("demo");
+    let printed = runnel(
+        &["plugin", "new", "demo", "--kind", "enrich", "--dir", project.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(printed.trim(), project.to_str().unwrap());
+    let target = plugin_target_dir();
+    let wasm = runnel(
+        &["plugin", "build", project.to_str().unwrap()],
+        &[("CARGO_TARGET_DIR", &target)],
+    );
+    let wasm = PathBuf::from(wasm.trim());
+    assert!(wasm.is_file(), "{} is not a file", wasm.display());
+    let input = project.join("events.ndjson");
+    let out = runnel(
+        &["plugin", "test", wasm.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        &[],
+    );
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let input_events = std::fs::read_to_string(&input).unwrap().lines().count();
+    assert_eq!(lines.len(), input_events, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["fate"], "keep", "{l}");
+        assert_eq!(l["line"], i + 1);
+        assert!(l["event"]["event_id"].is_string(), "{l}");
+    }
+    // A second `new` into the same directory is refused, not merged.
+    let again = Command::new(bin("runnel"))
+        .args(["plugin", "new", "demo", "--dir", project.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
+
+#[test]
+fn test_prints_every_fate_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"event_id":"a","event_type":"page.view","timestamp":1,"properties":{"email":"x@example.com","ip":"203.0.113.9"}}"#, "\n",
+            r#"{"event_id":"b","event_type":"page.view","timestamp":"not a time"}"#, "\n",
+            r#"{"event_id":"c","event_type":"page.view","timestamp":2}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let redact = plugin("pii_redact");
+    let out = runnel(
+        &["plugin", "test", redact.to_str().unwrap(), "--input", input.to_str().unwrap(), "--param", "salt=s"],
+        &[],
+    );
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0]["fate"], "replace", "{out}");
+    assert!(lines[0]["event"]["properties"]["email"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(lines[0]["event"]["properties"]["ip"], "203.0.113.0");
+    assert_eq!(lines[1]["fate"], "invalid");
+    assert!(lines[1]["error"].as_str().unwrap().contains("timestamp"), "{out}");
+    assert_eq!(lines[2]["fate"], "keep");
+
+    let trap = plugin("trap_on_event");
+    let out = runnel(
+        &["plugin", "test", trap.to_str().unwrap(), "--input", input.to_str().unwrap(), "--param", "poison=c"],
+        &[],
+    );
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["fate"], "keep");
+    assert_eq!(lines[2]["fate"], "failed", "{out}");
+    assert_eq!(lines[2]["kind"], "trap");
+}
