@@ -16,6 +16,8 @@ cargo build --workspace --bins --locked
 # The host tests load the example and test plugins: build them (wasm32-wasip2 components).
 cargo build --release --locked --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 cargo test --workspace --locked
+# The example plugins' own unit tests (native target).
+cargo test --locked --manifest-path plugins/Cargo.toml -p pii-redact -p geo-enrich -p sampler
 # The fuzz targets (run by scripts/fuzz.sh on nightly) must keep compiling.
 cargo check --locked --manifest-path sdk/event/fuzz/Cargo.toml
 echo "test.sh: all checks passed in $(( $(date +%s) - started ))s"

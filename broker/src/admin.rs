@@ -59,8 +59,14 @@ pub fn router(admin: Arc<Admin>) -> Router {
             "/v1/plugins/{name}",
             axum::routing::put(deploy_plugin).delete(remove_plugin),
         )
-        .route("/v1/plugins/{name}/pause", axum::routing::post(pause_plugin))
-        .route("/v1/plugins/{name}/resume", axum::routing::post(resume_plugin))
+        .route(
+            "/v1/plugins/{name}/pause",
+            axum::routing::post(pause_plugin),
+        )
+        .route(
+            "/v1/plugins/{name}/resume",
+            axum::routing::post(resume_plugin),
+        )
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -220,7 +226,11 @@ fn registry_error(e: RegistryError) -> Response {
         RegistryError::Conflict(_) => StatusCode::CONFLICT,
         RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, axum::Json(serde_json::json!({ "error": format!("{e:#}") }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": format!("{e:#}") })),
+    )
+        .into_response()
 }
 
 fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
@@ -256,11 +266,7 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                         sha256: v.sha256.clone(),
                         deployed_at: v.deployed_at.clone(),
                         params: v.params.clone(),
-                        events_in: s
-                            .events_in_by_version
-                            .get(&v.version)
-                            .copied()
-                            .unwrap_or(0),
+                        events_in: s.events_in_by_version.get(&v.version).copied().unwrap_or(0),
                     })
                     .collect(),
                 name: p.name,
@@ -279,11 +285,7 @@ async fn list_plugins(State(a): State<Arc<Admin>>) -> Response {
 }
 
 /// Parses the deploy query string; errors name the parameter.
-fn parse_deploy(
-    name: &str,
-    query: &str,
-    ceilings: PluginLimits,
-) -> Result<Deploy, String> {
+fn parse_deploy(name: &str, query: &str, ceilings: PluginLimits) -> Result<Deploy, String> {
     registry::check_name(name)?;
     let mut req = Deploy {
         name: name.to_string(),
@@ -365,7 +367,10 @@ async fn deploy_plugin(
         ) {
             return Err(bad_request(format!("component: {e}")));
         }
-        let (record, changed) = a2.registry.deploy(req, &body, &sha).map_err(registry_error)?;
+        let (record, changed) = a2
+            .registry
+            .deploy(req, &body, &sha)
+            .map_err(registry_error)?;
         tracing::info!(plugin = %record.name, version = %record.active, changed, "plugin deployed");
         Ok((record, changed))
     })

@@ -151,10 +151,13 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let mut admin_shutdown = shutdown_rx;
     tasks.push(tokio::spawn(async move {
-        let serve =
-            axum::serve(listener, admin::router(admin).layer(axum::extract::DefaultBodyLimit::max(wasm_max))).with_graceful_shutdown(async move {
-                let _ = admin_shutdown.changed().await;
-            });
+        let serve = axum::serve(
+            listener,
+            admin::router(admin).layer(axum::extract::DefaultBodyLimit::max(wasm_max)),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = admin_shutdown.changed().await;
+        });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "admin server stopped");
         }

@@ -32,6 +32,10 @@ enum Cmd {
         /// TOML file with agent settings (see docs/CONFIG.md); `data_dir` is set by `--dir`.
         #[arg(long)]
         agent_config: Option<PathBuf>,
+        /// Directory with the example plugins (`pii_redact.wasm` runs at the edge,
+        /// `geo_enrich.wasm` is deployed to the broker). `./dev.sh` builds them and passes it.
+        #[arg(long)]
+        plugins_dir: Option<PathBuf>,
     },
     /// Run the broker.
     Broker {
@@ -206,6 +210,7 @@ fn try_main() -> anyhow::Result<()> {
             dir,
             broker_config,
             agent_config,
+            plugins_dir,
         } => {
             telemetry::init_logging();
             let broker: BrokerConfig = match broker_config {
@@ -228,6 +233,7 @@ fn try_main() -> anyhow::Result<()> {
                 dir,
                 broker,
                 agent,
+                plugins_dir,
                 shutdown_signal(),
             ))
         }
@@ -270,8 +276,9 @@ fn find_manifest(wasm: &Path, named: Option<PathBuf>) -> anyhow::Result<Option<M
 
 /// Manifest parameters with the command line's on top.
 fn merged_params(m: Option<&Manifest>, cli: Vec<(String, String)>) -> Vec<(String, String)> {
-    let mut params: std::collections::BTreeMap<String, String> =
-        m.map(|m| m.params().into_iter().collect()).unwrap_or_default();
+    let mut params: std::collections::BTreeMap<String, String> = m
+        .map(|m| m.params().into_iter().collect())
+        .unwrap_or_default();
     params.extend(cli);
     params.into_iter().collect()
 }
@@ -342,7 +349,9 @@ fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
             let m = find_manifest(&wasm, manifest)?;
             let name = name
                 .or_else(|| m.as_ref().map(|m| m.name.clone()))
-                .ok_or_else(|| anyhow::anyhow!("--name is required when there is no plugin.toml"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--name is required when there is no plugin.toml")
+                })?;
             let mut query = form_urlencoded::Serializer::new(String::new());
             if let Some(v) = version.or_else(|| m.as_ref().and_then(|m| m.version.clone())) {
                 query.append_pair("version", &v);
@@ -363,7 +372,8 @@ fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
             if let Some(f) = limits.fuel_per_call {
                 query.append_pair("fuel_per_call", &f.to_string());
             }
-            let body = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+            let body =
+                std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
             let url = format!("http://{admin_addr}/v1/plugins/{name}?{}", query.finish());
             runtime()?.block_on(async {
                 let resp = reqwest::Client::new().put(&url).body(body).send().await.with_context(|| {

@@ -210,8 +210,7 @@ impl Worker {
                 .position(|s| s.record.name == record.name)
                 .map(|i| old.swap_remove(i));
             let same_version = prev.as_ref().is_some_and(|p| {
-                p.version() == record.active
-                    && p.record.active_version() == record.active_version()
+                p.version() == record.active && p.record.active_version() == record.active_version()
             });
             let mut stats = match &prev {
                 Some(p) => p.stats.clone(),
@@ -331,8 +330,7 @@ impl Worker {
                 .entry(stage.record.active.clone())
                 .or_default() += n as u64;
             s.events_in += n as u64;
-            if let Some(Fate::Failed(f)) = out.fates.iter().find(|f| matches!(f, Fate::Failed(_)))
-            {
+            if let Some(Fate::Failed(f)) = out.fates.iter().find(|f| matches!(f, Fate::Failed(_))) {
                 s.last_error = Some(f.to_string());
             }
             if failed * 2 > n {
@@ -377,7 +375,10 @@ impl Worker {
                         next_index.push(index[i]);
                     }
                     Fate::Replace(r) => {
-                        let r = repl.as_ref().expect("replacements exist").event(*r as usize);
+                        let r = repl
+                            .as_ref()
+                            .expect("replacements exist")
+                            .event(*r as usize);
                         w.push_ref(&r);
                         next_index.push(index[i]);
                     }
@@ -454,8 +455,7 @@ impl Worker {
                 .set(st.events_out as f64);
             metrics::gauge!("runnel_plugin_dropped", "plugin" => name.clone())
                 .set(st.dropped as f64);
-            metrics::gauge!("runnel_plugin_errors", "plugin" => name.clone())
-                .set(st.errors as f64);
+            metrics::gauge!("runnel_plugin_errors", "plugin" => name.clone()).set(st.errors as f64);
             metrics::gauge!("runnel_plugin_traps", "plugin" => name).set(st.traps as f64);
         }
     }

@@ -270,8 +270,8 @@ pub fn test(
     out: &mut impl Write,
 ) -> anyhow::Result<TestSummary> {
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let text = std::fs::read_to_string(input)
-        .with_context(|| format!("reading {}", input.display()))?;
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
     let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
     let name = wasm
         .file_stem()
@@ -338,7 +338,10 @@ pub fn test(
                 }
                 Fate::Replace(n) => {
                     summary.passed += 1;
-                    let r = repl.as_ref().expect("replacements exist").event(*n as usize);
+                    let r = repl
+                        .as_ref()
+                        .expect("replacements exist")
+                        .event(*n as usize);
                     let ev = crate::pipeline::event_view(&r, i as u64, host, host);
                     serde_json::json!({"line": line, "fate": "replace", "event": ev})
                 }

@@ -185,9 +185,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "name: {name:?} must match [a-z][a-z0-9_-]{{0,63}}"
-        ))
+        Err(format!("name: {name:?} must match [a-z][a-z0-9_-]{{0,63}}"))
     }
 }
 
@@ -320,13 +318,11 @@ impl Registry {
         let (record, changed) = {
             let mut table = txn.open_table(PLUGINS).map_err(anyhow::Error::from)?;
             let mut meta = txn.open_table(META).map_err(anyhow::Error::from)?;
-            let existing: Option<PluginRecord> = match table
-                .get(req.name.as_str())
-                .map_err(anyhow::Error::from)?
-            {
-                Some(v) => Some(from_json("plugin record", v.value())?),
-                None => None,
-            };
+            let existing: Option<PluginRecord> =
+                match table.get(req.name.as_str()).map_err(anyhow::Error::from)? {
+                    Some(v) => Some(from_json("plugin record", v.value())?),
+                    None => None,
+                };
             let version_of = |versions: &[PluginVersion]| {
                 req.version
                     .clone()

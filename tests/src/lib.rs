@@ -262,7 +262,11 @@ impl Pipeline {
 
     /// Waits until the pipeline has processed every event in the log and the log holds at least
     /// `n` events; returns the plugin list.
-    pub async fn wait_pipeline_caught_up(&self, n: u64, timeout: Duration) -> Vec<serde_json::Value> {
+    pub async fn wait_pipeline_caught_up(
+        &self,
+        n: u64,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let stats = self.log_stats();

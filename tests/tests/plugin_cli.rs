@@ -35,7 +35,15 @@ fn new_build_test_works_on_a_fresh_project() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("demo");
     let printed = runnel(
-        &["plugin", "new", "demo", "--kind", "enrich", "--dir", project.to_str().unwrap()],
+        &[
+            "plugin",
+            "new",
+            "demo",
+            "--kind",
+            "enrich",
+            "--dir",
+            project.to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(printed.trim(), project.to_str().unwrap());
@@ -48,10 +56,19 @@ fn new_build_test_works_on_a_fresh_project() {
     assert!(wasm.is_file(), "{} is not a file", wasm.display());
     let input = project.join("events.ndjson");
     let out = runnel(
-        &["plugin", "test", wasm.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
         &[],
     );
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let input_events = std::fs::read_to_string(&input).unwrap().lines().count();
     assert_eq!(lines.len(), input_events, "{out}");
     for (i, l) in lines.iter().enumerate() {
@@ -83,24 +100,54 @@ fn test_prints_every_fate_with_its_reason() {
     .unwrap();
     let redact = plugin("pii_redact");
     let out = runnel(
-        &["plugin", "test", redact.to_str().unwrap(), "--input", input.to_str().unwrap(), "--param", "salt=s"],
+        &[
+            "plugin",
+            "test",
+            redact.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--param",
+            "salt=s",
+        ],
         &[],
     );
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0]["fate"], "replace", "{out}");
-    assert!(lines[0]["event"]["properties"]["email"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        lines[0]["event"]["properties"]["email"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert_eq!(lines[0]["event"]["properties"]["ip"], "203.0.113.0");
     assert_eq!(lines[1]["fate"], "invalid");
-    assert!(lines[1]["error"].as_str().unwrap().contains("timestamp"), "{out}");
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("timestamp"),
+        "{out}"
+    );
     assert_eq!(lines[2]["fate"], "keep");
 
     let trap = plugin("trap_on_event");
     let out = runnel(
-        &["plugin", "test", trap.to_str().unwrap(), "--input", input.to_str().unwrap(), "--param", "poison=c"],
+        &[
+            "plugin",
+            "test",
+            trap.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--param",
+            "poison=c",
+        ],
         &[],
     );
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["fate"], "keep");
     assert_eq!(lines[2]["fate"], "failed", "{out}");
     assert_eq!(lines[2]["kind"], "trap");

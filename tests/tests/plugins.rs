@@ -160,7 +160,11 @@ async fn misbehaving_plugins_are_contained_under_load() {
         .map(|d| d["event"]["event_id"].as_str().unwrap())
         .collect();
     let trapped_set: HashSet<&str> = trapped.iter().copied().collect();
-    assert_eq!(trapped.len(), trapped_set.len(), "a dead letter was written twice");
+    assert_eq!(
+        trapped.len(),
+        trapped_set.len(),
+        "a dead letter was written twice"
+    );
     let extra: Vec<&&str> = trapped_set.difference(&poisoned).take(5).collect();
     let missing: Vec<&&str> = poisoned.difference(&trapped_set).take(5).collect();
     assert!(
@@ -168,11 +172,17 @@ async fn misbehaving_plugins_are_contained_under_load() {
         "trapper's dead letters are not the poisoned events: {} extra (e.g. {extra:?}), {} missing (e.g. {missing:?}); a reason: {}",
         trapped_set.difference(&poisoned).count(),
         poisoned.difference(&trapped_set).count(),
-        by_plugin["trapper"].iter().find(|d| !d["event"]["event_id"].as_str().unwrap().contains("poison")).map_or(String::new(), |d| d["reason"].to_string())
+        by_plugin["trapper"]
+            .iter()
+            .find(|d| !d["event"]["event_id"].as_str().unwrap().contains("poison"))
+            .map_or(String::new(), |d| d["reason"].to_string())
     );
     for d in &by_plugin["trapper"] {
         assert_eq!(d["kind"], "trap", "{d}");
-        assert!(d["reason"].as_str().unwrap().contains("poisoned event"), "{d}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("poisoned event"),
+            "{d}"
+        );
     }
     // trapper saw every event; all but the poisoned ones went on.
     let trapper = by_name(&list, "trapper");
@@ -188,14 +198,13 @@ async fn misbehaving_plugins_are_contained_under_load() {
     for d in by_plugin.get("looper").into_iter().flatten() {
         assert_eq!(d["kind"], "timeout", "{d}");
         assert!(
-            d["reason"]
-                .as_str()
-                .unwrap()
-                .contains("deadline of 50 ms"),
+            d["reason"].as_str().unwrap().contains("deadline of 50 ms"),
             "{d}"
         );
     }
-    let slowest = by_name(&list, "looper")["slowest_call_ms"].as_f64().unwrap();
+    let slowest = by_name(&list, "looper")["slowest_call_ms"]
+        .as_f64()
+        .unwrap();
     assert!(
         (50.0..200.0).contains(&slowest),
         "the slowest looper call took {slowest} ms with a 50 ms deadline"
@@ -203,15 +212,15 @@ async fn misbehaving_plugins_are_contained_under_load() {
     // The hog was stopped at its memory cap.
     for d in by_plugin.get("hog").into_iter().flatten() {
         assert_eq!(d["kind"], "out_of_memory", "{d}");
-        assert!(d["reason"].as_str().unwrap().contains("memory_bytes_max"), "{d}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("memory_bytes_max"),
+            "{d}"
+        );
     }
     assert!(!by_plugin.get("hog").is_none_or(Vec::is_empty));
     assert!(!by_plugin.get("looper").is_none_or(Vec::is_empty));
     // Bounded memory: the hog's 32 MiB cap, not the machine's memory.
-    assert!(
-        peak_rss < 400 * 1024,
-        "broker RSS peaked at {peak_rss} KiB"
-    );
+    assert!(peak_rss < 400 * 1024, "broker RSS peaked at {peak_rss} KiB");
     eprintln!(
         "accepted {}, poisoned {}, looper/hog paused after {paused_after:?}, slowest looper call {slowest:.1} ms, peak broker RSS {} MiB",
         accepted.len(),
@@ -225,7 +234,10 @@ async fn misbehaving_plugins_are_contained_under_load() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("runnel_plugin_paused{plugin=\"looper\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("runnel_plugin_paused{plugin=\"looper\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Must-show 4: a plugin redeployed under load (and the broker `kill -9`ed meanwhile) switches
@@ -236,14 +248,18 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
     p.start().await;
     let noop = plugin("noop");
     let noop = noop.to_str().unwrap();
-    p.cli(&["plugin", "deploy", noop, "--name", "tagger", "--param", "tag=a"]);
+    p.cli(&[
+        "plugin", "deploy", noop, "--name", "tagger", "--param", "tag=a",
+    ]);
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(p.agent_url.clone(), "ms4", 100, 0, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     p.broker.kill9();
     p.start_broker().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    p.cli(&["plugin", "deploy", noop, "--name", "tagger", "--param", "tag=b"]);
+    p.cli(&[
+        "plugin", "deploy", noop, "--name", "tagger", "--param", "tag=b",
+    ]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     p.broker.kill9();
     p.start_broker().await;

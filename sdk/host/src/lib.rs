@@ -97,9 +97,14 @@ impl Limits {
                 self.deadline.as_millis(),
                 self.fuel_per_call.unwrap_or_default()
             ),
-            FailureKind::Timeout => format!("ran past its deadline of {} ms", self.deadline.as_millis()),
+            FailureKind::Timeout => {
+                format!("ran past its deadline of {} ms", self.deadline.as_millis())
+            }
             FailureKind::OutOfMemory => {
-                format!("memory would grow past memory_bytes_max ({} bytes)", self.memory_bytes_max)
+                format!(
+                    "memory would grow past memory_bytes_max ({} bytes)",
+                    self.memory_bytes_max
+                )
             }
             _ => return f,
         };

@@ -1,0 +1,204 @@
+//! `geo-enrich`: a broker enricher that adds `properties.country` and `properties.region`,
+//! looked up from `properties.ip` by longest-prefix match in `prefixes.csv`, a table built into
+//! the plugin (no file or network access at run time).
+//!
+//! - IPv4 and IPv6; an address truncated at the edge by `pii-redact` (/24, /48) still matches
+//!   prefixes at least that wide.
+//! - Events whose IP is absent, not an address, or in no prefix pass unchanged (and are not
+//!   copied).
+//! - Parameter `overwrite` (`true`/`false`, default `false`): whether a country or region the
+//!   event already has is replaced.
+
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use runnel_plugin::{Decision, Event, Field, Params};
+use serde_json::{Map, Value};
+
+/// The table: `prefix,country,region` lines; `#` starts a comment.
+pub const TABLE: &str = include_str!("../prefixes.csv");
+
+/// Where a prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// ISO 3166-1 alpha-2 code.
+    pub country: String,
+    /// Region name.
+    pub region: String,
+}
+
+/// Prefixes by length, for longest-prefix match: `v4[len]` maps a masked address to its place.
+#[derive(Debug, Default)]
+pub struct Table {
+    v4: Vec<std::collections::HashMap<u32, Place>>,
+    v6: Vec<std::collections::HashMap<u128, Place>>,
+}
+
+fn mask4(len: usize) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+fn mask6(len: usize) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    }
+}
+
+impl Table {
+    /// Parses a table; an error names the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut t = Table {
+            v4: vec![Default::default(); 33],
+            v6: vec![Default::default(); 129],
+        };
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |what: &str| format!("prefixes.csv line {}: {what}: {line:?}", n + 1);
+            let mut cols = line.splitn(3, ',');
+            let (Some(prefix), Some(country), Some(region)) =
+                (cols.next(), cols.next(), cols.next())
+            else {
+                return Err(bad("expected prefix,country,region"));
+            };
+            let (addr, len) = prefix
+                .split_once('/')
+                .ok_or_else(|| bad("prefix without /len"))?;
+            let len: usize = len.parse().map_err(|_| bad("bad prefix length"))?;
+            let place = Place {
+                country: country.trim().to_string(),
+                region: region.trim().to_string(),
+            };
+            match addr.parse::<IpAddr>().map_err(|_| bad("bad address"))? {
+                IpAddr::V4(a) if len <= 32 => {
+                    t.v4[len].insert(u32::from(a) & mask4(len), place);
+                }
+                IpAddr::V6(a) if len <= 128 => {
+                    t.v6[len].insert(u128::from(a) & mask6(len), place);
+                }
+                _ => return Err(bad("prefix length too long")),
+            }
+        }
+        Ok(t)
+    }
+
+    /// The place of the longest prefix that holds `ip`.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&Place> {
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                (0..=32)
+                    .rev()
+                    .find_map(|len| self.v4[len].get(&(a & mask4(len))))
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                (0..=128)
+                    .rev()
+                    .find_map(|len| self.v6[len].get(&(a & mask6(len))))
+            }
+        }
+    }
+}
+
+static TABLE_PARSED: OnceLock<Table> = OnceLock::new();
+static OVERWRITE: OnceLock<bool> = OnceLock::new();
+
+fn table() -> &'static Table {
+    TABLE_PARSED.get_or_init(|| Table::parse(TABLE).expect("checked in init"))
+}
+
+/// Adds country and region to a properties object; true if anything changed.
+pub fn enrich(props: &mut Map<String, Value>, table: &Table, overwrite: bool) -> bool {
+    let Some(ip) = props
+        .get("ip")
+        .and_then(Value::as_str)
+        .and_then(|s| s.trim().parse::<IpAddr>().ok())
+    else {
+        return false;
+    };
+    let Some(place) = table.lookup(ip) else {
+        return false;
+    };
+    let mut changed = false;
+    for (key, value) in [("country", &place.country), ("region", &place.region)] {
+        if overwrite || !props.contains_key(key) {
+            if props.get(key).and_then(Value::as_str) != Some(value) {
+                props.insert(key.to_string(), Value::String(value.clone()));
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn decide(event: &Event<'_>) -> Decision {
+    let Some(text) = event.properties() else {
+        return Decision::Keep;
+    };
+    if !text.contains("\"ip\"") {
+        return Decision::Keep;
+    }
+    let Ok(Value::Object(mut props)) = serde_json::from_str::<Value>(text) else {
+        return Decision::Keep;
+    };
+    if !enrich(&mut props, table(), *OVERWRITE.get().unwrap_or(&false)) {
+        return Decision::Keep;
+    }
+    let mut out = event.to_owned_event();
+    out.set(Field::Properties, Some(Value::Object(props).to_string()));
+    Decision::Replace(out)
+}
+
+fn init(params: &Params) -> Result<(), String> {
+    let overwrite = match params.get("overwrite").unwrap_or("false") {
+        "true" => true,
+        "false" => false,
+        other => return Err(format!("overwrite: {other:?} is not true or false")),
+    };
+    let _ = OVERWRITE.set(overwrite);
+    Table::parse(TABLE)?;
+    Ok(())
+}
+
+runnel_plugin::enricher!(decide, init = init);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_for_v4_and_v6() {
+        let t = Table::parse(TABLE).unwrap();
+        let at = |s: &str| t.lookup(s.parse().unwrap()).map(|p| p.region.as_str());
+        assert_eq!(at("198.51.100.7"), Some("Lagos"));
+        assert_eq!(at("198.51.100.200"), Some("Abuja"));
+        assert_eq!(at("10.20.3.4"), Some("Kampala"));
+        assert_eq!(at("10.99.3.4"), Some("Mombasa"));
+        assert_eq!(at("2001:db8:1234::"), Some("Addis Ababa"));
+        assert_eq!(at("2001:db8:85a3::"), Some("Nairobi"));
+        assert_eq!(at("8.8.8.8"), None);
+    }
+
+    #[test]
+    fn keeps_the_events_own_country_unless_told() {
+        let t = Table::parse(TABLE).unwrap();
+        let mut p: Map<String, Value> =
+            serde_json::from_str(r#"{"ip":"203.0.113.0","country":"XX"}"#).unwrap();
+        assert!(enrich(&mut p, &t, false));
+        assert_eq!(p["country"], "XX");
+        assert_eq!(p["region"], "Gauteng");
+        assert!(enrich(&mut p, &t, true));
+        assert_eq!(p["country"], "ZA");
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let e = Table::parse("1.2.3.0/24,KE").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}
