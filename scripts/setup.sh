@@ -32,3 +32,17 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   log "adding rustup target wasm32-wasip2"
   rustup target add wasm32-wasip2
 fi
+
+# Python tooling in one virtualenv: componentize-py builds the Python example plugin (and
+# `runnel plugin build` for Python plugins looks here too). Pinned; reinstalled only when the
+# pinned version is not the one there.
+venv="$HOME/.cache/runnel-py"
+componentize_py="componentize-py==0.25.1"
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating the Python virtualenv $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "$componentize_py"; then
+  log "installing $componentize_py into $venv"
+  "$venv/bin/pip" install --quiet "$componentize_py"
+fi

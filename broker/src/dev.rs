@@ -69,7 +69,9 @@ pub async fn run(
         }
     }
     let plugins = match (&edge, &geo) {
-        (Some(_), Some(_)) => "\n  plugins        pii-redact at the edge, geo-enrich in the broker (runnel plugin list)",
+        (Some(_), Some(_)) => {
+            "\n  plugins        pii-redact at the edge, geo-enrich in the broker (runnel plugin list)"
+        }
         _ => "",
     };
     let ingest = format!("http://{}/v1/events", agent.http_addr);

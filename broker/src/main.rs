@@ -68,7 +68,7 @@ enum PluginCmd {
         /// `enrich`.
         #[arg(long, default_value = "enrich")]
         kind: String,
-        /// `rust`.
+        /// `rust` or `python` (componentize-py).
         #[arg(long, default_value = "rust")]
         lang: String,
         /// Directory to create (default: ./NAME).

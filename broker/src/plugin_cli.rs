@@ -29,7 +29,7 @@ pub struct Manifest {
     /// `enrich` (aggregators arrive with windowed aggregation).
     #[serde(default = "default_kind")]
     pub kind: String,
-    /// `rust`.
+    /// `rust` or `python`.
     #[serde(default = "default_lang")]
     pub lang: String,
     /// One line for `plugin list` readers.
@@ -82,8 +82,8 @@ impl Manifest {
                 m.kind
             )));
         }
-        if m.lang != "rust" {
-            return Err(ctx(format!("lang: {:?} is not one of [\"rust\"]", m.lang)));
+        if !LANGS.contains(&m.lang.as_str()) {
+            return Err(ctx(format!("lang: {:?} is not one of {LANGS:?}", m.lang)));
         }
         if let Some(p) = &m.policy {
             p.parse::<crate::registry::Policy>().map_err(ctx)?;
@@ -105,6 +105,30 @@ impl Manifest {
             .collect()
     }
 }
+
+/// Languages `new` and `build` know.
+pub const LANGS: &[&str] = &["rust", "python"];
+
+/// The componentize-py release `build` installs for Python plugins when none is found.
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// Where compiled components are cached for `plugin test` (`RUNNEL_CACHE_DIR`, else
+/// `~/.cache/runnel`, `compiled/` under it).
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("RUNNEL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/runnel")))
+        .map(|d| d.join("compiled"))
+}
+
+/// The Python SDK and the WIT, vendored by `new --lang python`.
+const PYTHON_SDK_FILES: &[(&str, &str)] = &[
+    ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
+    (
+        "python/runnel_plugin.py",
+        include_str!("../../sdk/python/runnel_plugin.py"),
+    ),
+];
 
 /// The vendored SDK: every file `new` writes under `.runnel/`.
 const SDK_FILES: &[(&str, &str)] = &[
@@ -135,8 +159,8 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
             "--kind: {kind:?} is not supported yet: this version runs enrichers only (aggregators arrive with windowed aggregation)"
         );
     }
-    if lang != "rust" {
-        bail!("--lang: {lang:?} is not one of [\"rust\"]");
+    if !LANGS.contains(&lang) {
+        bail!("--lang: {lang:?} is not one of {LANGS:?}");
     }
     if dir.exists()
         && std::fs::read_dir(dir)
@@ -147,33 +171,54 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
         bail!("{} exists and is not empty", dir.display());
     }
     let fill = |t: &str| t.replace("{name}", name);
-    let files: Vec<(PathBuf, String)> = [
-        (
-            "Cargo.toml",
-            fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
-        ),
-        (
-            "src/lib.rs",
-            fill(include_str!("../templates/rust/lib.rs.tmpl")),
-        ),
-        (
-            "plugin.toml",
-            fill(include_str!("../templates/rust/plugin.toml.tmpl")),
-        ),
-        (
-            "events.ndjson",
-            include_str!("../templates/rust/events.ndjson").to_string(),
-        ),
-        (".gitignore", "/target\n".to_string()),
-    ]
-    .into_iter()
-    .map(|(p, c)| (dir.join(p), c))
-    .chain(
-        SDK_FILES
-            .iter()
-            .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
-    )
-    .collect();
+    let events = include_str!("../templates/rust/events.ndjson").to_string();
+    let files: Vec<(PathBuf, String)> = if lang == "python" {
+        [
+            (
+                "app.py",
+                fill(include_str!("../templates/python/app.py.tmpl")),
+            ),
+            (
+                "plugin.toml",
+                fill(include_str!("../templates/python/plugin.toml.tmpl")),
+            ),
+            ("events.ndjson", events),
+            (".gitignore", "/target\n".to_string()),
+        ]
+        .into_iter()
+        .map(|(p, c)| (dir.join(p), c))
+        .chain(
+            PYTHON_SDK_FILES
+                .iter()
+                .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+        )
+        .collect()
+    } else {
+        [
+            (
+                "Cargo.toml",
+                fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
+            ),
+            (
+                "src/lib.rs",
+                fill(include_str!("../templates/rust/lib.rs.tmpl")),
+            ),
+            (
+                "plugin.toml",
+                fill(include_str!("../templates/rust/plugin.toml.tmpl")),
+            ),
+            ("events.ndjson", events),
+            (".gitignore", "/target\n".to_string()),
+        ]
+        .into_iter()
+        .map(|(p, c)| (dir.join(p), c))
+        .chain(
+            SDK_FILES
+                .iter()
+                .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+        )
+        .collect()
+    };
     for (path, contents) in files {
         std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
@@ -217,6 +262,9 @@ struct Artifact {
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest_path = dir.join("plugin.toml");
     let manifest = Manifest::read(&manifest_path)?;
+    if manifest.lang == "python" {
+        return build_python(dir, &manifest);
+    }
     ensure_target()?;
     let out = Command::new("cargo")
         .args([
@@ -241,6 +289,98 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
         .next_back()
         .ok_or_else(|| anyhow::anyhow!("cargo built no .wasm (is crate-type cdylib?)"))?;
+    Ok(wasm)
+}
+
+/// The first of `candidates` (relative to `dir`'s ancestors) that exists: the SDK vendored in
+/// `.runnel/`, or the Runnel repository's own when the plugin lives inside it.
+fn find_up(dir: &Path, vendored: &str, in_repo: &str) -> Option<PathBuf> {
+    let v = dir.join(".runnel").join(vendored);
+    if v.exists() {
+        return std::fs::canonicalize(v).ok();
+    }
+    let abs = std::fs::canonicalize(dir).ok()?;
+    abs.ancestors()
+        .map(|a| a.join(in_repo))
+        .find(|p| p.exists())
+}
+
+/// componentize-py: `RUNNEL_COMPONENTIZE_PY`, else on `PATH`, else in the Runnel virtualenv
+/// (`~/.cache/runnel-py`), which is made and filled with [`COMPONENTIZE_PY`] if needed.
+fn componentize_py() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RUNNEL_COMPONENTIZE_PY") {
+        return Ok(PathBuf::from(p));
+    }
+    if Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(PathBuf::from("componentize-py"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("HOME is not set"))?;
+    let venv = PathBuf::from(home).join(".cache/runnel-py");
+    let bin = venv.join("bin/componentize-py");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    eprintln!("installing {COMPONENTIZE_PY} into {}…", venv.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv (is Python 3 installed?)")?
+        .success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", COMPONENTIZE_PY])
+            .status()
+            .context("running pip")?
+            .success();
+    if !ok || !bin.exists() {
+        bail!(
+            "installing {COMPONENTIZE_PY} into {} failed",
+            venv.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Builds a Python plugin (`app.py`) with componentize-py into `DIR/target/NAME.wasm`.
+fn build_python(dir: &Path, manifest: &Manifest) -> anyhow::Result<PathBuf> {
+    let wit = find_up(dir, "wit", "wit").ok_or_else(|| {
+        anyhow::anyhow!(
+            "no .runnel/wit in {} (made by runnel plugin new)",
+            dir.display()
+        )
+    })?;
+    let sdk = find_up(dir, "python", "sdk/python").ok_or_else(|| {
+        anyhow::anyhow!(
+            "no .runnel/python in {} (made by runnel plugin new)",
+            dir.display()
+        )
+    })?;
+    let tool = componentize_py()?;
+    let out_dir = dir.join("target");
+    std::fs::create_dir_all(&out_dir)?;
+    let wasm = std::fs::canonicalize(&out_dir)?.join(format!("{}.wasm", manifest.name));
+    let status = Command::new(&tool)
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "enricher", "componentize", "app", "-p", "."])
+        .arg("-p")
+        .arg(&sdk)
+        .arg("-o")
+        .arg(&wasm)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !status.success() {
+        bail!(
+            "building {} failed (componentize-py: {status})",
+            manifest.name
+        );
+    }
     Ok(wasm)
 }
 
@@ -272,7 +412,10 @@ pub fn test(
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let text =
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let runtime = Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    let mut runtime = Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    if let Some(dir) = cache_dir() {
+        runtime = runtime.with_cache_dir(dir);
+    }
     let name = wasm
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
