@@ -286,8 +286,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .filter_map(|l| serde_json::from_str::<Artifact>(l).ok())
         .filter(|a| a.reason == "compiler-artifact")
         .flat_map(|a| a.filenames)
-        .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
-        .next_back()
+        .rfind(|f| f.extension().is_some_and(|e| e == "wasm"))
         .ok_or_else(|| anyhow::anyhow!("cargo built no .wasm (is crate-type cdylib?)"))?;
     Ok(wasm)
 }

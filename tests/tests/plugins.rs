@@ -26,7 +26,7 @@ fn load(
             let ids: Vec<String> = (0..batch)
                 .map(|_| {
                     n += 1;
-                    if poison_every > 0 && n % poison_every == 0 {
+                    if poison_every > 0 && n.is_multiple_of(poison_every) {
                         format!("{prefix}-poison-{n}")
                     } else {
                         format!("{prefix}-{n}")
