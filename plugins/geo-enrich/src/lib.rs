@@ -126,11 +126,11 @@ pub fn enrich(props: &mut Map<String, Value>, table: &Table, overwrite: bool) ->
     };
     let mut changed = false;
     for (key, value) in [("country", &place.country), ("region", &place.region)] {
-        if overwrite || !props.contains_key(key) {
-            if props.get(key).and_then(Value::as_str) != Some(value) {
-                props.insert(key.to_string(), Value::String(value.clone()));
-                changed = true;
-            }
+        if (overwrite || !props.contains_key(key))
+            && props.get(key).and_then(Value::as_str) != Some(value)
+        {
+            props.insert(key.to_string(), Value::String(value.clone()));
+            changed = true;
         }
     }
     changed
