@@ -224,13 +224,81 @@ fn from_json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> anyhow::Re
     serde_json::from_slice(bytes).with_context(|| format!("state.redb: unreadable {what}"))
 }
 
+/// A redb storage backend that fails on command: the seam through which tests inject an fsync
+/// or write failure into the registry and the pipeline's commits.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: redb::backends::FileBackend,
+    faults: Arc<runnel_segment::fault::Faults>,
+}
+
+impl FaultyBackend {
+    /// Wraps the file backend of `path`; `faults.fail_sync` makes every sync and write fail.
+    pub fn open(path: &Path, faults: Arc<runnel_segment::fault::Faults>) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Self {
+            inner: redb::backends::FileBackend::new(file)?,
+            faults,
+        })
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            self.faults.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(std::io::Error::other("injected storage failure"));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FaultyBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.inner.close()
+    }
+}
+
 impl Registry {
     /// Opens (creating) `DATA_DIR/state.redb` and `DATA_DIR/plugins/`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(data_dir, None)
+    }
+
+    /// Like [`Registry::open`], with fault injection when `faults` is given.
+    pub fn open_with(
+        data_dir: &Path,
+        faults: Option<Arc<runnel_segment::fault::Faults>>,
+    ) -> anyhow::Result<Self> {
         let dir = data_dir.join("plugins");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = data_dir.join("state.redb");
-        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let db = match faults {
+            None => Database::create(&path),
+            Some(f) => redb::Builder::new().create_with_backend(FaultyBackend::open(&path, f)?),
+        }
+        .with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(PLUGINS)?;

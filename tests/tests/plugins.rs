@@ -288,3 +288,75 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
     assert_eq!(tagger["events_in"], log_events);
     assert!(p.read_topic("dead_letters").is_empty());
 }
+
+/// Policy `hold`: a plugin paused after failing batches keeps the events in the log,
+/// unprocessed, until it is fixed; the fixed version then processes every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_plugin_keeps_events_in_the_log_until_it_is_fixed() {
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            "--plugin-deadline-ms=20",
+            "--pipeline-batch-events=64",
+            "--plugin-isolation-time-ms=100",
+        ],
+    );
+    p.start().await;
+    p.cli(&[
+        "plugin",
+        "deploy",
+        plugin("loop_forever").to_str().unwrap(),
+        "--name",
+        "stage",
+    ]);
+    let client = reqwest::Client::new();
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let paused = loop {
+        let body: Vec<Value> = (0..64)
+            .map(|i| event(&format!("hold-{sent}-{i}"), "page.view"))
+            .collect();
+        let r = client
+            .post(format!("{}/v1/events", p.agent_url))
+            .header("content-type", "application/json")
+            .body(json!(body).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        sent += 64;
+        let list = p.plugin_list();
+        if by_name(&list, "stage")["status"] == "paused" {
+            break by_name(&list, "stage").clone();
+        }
+        assert!(Instant::now() < deadline, "not paused: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(paused["policy"], "hold");
+    // Held: the pipeline waits; the events stay in the log.
+    p.wait_for_records(sent, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = by_name(&p.plugin_list(), "stage").clone();
+    assert!(held["lag"].as_u64().unwrap() > 0, "{held}");
+    assert_eq!(held["status"], "paused");
+    // Fixed: a working version of the same plugin processes everything not yet processed.
+    p.cli(&[
+        "plugin",
+        "deploy",
+        plugin("noop").to_str().unwrap(),
+        "--name",
+        "stage",
+    ]);
+    let list = p
+        .wait_pipeline_caught_up(sent, Duration::from_secs(60))
+        .await;
+    let stage = by_name(&list, "stage");
+    assert_eq!(stage["status"], "running");
+    let versions = stage["versions"].as_array().unwrap();
+    let v1 = versions[0]["events_in"].as_u64().unwrap();
+    let v2 = versions[1]["events_in"].as_u64().unwrap();
+    // Version 1 dead-lettered what it processed before the pause; version 2 got the rest.
+    let dead = p.read_topic("dead_letters").len() as u64;
+    assert_eq!(v1, dead, "{stage}");
+    assert_eq!(v1 + v2, sent, "every event processed once: {stage}");
+}

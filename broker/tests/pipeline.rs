@@ -1,0 +1,257 @@
+//! The broker pipeline with faults injected through the storage seams: a failed commit of its
+//! state (redb) and a failed sync of the dead letters. Neither loses or double-counts an event
+//! once the broker restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use runnel_broker::log::{BrokerLog, check_batch};
+use runnel_broker::pipeline::{Isolation, Pipeline, Settings};
+use runnel_broker::registry::{Deploy, PluginLimits, Registry};
+use runnel_broker::topic;
+use runnel_event::{Batch, Chunk, Event};
+use runnel_segment::fault::{Faults, FaultyStorage};
+use runnel_segment::{FsStorage, Storage};
+
+const MAX: usize = 1 << 20;
+
+fn wasm(name: &str) -> Vec<u8> {
+    let exe = std::env::current_exe().unwrap();
+    let path: PathBuf = exe
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (build the plugins)", path.display()))
+}
+
+fn ev(id: String) -> Event {
+    Event {
+        event_id: id,
+        event_type: "order.placed".into(),
+        timestamp_ms: 1,
+        received_at_ms: 2,
+        schema_version: 1,
+        user_id: None,
+        session_id: None,
+        device_id: None,
+        platform: None,
+        app_version: None,
+        properties: None,
+    }
+}
+
+/// Appends `batches` batches of 100 events; every 37th event's id contains "poison".
+async fn fill(log: &BrokerLog, batches: u64) -> (u64, Vec<String>) {
+    let mut poisoned = Vec::new();
+    let mut n = 0u64;
+    for b in 0..batches {
+        let events: Vec<Event> = (0..100)
+            .map(|_| {
+                n += 1;
+                let id = if n % 37 == 0 {
+                    poisoned.push(format!("poison-{n}"));
+                    format!("poison-{n}")
+                } else {
+                    format!("e-{n}")
+                };
+                ev(id)
+            })
+            .collect();
+        let frame = Batch {
+            agent_id: "agent-1".into(),
+            host: "h".into(),
+            epoch: 1,
+            first_seq: b,
+            chunks: vec![Chunk { events }.encode()],
+        }
+        .encode_frame();
+        let ack = log.append(check_batch(frame, MAX).unwrap()).await;
+        assert_eq!(ack.appended_events, 100, "{ack:?}");
+    }
+    (n, poisoned)
+}
+
+fn settings() -> Settings {
+    Settings {
+        batch_events: 128,
+        pause_after_failing_batches: 3,
+        isolation: Isolation {
+            calls_max: 2048,
+            time_max: Duration::from_secs(5),
+        },
+    }
+}
+
+fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &str)]) {
+    use sha2::Digest;
+    let bytes = wasm(component);
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    registry
+        .deploy(
+            Deploy {
+                name: name.into(),
+                version: None,
+                policy: None,
+                params: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                limits: PluginLimits {
+                    deadline_ms: 200,
+                    memory_bytes_max: 64 << 20,
+                    fuel_per_call: None,
+                },
+            },
+            &bytes,
+            &sha,
+        )
+        .unwrap();
+}
+
+fn open_log(dir: &Path) -> BrokerLog {
+    BrokerLog::open(
+        Arc::new(FsStorage),
+        &dir.join("log"),
+        1 << 20,
+        MAX,
+        u64::MAX,
+    )
+    .unwrap()
+    .0
+}
+
+fn start(dir: &Path, registry: &Registry, log: &BrokerLog, storage: Arc<dyn Storage>) -> Pipeline {
+    let (dead, _) = topic::open(storage, &dir.join("topics/dead_letters"), 1 << 20).unwrap();
+    start_with(registry, log, dead)
+}
+
+fn start_with(registry: &Registry, log: &BrokerLog, dead: topic::TopicWriter) -> Pipeline {
+    Pipeline::start(
+        runnel_host::Runtime::new().unwrap(),
+        registry.clone(),
+        log.clone(),
+        dead,
+        settings(),
+    )
+    .unwrap()
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn dead_letter_ids(dir: &Path) -> Vec<String> {
+    let (_, reader) = topic::open(
+        Arc::new(FsStorage),
+        &dir.join("topics/dead_letters"),
+        1 << 20,
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    topic::read_entries(&reader, 0, usize::MAX, |e| {
+        let v: serde_json::Value = serde_json::from_slice(e).unwrap();
+        ids.push(v["event"]["event_id"].as_str().unwrap().to_string());
+    })
+    .unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_state_commit_counts_nothing_and_a_restart_counts_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let faults = Faults::new();
+    let registry = Registry::open_with(d, Some(faults.clone())).unwrap();
+    deploy(&registry, "counter", "noop", &[]);
+    let log = open_log(d);
+    let (total, _) = fill(&log, 10).await;
+
+    faults.set_fail_sync(true);
+    let pipeline = start(d, &registry, &log, Arc::new(FsStorage));
+    let shared = pipeline.shared.clone();
+    wait("the commit failure to show", || {
+        shared.failure.lock().unwrap().is_some()
+    });
+    assert_eq!(
+        shared.offset.load(Ordering::Acquire),
+        0,
+        "nothing committed"
+    );
+    assert!(faults.injected() > 0);
+    pipeline.stop();
+    drop(registry);
+
+    // The restart: the fault is gone, the state is what was committed.
+    faults.set_fail_sync(false);
+    let registry = Registry::open(d).unwrap();
+    assert_eq!(registry.pipeline_offset().unwrap(), 0);
+    assert_eq!(registry.stats("counter").unwrap().events_in, 0);
+    let pipeline = start(d, &registry, &log, Arc::new(FsStorage));
+    let shared = pipeline.shared.clone();
+    wait("the pipeline to catch up", || {
+        shared.offset.load(Ordering::Acquire) == total
+    });
+    pipeline.stop();
+    let stats = registry.stats("counter").unwrap();
+    assert_eq!(stats.events_in, total);
+    assert_eq!(stats.events_out, total);
+    assert_eq!(registry.pipeline_offset().unwrap(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = Registry::open(d).unwrap();
+    deploy(
+        &registry,
+        "trapper",
+        "trap_on_event",
+        &[("poison", "poison")],
+    );
+    let log = open_log(d);
+    let (total, poisoned) = fill(&log, 10).await;
+
+    let faults = Faults::new();
+    let faulty: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
+    let (dead, _) = topic::open(faulty, &d.join("topics/dead_letters"), 1 << 20).unwrap();
+    faults.set_fail_sync(true);
+    let pipeline = start_with(&registry, &log, dead);
+    let shared = pipeline.shared.clone();
+    wait("the dead-letter sync failure to show", || {
+        shared.failure.lock().unwrap().is_some()
+    });
+    assert_eq!(shared.offset.load(Ordering::Acquire), 0);
+    assert_eq!(registry.pipeline_offset().unwrap(), 0);
+    assert_eq!(registry.stats("trapper").unwrap().events_in, 0);
+    pipeline.stop();
+
+    // The restart, with a healthy disk: the batch runs again and its dead letters are written
+    // once, whatever reached the file before the failed sync.
+    let pipeline = start(d, &registry, &log, Arc::new(FsStorage));
+    let shared = pipeline.shared.clone();
+    wait("the pipeline to catch up", || {
+        shared.offset.load(Ordering::Acquire) == total
+    });
+    pipeline.stop();
+    let mut ids = dead_letter_ids(d);
+    ids.sort();
+    let mut want = poisoned.clone();
+    want.sort();
+    assert_eq!(ids, want, "each poisoned event once, nothing else");
+    let stats = registry.stats("trapper").unwrap();
+    assert_eq!(stats.events_in, total);
+    assert_eq!(stats.errors, poisoned.len() as u64);
+    assert_eq!(stats.events_out, total - poisoned.len() as u64);
+}
