@@ -52,7 +52,7 @@ async fn fill(log: &BrokerLog, batches: u64) -> (u64, Vec<String>) {
         let events: Vec<Event> = (0..100)
             .map(|_| {
                 n += 1;
-                let id = if n % 37 == 0 {
+                let id = if n.is_multiple_of(37) {
                     poisoned.push(format!("poison-{n}"));
                     format!("poison-{n}")
                 } else {
