@@ -7,7 +7,7 @@
 //!   `topic=dead_letters` reads that topic instead (each entry with its topic `offset`).
 //! - `GET /v1/plugins`: JSON array, one object per plugin in pipeline order (see
 //!   [`PluginInfo`]).
-//! - `PUT /v1/plugins/NAME?version=V&policy=hold|skip&param=K=V&deadline_ms=N&memory_bytes_max=N&fuel_per_call=N`
+//! - `PUT /v1/plugins/NAME?version=V&policy=hold|skip&param=K=V&deadline_ms=N&memory_bytes_max=N&fuel_per_call=N&capability=clock|random`
 //!   with the component as the body: deploys (or redeploys) a plugin. The component is loaded
 //!   and its `init` run with the parameters before anything is stored, so a broken plugin is
 //!   refused with the reason. `201` for a new version, `200` when nothing changed.
@@ -41,6 +41,8 @@ pub struct Admin {
     pub pipeline: Arc<pipeline::Shared>,
     /// Ceilings and defaults of plugin limits.
     pub plugin_limits: PluginLimits,
+    /// See `BrokerConfig::plugin_capabilities_allowed`.
+    pub capabilities_allowed: Vec<String>,
     /// See `BrokerConfig::plugin_isolation_calls_max` and `plugin_isolation_time_ms`.
     pub isolation: pipeline::Isolation,
     /// See `BrokerConfig::log_read_limit_max`.
@@ -216,6 +218,8 @@ pub struct VersionInfo {
     pub deployed_at: String,
     /// Its `init` parameters.
     pub params: Vec<(String, String)>,
+    /// Capabilities granted.
+    pub capabilities: Vec<String>,
     /// Events passed to it.
     pub events_in: u64,
 }
@@ -266,6 +270,7 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                         sha256: v.sha256.clone(),
                         deployed_at: v.deployed_at.clone(),
                         params: v.params.clone(),
+                        capabilities: v.capabilities.clone(),
                         events_in: s.events_in_by_version.get(&v.version).copied().unwrap_or(0),
                     })
                     .collect(),
@@ -285,7 +290,12 @@ async fn list_plugins(State(a): State<Arc<Admin>>) -> Response {
 }
 
 /// Parses the deploy query string; errors name the parameter.
-fn parse_deploy(name: &str, query: &str, ceilings: PluginLimits) -> Result<Deploy, String> {
+fn parse_deploy(
+    name: &str,
+    query: &str,
+    ceilings: PluginLimits,
+    capabilities_allowed: &[String],
+) -> Result<Deploy, String> {
     registry::check_name(name)?;
     let mut req = Deploy {
         name: name.to_string(),
@@ -293,6 +303,7 @@ fn parse_deploy(name: &str, query: &str, ceilings: PluginLimits) -> Result<Deplo
         policy: None,
         params: Vec::new(),
         limits: ceilings,
+        capabilities: Vec::new(),
     };
     let num = |k: &str, v: &str| {
         v.parse::<u64>()
@@ -335,6 +346,17 @@ fn parse_deploy(name: &str, query: &str, ceilings: PluginLimits) -> Result<Deplo
                 req.limits.memory_bytes_max = n;
             }
             "fuel_per_call" => req.limits.fuel_per_call = Some(num("fuel_per_call", &v)?),
+            "capability" => {
+                runnel_host::Capabilities::parse([v.as_ref()])?;
+                if !capabilities_allowed.iter().any(|c| *c == v) {
+                    return Err(format!(
+                        "capability: {v:?} is not allowed by this broker (plugin_capabilities_allowed: {capabilities_allowed:?})"
+                    ));
+                }
+                if !req.capabilities.iter().any(|c| *c == v) {
+                    req.capabilities.push(v.into_owned());
+                }
+            }
             other => return Err(format!("{other}: unknown deploy parameter")),
         }
     }
@@ -347,7 +369,12 @@ async fn deploy_plugin(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: bytes::Bytes,
 ) -> Response {
-    let req = match parse_deploy(&name, query.as_deref().unwrap_or(""), a.plugin_limits) {
+    let req = match parse_deploy(
+        &name,
+        query.as_deref().unwrap_or(""),
+        a.plugin_limits,
+        &a.capabilities_allowed,
+    ) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
@@ -363,7 +390,7 @@ async fn deploy_plugin(
             &req.name,
             &body,
             req.params.clone(),
-            pipeline::host_limits(&req.limits, a2.isolation),
+            pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation),
         ) {
             return Err(bad_request(format!("component: {e}")));
         }

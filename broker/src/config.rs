@@ -50,6 +50,9 @@ settings! {
     /// that times out on every event costs a deadline per call). Past it the events not yet
     /// isolated go to the dead letters too.
     plugin_isolation_time_ms: u64 [u64] = 2000;
+    /// Capabilities deploys may grant plugins (`clock`, `random`); a deploy that asks for
+    /// another is refused. Without them a plugin sees a clock at 0 and seeded randomness.
+    plugin_capabilities_allowed: Vec<String> [Vec<String>] = Vec::new();
     /// A plugin is paused after this many failing batches in a row (more than half of the
     /// batch's events failed).
     plugin_pause_after_failing_batches: u32 [u32] = 3;
@@ -105,6 +108,11 @@ impl BrokerConfig {
         }
         if self.plugin_isolation_calls_max == 0 {
             return fail("plugin_isolation_calls_max", "must be > 0");
+        }
+        if let Err(e) = runnel_host::Capabilities::parse(
+            self.plugin_capabilities_allowed.iter().map(String::as_str),
+        ) {
+            return fail("plugin_capabilities_allowed", &e);
         }
         if self.plugin_pause_after_failing_batches == 0 {
             return fail("plugin_pause_after_failing_batches", "must be > 0");

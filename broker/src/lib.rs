@@ -147,6 +147,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             fuel_per_call: None,
         },
         isolation,
+        capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
     });
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let mut admin_shutdown = shutdown_rx;

@@ -323,6 +323,11 @@ fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
                     .and_then(|m| m.limits.memory_bytes_max)
                     .map_or(defaults.memory_bytes_max, |b| b as usize),
                 fuel_per_call: m.as_ref().and_then(|m| m.limits.fuel_per_call),
+                capabilities: runnel_host::Capabilities::parse(
+                    m.iter()
+                        .flat_map(|m| m.capabilities.iter().map(String::as_str)),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
                 ..defaults
             };
             let params = merged_params(m.as_ref(), params);
@@ -371,6 +376,9 @@ fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
             }
             if let Some(f) = limits.fuel_per_call {
                 query.append_pair("fuel_per_call", &f.to_string());
+            }
+            for c in m.iter().flat_map(|m| m.capabilities.iter()) {
+                query.append_pair("capability", c);
             }
             let body =
                 std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;

@@ -59,9 +59,11 @@ pub struct Isolation {
     pub time_max: Duration,
 }
 
-/// Converts a plugin's limits for the host.
-pub fn host_limits(l: &PluginLimits, isolation: Isolation) -> Limits {
+/// Converts a plugin's limits and capabilities for the host.
+pub fn host_limits(l: &PluginLimits, capabilities: &[String], isolation: Isolation) -> Limits {
     Limits {
+        capabilities: runnel_host::Capabilities::parse(capabilities.iter().map(String::as_str))
+            .unwrap_or_default(),
         deadline: Duration::from_millis(l.deadline_ms),
         memory_bytes_max: l.memory_bytes_max as usize,
         fuel_per_call: l.fuel_per_call,
@@ -269,7 +271,7 @@ impl Worker {
                 &record.name,
                 &wasm,
                 v.params.clone(),
-                host_limits(&v.limits, self.settings.isolation),
+                host_limits(&v.limits, &v.capabilities, self.settings.isolation),
             )
             .map_err(|e| e.to_string())
     }

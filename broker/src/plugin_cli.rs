@@ -36,6 +36,10 @@ pub struct Manifest {
     pub description: Option<String>,
     /// `hold` or `skip` while paused.
     pub policy: Option<String>,
+    /// Capabilities the plugin asks for (`clock`, `random`); a broker grants them only if its
+    /// `plugin_capabilities_allowed` lists them.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
     /// Parameters for `init`.
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
@@ -85,6 +89,7 @@ impl Manifest {
         if !LANGS.contains(&m.lang.as_str()) {
             return Err(ctx(format!("lang: {:?} is not one of {LANGS:?}", m.lang)));
         }
+        runnel_host::Capabilities::parse(m.capabilities.iter().map(String::as_str)).map_err(ctx)?;
         if let Some(p) = &m.policy {
             p.parse::<crate::registry::Policy>().map_err(ctx)?;
         }

@@ -86,6 +86,9 @@ pub struct PluginVersion {
     pub params: Vec<(String, String)>,
     /// Limits of its calls.
     pub limits: PluginLimits,
+    /// Capabilities granted (`clock`, `random`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 /// A plugin in the registry.
@@ -159,6 +162,8 @@ pub struct Deploy {
     pub params: Vec<(String, String)>,
     /// Limits.
     pub limits: PluginLimits,
+    /// Capabilities granted.
+    pub capabilities: Vec<String>,
 }
 
 /// Errors of registry operations that the caller answers with 4xx.
@@ -403,6 +408,7 @@ impl Registry {
                 deployed_at: runnel_event::envelope::rfc3339_ms(now_ms()),
                 params: req.params.clone(),
                 limits: req.limits,
+                capabilities: req.capabilities.clone(),
             };
             let (record, changed) = match existing {
                 None => {
@@ -432,6 +438,7 @@ impl Registry {
                     let same = active.sha256 == sha256
                         && active.params == req.params
                         && active.limits == req.limits
+                        && active.capabilities == req.capabilities
                         && req.version.as_ref().is_none_or(|v| *v == active.version);
                     let policy_changes = req.policy.is_some_and(|p| p != rec.policy);
                     if same && rec.status == Status::Running && !policy_changes {
@@ -440,7 +447,10 @@ impl Registry {
                         if !same {
                             let version = version_of(&rec.versions);
                             if let Some(old) = rec.versions.iter().find(|v| v.version == version) {
-                                if old.sha256 != sha256 || old.params != req.params {
+                                if old.sha256 != sha256
+                                    || old.params != req.params
+                                    || old.capabilities != req.capabilities
+                                {
                                     return Err(RegistryError::Conflict(format!(
                                         "version: {version:?} of {} is already deployed with other content; give a new --version",
                                         req.name

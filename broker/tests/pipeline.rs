@@ -108,6 +108,7 @@ fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &st
                     memory_bytes_max: 64 << 20,
                     fuel_per_call: None,
                 },
+                capabilities: Vec::new(),
             },
             &bytes,
             &sha,

@@ -287,6 +287,42 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
     );
     assert_eq!(tagger["events_in"], log_events);
     assert!(p.read_topic("dead_letters").is_empty());
+
+    // Bad deploys are refused with the parameter named; nothing changes.
+    let client = reqwest::Client::new();
+    let bytes = std::fs::read(plugin("noop")).unwrap();
+    for (query, names) in [
+        ("capability=clock", "plugin_capabilities_allowed"),
+        ("capability=network", "capability"),
+        ("deadline_ms=999999", "plugin_deadline_ms"),
+        ("colour=blue", "colour"),
+        ("param=novalue", "param"),
+    ] {
+        let r = client
+            .put(format!("http://{}/v1/plugins/tagger?{query}", p.admin_addr))
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{query}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(names), "{query}: {text}");
+    }
+    let r = client
+        .put(format!("http://{}/v1/plugins/bad", p.admin_addr))
+        .body(b"not wasm".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("component"));
+    let r = client
+        .post(format!("http://{}/v1/plugins/nobody/pause", p.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(by_name(&p.plugin_list(), "tagger")["version"], "2");
 }
 
 /// Policy `hold`: a plugin paused after failing batches keeps the events in the log,

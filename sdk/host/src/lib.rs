@@ -11,7 +11,11 @@
 //!   past it traps (it does not return -1 to a guest that might ignore it).
 //! - **Optional fuel**: `fuel_per_call` bounds the instructions of one call.
 //! - **No ambient capabilities**: WASI is linked with an empty context (no preopened
-//!   directories, no environment, no sockets, no inherited stdio). A guest's stderr goes to a
+//!   directories, no environment, no sockets, no inherited stdio). Clocks and randomness are
+//!   deterministic unless [`Capabilities`] grants them: the wall and monotonic clocks read 0
+//!   and the random generators are seeded with constants, so a plugin is a pure function of its
+//!   batch and a replay gives the same answers (language runtimes that read them at start-up,
+//!   such as Python's, still work). A guest's stderr goes to a
 //!   bounded in-memory buffer ([`STDERR_BYTES_MAX`] per instance) whose tail is added to the
 //!   failure message, so a Rust plugin's panic message reaches the dead letters; plugins log
 //!   through the host's `log` import.
@@ -57,6 +61,58 @@ pub const STDERR_QUOTE_BYTES: usize = 512;
 /// How often the engine's epoch advances; deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// What a plugin may see of the world beyond its batch (granted by an operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// The host's wall and monotonic clocks (otherwise both read 0).
+    pub clock: bool,
+    /// The host's random generators (otherwise seeded with constants).
+    pub random: bool,
+}
+
+impl Capabilities {
+    /// Names a manifest or deploy may ask for.
+    pub const NAMES: [&'static str; 2] = ["clock", "random"];
+
+    /// Parses capability names; an error names the unknown one.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut c = Self::default();
+        for n in names {
+            match n {
+                "clock" => c.clock = true,
+                "random" => c.random = true,
+                other => {
+                    return Err(format!(
+                        "capability: {other:?} is not one of {:?}",
+                        Self::NAMES
+                    ));
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
 /// Limits of one plugin. Every one is named in the failures it causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -73,6 +129,8 @@ pub struct Limits {
     pub isolation_time_max: Duration,
     /// Log lines a plugin may write per call; more are counted and dropped.
     pub log_lines_per_call_max: u32,
+    /// Clocks and randomness, if granted.
+    pub capabilities: Capabilities,
 }
 
 impl Default for Limits {
@@ -84,6 +142,7 @@ impl Default for Limits {
             isolation_calls_max: 64,
             isolation_time_max: Duration::from_secs(2),
             log_lines_per_call_max: 100,
+            capabilities: Capabilities::default(),
         }
     }
 }
@@ -352,6 +411,22 @@ impl Runtime {
     }
 }
 
+/// The WASI context of one instance: a stderr pipe, and clocks and randomness only if granted.
+fn wasi_ctx(stderr: &wasmtime_wasi::p2::pipe::MemoryOutputPipe, caps: Capabilities) -> WasiCtx {
+    use rand010::SeedableRng;
+    let mut b = WasiCtx::builder();
+    b.stderr(stderr.clone());
+    if !caps.clock {
+        b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+    }
+    if !caps.random {
+        b.secure_random(rand010::rngs::StdRng::seed_from_u64(0x5eed))
+            .insecure_random(rand010::rngs::StdRng::seed_from_u64(0x5eed + 1))
+            .insecure_random_seed(0x5eed);
+    }
+    b.build()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -505,7 +580,7 @@ impl Enricher {
         if self.live.is_none() {
             let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_BYTES_MAX);
             let state = State {
-                wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+                wasi: wasi_ctx(&stderr, self.limits.capabilities),
                 stderr,
                 table: ResourceTable::new(),
                 limits: StoreLimitsBuilder::new()

@@ -148,3 +148,43 @@ fn a_refused_init_or_a_non_component_refuses_the_load() {
         other => panic!("{other:?}"),
     }
 }
+
+/// What the clock-and-random plugin saw: `(now_ms, random)` of the first event.
+fn peek(limits: Limits) -> (u64, u64) {
+    let rt = Runtime::new().unwrap();
+    let mut p = rt
+        .load_enricher("peek", &wasm("clock_and_random"), vec![], limits)
+        .unwrap();
+    let out = p.enrich(&batch(["a".to_string()])).unwrap();
+    assert_eq!(out.fates, vec![Fate::Replace(0)]);
+    let view = runnel_batch::BatchView::new(&out.replacements).unwrap();
+    let props: serde_json::Value =
+        serde_json::from_str(view.event(0).properties().unwrap()).unwrap();
+    (
+        props["now_ms"].as_u64().unwrap(),
+        props["random"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn clocks_and_randomness_are_deterministic_unless_granted() {
+    let (now, random) = peek(limits());
+    assert_eq!(now, 0, "the clock must read 0 without the capability");
+    assert_eq!(
+        peek(limits()).1,
+        random,
+        "randomness must be the same in every instance without the capability"
+    );
+    let granted = Limits {
+        capabilities: runnel_host::Capabilities {
+            clock: true,
+            random: true,
+        },
+        ..limits()
+    };
+    let (now, r1) = peek(granted.clone());
+    assert!(now > 1_700_000_000_000, "granted clock reads {now}");
+    let (_, r2) = peek(granted);
+    assert_ne!(r1, r2, "granted randomness differs between instances");
+    assert!(runnel_host::Capabilities::parse(["clock", "net"]).is_err());
+}
