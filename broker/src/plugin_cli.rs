@@ -507,3 +507,42 @@ pub fn test(
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The SDK's crate doc example is `plugins/tag-team`, which CI builds.
+    #[test]
+    fn the_sdk_doc_example_is_the_built_plugin() {
+        let sdk = include_str!("../../sdk/plugin/src/lib.rs");
+        let built = include_str!("../../plugins/tag-team/src/lib.rs");
+        let mut lines = sdk
+            .lines()
+            .skip_while(|l| *l != "//! ```ignore")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| {
+                l.strip_prefix("//! ")
+                    .unwrap_or(l.trim_start_matches("//!"))
+            });
+        let example: Vec<&str> = lines.by_ref().collect();
+        assert_eq!(example.join("\n").trim(), built.trim());
+    }
+
+    #[test]
+    fn manifest_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("plugin.toml");
+        for (text, needle) in [
+            ("name = \"Bad\"", "name"),
+            ("name = \"ok\"\nkind = \"aggregate\"", "kind"),
+            ("name = \"ok\"\nlang = \"cobol\"", "lang"),
+            ("name = \"ok\"\ncapabilities = [\"network\"]", "capability"),
+            ("name = \"ok\"\ncolour = 1", "colour"),
+            ("name = \"ok\"\npolicy = \"drop\"", "policy"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = format!("{:#}", super::Manifest::read(&p).unwrap_err());
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -5,28 +5,43 @@
 //! function per event, reading events straight out of the batch bytes without copying.
 //!
 //! ```ignore
-//! use runnel_plugin::{Decision, Event, Field};
+//! //! tag-team: drops debug events and tags the rest with the `team` parameter.
+//!
+//! use runnel_plugin::{Decision, Event, Field, Params};
 //!
 //! /// Drops debug events, and tags everything else with the plugin's `team` parameter.
 //! fn tag(event: &Event<'_>) -> Decision {
 //!     if event.event_type().starts_with("debug.") {
 //!         return Decision::Drop("debug events stay on the host".into());
 //!     }
-//!     let mut out = event.to_owned_event();
 //!     let team = runnel_plugin::params().get("team").unwrap_or("none");
-//!     out.set(Field::AppVersion, Some(format!("{}+{team}", event.field(Field::AppVersion).unwrap_or("?"))));
+//!     let version = event.field(Field::AppVersion).unwrap_or("?");
+//!     let mut out = event.to_owned_event();
+//!     out.set(Field::AppVersion, Some(format!("{version}+{team}")));
 //!     Decision::Replace(out)
 //! }
 //!
-//! runnel_plugin::enricher!(tag);
+//! /// Refuses a team name longer than 32 bytes (the deploy fails with this message).
+//! fn check(params: &Params) -> Result<(), String> {
+//!     match params.get("team") {
+//!         Some(t) if t.len() > 32 => Err(format!("team: {} bytes, at most 32", t.len())),
+//!         _ => Ok(()),
+//!     }
+//! }
+//!
+//! runnel_plugin::enricher!(tag, init = check);
 //! ```
+//!
+//! This example is `plugins/tag-team` in the Runnel repository, built by its CI (a test checks
+//! that the two are the same).
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to deploy. `enricher!(f, init = g)` also
 //! runs `g(&Params) -> Result<(), String>` once per instance, to check parameters: an error
 //! refuses the deploy.
 //!
-//! A plugin has no filesystem, network, clock or randomness; it can log through [`log`] and
+//! A plugin has no filesystem or network, and its clocks and randomness are deterministic unless
+//! the operator grants them; it can log through [`log`] and
 //! count through [`counter_add`]. It must not keep state the host relies on: the host may
 //! replace an instance at any time.
 
