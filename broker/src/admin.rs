@@ -102,7 +102,7 @@ async fn read(
         Ok(q) => q,
         Err(e) => return bad_request(format!("query: {e}")),
     };
-    let limit = q.limit.unwrap_or(100);
+    let limit = q.limit.unwrap_or(100.min(a.read_limit_max));
     if limit > a.read_limit_max {
         return bad_request(format!(
             "limit: {limit} exceeds log_read_limit_max ({})",
@@ -360,6 +360,7 @@ fn parse_deploy(
             other => return Err(format!("{other}: unknown deploy parameter")),
         }
     }
+    req.capabilities.sort();
     Ok(req)
 }
 

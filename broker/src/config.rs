@@ -97,6 +97,9 @@ impl BrokerConfig {
                 "connections_max and streams_per_connection_max must be > 0",
             );
         }
+        if self.log_read_limit_max == 0 {
+            return fail("log_read_limit_max", "must be > 0");
+        }
         if self.pipeline_batch_events == 0 || self.pipeline_batch_events > 1 << 20 {
             return fail("pipeline_batch_events", "must be between 1 and 1048576");
         }

@@ -383,13 +383,20 @@ impl BrokerLog {
         self.reader.end_offset()
     }
 
-    /// Reads up to `max_events` durable events from offset `from` for the pipeline.
-    pub fn read_batch(&self, from: u64, max_events: usize) -> Result<SourceBatch, LogError> {
+    /// Reads up to `max_events` durable events from offset `from` for the pipeline, stopping
+    /// early once their fields exceed `max_bytes` (at least one event is read).
+    pub fn read_batch(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<SourceBatch, LogError> {
         let mut out = SourceBatch {
             next: from,
             ..SourceBatch::default()
         };
         let mut w = runnel_batch::BatchWriter::with_capacity(max_events.min(4096), 256);
+        let mut bytes = 0usize;
         'records: while out.offsets.len() < max_events {
             let records = self.reader.read(out.next, 16, 8 << 20)?;
             if records.is_empty() {
@@ -414,9 +421,15 @@ impl BrokerLog {
                     };
                     for ev in c.events.iter() {
                         if offset >= out.next {
-                            if out.offsets.len() >= max_events {
+                            if out.offsets.len() >= max_events
+                                || (!out.offsets.is_empty() && bytes >= max_bytes)
+                            {
                                 break 'records;
                             }
+                            bytes += ev.event_id.len()
+                                + ev.event_type.len()
+                                + ev.properties.as_ref().map_or(0, |p| p.len())
+                                + 128;
                             let o = *origin.get_or_insert_with(|| {
                                 out.origins
                                     .push((batch.agent_id.to_string(), batch.host.to_string()));

@@ -30,11 +30,14 @@ use runnel_batch::{BatchView, BatchWriter};
 use runnel_host::{Enricher, Fate, Limits, Runtime};
 
 use crate::log::BrokerLog;
-use crate::registry::{PluginLimits, PluginRecord, PluginStats, Policy, Registry, Status};
+use crate::registry::{Pause, PluginLimits, PluginRecord, PluginStats, Policy, Registry, Status};
 use crate::topic::TopicWriter;
 
 /// How long the pipeline sleeps when it has caught up with the log.
 pub const IDLE_POLL: Duration = Duration::from_millis(2);
+/// Most bytes of event fields in one pipeline batch (a batch stops early when its events are
+/// large; it always holds at least one event).
+pub const PIPELINE_BATCH_BYTES_MAX: usize = 64 << 20;
 /// How long it waits after a storage failure before it tries again.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
@@ -209,7 +212,7 @@ impl Worker {
         for record in records {
             let prev = old
                 .iter()
-                .position(|s| s.record.name == record.name)
+                .position(|s| s.record.name == record.name && s.record.position == record.position)
                 .map(|i| old.swap_remove(i));
             let same_version = prev.as_ref().is_some_and(|p| {
                 p.version() == record.active && p.record.active_version() == record.active_version()
@@ -221,7 +224,9 @@ impl Worker {
             let was_paused = prev
                 .as_ref()
                 .is_some_and(|p| p.record.status == Status::Paused);
-            if !same_version || (was_paused && record.status == Status::Running) {
+            // A new version, or a resume, starts a new streak; a restart keeps the committed one.
+            let changed = prev.is_some() && !same_version;
+            if changed || (was_paused && record.status == Status::Running) {
                 stats.failing_batches_in_a_row = 0;
             }
             let mut enricher = if same_version {
@@ -238,7 +243,7 @@ impl Worker {
                     }
                 }
             }
-            if !same_version && enricher.is_some() {
+            if changed && enricher.is_some() {
                 tracing::info!(plugin = %record.name, version = %record.active, "plugin version active");
             }
             self.stages.push(Stage {
@@ -290,7 +295,9 @@ impl Worker {
         if self.stages.iter().any(Stage::holds) || offset >= end {
             return Ok(Step::Idle);
         }
-        let src = self.log.read_batch(offset, self.settings.batch_events)?;
+        let src =
+            self.log
+                .read_batch(offset, self.settings.batch_events, PIPELINE_BATCH_BYTES_MAX)?;
         if src.offsets.is_empty() {
             if src.next > offset {
                 self.registry.commit(src.next, &[], &[])?;
@@ -304,7 +311,7 @@ impl Worker {
         // For each event of `batch`, its index in the source batch.
         let mut index: Vec<usize> = (0..src.offsets.len()).collect();
         let mut dead = Vec::new();
-        let mut pauses: Vec<(String, String)> = Vec::new();
+        let mut pauses: Vec<Pause> = Vec::new();
         let mut held = false;
         let pause_after = self.settings.pause_after_failing_batches;
         for stage in &mut self.stages {
@@ -349,7 +356,12 @@ impl Worker {
                 tracing::warn!(plugin = %stage.record.name, %reason, "pausing plugin");
                 stage.record.status = Status::Paused;
                 stage.record.paused_reason = Some(reason.clone());
-                pauses.push((stage.record.name.clone(), reason));
+                pauses.push(Pause {
+                    name: stage.record.name.clone(),
+                    position: stage.record.position,
+                    version: stage.record.active.clone(),
+                    reason,
+                });
                 if stage.record.policy == Policy::Hold {
                     held = true;
                     break;
@@ -412,11 +424,10 @@ impl Worker {
             for (stage, stats) in self.stages.iter_mut().zip(before) {
                 stage.stats = stats;
             }
-            for (name, reason) in &pauses {
-                self.registry
-                    .set_status(name, Status::Paused, Some(reason.clone()))?;
+            for p in &pauses {
+                self.registry.pause_failing(p)?;
             }
-            self.seen_generation = self.registry.generation();
+            // The next step reloads (this pause, and anything an operator changed meanwhile).
             self.publish_metrics();
             return Ok(Step::Progressed);
         }
@@ -431,15 +442,12 @@ impl Worker {
             self.dead_letters.sync()?;
         }
         metrics::counter!("runnel_dead_letters_total").increment(appended);
-        let stats: Vec<(String, PluginStats)> = self
+        let stats: Vec<(String, u64, PluginStats)> = self
             .stages
             .iter()
-            .map(|s| (s.record.name.clone(), s.stats.clone()))
+            .map(|s| (s.record.name.clone(), s.record.position, s.stats.clone()))
             .collect();
         self.registry.commit(src.next, &stats, &pauses)?;
-        if !pauses.is_empty() {
-            self.seen_generation = self.registry.generation();
-        }
         self.shared.offset.store(src.next, Ordering::Release);
         self.publish_metrics();
         Ok(Step::Progressed)

@@ -432,9 +432,10 @@ pub fn test(
     let env_limits = EnvelopeLimits::default();
     let mut summary = TestSummary::default();
     // Each line is either an error now or an event in the batch.
-    let mut rows: Vec<Result<usize, String>> = Vec::new();
+    // (line number, the event's index in the batch or the error)
+    let mut rows: Vec<(usize, Result<usize, String>)> = Vec::new();
     let mut w = BatchWriter::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -456,9 +457,9 @@ pub fn test(
                         e.properties.as_deref(),
                     ],
                 );
-                rows.push(Ok(w.len() - 1));
+                rows.push((n + 1, Ok(w.len() - 1)));
             }
-            Err(e) => rows.push(Err(e.to_string())),
+            Err(e) => rows.push((n + 1, Err(e.to_string()))),
         }
     }
     let batch = w.finish();
@@ -470,8 +471,7 @@ pub fn test(
         Some(BatchView::new(&result.replacements)?)
     };
     let host = "plugin-test";
-    for (line, row) in rows.into_iter().enumerate() {
-        let line = line + 1;
+    for (line, row) in rows {
         let v = match row {
             Err(error) => {
                 summary.invalid += 1;

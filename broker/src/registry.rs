@@ -449,6 +449,7 @@ impl Registry {
                             if let Some(old) = rec.versions.iter().find(|v| v.version == version) {
                                 if old.sha256 != sha256
                                     || old.params != req.params
+                                    || old.limits != req.limits
                                     || old.capabilities != req.capabilities
                                 {
                                     return Err(RegistryError::Conflict(format!(
@@ -534,42 +535,56 @@ impl Registry {
     }
 
     /// Commits the pipeline's progress: the new offset, the stats of the plugins that ran, and
-    /// the plugins it paused, in one transaction. Stats of a plugin removed meanwhile are
-    /// dropped.
+    /// the plugins it paused, in one transaction. Each is keyed by name and identity (the
+    /// plugin's `position`), so the stats of a plugin removed and deployed again meanwhile are
+    /// dropped, and a pause applies only if the version that failed is still the active one.
     pub fn commit(
         &self,
         offset: u64,
-        stats: &[(String, PluginStats)],
-        pauses: &[(String, String)],
+        stats: &[(String, u64, PluginStats)],
+        pauses: &[Pause],
     ) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
+        let mut paused_any = false;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("pipeline_offset", offset)?;
             let mut plugins = txn.open_table(PLUGINS)?;
             let mut table = txn.open_table(STATS)?;
-            for (name, s) in stats {
-                if plugins.get(name.as_str())?.is_some() {
+            for (name, position, s) in stats {
+                let same = plugins
+                    .get(name.as_str())?
+                    .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
+                    .transpose()?
+                    .is_some_and(|r| r.position == *position);
+                if same {
                     table.insert(name.as_str(), to_json(s).as_slice())?;
                 }
             }
-            for (name, reason) in pauses {
-                let rec = plugins
-                    .get(name.as_str())?
-                    .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
-                    .transpose()?;
-                if let Some(mut rec) = rec {
-                    rec.status = Status::Paused;
-                    rec.paused_reason = Some(reason.clone());
-                    plugins.insert(name.as_str(), to_json(&rec).as_slice())?;
-                }
+            for p in pauses {
+                paused_any |= pause_in(&mut plugins, p)?;
             }
         }
         txn.commit()?;
-        if !pauses.is_empty() {
+        if paused_any {
             self.bump();
         }
         Ok(())
+    }
+
+    /// Pauses a plugin the pipeline found failing, unless it was removed, redeployed or
+    /// replaced meanwhile; true if it was paused.
+    pub fn pause_failing(&self, pause: &Pause) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        let paused = {
+            let mut plugins = txn.open_table(PLUGINS)?;
+            pause_in(&mut plugins, pause)?
+        };
+        txn.commit()?;
+        if paused {
+            self.bump();
+        }
+        Ok(paused)
     }
 
     /// The committed stats of a plugin.
@@ -580,6 +595,35 @@ impl Registry {
             Some(v) => from_json("plugin stats", v.value()),
             None => Ok(PluginStats::default()),
         }
+    }
+}
+
+/// An automatic pause: which plugin (name and identity), which version failed, and why.
+#[derive(Debug, Clone)]
+pub struct Pause {
+    /// Plugin name.
+    pub name: String,
+    /// Its `position` (identity across remove and deploy).
+    pub position: u64,
+    /// The version that failed.
+    pub version: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn pause_in(plugins: &mut redb::Table<'_, &str, &[u8]>, p: &Pause) -> anyhow::Result<bool> {
+    let rec = plugins
+        .get(p.name.as_str())?
+        .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
+        .transpose()?;
+    match rec {
+        Some(mut rec) if rec.position == p.position && rec.active == p.version => {
+            rec.status = Status::Paused;
+            rec.paused_reason = Some(p.reason.clone());
+            plugins.insert(p.name.as_str(), to_json(&rec).as_slice())?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -594,7 +638,12 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("a file in a directory");
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

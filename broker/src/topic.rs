@@ -22,7 +22,10 @@ pub const ENTRY_BYTES_MAX: u32 = 64 << 20;
 /// The writing end of a topic.
 pub struct TopicWriter {
     log: SegmentLog,
-    high_source_offset: Option<u64>,
+    /// The highest source offset of a durable entry (entries at or below it are skipped).
+    durable_high: Option<u64>,
+    /// The highest source offset appended since the last sync.
+    pending_high: Option<u64>,
 }
 
 impl std::fmt::Debug for TopicWriter {
@@ -67,7 +70,8 @@ pub fn open(
     Ok((
         TopicWriter {
             log,
-            high_source_offset,
+            durable_high: high_source_offset,
+            pending_high: None,
         },
         reader,
     ))
@@ -78,17 +82,23 @@ impl TopicWriter {
     /// an entry for that source offset or a later one; entries must come in source-offset
     /// order. Not durable until [`Self::sync`].
     pub fn append(&mut self, source_offset: u64, entry: &[u8]) -> Result<bool, LogError> {
-        if self.high_source_offset.is_some_and(|h| source_offset <= h) {
+        if self.durable_high.is_some_and(|h| source_offset <= h) {
             return Ok(false);
         }
         self.log.append(entry, 1, now_ms())?;
-        self.high_source_offset = Some(source_offset);
+        self.pending_high = Some(source_offset);
         Ok(true)
     }
 
-    /// Makes the appended entries durable.
+    /// Makes the appended entries durable. After a failure the log is poisoned (every later
+    /// append and sync fails) and nothing appended since the last good sync counts as written.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.log.sync().map(|_| ())
+        let result = self.log.sync().map(|_| ());
+        if result.is_ok() {
+            self.durable_high = self.pending_high.or(self.durable_high);
+        }
+        self.pending_high = None;
+        result
     }
 }
 
