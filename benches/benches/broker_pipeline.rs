@@ -1,0 +1,174 @@
+//! The broker pipeline alone: events/s through chains of enrichers, read from a log on disk,
+//! with offsets and counts committed per batch (redb) as in the broker. No network, no agent.
+//!
+//! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
+//! cargo bench -p runnel-benches --bench broker_pipeline`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use runnel_benches::{machine, median};
+use runnel_broker::log::{BrokerLog, check_batch};
+use runnel_broker::pipeline::{Isolation, Pipeline, Settings};
+use runnel_broker::registry::{Deploy, PluginLimits, Registry};
+use runnel_event::{Batch, Chunk, Event};
+use runnel_segment::FsStorage;
+
+const EVENTS: u64 = 200_000;
+const PER_BATCH: u64 = 1000;
+const RUNS: usize = 3;
+
+fn event(n: u64) -> Event {
+    Event {
+        event_id: format!("ev-{n:012}"),
+        event_type: if n % 3 == 0 {
+            "checkout.completed"
+        } else {
+            "page.view"
+        }
+        .into(),
+        timestamp_ms: 1_763_726_400_000 + n as i64,
+        received_at_ms: 1_763_726_400_001 + n as i64,
+        schema_version: 1,
+        user_id: Some(format!("user-{:06}", n % 50_000)),
+        session_id: None,
+        device_id: None,
+        platform: Some("ios".into()),
+        app_version: Some("4.2.0".into()),
+        properties: Some(format!(
+            r#"{{"amount":{}.5,"currency":"KES","ip":"198.51.100.{}"}}"#,
+            n % 997,
+            n % 250
+        )),
+    }
+}
+
+fn component(target: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(target.join("wasm32-wasip2/release").join(format!("{name}.wasm"))).expect(
+        "build the plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
+    )
+}
+
+fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    registry
+        .deploy(
+            Deploy {
+                name: name.into(),
+                version: None,
+                policy: None,
+                params: vec![],
+                limits: PluginLimits {
+                    deadline_ms: 500,
+                    memory_bytes_max: 64 << 20,
+                    fuel_per_call: None,
+                },
+                capabilities: vec![],
+            },
+            wasm,
+            &sha,
+        )
+        .unwrap();
+}
+
+fn main() {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    println!("machine: {}", machine(dir.path()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = BrokerLog::open(
+        Arc::new(FsStorage),
+        &dir.path().join("log"),
+        128 << 20,
+        64 << 20,
+        u64::MAX,
+    )
+    .unwrap()
+    .0;
+    rt.block_on(async {
+        for b in 0..EVENTS / PER_BATCH {
+            let events = (b * PER_BATCH..(b + 1) * PER_BATCH).map(event).collect();
+            let frame = Batch {
+                agent_id: "bench".into(),
+                host: "h".into(),
+                epoch: 1,
+                first_seq: b,
+                chunks: vec![Chunk { events }.encode()],
+            }
+            .encode_frame();
+            log.append(check_batch(frame, 64 << 20).unwrap()).await;
+        }
+    });
+    println!("log: {EVENTS} events of ~330 bytes, pipeline batches of 1024 events");
+    let host = runnel_host::Runtime::new().unwrap();
+    let chains: &[(&str, &[&str])] = &[
+        ("no plugin (read + commit only)", &[]),
+        ("noop", &["noop"]),
+        ("geo-enrich (rewrites every event)", &["geo_enrich"]),
+        ("sampler (keeps every event)", &["sampler"]),
+        (
+            "geo-enrich + sampler + noop",
+            &["geo_enrich", "sampler", "noop"],
+        ),
+    ];
+    for (i, (label, chain)) in chains.iter().enumerate() {
+        let mut rates = Vec::new();
+        for run in 0..RUNS {
+            let state = dir.path().join(format!("state-{i}-{run}"));
+            let registry = Registry::open(&state).unwrap();
+            for name in *chain {
+                deploy(
+                    &registry,
+                    &name.replace('_', "-"),
+                    &component(&target, name),
+                );
+            }
+            let (dead, _) = runnel_broker::topic::open(
+                Arc::new(FsStorage),
+                &state.join("dead_letters"),
+                128 << 20,
+            )
+            .unwrap();
+            let pipeline = Pipeline::start(
+                host.clone(),
+                registry.clone(),
+                log.clone(),
+                dead,
+                Settings {
+                    batch_events: 1024,
+                    pause_after_failing_batches: 3,
+                    isolation: Isolation {
+                        calls_max: 2048,
+                        time_max: Duration::from_secs(2),
+                    },
+                },
+            )
+            .unwrap();
+            // Timed from the first committed batch, so loading the plugins does not count.
+            let offset = || pipeline.shared.offset.load(Ordering::Acquire);
+            while offset() == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let (started, first) = (Instant::now(), offset());
+            while offset() < EVENTS {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let secs = started.elapsed().as_secs_f64();
+            pipeline.stop();
+            rates.push((EVENTS - first) as f64 / secs);
+        }
+        let spread: Vec<String> = rates.iter().map(|r| format!("{:.0}k", r / 1e3)).collect();
+        println!(
+            "{label:<36} median {:>7.0}k events/s  (runs: {})",
+            median(rates) / 1e3,
+            spread.join(", ")
+        );
+    }
+}
