@@ -136,6 +136,33 @@ pub fn enrich(props: &mut Map<String, Value>, table: &Table, overwrite: bool) ->
     changed
 }
 
+/// The keys `decide` looks at; every other key is skipped without being built.
+#[derive(serde::Deserialize)]
+struct Keys<'a> {
+    #[serde(borrow)]
+    ip: Option<std::borrow::Cow<'a, str>>,
+    country: Option<serde::de::IgnoredAny>,
+    region: Option<serde::de::IgnoredAny>,
+}
+
+/// `properties` with `"country"` and `"region"` added before its closing brace, without
+/// parsing it into a map and writing it out again (the common case: neither key is there).
+pub fn splice(props: &str, place: &Place) -> Option<String> {
+    let body = props.trim_end().strip_suffix('}')?;
+    let empty = body.trim_end().ends_with('{');
+    let mut out = String::with_capacity(props.len() + 48);
+    out.push_str(body);
+    if !empty {
+        out.push(',');
+    }
+    out.push_str("\"country\":");
+    out.push_str(&Value::String(place.country.clone()).to_string());
+    out.push_str(",\"region\":");
+    out.push_str(&Value::String(place.region.clone()).to_string());
+    out.push('}');
+    Some(out)
+}
+
 fn decide(event: &Event<'_>) -> Decision {
     let Some(text) = event.properties() else {
         return Decision::Keep;
@@ -143,14 +170,34 @@ fn decide(event: &Event<'_>) -> Decision {
     if !text.contains("\"ip\"") {
         return Decision::Keep;
     }
-    let Ok(Value::Object(mut props)) = serde_json::from_str::<Value>(text) else {
+    let overwrite = *OVERWRITE.get().unwrap_or(&false);
+    let Ok(keys) = serde_json::from_str::<Keys<'_>>(text) else {
         return Decision::Keep;
     };
-    if !enrich(&mut props, table(), *OVERWRITE.get().unwrap_or(&false)) {
-        return Decision::Keep;
-    }
+    let new_props = if keys.country.is_none() && keys.region.is_none() {
+        // The fast path: look up, splice.
+        let Some(place) = keys
+            .ip
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+            .and_then(|ip| table().lookup(ip))
+        else {
+            return Decision::Keep;
+        };
+        match splice(text, place) {
+            Some(p) => p,
+            None => return Decision::Keep,
+        }
+    } else {
+        let Ok(Value::Object(mut props)) = serde_json::from_str::<Value>(text) else {
+            return Decision::Keep;
+        };
+        if !enrich(&mut props, table(), overwrite) {
+            return Decision::Keep;
+        }
+        Value::Object(props).to_string()
+    };
     let mut out = event.to_owned_event();
-    out.set(Field::Properties, Some(Value::Object(props).to_string()));
+    out.set(Field::Properties, Some(new_props));
     Decision::Replace(out)
 }
 
@@ -194,6 +241,20 @@ mod tests {
         assert_eq!(p["region"], "Gauteng");
         assert!(enrich(&mut p, &t, true));
         assert_eq!(p["country"], "ZA");
+    }
+
+    #[test]
+    fn splice_adds_both_keys_and_keeps_the_json_valid() {
+        let place = Place {
+            country: "KE".into(),
+            region: "Nai\"robi".into(),
+        };
+        for props in [r#"{"ip":"192.0.2.1"}"#, "{ }", r#"{"a":{"b":[1,2]} }"#] {
+            let out = splice(props, &place).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["country"], "KE", "{out}");
+            assert_eq!(v["region"], "Nai\"robi", "{out}");
+        }
     }
 
     #[test]
