@@ -23,7 +23,7 @@ const RUNS: usize = 3;
 fn event(n: u64) -> Event {
     Event {
         event_id: format!("ev-{n:012}"),
-        event_type: if n % 3 == 0 {
+        event_type: if n.is_multiple_of(3) {
             "checkout.completed"
         } else {
             "page.view"
