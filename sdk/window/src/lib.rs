@@ -26,6 +26,13 @@
 //! once, into its pane; a window's rows merge its panes. So an event in a 1 h window sliding by
 //! 5 min costs one fold, not twelve.
 //!
+//! ## Sessions
+//! With [`WindowSpec::Session`], state is kept per key as a list of open sessions
+//! `[first event, last event + gap)`. An event joins every session it overlaps (which may merge
+//! two sessions into one) or starts one. A session is final once the watermark reaches its end
+//! plus the lateness; it is not reopened: a later event close to it starts a new session, or is
+//! late if that new session would already be final.
+//!
 //! ## Limits
 //! `open_windows_max` (panes held), `keys_per_window_max` (distinct dimension tuples in one
 //! pane) and `state_bytes_max` (approximate bytes of all accumulators). An event that would
@@ -172,6 +179,16 @@ pub struct Engine {
     state_bytes: usize,
     counters: Counters,
     scratch: Vec<u8>,
+    /// Open sessions by encoded key, sorted by start (session windows only).
+    sessions: HashMap<Box<[u8]>, Vec<Session>, foldhash::fast::RandomState>,
+    open_sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    start: i64,
+    last: i64,
+    accs: Vec<Acc>,
 }
 
 /// Errors in a schema.
@@ -207,6 +224,8 @@ impl Engine {
             state_bytes: 0,
             counters: Counters::default(),
             scratch: Vec::new(),
+            sessions: HashMap::default(),
+            open_sessions: 0,
         })
     }
 
@@ -225,9 +244,9 @@ impl Engine {
         self.state_bytes
     }
 
-    /// Panes held.
+    /// Panes (or sessions) held.
     pub fn open_panes(&self) -> usize {
-        self.panes.len()
+        self.panes.len() + self.open_sessions
     }
 
     fn is_final(&self, w: Window) -> bool {
@@ -259,6 +278,9 @@ impl Engine {
                     },
                 );
             }
+        }
+        if let WindowSpec::Session { gap_ms } = self.schema.window {
+            return self.add_session(gap_ms, ts, key, inputs);
         }
         let spec = &self.schema.window;
         let pane = spec.pane(ts);
@@ -316,6 +338,127 @@ impl Engine {
         Added::Folded
     }
 
+    fn add_session(&mut self, gap: i64, ts: i64, key: &[&str], inputs: &[Input<'_>]) -> Added {
+        let lat = self.schema.allowed_lateness_ms;
+        let applied = self.applied;
+        let is_final = |end: i64| applied.is_some_and(|wm| end.saturating_add(lat) <= wm);
+        encode_key(key, &mut self.scratch);
+        let open = self.sessions.get(self.scratch.as_slice());
+        // The sessions this event overlaps: [ts, ts + gap) ∩ [start, last + gap) ≠ ∅.
+        let overlaps =
+            |s: &Session| ts < s.last.saturating_add(gap) && s.start < ts.saturating_add(gap);
+        let joins = open.is_some_and(|v| v.iter().any(overlaps));
+        if !joins {
+            let end = ts.saturating_add(gap);
+            if is_final(end) {
+                self.counters.late += 1;
+                return Added::Late { window_end: end };
+            }
+            if self.open_sessions >= self.settings.open_windows_max {
+                self.counters.refused_windows += 1;
+                return Added::Refused {
+                    limit: "open_windows_max",
+                };
+            }
+            if open.is_none() && self.sessions.len() >= self.settings.keys_per_window_max {
+                self.counters.refused_keys += 1;
+                return Added::Refused {
+                    limit: "keys_per_window_max",
+                };
+            }
+            let fresh: Vec<Acc> = self
+                .schema
+                .measures
+                .iter()
+                .map(|(_, k)| Acc::new(*k))
+                .collect();
+            let bytes = fresh.iter().map(Acc::bytes).sum::<usize>() + self.scratch.len() + 32;
+            if self.state_bytes + bytes > self.settings.state_bytes_max {
+                self.counters.refused_bytes += 1;
+                return Added::Refused {
+                    limit: "state_bytes_max",
+                };
+            }
+            self.state_bytes += bytes;
+            self.open_sessions += 1;
+            let list = self
+                .sessions
+                .entry(self.scratch.clone().into_boxed_slice())
+                .or_default();
+            let at = list.partition_point(|s| s.start < ts);
+            list.insert(
+                at,
+                Session {
+                    start: ts,
+                    last: ts,
+                    accs: fresh,
+                },
+            );
+        }
+        let list = self
+            .sessions
+            .get_mut(self.scratch.as_slice())
+            .expect("the key has a session now");
+        // Merge every session the event touches into the first of them.
+        let touched: Vec<usize> = (0..list.len()).filter(|i| overlaps(&list[*i])).collect();
+        let first = touched[0];
+        for &i in touched[1..].iter().rev() {
+            let s = list.remove(i);
+            let into = &mut list[first];
+            into.start = into.start.min(s.start);
+            into.last = into.last.max(s.last);
+            for (a, b) in into.accs.iter_mut().zip(&s.accs) {
+                a.merge(b);
+            }
+            self.open_sessions -= 1;
+        }
+        let s = &mut list[first];
+        s.start = s.start.min(ts);
+        s.last = s.last.max(ts);
+        for (acc, input) in s
+            .accs
+            .iter_mut()
+            .zip(inputs.iter().copied().chain(std::iter::repeat(Input::Null)))
+        {
+            acc.add(input);
+        }
+        Added::Folded
+    }
+
+    /// Final session rows up to watermark `wm` (all of them with `i64::MAX`), removed from state.
+    fn take_final_sessions(&mut self, gap: i64, wm: i64) -> Vec<Row> {
+        let lat = self.schema.allowed_lateness_ms;
+        let mut rows = Vec::new();
+        let mut freed = 0usize;
+        let mut closed = 0usize;
+        self.sessions.retain(|k, list| {
+            list.retain(|s| {
+                let end = s.last.saturating_add(gap);
+                if end.saturating_add(lat) <= wm {
+                    rows.push(Row {
+                        window: Window {
+                            start: s.start,
+                            end,
+                        },
+                        is_final: true,
+                        key: decode_key(k),
+                        values: s.accs.iter().map(Acc::value).collect(),
+                    });
+                    freed += s.accs.iter().map(Acc::bytes).sum::<usize>() + k.len() + 32;
+                    closed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            !list.is_empty()
+        });
+        self.open_sessions -= closed;
+        self.state_bytes = self.state_bytes.saturating_sub(freed);
+        rows.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
+        rows
+    }
+
     /// The watermark at processing time `now_ms`, if any source was seen.
     pub fn watermark(&self, now_ms: i64) -> Option<i64> {
         let ooo = self.settings.out_of_orderness_ms;
@@ -350,6 +493,9 @@ impl Engine {
             return Vec::new();
         }
         self.applied = Some(wm);
+        if let WindowSpec::Session { gap_ms } = self.schema.window {
+            return self.take_final_sessions(gap_ms, wm);
+        }
         let lat = self.schema.allowed_lateness_ms;
         let was_final = |w: Window| before.is_some_and(|b| w.end.saturating_add(lat) <= b);
         let mut due: BTreeSet<Window> = BTreeSet::new();
@@ -391,6 +537,9 @@ impl Engine {
     pub fn finish(&mut self) -> Vec<Row> {
         let before = self.applied;
         self.applied = Some(i64::MAX);
+        if let WindowSpec::Session { gap_ms } = self.schema.window {
+            return self.take_final_sessions(gap_ms, i64::MAX);
+        }
         let lat = self.schema.allowed_lateness_ms;
         let mut due: BTreeSet<Window> = BTreeSet::new();
         for pane in self.panes.keys() {
@@ -409,6 +558,25 @@ impl Engine {
     /// The rows of every window that is not final yet (`is_final = false`), in window then key
     /// order.
     pub fn rows(&self) -> Vec<Row> {
+        if let WindowSpec::Session { gap_ms } = self.schema.window {
+            let mut rows: Vec<Row> = self
+                .sessions
+                .iter()
+                .flat_map(|(k, list)| {
+                    list.iter().map(move |s| Row {
+                        window: Window {
+                            start: s.start,
+                            end: s.last.saturating_add(gap_ms),
+                        },
+                        is_final: false,
+                        key: decode_key(k),
+                        values: s.accs.iter().map(Acc::value).collect(),
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
+            return rows;
+        }
         let mut open: BTreeSet<Window> = BTreeSet::new();
         for pane in self.panes.keys() {
             for w in self.schema.window.windows_of_pane(*pane) {

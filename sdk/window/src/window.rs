@@ -30,6 +30,12 @@ pub enum WindowSpec {
         /// Distance between window starts.
         slide_ms: i64,
     },
+    /// Per key, events closer than `gap_ms` to each other form one session: a window from the
+    /// first event to the last plus `gap_ms`.
+    Session {
+        /// Inactivity that ends a session.
+        gap_ms: i64,
+    },
     /// Calendar days, weeks or months in a time zone (UTC or an IANA zone): a window starts at
     /// local midnight, so its length follows daylight-saving changes.
     Calendar {
@@ -80,6 +86,7 @@ impl WindowSpec {
             Self::Hopping { size_ms, slide_ms } if size_ms % slide_ms != 0 => {
                 Err(SpecError::SlideNotDivisor { size_ms, slide_ms })
             }
+            Self::Session { gap_ms } if gap_ms <= 0 => Err(SpecError::NotPositive("gap_ms")),
             _ => Ok(()),
         }
     }
@@ -98,13 +105,18 @@ impl WindowSpec {
             Self::Tumbling { size_ms } => aligned(ts, size_ms),
             Self::Hopping { slide_ms, .. } => aligned(ts, slide_ms),
             Self::Calendar { unit, tz } => calendar(ts, unit, tz),
+            // An event alone is a session of one gap; the engine merges sessions per key.
+            Self::Session { gap_ms } => Window {
+                start: ts,
+                end: ts.saturating_add(gap_ms),
+            },
         }
     }
 
     /// The windows that hold pane `p`, earliest first.
     pub fn windows_of_pane(&self, p: Window) -> Vec<Window> {
         match *self {
-            Self::Tumbling { .. } | Self::Calendar { .. } => vec![p],
+            Self::Tumbling { .. } | Self::Calendar { .. } | Self::Session { .. } => vec![p],
             Self::Hopping { size_ms, slide_ms } => {
                 let n = size_ms / slide_ms;
                 (0..n)
@@ -129,7 +141,7 @@ impl WindowSpec {
     /// The panes that make up window `w`.
     pub fn panes_of(&self, w: Window) -> Vec<Window> {
         match *self {
-            Self::Tumbling { .. } | Self::Calendar { .. } => vec![w],
+            Self::Tumbling { .. } | Self::Calendar { .. } | Self::Session { .. } => vec![w],
             Self::Hopping { slide_ms, .. } => (w.start..w.end)
                 .step_by(slide_ms as usize)
                 .map(|s| Window {

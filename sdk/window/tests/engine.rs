@@ -396,3 +396,123 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn sessions_merge_by_gap_per_key_and_finalize() {
+    let gap = 30 * MIN;
+    let mut e = Engine::new(
+        Schema {
+            dimensions: vec!["user_id".into()],
+            measures: vec![
+                ("events".into(), MeasureKind::Count),
+                ("last".into(), MeasureKind::Max),
+            ],
+            window: WindowSpec::Session { gap_ms: gap },
+            allowed_lateness_ms: 0,
+        },
+        Settings::default(),
+    )
+    .unwrap();
+    let t0 = 1_000 * MIN;
+    // u1: two events 10 min apart, then one 50 min later (a new session).
+    for (ts, user) in [
+        (t0, "u1"),
+        (t0 + 10 * MIN, "u1"),
+        (t0 + 5 * MIN, "u2"),
+        (t0 + 60 * MIN, "u1"),
+    ] {
+        assert_eq!(
+            e.add("a", ts, 0, &[user], &[Input::Null, Input::Num(ts as f64)]),
+            Added::Folded
+        );
+    }
+    let open = e.rows();
+    assert_eq!(open.len(), 3, "{open:?}");
+    // An event between the two u1 sessions bridges them into one.
+    e.add("a", t0 + 35 * MIN, 0, &["u1"], &[Input::Null, Input::Null]);
+    let open = e.rows();
+    let u1: Vec<&Row> = open.iter().filter(|r| r.key == ["u1"]).collect();
+    assert_eq!(u1.len(), 1, "{open:?}");
+    assert_eq!(
+        u1[0].window,
+        Window {
+            start: t0,
+            end: t0 + 60 * MIN + gap
+        }
+    );
+    assert_eq!(count_of(u1[0]), 4);
+    // The watermark passes u2's session end (t0 + 35 min) but not u1's.
+    e.add("b", t0 + 40 * MIN + 5_000, 0, &["u3"], &[]);
+    e.add("a", t0 + 40 * MIN + 5_000, 0, &["u3"], &[]);
+    let fin = e.advance(0);
+    assert_eq!(fin.len(), 1, "{fin:?}");
+    assert_eq!(fin[0].key, ["u2"]);
+    assert_eq!(
+        fin[0].window,
+        Window {
+            start: t0 + 5 * MIN,
+            end: t0 + 35 * MIN
+        }
+    );
+    // u2 again, inside its final session: late.
+    assert!(matches!(
+        e.add("a", t0 + 6 * MIN, 0, &["u2"], &[]),
+        Added::Late { .. }
+    ));
+    assert_eq!(e.finish().len(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Sessions with nothing late: the final sessions equal those found by sorting each key's
+    /// events and cutting where the gap is reached.
+    #[test]
+    fn sessions_match_a_naive_split(
+        gap in 1_000i64..20_000,
+        events in prop::collection::vec((0i64..200_000, 0u8..3), 1..200),
+    ) {
+        let mut e = Engine::new(
+            Schema {
+                dimensions: vec!["k".into()],
+                measures: vec![("n".into(), MeasureKind::Count)],
+                window: WindowSpec::Session { gap_ms: gap },
+                allowed_lateness_ms: 0,
+            },
+            Settings { out_of_orderness_ms: 1_000_000, ..Settings::default() },
+        ).unwrap();
+        for (ts, k) in &events {
+            let key = ["a", "b", "c"][*k as usize];
+            prop_assert_eq!(e.add("s", *ts, 0, &[key], &[]), Added::Folded);
+        }
+        let mut got: Vec<(String, i64, i64, u64)> = e
+            .finish()
+            .iter()
+            .map(|r| (r.key[0].clone(), r.window.start, r.window.end, count_of(r)))
+            .collect();
+        got.sort();
+        let mut want = Vec::new();
+        for key in ["a", "b", "c"] {
+            let mut ts: Vec<i64> = events
+                .iter()
+                .filter(|(_, k)| ["a", "b", "c"][*k as usize] == key)
+                .map(|(t, _)| *t)
+                .collect();
+            ts.sort();
+            let mut i = 0;
+            while i < ts.len() {
+                let start = ts[i];
+                let mut last = ts[i];
+                let mut n = 1;
+                while i + n < ts.len() && ts[i + n] < last + gap {
+                    last = ts[i + n];
+                    n += 1;
+                }
+                want.push((key.to_string(), start, last + gap, n as u64));
+                i += n;
+            }
+        }
+        want.sort();
+        prop_assert_eq!(got, want);
+    }
+}
