@@ -40,11 +40,13 @@
 //! held is dropped.
 
 pub mod measure;
+pub mod snapshot;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use measure::{Acc, Input, MeasureKind, Value};
+pub use snapshot::SnapshotError;
 pub use window::{CalendarUnit, SpecError, Window, WindowSpec};
 
 /// What an aggregate looks like.
@@ -189,6 +191,17 @@ struct Session {
     start: i64,
     last: i64,
     accs: Vec<Acc>,
+}
+
+/// Why [`Engine::restore`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The schema is invalid.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The bytes are not a usable snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Errors in a schema.
@@ -457,6 +470,127 @@ impl Engine {
         self.state_bytes = self.state_bytes.saturating_sub(freed);
         rows.sort_by(|a, b| (a.window, &a.key).cmp(&(b.window, &b.key)));
         rows
+    }
+
+    /// The whole state as bytes ([`snapshot`]): restore it with [`Engine::restore`] and the same
+    /// schema to go on exactly where this engine is.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = snapshot::Writer::new();
+        w.u8(u8::from(self.applied.is_some()));
+        w.i64(self.applied.unwrap_or(0));
+        let c = &self.counters;
+        for n in [
+            c.late,
+            c.partially_late,
+            c.refused_keys,
+            c.refused_windows,
+            c.refused_bytes,
+        ] {
+            w.u64(n);
+        }
+        let mut sources: Vec<(&String, &Source)> = self.sources.iter().collect();
+        sources.sort_by_key(|(n, _)| *n);
+        w.u32(sources.len() as u32);
+        for (name, s) in sources {
+            w.bytes(name.as_bytes());
+            w.i64(s.max_ts);
+            w.i64(s.last_seen_ms);
+        }
+        w.u32(self.panes.len() as u32);
+        for (win, pane) in &self.panes {
+            w.i64(win.start);
+            w.i64(win.end);
+            let mut keys: Vec<(&Box<[u8]>, &Vec<Acc>)> = pane.accs.iter().collect();
+            keys.sort_by_key(|(k, _)| *k);
+            w.u32(keys.len() as u32);
+            for (k, accs) in keys {
+                w.bytes(k);
+                for a in accs {
+                    w.acc(a);
+                }
+            }
+        }
+        let mut keys: Vec<(&Box<[u8]>, &Vec<Session>)> = self.sessions.iter().collect();
+        keys.sort_by_key(|(k, _)| *k);
+        w.u32(keys.len() as u32);
+        for (k, list) in keys {
+            w.bytes(k);
+            w.u32(list.len() as u32);
+            for s in list {
+                w.i64(s.start);
+                w.i64(s.last);
+                for a in &s.accs {
+                    w.acc(a);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// An engine with the state of `bytes` (from [`Engine::snapshot`] with the same schema).
+    pub fn restore(schema: Schema, settings: Settings, bytes: &[u8]) -> Result<Self, RestoreError> {
+        let mut e = Self::new(schema, settings)?;
+        let mut r = snapshot::Reader::new(bytes)?;
+        let has = r.u8()? == 1;
+        let applied = r.i64()?;
+        e.applied = has.then_some(applied);
+        e.counters = Counters {
+            late: r.u64()?,
+            partially_late: r.u64()?,
+            refused_keys: r.u64()?,
+            refused_windows: r.u64()?,
+            refused_bytes: r.u64()?,
+        };
+        for _ in 0..r.u32()? {
+            let name = String::from_utf8_lossy(r.bytes()?).into_owned();
+            let max_ts = r.i64()?;
+            let last_seen_ms = r.i64()?;
+            e.sources.insert(
+                name,
+                Source {
+                    max_ts,
+                    last_seen_ms,
+                },
+            );
+        }
+        let kinds: Vec<MeasureKind> = e.schema.measures.iter().map(|(_, k)| *k).collect();
+        let mut bytes_held = 0usize;
+        for _ in 0..r.u32()? {
+            let win = Window {
+                start: r.i64()?,
+                end: r.i64()?,
+            };
+            let mut pane = Pane::default();
+            for _ in 0..r.u32()? {
+                let k: Box<[u8]> = r.bytes()?.into();
+                let accs = kinds
+                    .iter()
+                    .map(|kind| r.acc(*kind))
+                    .collect::<Result<Vec<_>, _>>()?;
+                bytes_held += accs.iter().map(Acc::bytes).sum::<usize>() + k.len() + 16;
+                pane.accs.insert(k, accs);
+            }
+            e.panes.insert(win, pane);
+        }
+        for _ in 0..r.u32()? {
+            let k: Box<[u8]> = r.bytes()?.into();
+            let mut list = Vec::new();
+            for _ in 0..r.u32()? {
+                let start = r.i64()?;
+                let last = r.i64()?;
+                let accs = kinds
+                    .iter()
+                    .map(|kind| r.acc(*kind))
+                    .collect::<Result<Vec<_>, _>>()?;
+                bytes_held += accs.iter().map(Acc::bytes).sum::<usize>() + k.len() + 32;
+                list.push(Session { start, last, accs });
+            }
+            e.open_sessions += list.len();
+            e.sessions.insert(k, list);
+        }
+        r.done()?;
+        e.state_bytes = bytes_held;
+        Ok(e)
     }
 
     /// The watermark at processing time `now_ms`, if any source was seen.

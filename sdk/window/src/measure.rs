@@ -9,6 +9,10 @@ pub const HLL_LG_K: u8 = 12;
 /// `k` of the quantile sketches (t-digest): rank error well under 1% in the middle and much
 /// smaller at the tails (p99).
 pub const TDIGEST_K: u16 = 100;
+/// Numbers a quantile accumulator buffers before folding them into its t-digest and
+/// compressing it. The digest is thus always compressed between chunks, so its state, and the
+/// answers, do not depend on when a snapshot was taken.
+pub const QUANTILE_CHUNK: usize = 256;
 /// The quantiles reported for a `quantiles` measure.
 pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
@@ -76,7 +80,52 @@ pub enum Acc {
     /// See [`MeasureKind::Distinct`].
     Distinct(Box<HllSketch>),
     /// See [`MeasureKind::Quantiles`].
-    Quantiles(Box<TDigestMut>),
+    Quantiles(Box<Quantiles>),
+}
+
+/// A t-digest with its own buffer of not yet folded numbers (see [`QUANTILE_CHUNK`]).
+#[derive(Debug, Clone)]
+pub struct Quantiles {
+    /// Always compressed.
+    pub digest: TDigestMut,
+    /// Fewer than [`QUANTILE_CHUNK`] numbers.
+    pub pending: Vec<f64>,
+}
+
+impl Quantiles {
+    fn new() -> Self {
+        Self {
+            digest: TDigestMut::new(TDIGEST_K).expect("k in range"),
+            pending: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, x: f64) {
+        self.pending.push(x);
+        if self.pending.len() >= QUANTILE_CHUNK {
+            for v in self.pending.drain(..) {
+                self.digest.update(v);
+            }
+            // `serialize` is the public way to compress the digest.
+            let _ = self.digest.serialize();
+        }
+    }
+
+    fn merge(&mut self, other: &Quantiles) {
+        self.digest.merge(&other.digest);
+        let _ = self.digest.serialize();
+        for v in &other.pending {
+            self.add(*v);
+        }
+    }
+
+    fn answer(&self) -> TDigestMut {
+        let mut t = self.digest.clone();
+        for v in &self.pending {
+            t.update(*v);
+        }
+        t
+    }
 }
 
 impl Acc {
@@ -91,9 +140,7 @@ impl Acc {
             MeasureKind::Distinct => Self::Distinct(Box::new(
                 HllSketch::new(HLL_LG_K, HllType::Hll8).expect("lg_k in range"),
             )),
-            MeasureKind::Quantiles => {
-                Self::Quantiles(Box::new(TDigestMut::new(TDIGEST_K).expect("k in range")))
-            }
+            MeasureKind::Quantiles => Self::Quantiles(Box::new(Quantiles::new())),
         }
     }
 
@@ -128,9 +175,9 @@ impl Acc {
                 Input::Num(x) => h.update(x.to_bits()),
                 Input::Null => {}
             },
-            Self::Quantiles(t) => {
+            Self::Quantiles(q) => {
                 if let Some(x) = num {
-                    t.update(x);
+                    q.add(x);
                 }
             }
         }
@@ -182,8 +229,8 @@ impl Acc {
                 }
             }
             Self::Distinct(h) => Value::Num(h.estimate().round()),
-            Self::Quantiles(t) => {
-                let mut t = (**t).clone();
+            Self::Quantiles(q) => {
+                let mut t = q.answer();
                 if t.is_empty() {
                     return Value::Null;
                 }
@@ -202,7 +249,7 @@ impl Acc {
         std::mem::size_of::<Self>()
             + match self {
                 Self::Distinct(h) => h.estimated_size(),
-                Self::Quantiles(t) => t.estimated_size(),
+                Self::Quantiles(q) => q.digest.estimated_size() + q.pending.capacity() * 8,
                 _ => 0,
             }
     }
