@@ -1,7 +1,7 @@
 //! # runnel-host: running plugins without letting them hurt the host
 //!
 //! The wasmtime embedding shared by the agent (edge plugins) and the broker (enrichers,
-//! aggregators). A plugin is a component built against `wit/plugin.wit`; it is called once per
+//! aggregators: [`Runtime::load_enricher`], [`Runtime::load_aggregator`]). A plugin is a component built against `wit/plugin.wit`; it is called once per
 //! batch with the batch as bytes (`runnel-batch`).
 //!
 //! ## Limits
@@ -41,6 +41,9 @@ use runnel_batch::{BatchView, BatchWriter, EventRef};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod aggregator;
+pub use aggregator::{AggRow, Aggregator, MapOutput, RowInput};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -260,6 +263,7 @@ pub struct EnrichOutput {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<State>>,
+    agg_linker: Arc<Linker<State>>,
     cache_dir: Option<std::path::PathBuf>,
     _ticker: Arc<Ticker>,
 }
@@ -299,6 +303,9 @@ impl Runtime {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Enricher::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        let mut agg_linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut agg_linker)?;
+        aggregator::add_to_linker(&mut agg_linker)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tick_engine, tick_stop) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -312,6 +319,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            agg_linker: Arc::new(agg_linker),
             cache_dir: None,
             _ticker: Arc::new(Ticker { stop }),
         })
@@ -425,6 +433,37 @@ fn wasi_ctx(stderr: &wasmtime_wasi::p2::pipe::MemoryOutputPipe, caps: Capabiliti
             .insecure_random_seed(0x5eed);
     }
     b.build()
+}
+
+/// Epoch ticks for a deadline (at least one).
+fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (deadline.as_nanos().div_ceil(tick)).max(1) as u64
+}
+
+/// A store for one instance of plugin `name`, with its limits applied.
+fn new_store(engine: &Engine, name: &str, limits: &Limits) -> Result<Store<State>, Failure> {
+    let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_BYTES_MAX);
+    let state = State {
+        wasi: wasi_ctx(&stderr, limits.capabilities),
+        stderr,
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes_max)
+            .trap_on_grow_failure(true)
+            .build(),
+        plugin: name.to_string(),
+        log_budget: limits.log_lines_per_call_max,
+        logs_dropped: 0,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(deadline_ticks(limits.deadline));
+    store.epoch_deadline_trap();
+    store
+        .set_fuel(limits.fuel_per_call.unwrap_or(u64::MAX))
+        .map_err(|e| classify(&e))?;
+    Ok(store)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -571,33 +610,13 @@ impl Enricher {
     }
 
     fn ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        (self.limits.deadline.as_nanos().div_ceil(tick)).max(1) as u64
+        deadline_ticks(self.limits.deadline)
     }
 
     /// The live instance, made (and `init`ed) if there is none.
     fn live(&mut self) -> Result<&mut Live, Failure> {
         if self.live.is_none() {
-            let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(STDERR_BYTES_MAX);
-            let state = State {
-                wasi: wasi_ctx(&stderr, self.limits.capabilities),
-                stderr,
-                table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(self.limits.memory_bytes_max)
-                    .trap_on_grow_failure(true)
-                    .build(),
-                plugin: self.name.clone(),
-                log_budget: self.limits.log_lines_per_call_max,
-                logs_dropped: 0,
-            };
-            let mut store = Store::new(&self.engine, state);
-            store.limiter(|s| &mut s.limits);
-            store.set_epoch_deadline(self.ticks());
-            store.epoch_deadline_trap();
-            store
-                .set_fuel(self.limits.fuel_per_call.unwrap_or(u64::MAX))
-                .map_err(|e| classify(&e))?;
+            let mut store = new_store(&self.engine, &self.name, &self.limits)?;
             let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&e))?;
             match bindings.call_init(&mut store, &self.params) {
                 Ok(Ok(())) => {}
