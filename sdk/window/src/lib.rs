@@ -269,6 +269,7 @@ impl Engine {
 
     /// Folds one row of the aggregator's output: from `source`, at event time `ts`, with its
     /// dimension values and one input per measure. `now_ms` is processing time (for idleness).
+    /// The same as [`Engine::observe`] then [`Engine::add_row`].
     pub fn add(
         &mut self,
         source: &str,
@@ -277,6 +278,14 @@ impl Engine {
         key: &[&str],
         inputs: &[Input<'_>],
     ) -> Added {
+        self.observe(source, ts, now_ms);
+        self.add_row(ts, key, inputs)
+    }
+
+    /// Notes that `source` sent an event at event time `ts`, at processing time `now_ms`: this
+    /// is what moves watermarks. The broker observes every event, including those an
+    /// aggregator maps to no row.
+    pub fn observe(&mut self, source: &str, ts: i64, now_ms: i64) {
         match self.sources.get_mut(source) {
             Some(s) => {
                 s.max_ts = s.max_ts.max(ts);
@@ -292,6 +301,10 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Folds one row at event time `ts` (its source observed separately, [`Engine::observe`]).
+    pub fn add_row(&mut self, ts: i64, key: &[&str], inputs: &[Input<'_>]) -> Added {
         if let WindowSpec::Session { gap_ms } = self.schema.window {
             return self.add_session(gap_ms, ts, key, inputs);
         }

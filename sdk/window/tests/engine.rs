@@ -601,3 +601,17 @@ fn a_damaged_snapshot_is_refused() {
     let err = Engine::restore(other, Settings::default(), &e.snapshot()).unwrap_err();
     assert!(err.to_string().contains("measures do not match"), "{err}");
 }
+
+#[test]
+fn events_without_rows_still_move_the_watermark() {
+    let mut e = counting(WindowSpec::Tumbling { size_ms: MIN }, 0);
+    assert_eq!(e.add_row(10, &["view"], &[]), Added::Folded);
+    // No source seen yet: no watermark, nothing final.
+    assert_eq!(e.watermark(0), None);
+    assert!(e.advance(0).is_empty());
+    // An event the aggregator mapped to no row moves its source's watermark.
+    e.observe("agent-1", 2 * MIN, 0);
+    let fin = e.advance(0);
+    assert_eq!(fin.len(), 1);
+    assert_eq!(count_of(&fin[0]), 1);
+}
