@@ -387,12 +387,21 @@ async fn deploy_plugin(
             .map(|b| format!("{b:02x}"))
             .collect();
         // Load it exactly as the pipeline will: a component that fails here is refused.
-        if let Err(e) = a2.runtime.load_enricher(
-            &req.name,
-            &body,
-            req.params.clone(),
-            pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation),
-        ) {
+        let limits = pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation);
+        if let Err(e) =
+            a2.runtime
+                .load_enricher(&req.name, &body, req.params.clone(), limits.clone())
+        {
+            if matches!(e, runnel_host::LoadError::Invalid(_))
+                && a2
+                    .runtime
+                    .load_aggregator(&req.name, &body, req.params.clone(), limits)
+                    .is_ok()
+            {
+                return Err(bad_request(
+                    "component: an aggregator; this broker's pipeline runs enrichers only (aggregators are not wired into it yet)".into(),
+                ));
+            }
             return Err(bad_request(format!("component: {e}")));
         }
         let (record, changed) = a2

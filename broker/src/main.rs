@@ -65,7 +65,7 @@ enum PluginCmd {
     New {
         /// Plugin name ([a-z][a-z0-9_-]{0,63}).
         name: String,
-        /// `enrich`.
+        /// `enrich` or `aggregate` (Rust only).
         #[arg(long, default_value = "enrich")]
         kind: String,
         /// `rust` or `python` (componentize-py).

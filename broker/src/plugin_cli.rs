@@ -80,10 +80,13 @@ impl Manifest {
         if let Some(v) = &m.version {
             crate::registry::check_version(v).map_err(ctx)?;
         }
-        if m.kind != "enrich" {
+        if !KINDS.contains(&m.kind.as_str()) {
+            return Err(ctx(format!("kind: {:?} is not one of {KINDS:?}", m.kind)));
+        }
+        if m.kind == "aggregate" && m.lang != "rust" {
             return Err(ctx(format!(
-                "kind: {:?} is not supported yet (only \"enrich\")",
-                m.kind
+                "lang: {:?} aggregators are not supported yet (rust only)",
+                m.lang
             )));
         }
         if !LANGS.contains(&m.lang.as_str()) {
@@ -110,6 +113,9 @@ impl Manifest {
             .collect()
     }
 }
+
+/// Plugin kinds.
+pub const KINDS: &[&str] = &["enrich", "aggregate"];
 
 /// Languages `new` and `build` know.
 pub const LANGS: &[&str] = &["rust", "python"];
@@ -159,13 +165,14 @@ const SDK_FILES: &[(&str, &str)] = &[
 /// `runnel plugin new`: writes a project in `dir` (which must not exist or be empty).
 pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Result<()> {
     crate::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if kind != "enrich" {
-        bail!(
-            "--kind: {kind:?} is not supported yet: this version runs enrichers only (aggregators arrive with windowed aggregation)"
-        );
+    if !KINDS.contains(&kind) {
+        bail!("--kind: {kind:?} is not one of {KINDS:?}");
     }
     if !LANGS.contains(&lang) {
         bail!("--lang: {lang:?} is not one of {LANGS:?}");
+    }
+    if kind == "aggregate" && lang != "rust" {
+        bail!("--lang: {lang:?} aggregators are not supported yet (rust only)");
     }
     if dir.exists()
         && std::fs::read_dir(dir)
@@ -177,7 +184,33 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
     }
     let fill = |t: &str| t.replace("{name}", name);
     let events = include_str!("../templates/rust/events.ndjson").to_string();
-    let files: Vec<(PathBuf, String)> = if lang == "python" {
+    let files: Vec<(PathBuf, String)> = if kind == "aggregate" {
+        [
+            (
+                "Cargo.toml",
+                fill(include_str!("../templates/rust-aggregate/Cargo.toml.tmpl")),
+            ),
+            (
+                "src/lib.rs",
+                fill(include_str!("../templates/rust-aggregate/lib.rs.tmpl")),
+            ),
+            (
+                "plugin.toml",
+                fill(include_str!("../templates/rust-aggregate/plugin.toml.tmpl")),
+            ),
+            ("events.ndjson", events),
+            (".gitignore", "/target\n".to_string()),
+        ]
+        .into_iter()
+        .map(|(p, c)| (dir.join(p), c))
+        .chain(
+            SDK_FILES
+                .iter()
+                .filter(|(p, _)| !p.starts_with("sdk/plugin"))
+                .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+        )
+        .collect()
+    } else if lang == "python" {
         [
             (
                 "app.py",
@@ -403,9 +436,11 @@ pub struct TestSummary {
     pub failed: usize,
 }
 
-/// `runnel plugin test`: runs `wasm` over the NDJSON `input` and writes one line per input
-/// line to `out`: `{"line":N,"fate":"keep|replace|drop|failed|invalid", …}` with the resulting
-/// event, the drop reason, the failure or the validation error.
+/// `runnel plugin test`: runs `wasm` over the NDJSON `input`. For an enricher it writes one
+/// line per input line to `out`: `{"line":N,"fate":"keep|replace|drop|failed|invalid", …}`
+/// with the resulting event, the drop reason, the failure or the validation error. For an
+/// aggregator it writes the invalid lines and failed events, each row the plugin mapped
+/// (`"kind":"row"`), and the rows of every window (`"kind":"window"`) once the input is done.
 pub fn test(
     wasm: &Path,
     input: &Path,
@@ -423,46 +458,28 @@ pub fn test(
     let name = wasm
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-    let mut plugin = runtime
-        .load_enricher(&name, &bytes, params, limits)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let mut plugin = match runtime.load_enricher(&name, &bytes, params.clone(), limits.clone()) {
+        Ok(p) => p,
+        Err(runnel_host::LoadError::Invalid(not_enricher)) => {
+            // Perhaps an aggregator.
+            return match runtime.load_aggregator(&name, &bytes, params, limits) {
+                Ok(agg) => test_aggregator(agg, &text, out),
+                Err(runnel_host::LoadError::Invalid(_)) => {
+                    Err(anyhow::anyhow!("{}: {not_enricher}", wasm.display()))
+                }
+                Err(e) => Err(anyhow::anyhow!("{}: {e}", wasm.display())),
+            };
+        }
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", wasm.display())),
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let env_limits = EnvelopeLimits::default();
-    let mut summary = TestSummary::default();
-    // Each line is either an error now or an event in the batch.
-    // (line number, the event's index in the batch or the error)
-    let mut rows: Vec<(usize, Result<usize, String>)> = Vec::new();
-    let mut w = BatchWriter::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        summary.lines += 1;
-        match runnel_event::parse_event(line, &env_limits, now) {
-            Ok(e) => {
-                w.push(
-                    e.timestamp_ms,
-                    e.received_at_ms,
-                    e.schema_version,
-                    [
-                        Some(&e.event_id),
-                        Some(&e.event_type),
-                        e.user_id.as_deref(),
-                        e.session_id.as_deref(),
-                        e.device_id.as_deref(),
-                        e.platform.as_deref(),
-                        e.app_version.as_deref(),
-                        e.properties.as_deref(),
-                    ],
-                );
-                rows.push((n + 1, Ok(w.len() - 1)));
-            }
-            Err(e) => rows.push((n + 1, Err(e.to_string()))),
-        }
-    }
-    let batch = w.finish();
+    let (rows, batch) = parse_lines(&text, now);
+    let mut summary = TestSummary {
+        lines: rows.len(),
+        ..TestSummary::default()
+    };
     let result = plugin.enrich(&batch)?;
     let view = BatchView::new(&batch)?;
     let repl = if result.replacements.is_empty() {
@@ -508,6 +525,156 @@ pub fn test(
     Ok(summary)
 }
 
+/// For each non-blank input line: its number, and the event's index in the batch or why the
+/// line is not a valid event.
+type Lines = Vec<(usize, Result<usize, String>)>;
+
+/// Parses NDJSON lines into a batch.
+fn parse_lines(text: &str, now: i64) -> (Lines, Vec<u8>) {
+    let env_limits = EnvelopeLimits::default();
+    let mut rows = Vec::new();
+    let mut w = BatchWriter::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match runnel_event::parse_event(line, &env_limits, now) {
+            Ok(e) => {
+                w.push(
+                    e.timestamp_ms,
+                    e.received_at_ms,
+                    e.schema_version,
+                    [
+                        Some(&e.event_id),
+                        Some(&e.event_type),
+                        e.user_id.as_deref(),
+                        e.session_id.as_deref(),
+                        e.device_id.as_deref(),
+                        e.platform.as_deref(),
+                        e.app_version.as_deref(),
+                        e.properties.as_deref(),
+                    ],
+                );
+                rows.push((n + 1, Ok(w.len() - 1)));
+            }
+            Err(e) => rows.push((n + 1, Err(e.to_string()))),
+        }
+    }
+    (rows, w.finish())
+}
+
+fn value_json(v: &runnel_window::Value) -> serde_json::Value {
+    use runnel_window::Value;
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Count(n) => (*n).into(),
+        Value::Num(x) => {
+            serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Quantiles(q) => serde_json::Value::Object(
+            q.iter()
+                .map(|(r, x)| (format!("p{}", (r * 100.0).round()), serde_json::json!(x)))
+                .collect(),
+        ),
+    }
+}
+
+/// `test` for an aggregator: the invalid lines and failed events, every row the plugin mapped,
+/// then the rows of every window as the broker would finalize them (`finish` at the end of the
+/// input; one source, so the watermark follows the input's event times).
+fn test_aggregator(
+    mut agg: runnel_host::Aggregator,
+    text: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<TestSummary> {
+    use runnel_window::{Engine, Input, Settings};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let (lines, batch) = parse_lines(text, now);
+    let mut summary = TestSummary {
+        lines: lines.len(),
+        ..TestSummary::default()
+    };
+    let result = agg.map_batch(&batch)?;
+    let schema = agg.schema().clone();
+    let mut line_of = vec![0usize; lines.len()];
+    for (line, row) in &lines {
+        match row {
+            Ok(i) => line_of[*i] = *line,
+            Err(error) => {
+                summary.invalid += 1;
+                let v = serde_json::json!({"line": line, "fate": "invalid", "error": error});
+                serde_json::to_writer(&mut *out, &v)?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    for (i, f) in &result.failed {
+        summary.failed += 1;
+        let v = serde_json::json!({"line": line_of[*i as usize], "fate": "failed", "kind": f.kind.as_str(), "reason": f.message});
+        serde_json::to_writer(&mut *out, &v)?;
+        out.write_all(b"\n")?;
+    }
+    summary.passed = lines.len() - summary.invalid - summary.failed;
+    let mut engine = Engine::new(schema.clone(), Settings::default())?;
+    let view = BatchView::new(&batch)?;
+    for ev in view.iter() {
+        engine.observe("plugin-test", ev.timestamp_ms(), now);
+    }
+    for r in &result.rows {
+        let mut obj = serde_json::Map::new();
+        obj.insert("kind".into(), "row".into());
+        obj.insert(
+            "event_time".into(),
+            runnel_event::envelope::rfc3339_ms(r.event_time_ms).into(),
+        );
+        for (name, v) in schema.dimensions.iter().zip(&r.dimensions) {
+            obj.insert(name.clone(), v.clone().into());
+        }
+        let inputs: Vec<Input<'_>> = r
+            .inputs
+            .iter()
+            .map(|i| match i {
+                runnel_host::RowInput::Null => Input::Null,
+                runnel_host::RowInput::Num(x) => Input::Num(*x),
+                runnel_host::RowInput::Text(t) => Input::Str(t),
+            })
+            .collect();
+        let key: Vec<&str> = r.dimensions.iter().map(String::as_str).collect();
+        let added = engine.add_row(r.event_time_ms, &key, &inputs);
+        if added != runnel_window::Added::Folded {
+            obj.insert("not_folded".into(), format!("{added:?}").into());
+        }
+        serde_json::to_writer(&mut *out, &serde_json::Value::Object(obj))?;
+        out.write_all(b"\n")?;
+    }
+    let mut windows = engine.advance(now);
+    windows.extend(engine.finish());
+    for w in windows {
+        let mut obj = serde_json::Map::new();
+        obj.insert("kind".into(), "window".into());
+        obj.insert(
+            "window_start".into(),
+            runnel_event::envelope::rfc3339_ms(w.window.start).into(),
+        );
+        obj.insert(
+            "window_end".into(),
+            runnel_event::envelope::rfc3339_ms(w.window.end).into(),
+        );
+        obj.insert("is_final".into(), w.is_final.into());
+        for (name, v) in schema.dimensions.iter().zip(&w.key) {
+            obj.insert(name.clone(), v.clone().into());
+        }
+        for ((name, _), v) in schema.measures.iter().zip(&w.values) {
+            obj.insert(name.clone(), value_json(v));
+        }
+        serde_json::to_writer(&mut *out, &serde_json::Value::Object(obj))?;
+        out.write_all(b"\n")?;
+    }
+    Ok(summary)
+}
+
 #[cfg(test)]
 mod tests {
     /// The SDK's crate doc example is `plugins/tag-team`, which CI builds.
@@ -534,7 +701,11 @@ mod tests {
         let p = dir.path().join("plugin.toml");
         for (text, needle) in [
             ("name = \"Bad\"", "name"),
-            ("name = \"ok\"\nkind = \"aggregate\"", "kind"),
+            ("name = \"ok\"\nkind = \"reduce\"", "kind"),
+            (
+                "name = \"ok\"\nkind = \"aggregate\"\nlang = \"python\"",
+                "aggregators",
+            ),
             ("name = \"ok\"\nlang = \"cobol\"", "lang"),
             ("name = \"ok\"\ncapabilities = [\"network\"]", "capability"),
             ("name = \"ok\"\ncolour = 1", "colour"),

@@ -221,3 +221,71 @@ fn python_plugin_builds_and_runs_in_the_host() {
     assert_eq!(lines[1]["fate"], "keep", "{out}");
     assert_eq!(lines[3]["fate"], "drop", "{out}");
 }
+
+/// `plugin new --kind aggregate`: a project that builds as it is; `test` shows its rows and the
+/// windows the broker's engine makes of them.
+#[test]
+fn new_aggregator_builds_and_tests_with_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("per-type");
+    runnel(
+        &[
+            "plugin",
+            "new",
+            "per-type",
+            "--kind",
+            "aggregate",
+            "--dir",
+            project.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let target = plugin_target_dir();
+    let wasm = runnel(
+        &["plugin", "build", project.to_str().unwrap()],
+        &[("CARGO_TARGET_DIR", &target)],
+    );
+    let input = project.join("events.ndjson");
+    let out = runnel(
+        &[
+            "plugin",
+            "test",
+            wasm.trim(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows = lines.iter().filter(|l| l["kind"] == "row").count();
+    assert_eq!(rows, 3, "{out}");
+    let windows: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "window").collect();
+    assert_eq!(windows.len(), 2, "{out}");
+    let views = windows
+        .iter()
+        .find(|w| w["event_type"] == "page.view")
+        .unwrap();
+    assert_eq!(views["events"], 2);
+    assert_eq!(views["window_start"], "2026-11-21T12:00:00.000Z");
+    assert_eq!(views["window_end"], "2026-11-21T12:01:00.000Z");
+    assert_eq!(views["is_final"], true);
+    // An aggregator cannot be mistaken for an enricher by the broker: it says what it is.
+    let bad = Command::new(bin("runnel"))
+        .args([
+            "plugin",
+            "new",
+            "py-agg",
+            "--kind",
+            "aggregate",
+            "--lang",
+            "python",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("aggregators"));
+}

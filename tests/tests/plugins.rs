@@ -317,6 +317,14 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("component"));
     let r = client
+        .put(format!("http://{}/v1/plugins/agg", p.admin_addr))
+        .body(std::fs::read(plugin("count_by_type")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("an aggregator"));
+    let r = client
         .post(format!("http://{}/v1/plugins/nobody/pause", p.admin_addr))
         .send()
         .await
