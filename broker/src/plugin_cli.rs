@@ -296,7 +296,8 @@ struct Artifact {
     filenames: Vec<PathBuf>,
 }
 
-/// `runnel plugin build`: builds the plugin in `dir` and returns the component's path.
+/// `runnel plugin build`: builds the plugin in `dir` and returns the component's path, which
+/// is always inside `dir` (under `target/`), next to the manifest `test` and `deploy` read.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest_path = dir.join("plugin.toml");
     let manifest = Manifest::read(&manifest_path)?;
@@ -326,7 +327,19 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .flat_map(|a| a.filenames)
         .rfind(|f| f.extension().is_some_and(|e| e == "wasm"))
         .ok_or_else(|| anyhow::anyhow!("cargo built no .wasm (is crate-type cdylib?)"))?;
-    Ok(wasm)
+    // With a target dir outside the project (CARGO_TARGET_DIR), copy the component into the
+    // project, so that `test` and `deploy` find its plugin.toml above it.
+    let project = std::fs::canonicalize(dir)?;
+    if wasm.starts_with(&project) {
+        return Ok(wasm);
+    }
+    let local = project
+        .join("target")
+        .join(wasm.file_name().expect("a file"));
+    std::fs::create_dir_all(project.join("target"))?;
+    std::fs::copy(&wasm, &local)
+        .with_context(|| format!("copying {} to {}", wasm.display(), local.display()))?;
+    Ok(local)
 }
 
 /// The first of `candidates` (relative to `dir`'s ancestors) that exists: the SDK vendored in

@@ -54,6 +54,12 @@ fn new_build_test_works_on_a_fresh_project() {
     );
     let wasm = PathBuf::from(wasm.trim());
     assert!(wasm.is_file(), "{} is not a file", wasm.display());
+    // In the project, whatever the cargo target dir, so the manifest is found above it.
+    assert!(
+        wasm.starts_with(std::fs::canonicalize(&project).unwrap()),
+        "{}",
+        wasm.display()
+    );
     let input = project.join("events.ndjson");
     let out = runnel(
         &[
