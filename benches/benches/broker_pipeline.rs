@@ -52,11 +52,7 @@ fn component(target: &Path, name: &str) -> Vec<u8> {
 }
 
 fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
-    use sha2::Digest;
-    let sha: String = sha2::Sha256::digest(wasm)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = runnel_broker::registry::sha256_hex(wasm);
     registry
         .deploy(
             Deploy {

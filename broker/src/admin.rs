@@ -381,11 +381,7 @@ async fn deploy_plugin(
     };
     let a2 = a.clone();
     let result = tokio::task::spawn_blocking(move || {
-        use sha2::Digest;
-        let sha: String = sha2::Sha256::digest(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = registry::sha256_hex(&body);
         // Load it exactly as the pipeline will: a component that fails here is refused.
         let limits = pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation);
         if let Err(e) =

@@ -133,7 +133,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// The Python SDK and the WIT, vendored by `new --lang python`.
-const PYTHON_SDK_FILES: &[(&str, &str)] = &[
+const PYTHON_SDK_FILES: &[SdkFile] = &[
     ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
     (
         "python/runnel_plugin.py",
@@ -141,8 +141,11 @@ const PYTHON_SDK_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// A vendored SDK file: its path under `.runnel/` and its contents.
+type SdkFile = (&'static str, &'static str);
+
 /// The vendored SDK: every file `new` writes under `.runnel/`.
-const SDK_FILES: &[(&str, &str)] = &[
+const SDK_FILES: &[SdkFile] = &[
     ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
     (
         "sdk/plugin/src/lib.rs",
@@ -183,80 +186,77 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
         bail!("{} exists and is not empty", dir.display());
     }
     let fill = |t: &str| t.replace("{name}", name);
-    let events = include_str!("../templates/rust/events.ndjson").to_string();
-    let files: Vec<(PathBuf, String)> = if kind == "aggregate" {
-        [
-            (
-                "Cargo.toml",
-                fill(include_str!("../templates/rust-aggregate/Cargo.toml.tmpl")),
-            ),
-            (
-                "src/lib.rs",
-                fill(include_str!("../templates/rust-aggregate/lib.rs.tmpl")),
-            ),
-            (
-                "plugin.toml",
-                fill(include_str!("../templates/rust-aggregate/plugin.toml.tmpl")),
-            ),
-            ("events.ndjson", events),
-            (".gitignore", "/target\n".to_string()),
-        ]
-        .into_iter()
-        .map(|(p, c)| (dir.join(p), c))
-        .chain(
+    // The project's own files (templates with the name filled in) and the SDK files vendored
+    // under `.runnel/`.
+    let (own, vendored): (Vec<(&str, String)>, Vec<&SdkFile>) = if kind == "aggregate" {
+        (
+            vec![
+                (
+                    "Cargo.toml",
+                    fill(include_str!("../templates/rust-aggregate/Cargo.toml.tmpl")),
+                ),
+                (
+                    "src/lib.rs",
+                    fill(include_str!("../templates/rust-aggregate/lib.rs.tmpl")),
+                ),
+                (
+                    "plugin.toml",
+                    fill(include_str!("../templates/rust-aggregate/plugin.toml.tmpl")),
+                ),
+            ],
             SDK_FILES
                 .iter()
                 .filter(|(p, _)| !p.starts_with("sdk/plugin"))
-                .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+                .collect(),
         )
-        .collect()
     } else if lang == "python" {
-        [
-            (
-                "app.py",
-                fill(include_str!("../templates/python/app.py.tmpl")),
-            ),
-            (
-                "plugin.toml",
-                fill(include_str!("../templates/python/plugin.toml.tmpl")),
-            ),
-            ("events.ndjson", events),
-            (".gitignore", "/target\n".to_string()),
-        ]
-        .into_iter()
-        .map(|(p, c)| (dir.join(p), c))
-        .chain(
-            PYTHON_SDK_FILES
-                .iter()
-                .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
+        (
+            vec![
+                (
+                    "app.py",
+                    fill(include_str!("../templates/python/app.py.tmpl")),
+                ),
+                (
+                    "plugin.toml",
+                    fill(include_str!("../templates/python/plugin.toml.tmpl")),
+                ),
+            ],
+            PYTHON_SDK_FILES.iter().collect(),
         )
-        .collect()
     } else {
-        [
-            (
-                "Cargo.toml",
-                fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
-            ),
-            (
-                "src/lib.rs",
-                fill(include_str!("../templates/rust/lib.rs.tmpl")),
-            ),
-            (
-                "plugin.toml",
-                fill(include_str!("../templates/rust/plugin.toml.tmpl")),
-            ),
-            ("events.ndjson", events),
-            (".gitignore", "/target\n".to_string()),
-        ]
+        (
+            vec![
+                (
+                    "Cargo.toml",
+                    fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
+                ),
+                (
+                    "src/lib.rs",
+                    fill(include_str!("../templates/rust/lib.rs.tmpl")),
+                ),
+                (
+                    "plugin.toml",
+                    fill(include_str!("../templates/rust/plugin.toml.tmpl")),
+                ),
+            ],
+            SDK_FILES.iter().collect(),
+        )
+    };
+    let files = own
         .into_iter()
+        .chain([
+            (
+                "events.ndjson",
+                include_str!("../templates/rust/events.ndjson").to_string(),
+            ),
+            (".gitignore", "/target\n".to_string()),
+        ])
         .map(|(p, c)| (dir.join(p), c))
         .chain(
-            SDK_FILES
-                .iter()
+            vendored
+                .into_iter()
                 .map(|(p, c)| (dir.join(".runnel").join(p), (*c).to_string())),
-        )
-        .collect()
-    };
+        );
     for (path, contents) in files {
         std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
@@ -553,21 +553,7 @@ fn parse_lines(text: &str, now: i64) -> (Lines, Vec<u8>) {
         }
         match runnel_event::parse_event(line, &env_limits, now) {
             Ok(e) => {
-                w.push(
-                    e.timestamp_ms,
-                    e.received_at_ms,
-                    e.schema_version,
-                    [
-                        Some(&e.event_id),
-                        Some(&e.event_type),
-                        e.user_id.as_deref(),
-                        e.session_id.as_deref(),
-                        e.device_id.as_deref(),
-                        e.platform.as_deref(),
-                        e.app_version.as_deref(),
-                        e.properties.as_deref(),
-                    ],
-                );
+                runnel_agent::edge::push_event(&mut w, &e);
                 rows.push((n + 1, Ok(w.len() - 1)));
             }
             Err(e) => rows.push((n + 1, Err(e.to_string()))),

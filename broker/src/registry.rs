@@ -180,6 +180,15 @@ pub enum RegistryError {
     Storage(#[from] anyhow::Error),
 }
 
+/// The hex SHA-256 of a component: its identity in the registry and on disk.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Checks a plugin name: `[a-z][a-z0-9_-]{0,63}`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = name.len() <= 64

@@ -87,12 +87,8 @@ fn settings() -> Settings {
 }
 
 fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &str)]) {
-    use sha2::Digest;
     let bytes = wasm(component);
-    let sha: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = runnel_broker::registry::sha256_hex(&bytes);
     registry
         .deploy(
             Deploy {

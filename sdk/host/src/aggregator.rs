@@ -3,7 +3,7 @@
 //! fails is retried on halves of the batch until the events that fail are found; those events
 //! fail, the rows of the others are kept.
 
-use runnel_batch::{BatchView, BatchWriter};
+use runnel_batch::BatchView;
 use runnel_window::{CalendarUnit, MeasureKind, Schema, WindowSpec};
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
@@ -291,19 +291,9 @@ impl Aggregator {
             }
             return;
         }
-        let owned;
-        let bytes: &[u8] = if start == 0 && end == view.len() {
-            whole
-        } else {
-            let mut w = BatchWriter::new();
-            for i in start..end {
-                w.push_ref(&view.event(i));
-            }
-            owned = w.finish();
-            &owned
-        };
+        let bytes = crate::sub_batch(view, whole, start, end);
         out.calls += 1;
-        match self.call(bytes) {
+        match self.call(&bytes) {
             Ok(rows) => out.rows.extend(rows.into_iter().map(|r| {
                 AggRow {
                     event_time_ms: r.event_time_ms,

@@ -435,6 +435,24 @@ fn wasi_ctx(stderr: &wasmtime_wasi::p2::pipe::MemoryOutputPipe, caps: Capabiliti
     b.build()
 }
 
+/// Events `start..end` of a batch as a batch of their own (the batch itself when that is all
+/// of it): what a call gets while failing events are isolated.
+fn sub_batch<'a>(
+    view: &BatchView<'_>,
+    whole: &'a [u8],
+    start: usize,
+    end: usize,
+) -> std::borrow::Cow<'a, [u8]> {
+    if start == 0 && end == view.len() {
+        return std::borrow::Cow::Borrowed(whole);
+    }
+    let mut w = BatchWriter::new();
+    for i in start..end {
+        w.push_ref(&view.event(i));
+    }
+    std::borrow::Cow::Owned(w.finish())
+}
+
 /// Epoch ticks for a deadline (at least one).
 fn deadline_ticks(deadline: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
@@ -727,19 +745,9 @@ impl Enricher {
             }
             return;
         }
-        let owned;
-        let bytes: &[u8] = if start == 0 && end == view.len() {
-            whole
-        } else {
-            let mut w = BatchWriter::new();
-            for i in start..end {
-                w.push_ref(&view.event(i));
-            }
-            owned = w.finish();
-            &owned
-        };
+        let bytes = sub_batch(view, whole, start, end);
         out.calls += 1;
-        let result = self.call(bytes, end - start);
+        let result = self.call(&bytes, end - start);
         let took = self.last_call;
         out.slowest_call = out.slowest_call.max(took);
         metrics::histogram!("runnel_plugin_call_seconds", "plugin" => self.name.clone())
