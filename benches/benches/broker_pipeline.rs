@@ -1,5 +1,6 @@
-//! The broker pipeline alone: events/s through chains of enrichers, read from a log on disk,
-//! with offsets and counts committed per batch (redb) as in the broker. No network, no agent.
+//! The broker pipeline alone: events/s through chains of enrichers and aggregators, read from
+//! a log on disk, with offsets and counts committed (redb) as in the broker: per batch without
+//! aggregators, every 100 ms with the window state when aggregators run. No network, no agent.
 //!
 //! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
 //! cargo bench -p runnel-benches --bench broker_pipeline`.
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use runnel_benches::{machine, median};
 use runnel_broker::log::{BrokerLog, check_batch};
-use runnel_broker::pipeline::{Isolation, Pipeline, Settings};
+use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
 use runnel_broker::registry::{Deploy, PluginLimits, Registry};
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::FsStorage;
@@ -51,6 +52,9 @@ fn component(target: &Path, name: &str) -> Vec<u8> {
     )
 }
 
+/// The example aggregators (the rest are enrichers).
+const AGGREGATORS: &[&str] = &["events_per_type", "revenue", "unique_users"];
+
 fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
     let sha = runnel_broker::registry::sha256_hex(wasm);
     registry
@@ -66,6 +70,12 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
                     fuel_per_call: None,
                 },
                 capabilities: vec![],
+                kind: if AGGREGATORS.contains(&name) {
+                    "aggregate"
+                } else {
+                    "enrich"
+                }
+                .into(),
             },
             wasm,
             &sha,
@@ -113,6 +123,12 @@ fn main() {
             "geo-enrich + sampler + noop",
             &["geo_enrich", "sampler", "noop"],
         ),
+        ("events_per_type (aggregator, 1 min)", &["events_per_type"]),
+        ("unique_users (aggregator, distinct)", &["unique_users"]),
+        (
+            "geo-enrich + revenue (sum, quantiles)",
+            &["geo_enrich", "revenue"],
+        ),
     ];
     for (i, (label, chain)) in chains.iter().enumerate() {
         let mut rates = Vec::new();
@@ -120,23 +136,27 @@ fn main() {
             let state = dir.path().join(format!("state-{i}-{run}"));
             let registry = Registry::open(&state).unwrap();
             for name in *chain {
-                deploy(
-                    &registry,
-                    &name.replace('_', "-"),
-                    &component(&target, name),
-                );
+                let deployed = if AGGREGATORS.contains(name) {
+                    name.to_string()
+                } else {
+                    name.replace('_', "-")
+                };
+                deploy(&registry, &deployed, &component(&target, name));
             }
-            let (dead, _) = runnel_broker::topic::open(
-                Arc::new(FsStorage),
-                &state.join("dead_letters"),
-                128 << 20,
-            )
-            .unwrap();
+            let topic = |name: &str| {
+                runnel_broker::topic::open(Arc::new(FsStorage), &state.join(name), 128 << 20)
+                    .unwrap()
+                    .0
+            };
+            let topics = Topics {
+                dead_letters: topic("dead_letters"),
+                late_events: topic("late_events"),
+            };
             let pipeline = Pipeline::start(
                 host.clone(),
                 registry.clone(),
                 log.clone(),
-                dead,
+                topics,
                 Settings {
                     batch_events: 1024,
                     pause_after_failing_batches: 3,
@@ -144,10 +164,12 @@ fn main() {
                         calls_max: 2048,
                         time_max: Duration::from_secs(2),
                     },
+                    commit_interval: Duration::from_millis(100),
+                    window: runnel_window::Settings::default(),
                 },
             )
             .unwrap();
-            // Timed from the first committed batch, so loading the plugins does not count.
+            // Timed from the first commit, so loading the plugins does not count.
             let offset = || pipeline.shared.offset.load(Ordering::Acquire);
             while offset() == 0 {
                 std::thread::sleep(Duration::from_micros(200));

@@ -33,6 +33,8 @@ pub struct Admin {
     pub log: BrokerLog,
     /// The `dead_letters` topic.
     pub dead_letters: runnel_segment::LogReader,
+    /// The `late_events` topic.
+    pub late_events: runnel_segment::LogReader,
     /// The plugin registry.
     pub registry: Registry,
     /// The plugin runtime (deploys are test-loaded in it).
@@ -69,6 +71,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
             "/v1/plugins/{name}/resume",
             axum::routing::post(resume_plugin),
         )
+        .route("/v1/aggregates", get(list_aggregates))
+        .route("/v1/aggregates/{name}/rows", get(aggregate_rows))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -116,11 +120,16 @@ async fn read(
             crate::topic::TOPICS
         ));
     }
-    let (log, dead, from) = (a.log.clone(), a.dead_letters.clone(), q.from.unwrap_or(0));
+    let (log, from) = (a.log.clone(), q.from.unwrap_or(0));
+    let side = match topic.as_str() {
+        "dead_letters" => Some(a.dead_letters.clone()),
+        "late_events" => Some(a.late_events.clone()),
+        _ => None,
+    };
     let result = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        if topic == "dead_letters" {
-            crate::topic::read_entries(&dead, from, limit, |entry| {
+        if let Some(reader) = side {
+            crate::topic::read_entries(&reader, from, limit, |entry| {
                 out.extend_from_slice(entry);
                 out.push(b'\n');
             })
@@ -304,6 +313,7 @@ fn parse_deploy(
         params: Vec::new(),
         limits: ceilings,
         capabilities: Vec::new(),
+        kind: "enrich".into(),
     };
     let num = |k: &str, v: &str| {
         v.parse::<u64>()
@@ -384,21 +394,25 @@ async fn deploy_plugin(
         let sha = registry::sha256_hex(&body);
         // Load it exactly as the pipeline will: a component that fails here is refused.
         let limits = pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation);
-        if let Err(e) =
-            a2.runtime
-                .load_enricher(&req.name, &body, req.params.clone(), limits.clone())
+        let mut req = req;
+        match a2
+            .runtime
+            .load_enricher(&req.name, &body, req.params.clone(), limits.clone())
         {
-            if matches!(e, runnel_host::LoadError::Invalid(_))
-                && a2
-                    .runtime
-                    .load_aggregator(&req.name, &body, req.params.clone(), limits)
-                    .is_ok()
-            {
-                return Err(bad_request(
-                    "component: an aggregator; this broker's pipeline runs enrichers only (aggregators are not wired into it yet)".into(),
-                ));
+            Ok(_) => req.kind = "enrich".into(),
+            Err(e) => {
+                let agg = if matches!(e, runnel_host::LoadError::Invalid(_)) {
+                    a2.runtime
+                        .load_aggregator(&req.name, &body, req.params.clone(), limits)
+                        .ok()
+                } else {
+                    None
+                };
+                if agg.is_none() {
+                    return Err(bad_request(format!("component: {e}")));
+                }
+                req.kind = "aggregate".into();
             }
-            return Err(bad_request(format!("component: {e}")));
         }
         let (record, changed) = a2
             .registry
@@ -472,6 +486,127 @@ async fn remove_plugin(
     match tokio::task::spawn_blocking(move || a.registry.remove(&name)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => registry_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// How long the admin API waits for the pipeline thread to answer.
+const PIPELINE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn ask_pipeline<T>(
+    a: &Admin,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::aggregate::Query,
+) -> Result<T, Response> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let unavailable = |why: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": format!("pipeline: {why}") })),
+        )
+            .into_response()
+    };
+    if a.pipeline.ask(make(tx)).is_none() {
+        return Err(unavailable("not running"));
+    }
+    match tokio::time::timeout(PIPELINE_ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(unavailable("stopped before answering")),
+        Err(_) => Err(unavailable("busy; no answer within 10 s")),
+    }
+}
+
+/// `GET /v1/aggregates`: every running aggregate (name, window, columns, watermark, lag).
+async fn list_aggregates(State(a): State<Arc<Admin>>) -> Response {
+    match ask_pipeline(&a, crate::aggregate::Query::List).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct RowsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_time(field: &str, v: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{field}: {v:?} is not an RFC 3339 time ({e})"))
+}
+
+/// `GET /v1/aggregates/NAME/rows?from=RFC3339&to=RFC3339&limit=N`: NDJSON rows whose window
+/// starts in `[from, to)`, in window then key order: final rows (committed or about to be)
+/// and the rows of open windows (`is_final: false`).
+async fn aggregate_rows(
+    State(a): State<Arc<Admin>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    q: Result<Query<RowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(format!("query: {e}")),
+    };
+    let range = (|| {
+        let from = q
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?;
+        let to = q.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
+        Ok::<_, String>((from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)))
+    })();
+    let (from, to) = match range {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let limit = q.limit.unwrap_or(a.read_limit_max);
+    if limit > a.read_limit_max {
+        return bad_request(format!(
+            "limit: {limit} exceeds log_read_limit_max ({})",
+            a.read_limit_max
+        ));
+    }
+    let n = name.clone();
+    let live =
+        match ask_pipeline(&a, |reply| crate::aggregate::Query::Rows { name: n, reply }).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(serde_json::json!({ "error": e })),
+                )
+                    .into_response();
+            }
+            Err(r) => return r,
+        };
+    let registry = a.registry.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let (meta, in_memory) = live;
+        let mut rows: std::collections::BTreeMap<(i64, i64, Vec<u8>), (registry::FinalRow, bool)> =
+            std::collections::BTreeMap::new();
+        for r in registry.final_rows(&name, from, to, limit)? {
+            rows.insert((r.start, r.end, r.key.clone()), (r, true));
+        }
+        for (r, is_final) in in_memory {
+            if r.start >= from && r.start < to {
+                rows.entry((r.start, r.end, r.key.clone()))
+                    .or_insert((r, is_final));
+            }
+        }
+        let mut out = Vec::new();
+        for (r, is_final) in rows.values().take(limit) {
+            serde_json::to_writer(&mut out, &crate::aggregate::row_json(&meta, r, *is_final))
+                .expect("serializing to memory");
+            out.push(b'\n');
+        }
+        anyhow::Ok(out)
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

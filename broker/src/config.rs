@@ -56,6 +56,23 @@ settings! {
     /// A plugin is paused after this many failing batches in a row (more than half of the
     /// batch's events failed).
     plugin_pause_after_failing_batches: u32 [u32] = 3;
+    /// With aggregators deployed, how often the pipeline commits its offset, the window state
+    /// and the final rows (one redb transaction); also when it catches up with the log. A crash
+    /// replays at most this much from the log.
+    aggregate_commit_interval_ms: u64 [u64] = 1000;
+    /// A source's (agent's) watermark is the latest event time it sent minus this.
+    watermark_out_of_orderness_ms: i64 [i64] = 5000;
+    /// A source whose events stopped arriving this long ago (by the events' `received_at`)
+    /// stops holding the watermark back.
+    watermark_source_idle_ms: i64 [i64] = 60_000;
+    /// Most distinct dimension tuples in one window pane of one aggregate; rows past it are
+    /// refused, counted and sent to `dead_letters`.
+    aggregate_keys_per_window_max: usize [usize] = 1_000_000;
+    /// Most open panes (or sessions) of one aggregate; rows past it are refused likewise.
+    aggregate_open_windows_max: usize [usize] = 100_000;
+    /// Most bytes of window state of one aggregate (approximate); rows past it are refused
+    /// likewise.
+    aggregate_state_bytes_max: usize [usize] = 1 << 30;
 }
 
 impl BrokerConfig {
@@ -119,6 +136,24 @@ impl BrokerConfig {
         }
         if self.plugin_pause_after_failing_batches == 0 {
             return fail("plugin_pause_after_failing_batches", "must be > 0");
+        }
+        if self.aggregate_commit_interval_ms == 0 {
+            return fail("aggregate_commit_interval_ms", "must be > 0");
+        }
+        if self.watermark_out_of_orderness_ms < 0 {
+            return fail("watermark_out_of_orderness_ms", "must be >= 0");
+        }
+        if self.watermark_source_idle_ms <= 0 {
+            return fail("watermark_source_idle_ms", "must be > 0");
+        }
+        if self.aggregate_keys_per_window_max == 0 {
+            return fail("aggregate_keys_per_window_max", "must be > 0");
+        }
+        if self.aggregate_open_windows_max == 0 {
+            return fail("aggregate_open_windows_max", "must be > 0");
+        }
+        if self.aggregate_state_bytes_max == 0 {
+            return fail("aggregate_state_bytes_max", "must be > 0");
         }
         Ok(())
     }

@@ -5,13 +5,15 @@
 //! - [`quic`]: the endpoint agents ship batches to;
 //! - [`log`]: the durable, idempotent event log;
 //! - [`registry`]: deployed plugins and the pipeline's committed state (redb);
-//! - [`topic`]: side topics of the log (`dead_letters`);
-//! - [`pipeline`]: runs the deployed enrichers over the log;
+//! - [`topic`]: side topics of the log (`dead_letters`, `late_events`);
+//! - [`pipeline`]: runs the deployed enrichers and aggregators over the log;
+//! - [`aggregate`]: windowed aggregates: state, rows, what `runnel agg` shows;
 //! - [`plugin_cli`]: `runnel plugin new/build/test`;
 //! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
 //! - [`dev`]: `runnel dev`, broker and agent on one data dir.
 
 pub mod admin;
+pub mod aggregate;
 pub mod config;
 pub mod dev;
 pub mod log;
@@ -101,6 +103,11 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         &cfg.data_dir.join("topics").join("dead_letters"),
         cfg.segment_bytes_max,
     )?;
+    let (late_events, late_events_reader) = topic::open(
+        storage.clone(),
+        &cfg.data_dir.join("topics").join("late_events"),
+        cfg.segment_bytes_max,
+    )?;
     let isolation = pipeline::Isolation {
         calls_max: cfg.plugin_isolation_calls_max,
         time_max: std::time::Duration::from_millis(cfg.plugin_isolation_time_ms),
@@ -109,11 +116,22 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         runtime.clone(),
         registry.clone(),
         log.clone(),
-        dead_letters,
+        pipeline::Topics {
+            dead_letters,
+            late_events,
+        },
         pipeline::Settings {
             batch_events: cfg.pipeline_batch_events,
             pause_after_failing_batches: cfg.plugin_pause_after_failing_batches,
             isolation,
+            commit_interval: std::time::Duration::from_millis(cfg.aggregate_commit_interval_ms),
+            window: runnel_window::Settings {
+                out_of_orderness_ms: cfg.watermark_out_of_orderness_ms,
+                source_idle_ms: cfg.watermark_source_idle_ms,
+                keys_per_window_max: cfg.aggregate_keys_per_window_max,
+                open_windows_max: cfg.aggregate_open_windows_max,
+                state_bytes_max: cfg.aggregate_state_bytes_max,
+            },
         },
     )?;
 
@@ -138,6 +156,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         read_limit_max: cfg.log_read_limit_max,
         metrics,
         dead_letters: dead_letters_reader,
+        late_events: late_events_reader,
         registry: registry.clone(),
         runtime,
         pipeline: pipeline.shared.clone(),

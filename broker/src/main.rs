@@ -57,6 +57,39 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PluginCmd,
     },
+    /// Windowed aggregates: list them, read their rows.
+    Agg {
+        #[command(subcommand)]
+        cmd: AggCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AggCmd {
+    /// Print a JSON array: each aggregate's name, window, columns, watermark and lag.
+    List {
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
+    /// Print an aggregate's rows as NDJSON (window_start, window_end, is_final, dimensions,
+    /// measures), final and open, in window order.
+    Read {
+        /// The aggregate (its plugin's name).
+        name: String,
+        /// Only windows starting at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only windows starting before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Most rows to print (at most the broker's log_read_limit_max).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The broker's admin address.
+        #[arg(long, default_value = "127.0.0.1:8713")]
+        admin_addr: SocketAddr,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,7 +216,7 @@ enum LogCmd {
         /// Most events to print.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// `events` (the log) or `dead_letters`.
+        /// `events` (the log), `dead_letters` or `late_events`.
         #[arg(long, default_value = "events")]
         topic: String,
     },
@@ -255,6 +288,7 @@ fn try_main() -> anyhow::Result<()> {
         }
         Cmd::Log { cmd } => runtime()?.block_on(log_cmd(cmd)),
         Cmd::Plugin { cmd } => plugin_cmd(cmd),
+        Cmd::Agg { cmd } => runtime()?.block_on(agg_cmd(cmd)),
     }
 }
 
@@ -475,6 +509,49 @@ async fn log_cmd(cmd: LogCmd) -> anyhow::Result<()> {
             let topic: String = form_urlencoded::byte_serialize(topic.as_bytes()).collect();
             let mut resp = get(&format!(
                 "http://{admin_addr}/v1/log/read?from={from}&limit={limit}&topic={topic}"
+            ))
+            .await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = resp.chunk().await? {
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn agg_cmd(cmd: AggCmd) -> anyhow::Result<()> {
+    use std::io::Write;
+    match cmd {
+        AggCmd::List { admin_addr } => {
+            let v: serde_json::Value = get(&format!("http://{admin_addr}/v1/aggregates"))
+                .await?
+                .json()
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AggCmd::Read {
+            name,
+            from,
+            to,
+            limit,
+            admin_addr,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in [
+                ("from", from),
+                ("to", to),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
+                if let Some(v) = v {
+                    q.append_pair(k, &v);
+                }
+            }
+            let name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+            let mut resp = get(&format!(
+                "http://{admin_addr}/v1/aggregates/{name}/rows?{}",
+                q.finish()
             ))
             .await?;
             let mut out = std::io::stdout().lock();

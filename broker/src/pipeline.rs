@@ -1,5 +1,6 @@
-//! The broker pipeline: reads the log from its committed offset and runs the deployed enrichers
-//! over each batch, in order.
+//! The broker pipeline: reads the log from its committed offset, runs the deployed enrichers
+//! over each batch, in order, and folds what comes out into the windows of every deployed
+//! aggregator ([`crate::aggregate`]).
 //!
 //! ## One batch
 //! 1. At the batch boundary, if the registry changed (a deploy, pause, resume or remove), the
@@ -14,23 +15,36 @@
 //!    `hold` the batch is abandoned (nothing of it is committed) and the pipeline waits at that
 //!    offset until the plugin is redeployed, resumed or removed; with `skip` the batch and those
 //!    after it pass the plugin untouched.
-//! 5. The batch's dead letters are appended and synced, then the new offset and every plugin's
-//!    counts are committed in one redb transaction. After a crash the pipeline resumes from the
-//!    committed offset: counts describe each event once, and dead letters the topic already
-//!    holds are not written again.
-//!
-//! What comes out of the chain is handed to windowed aggregation once it exists; until then the
-//! chain's output is counted (`events_out`) and not kept.
+//! 5. Each running aggregator maps the chain's output to rows (one call per batch; failures as
+//!    for enrichers). Then, event by event in log order, each aggregator folds the event's rows
+//!    into its windows, observes the event (its agent, event time and `received_at`) and
+//!    advances its watermark; rows of windows that become final are kept for the commit. An
+//!    event whose rows all fall in final windows goes to the `late_events` topic; a row refused
+//!    by a window limit sends its event to `dead_letters`.
+//! 6. The dead letters and late events are appended; at the commit they are synced, then the
+//!    new offset, every plugin's counts, every aggregator's window snapshot and its new final
+//!    rows are committed in one redb transaction. Without aggregators that happens after
+//!    every batch; with them every `aggregate_commit_interval_ms` and whenever the pipeline
+//!    catches up. After a crash the pipeline resumes from the committed offset with the
+//!    committed window state: counts and rows describe each event once, and entries the side
+//!    topics already hold are not written again.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::mpsc;
+use std::time::Instant;
+
 use runnel_batch::{BatchView, BatchWriter};
 use runnel_host::{Enricher, Fate, Limits, Runtime};
+use runnel_window::{Added, Engine, Input};
 
+use crate::aggregate::{self, AggRun, Query};
 use crate::log::BrokerLog;
-use crate::registry::{Pause, PluginLimits, PluginRecord, PluginStats, Policy, Registry, Status};
+use crate::registry::{
+    AggregateCommit, Pause, PluginLimits, PluginRecord, PluginStats, Policy, Registry, Status,
+};
 use crate::topic::TopicWriter;
 
 /// How long the pipeline sleeps when it has caught up with the log.
@@ -50,6 +64,10 @@ pub struct Settings {
     pub pause_after_failing_batches: u32,
     /// How much isolating the failing events of one batch may cost.
     pub isolation: Isolation,
+    /// How often progress is committed while aggregators run (`aggregate_commit_interval_ms`).
+    pub commit_interval: Duration,
+    /// Watermark settings and window limits of every aggregate.
+    pub window: runnel_window::Settings,
 }
 
 /// Bounds of isolating the failing events of one batch (`plugin_isolation_calls_max`,
@@ -83,6 +101,20 @@ pub struct Shared {
     pub offset: AtomicU64,
     /// The last storage failure, while it lasts.
     pub failure: Mutex<Option<String>>,
+    /// Questions for the pipeline thread about its aggregates.
+    pub queries: Mutex<Option<mpsc::Sender<Query>>>,
+}
+
+impl Shared {
+    /// Asks the pipeline thread; `None` if it is not running.
+    pub fn ask(&self, q: Query) -> Option<()> {
+        self.queries
+            .lock()
+            .expect("lock poisoned")
+            .as_ref()?
+            .send(q)
+            .ok()
+    }
 }
 
 /// The running pipeline thread.
@@ -100,23 +132,28 @@ impl Pipeline {
         runtime: Runtime,
         registry: Registry,
         log: BrokerLog,
-        dead_letters: TopicWriter,
+        topics: Topics,
         settings: Settings,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared::default());
-        shared
-            .offset
-            .store(registry.pipeline_offset()?, Ordering::Release);
+        let committed = registry.pipeline_offset()?;
+        shared.offset.store(committed, Ordering::Release);
+        let (tx, queries) = mpsc::channel();
+        *shared.queries.lock().expect("lock poisoned") = Some(tx);
         let mut worker = Worker {
             runtime,
             registry,
             log,
-            dead_letters,
+            topics,
             settings,
             stages: Vec::new(),
             seen_generation: 0,
             shared: shared.clone(),
+            progress: committed,
+            pending_pauses: Vec::new(),
+            last_commit: Instant::now(),
+            queries,
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -144,13 +181,27 @@ impl Drop for Pipeline {
     }
 }
 
+/// The side topics the pipeline writes.
+#[derive(Debug)]
+pub struct Topics {
+    /// `dead_letters`: events a plugin failed on, or a window limit refused.
+    pub dead_letters: TopicWriter,
+    /// `late_events`: events whose rows all fell in final windows.
+    pub late_events: TopicWriter,
+}
+
 struct Stage {
     record: PluginRecord,
     enricher: Option<Enricher>,
+    agg: Option<AggRun>,
     stats: PluginStats,
 }
 
 impl Stage {
+    fn is_aggregator(&self) -> bool {
+        self.record.kind == "aggregate"
+    }
+
     fn version(&self) -> &str {
         &self.record.active
     }
@@ -164,11 +215,81 @@ struct Worker {
     runtime: Runtime,
     registry: Registry,
     log: BrokerLog,
-    dead_letters: TopicWriter,
+    topics: Topics,
     settings: Settings,
     stages: Vec<Stage>,
     seen_generation: u64,
     shared: Arc<Shared>,
+    /// The offset processed up to (committed or not).
+    progress: u64,
+    /// Automatic pauses not yet committed.
+    pending_pauses: Vec<Pause>,
+    last_commit: Instant,
+    queries: mpsc::Receiver<Query>,
+}
+
+/// What a plugin loads as.
+enum Loaded {
+    Enricher(Enricher),
+    Aggregator(AggRun),
+}
+
+/// What a plugin's failures in one batch mean for the batch.
+enum Verdict {
+    /// Go on with its output.
+    Go,
+    /// It was just paused with `hold`: abandon the batch.
+    Hold,
+    /// It was just paused with `skip`: the batch passes it untouched.
+    Skip,
+}
+
+/// Counts one batch of `n` events, `failed` of which the plugin failed on, and pauses the
+/// plugin after `pause_after` failing batches in a row.
+fn count_batch(
+    stage: &mut Stage,
+    n: usize,
+    failed: usize,
+    first_failure: Option<String>,
+    pause_after: u32,
+    pauses: &mut Vec<Pause>,
+) -> Verdict {
+    let s = &mut stage.stats;
+    s.batches += 1;
+    *s.events_in_by_version
+        .entry(stage.record.active.clone())
+        .or_default() += n as u64;
+    s.events_in += n as u64;
+    if first_failure.is_some() {
+        s.last_error = first_failure;
+    }
+    if failed * 2 > n {
+        s.failing_batches_in_a_row += 1;
+    } else {
+        s.failing_batches_in_a_row = 0;
+    }
+    if failed == 0 || s.failing_batches_in_a_row < pause_after {
+        return Verdict::Go;
+    }
+    let reason = format!(
+        "paused after {} failing batches in a row (plugin_pause_after_failing_batches); last error: {}",
+        s.failing_batches_in_a_row,
+        s.last_error.as_deref().unwrap_or("")
+    );
+    tracing::warn!(plugin = %stage.record.name, %reason, "pausing plugin");
+    stage.record.status = Status::Paused;
+    stage.record.paused_reason = Some(reason.clone());
+    pauses.push(Pause {
+        name: stage.record.name.clone(),
+        position: stage.record.position,
+        version: stage.record.active.clone(),
+        reason,
+    });
+    if stage.record.policy == Policy::Hold {
+        Verdict::Hold
+    } else {
+        Verdict::Skip
+    }
 }
 
 /// A failed event on its way to `dead_letters`.
@@ -185,6 +306,7 @@ enum Step {
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
+            self.answer_queries();
             match self.step() {
                 Ok(Step::Progressed) => {
                     *self.shared.failure.lock().expect("lock poisoned") = None;
@@ -194,10 +316,73 @@ impl Worker {
                     tracing::error!(error = format!("{e:#}"), "pipeline failed; retrying");
                     metrics::counter!("runnel_pipeline_failures_total").increment(1);
                     *self.shared.failure.lock().expect("lock poisoned") = Some(format!("{e:#}"));
-                    // Forget uncommitted state: the next attempt starts from the registry.
+                    // Forget uncommitted state: the next attempt starts from the committed
+                    // offset and the registry's window state. Entries appended to the side
+                    // topics are synced (or the topic is poisoned), so the replay skips them.
+                    let _ = self.topics.dead_letters.sync();
+                    let _ = self.topics.late_events.sync();
                     self.stages.clear();
+                    self.pending_pauses.clear();
                     self.seen_generation = 0;
+                    self.progress = self.shared.offset.load(Ordering::Acquire);
                     std::thread::sleep(RETRY_AFTER_FAILURE);
+                }
+            }
+        }
+    }
+
+    /// Answers the admin API's questions (between batches).
+    fn answer_queries(&mut self) {
+        while let Ok(q) = self.queries.try_recv() {
+            let lag = self.log.durable_end().saturating_sub(self.progress);
+            match q {
+                Query::List(reply) => {
+                    let list = self
+                        .stages
+                        .iter()
+                        .filter_map(|s| {
+                            s.agg
+                                .as_ref()
+                                .map(|run| aggregate::info(&s.record, run, &s.stats, lag))
+                        })
+                        .collect();
+                    let _ = reply.send(list);
+                }
+                Query::Rows { name, reply } => {
+                    let answer = match self
+                        .stages
+                        .iter()
+                        .find(|s| s.record.name == name && s.is_aggregator())
+                    {
+                        Some(Stage {
+                            agg: Some(run),
+                            record,
+                            ..
+                        }) => {
+                            let meta = aggregate::meta_of(record, run.engine.schema());
+                            let rows = run
+                                .pending
+                                .iter()
+                                .map(|r| (aggregate::to_final(r), true))
+                                .chain(
+                                    run.engine
+                                        .rows()
+                                        .iter()
+                                        .map(|r| (aggregate::to_final(r), false)),
+                                )
+                                .collect();
+                            Ok((meta, rows))
+                        }
+                        Some(s) => Err(format!(
+                            "aggregate {name:?} is not running ({})",
+                            s.record
+                                .paused_reason
+                                .as_deref()
+                                .unwrap_or("paused or not loaded")
+                        )),
+                        None => Err(format!("no aggregate named {name:?}")),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
         }
@@ -229,26 +414,29 @@ impl Worker {
             if changed || (was_paused && record.status == Status::Running) {
                 stats.failing_batches_in_a_row = 0;
             }
-            let mut enricher = if same_version {
-                prev.and_then(|p| p.enricher)
-            } else {
-                None
+            let (mut enricher, mut agg, old_engine) = match prev {
+                Some(p) if same_version => (p.enricher, p.agg, None),
+                // A new version keeps the windows if its schema is the same.
+                Some(p) => (None, None, p.agg.map(|a| a.engine)),
+                None => (None, None, None),
             };
-            if record.status == Status::Running && enricher.is_none() {
-                match self.load(&record) {
-                    Ok(e) => enricher = Some(e),
+            if record.status == Status::Running && enricher.is_none() && agg.is_none() {
+                match self.load(&record, old_engine) {
+                    Ok(Loaded::Enricher(e)) => enricher = Some(e),
+                    Ok(Loaded::Aggregator(a)) => agg = Some(a),
                     Err(reason) => {
                         tracing::error!(plugin = %record.name, %reason, "plugin does not load; pausing it");
                         pauses.push((record.name.clone(), reason));
                     }
                 }
             }
-            if changed && enricher.is_some() {
+            if changed && (enricher.is_some() || agg.is_some()) {
                 tracing::info!(plugin = %record.name, version = %record.active, "plugin version active");
             }
             self.stages.push(Stage {
                 record,
                 enricher,
+                agg,
                 stats,
             });
         }
@@ -267,18 +455,97 @@ impl Worker {
         Ok(())
     }
 
-    fn load(&self, record: &PluginRecord) -> Result<Enricher, String> {
+    fn load(&self, record: &PluginRecord, old_engine: Option<Engine>) -> Result<Loaded, String> {
         let v = record.active_version();
         let path = self.registry.wasm_path(&record.name, &v.sha256);
         let wasm = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        self.runtime
-            .load_enricher(
-                &record.name,
-                &wasm,
-                v.params.clone(),
-                host_limits(&v.limits, &v.capabilities, self.settings.isolation),
-            )
-            .map_err(|e| e.to_string())
+        let limits = host_limits(&v.limits, &v.capabilities, self.settings.isolation);
+        if record.kind != "aggregate" {
+            return self
+                .runtime
+                .load_enricher(&record.name, &wasm, v.params.clone(), limits)
+                .map(Loaded::Enricher)
+                .map_err(|e| e.to_string());
+        }
+        let plugin = self
+            .runtime
+            .load_aggregator(&record.name, &wasm, v.params.clone(), limits)
+            .map_err(|e| e.to_string())?;
+        let schema = plugin.schema().clone();
+        let engine = match old_engine {
+            Some(e) if *e.schema() == schema => e,
+            Some(_) => {
+                tracing::warn!(plugin = %record.name, "new version has another schema; its windows start empty");
+                self.new_engine(schema)?
+            }
+            None => match self
+                .registry
+                .aggregate_state(&record.name)
+                .map_err(|e| format!("{e:#}"))?
+            {
+                Some((meta, snap)) if meta.position == record.position => {
+                    match Engine::restore(schema.clone(), self.settings.window.clone(), &snap) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(plugin = %record.name, error = %e, "committed windows do not fit this version's schema; starting empty");
+                            self.new_engine(schema)?
+                        }
+                    }
+                }
+                _ => self.new_engine(schema)?,
+            },
+        };
+        Ok(Loaded::Aggregator(AggRun {
+            plugin,
+            engine,
+            pending: Vec::new(),
+        }))
+    }
+
+    fn new_engine(&self, schema: runnel_window::Schema) -> Result<Engine, String> {
+        Engine::new(schema, self.settings.window.clone()).map_err(|e| format!("schema: {e}"))
+    }
+
+    fn has_aggregators(&self) -> bool {
+        self.stages.iter().any(|s| s.agg.is_some())
+    }
+
+    /// Commits the progress: syncs the side topics, then the offset, the counts, the pauses,
+    /// the window state and the new final rows in one redb transaction.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        self.topics.dead_letters.sync()?;
+        self.topics.late_events.sync()?;
+        let stats: Vec<(String, u64, PluginStats)> = self
+            .stages
+            .iter()
+            .map(|s| (s.record.name.clone(), s.record.position, s.stats.clone()))
+            .collect();
+        let aggs: Vec<AggregateCommit> = self
+            .stages
+            .iter()
+            .filter_map(|s| {
+                let run = s.agg.as_ref()?;
+                Some(AggregateCommit {
+                    name: s.record.name.clone(),
+                    meta: aggregate::meta_of(&s.record, run.engine.schema()),
+                    snapshot: run.engine.snapshot(),
+                    rows: run.pending.iter().map(aggregate::to_final).collect(),
+                })
+            })
+            .collect();
+        self.registry
+            .commit(self.progress, &stats, &self.pending_pauses, &aggs)?;
+        for s in &mut self.stages {
+            if let Some(run) = s.agg.as_mut() {
+                metrics::counter!("runnel_aggregate_rows_final_total", "aggregate" => s.record.name.clone())
+                    .increment(run.pending.len() as u64);
+                run.pending.clear();
+            }
+        }
+        self.pending_pauses.clear();
+        self.shared.offset.store(self.progress, Ordering::Release);
+        self.last_commit = Instant::now();
+        Ok(())
     }
 
     fn step(&mut self) -> anyhow::Result<Step> {
@@ -288,11 +555,16 @@ impl Worker {
                 return Ok(Step::Idle);
             }
         }
-        let offset = self.shared.offset.load(Ordering::Acquire);
+        let offset = self.progress;
         let end = self.log.durable_end();
         metrics::gauge!("runnel_pipeline_offset").set(offset as f64);
         metrics::gauge!("runnel_pipeline_lag_events").set(end.saturating_sub(offset) as f64);
+        let committed = self.shared.offset.load(Ordering::Acquire);
         if self.stages.iter().any(Stage::holds) || offset >= end {
+            if committed < self.progress || !self.pending_pauses.is_empty() {
+                self.commit()?;
+                return Ok(Step::Progressed);
+            }
             return Ok(Step::Idle);
         }
         let src =
@@ -300,12 +572,22 @@ impl Worker {
                 .read_batch(offset, self.settings.batch_events, PIPELINE_BATCH_BYTES_MAX)?;
         if src.offsets.is_empty() {
             if src.next > offset {
-                self.registry.commit(src.next, &[], &[])?;
-                self.shared.offset.store(src.next, Ordering::Release);
+                self.progress = src.next;
+                self.commit()?;
                 return Ok(Step::Progressed);
             }
             return Ok(Step::Idle);
         }
+        // What every aggregator observes of each event: agent, event time, received_at.
+        let facts: Vec<(u32, i64, i64)> = {
+            let view = BatchView::new(&src.batch)?;
+            (0..src.offsets.len())
+                .map(|i| {
+                    let ev = view.event(i);
+                    (src.origin[i], ev.timestamp_ms(), ev.received_at_ms())
+                })
+                .collect()
+        };
         let before: Vec<PluginStats> = self.stages.iter().map(|s| s.stats.clone()).collect();
         let mut batch = src.batch;
         // For each event of `batch`, its index in the source batch.
@@ -332,44 +614,25 @@ impl Worker {
                 .filter(|f| matches!(f, Fate::Failed(_)))
                 .count();
             let s = &mut stage.stats;
-            s.batches += 1;
             s.traps += u64::from(out.failed_calls);
             s.slowest_call_ms = s.slowest_call_ms.max(out.slowest_call.as_secs_f64() * 1e3);
-            *s.events_in_by_version
-                .entry(stage.record.active.clone())
-                .or_default() += n as u64;
-            s.events_in += n as u64;
-            if let Some(Fate::Failed(f)) = out.fates.iter().find(|f| matches!(f, Fate::Failed(_))) {
-                s.last_error = Some(f.to_string());
-            }
-            if failed * 2 > n {
-                s.failing_batches_in_a_row += 1;
-            } else {
-                s.failing_batches_in_a_row = 0;
-            }
-            if failed > 0 && s.failing_batches_in_a_row >= pause_after {
-                let reason = format!(
-                    "paused after {} failing batches in a row (plugin_pause_after_failing_batches); last error: {}",
-                    s.failing_batches_in_a_row,
-                    s.last_error.as_deref().unwrap_or("")
-                );
-                tracing::warn!(plugin = %stage.record.name, %reason, "pausing plugin");
-                stage.record.status = Status::Paused;
-                stage.record.paused_reason = Some(reason.clone());
-                pauses.push(Pause {
-                    name: stage.record.name.clone(),
-                    position: stage.record.position,
-                    version: stage.record.active.clone(),
-                    reason,
-                });
-                if stage.record.policy == Policy::Hold {
+            let first_failure = out.fates.iter().find_map(|f| match f {
+                Fate::Failed(f) => Some(f.to_string()),
+                _ => None,
+            });
+            match count_batch(stage, n, failed, first_failure, pause_after, &mut pauses) {
+                Verdict::Hold => {
                     held = true;
                     break;
                 }
-                // `skip`: this batch passes the plugin untouched, like the ones after it.
-                s.events_out += n as u64;
-                continue;
+                Verdict::Skip => {
+                    // `skip`: this batch passes the plugin untouched, like the ones after it.
+                    stage.stats.events_out += n as u64;
+                    continue;
+                }
+                Verdict::Go => {}
             }
+            let s = &mut stage.stats;
             let view = BatchView::new(&batch)?;
             let repl = if out.replacements.is_empty() {
                 None
@@ -400,16 +663,16 @@ impl Worker {
                     Fate::Failed(f) => {
                         s.errors += 1;
                         let (agent_id, host) = &src.origins[src.origin[index[i]] as usize];
+                        let event =
+                            event_view(&view.event(i), src.offsets[index[i]], agent_id, host);
                         dead.push(DeadLetter {
                             source: index[i],
                             entry: dead_letter_entry(
                                 src.offsets[index[i]],
                                 &stage.record,
-                                f,
-                                &view,
-                                i,
-                                agent_id,
-                                host,
+                                f.kind.as_str(),
+                                &f.message,
+                                &event,
                             ),
                         });
                     }
@@ -419,8 +682,62 @@ impl Worker {
             batch = w.finish();
             index = next_index;
         }
+        // Aggregators map the chain's output; nothing is folded until none of them holds.
+        let mut mapped: Vec<Option<Vec<runnel_host::AggRow>>> = Vec::new();
+        if !held {
+            let view = BatchView::new(&batch)?;
+            for stage in &mut self.stages {
+                let running = stage.record.status == Status::Running;
+                let Some(run) = stage.agg.as_mut().filter(|_| running) else {
+                    mapped.push(None);
+                    continue;
+                };
+                let n = index.len();
+                let out = run.plugin.map_batch(&batch)?;
+                stage.stats.traps += u64::from(out.failed_calls);
+                let first_failure = out.failed.first().map(|(_, f)| f.to_string());
+                match count_batch(
+                    stage,
+                    n,
+                    out.failed.len(),
+                    first_failure,
+                    pause_after,
+                    &mut pauses,
+                ) {
+                    Verdict::Hold => {
+                        held = true;
+                        break;
+                    }
+                    Verdict::Skip => {
+                        mapped.push(None);
+                        continue;
+                    }
+                    Verdict::Go => {}
+                }
+                stage.stats.events_out += (n - out.failed.len()) as u64;
+                stage.stats.errors += out.failed.len() as u64;
+                for (i, f) in &out.failed {
+                    let i = *i as usize;
+                    let (agent_id, host) = &src.origins[src.origin[index[i]] as usize];
+                    let event = event_view(&view.event(i), src.offsets[index[i]], agent_id, host);
+                    dead.push(DeadLetter {
+                        source: index[i],
+                        entry: dead_letter_entry(
+                            src.offsets[index[i]],
+                            &stage.record,
+                            f.kind.as_str(),
+                            &f.message,
+                            &event,
+                        ),
+                    });
+                }
+                let mut rows = out.rows;
+                rows.sort_by_key(|r| r.event);
+                mapped.push(Some(rows));
+            }
+        }
         if held {
-            // Nothing of this batch is committed; the pipeline waits here.
+            // Nothing of this batch is kept; the pipeline waits here.
             for (stage, stats) in self.stages.iter_mut().zip(before) {
                 stage.stats = stats;
             }
@@ -431,24 +748,130 @@ impl Worker {
             self.publish_metrics();
             return Ok(Step::Progressed);
         }
+        // Fold, event by event in log order.
+        let mut late: Vec<(usize, String, i64, Option<i64>)> = Vec::new();
+        {
+            let view = BatchView::new(&batch)?;
+            for (stage, rows) in self.stages.iter_mut().zip(mapped) {
+                let (Some(run), Some(rows)) = (stage.agg.as_mut(), rows) else {
+                    continue;
+                };
+                let mut r = 0;
+                let mut dims: Vec<&str> = Vec::new();
+                let mut inputs: Vec<Input<'_>> = Vec::new();
+                for (j, &(origin, ts, received)) in facts.iter().enumerate() {
+                    let (mut folded, mut late_rows, mut late_end) = (0u32, 0u32, i64::MIN);
+                    let mut refused: Option<&'static str> = None;
+                    while r < rows.len() && index[rows[r].event as usize] == j {
+                        let row = &rows[r];
+                        dims.clear();
+                        dims.extend(row.dimensions.iter().map(String::as_str));
+                        inputs.clear();
+                        inputs.extend(row.inputs.iter().map(|v| match v {
+                            runnel_host::RowInput::Null => Input::Null,
+                            runnel_host::RowInput::Num(x) => Input::Num(*x),
+                            runnel_host::RowInput::Text(t) => Input::Str(t),
+                        }));
+                        match run.engine.add_row(row.event_time_ms, &dims, &inputs) {
+                            Added::Folded => folded += 1,
+                            Added::Late { window_end } => {
+                                late_rows += 1;
+                                late_end = late_end.max(window_end);
+                            }
+                            Added::Refused { limit } => refused = Some(limit),
+                        }
+                        r += 1;
+                    }
+                    stage.stats.rows_folded += u64::from(folded);
+                    if let Some(limit) = refused {
+                        stage.stats.rows_refused += 1;
+                        metrics::counter!("runnel_aggregate_refused_total", "aggregate" => stage.record.name.clone(), "limit" => limit)
+                            .increment(1);
+                        let k = index.partition_point(|&x| x < j);
+                        let (agent_id, host) = &src.origins[origin as usize];
+                        let event = event_view(&view.event(k), src.offsets[j], agent_id, host);
+                        dead.push(DeadLetter {
+                            source: j,
+                            entry: dead_letter_entry(
+                                src.offsets[j],
+                                &stage.record,
+                                "refused",
+                                &format!(
+                                    "a row of this event would pass {limit} (aggregate_{limit})"
+                                ),
+                                &event,
+                            ),
+                        });
+                    } else if late_rows > 0 && folded == 0 {
+                        stage.stats.late_events += 1;
+                        late.push((
+                            j,
+                            stage.record.name.clone(),
+                            late_end,
+                            run.engine.applied_watermark(),
+                        ));
+                    }
+                    let agent = &src.origins[origin as usize].0;
+                    run.engine.observe(agent, ts, received);
+                    let now = run.engine.clock_ms().unwrap_or(received);
+                    let finals = run.engine.advance(now);
+                    stage.stats.rows_final += finals.len() as u64;
+                    run.pending.extend(finals);
+                }
+            }
+            // One `late_events` entry per event, naming every aggregate it was late for.
+            late.sort_by_key(|l| l.0);
+            let mut appended = 0u64;
+            let mut i = 0;
+            while i < late.len() {
+                let j = late[i].0;
+                let mut aggs = Vec::new();
+                while i < late.len() && late[i].0 == j {
+                    let (_, name, window_end, wm) = &late[i];
+                    metrics::counter!("runnel_late_events_total", "aggregate" => name.clone())
+                        .increment(1);
+                    aggs.push(serde_json::json!({
+                        "aggregate": name,
+                        "window_end": runnel_event::envelope::rfc3339_ms(*window_end),
+                        "watermark": wm.map(runnel_event::envelope::rfc3339_ms),
+                    }));
+                    i += 1;
+                }
+                let k = index.partition_point(|&x| x < j);
+                let (agent_id, host) = &src.origins[src.origin[j] as usize];
+                let entry = serde_json::to_vec(&serde_json::json!({
+                    "source_offset": src.offsets[j],
+                    "aggregates": aggs,
+                    "event": event_view(&view.event(k), src.offsets[j], agent_id, host),
+                }))
+                .expect("serializing to memory");
+                if self.topics.late_events.append(src.offsets[j], &entry)? {
+                    appended += 1;
+                }
+            }
+            metrics::counter!("runnel_late_events_appended_total").increment(appended);
+        }
         dead.sort_by_key(|d| d.source);
         let mut appended = 0u64;
         for d in &dead {
-            if self.dead_letters.append(src.offsets[d.source], &d.entry)? {
+            if self
+                .topics
+                .dead_letters
+                .append(src.offsets[d.source], &d.entry)?
+            {
                 appended += 1;
             }
         }
-        if appended > 0 {
-            self.dead_letters.sync()?;
-        }
         metrics::counter!("runnel_dead_letters_total").increment(appended);
-        let stats: Vec<(String, u64, PluginStats)> = self
-            .stages
-            .iter()
-            .map(|s| (s.record.name.clone(), s.record.position, s.stats.clone()))
-            .collect();
-        self.registry.commit(src.next, &stats, &pauses)?;
-        self.shared.offset.store(src.next, Ordering::Release);
+        self.pending_pauses.extend(pauses);
+        self.progress = src.next;
+        let caught_up = self.progress >= self.log.durable_end();
+        if !self.has_aggregators()
+            || caught_up
+            || self.last_commit.elapsed() >= self.settings.commit_interval
+        {
+            self.commit()?;
+        }
         self.publish_metrics();
         Ok(Step::Progressed)
     }
@@ -505,19 +928,16 @@ pub fn event_view<'a>(
 fn dead_letter_entry(
     source_offset: u64,
     record: &PluginRecord,
-    failure: &runnel_host::Failure,
-    view: &BatchView<'_>,
-    i: usize,
-    agent_id: &str,
-    host: &str,
+    kind: &str,
+    reason: &str,
+    event: &runnel_event::envelope::EventView<'_>,
 ) -> Vec<u8> {
-    let event = event_view(&view.event(i), source_offset, agent_id, host);
     serde_json::to_vec(&serde_json::json!({
         "source_offset": source_offset,
         "plugin": record.name,
         "version": record.active,
-        "kind": failure.kind.as_str(),
-        "reason": failure.message,
+        "kind": kind,
+        "reason": reason,
         "event": event,
     }))
     .expect("serializing to memory")

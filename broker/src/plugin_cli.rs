@@ -46,6 +46,67 @@ pub struct Manifest {
     /// Limits of one call.
     #[serde(default)]
     pub limits: ManifestLimits,
+    /// What an aggregator declares (checked against the component's schema).
+    pub aggregate: Option<ManifestAggregate>,
+}
+
+/// `[aggregate]` of an aggregator's manifest: the schema its `init` returns, for readers of
+/// the manifest; [`ManifestAggregate::check`] holds the two together.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestAggregate {
+    /// `tumbling 1m`, `hopping 1h every 5m`, `session 30m`, `calendar month Africa/Nairobi`.
+    pub window: String,
+    /// Allowed lateness: `30s`, `1h`, ...
+    pub allowed_lateness: String,
+    /// Dimension columns, in order.
+    pub dimensions: Vec<String>,
+    /// Measures in order, each `name:kind` (`events:count`, `amount:quantiles`).
+    pub measures: Vec<String>,
+}
+
+impl ManifestAggregate {
+    /// Checks that `schema` (what the component declares) is what this says; the error names
+    /// the first difference.
+    pub fn check(&self, schema: &runnel_window::Schema) -> Result<(), String> {
+        let window: runnel_window::WindowSpec = self
+            .window
+            .parse()
+            .map_err(|e| format!("aggregate.window: {e}"))?;
+        if window != schema.window {
+            return Err(format!(
+                "aggregate.window: the manifest says {}, the plugin declares {}",
+                window, schema.window
+            ));
+        }
+        let lateness = runnel_window::parse_duration(&self.allowed_lateness)
+            .map_err(|e| format!("aggregate.allowed_lateness: {e}"))?;
+        if lateness != schema.allowed_lateness_ms {
+            return Err(format!(
+                "aggregate.allowed_lateness: the manifest says {}, the plugin declares {}",
+                self.allowed_lateness,
+                runnel_window::format_duration(schema.allowed_lateness_ms)
+            ));
+        }
+        if self.dimensions != schema.dimensions {
+            return Err(format!(
+                "aggregate.dimensions: the manifest says {:?}, the plugin declares {:?}",
+                self.dimensions, schema.dimensions
+            ));
+        }
+        let declared: Vec<String> = schema
+            .measures
+            .iter()
+            .map(|(n, k)| format!("{n}:{}", k.as_str()))
+            .collect();
+        if self.measures != declared {
+            return Err(format!(
+                "aggregate.measures: the manifest says {:?}, the plugin declares {declared:?}",
+                self.measures
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[limits]` of a manifest.
@@ -165,6 +226,19 @@ const SDK_FILES: &[SdkFile] = &[
     ),
 ];
 
+/// The aggregator SDK, vendored (with the WIT and the batch crate of [`SDK_FILES`]) by
+/// `new --kind aggregate`.
+const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
+    (
+        "sdk/aggregator/src/lib.rs",
+        include_str!("../../sdk/aggregator/src/lib.rs"),
+    ),
+    (
+        "sdk/aggregator/Cargo.toml",
+        "[package]\nname = \"runnel-aggregator\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nserde_json = \"1\"\n",
+    ),
+];
+
 /// `runnel plugin new`: writes a project in `dir` (which must not exist or be empty).
 pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Result<()> {
     crate::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -206,7 +280,8 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
             ],
             SDK_FILES
                 .iter()
-                .filter(|(p, _)| !p.starts_with("sdk/plugin"))
+                .chain(AGGREGATOR_SDK_FILES)
+                .filter(|(p, _)| !p.starts_with("sdk/plugin/"))
                 .collect(),
         )
     } else if lang == "python" {

@@ -26,6 +26,14 @@ use serde::{Deserialize, Serialize};
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_stats");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Window-engine snapshots of the aggregators, by name (committed with the pipeline offset).
+const AGG_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_state");
+/// Each aggregator's schema and identity ([`AggregateMeta`] as JSON), by name.
+const AGG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_meta");
+/// Final rows: (aggregate, window start, window end, dimension values as a JSON array) to
+/// the measure values as a JSON array.
+const AGG_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
+    TableDefinition::new("aggregate_rows");
 
 /// What the pipeline does with events while a plugin is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -147,6 +155,18 @@ pub struct PluginStats {
     pub slowest_call_ms: f64,
     /// Events passed to each version.
     pub events_in_by_version: BTreeMap<String, u64>,
+    /// Aggregators: rows folded into windows.
+    #[serde(default)]
+    pub rows_folded: u64,
+    /// Aggregators: events whose rows all fell in final windows (sent to `late_events`).
+    #[serde(default)]
+    pub late_events: u64,
+    /// Aggregators: rows refused by a window limit (their events go to `dead_letters`).
+    #[serde(default)]
+    pub rows_refused: u64,
+    /// Aggregators: final rows emitted.
+    #[serde(default)]
+    pub rows_final: u64,
 }
 
 /// A deploy request (from the admin API).
@@ -164,6 +184,51 @@ pub struct Deploy {
     pub limits: PluginLimits,
     /// Capabilities granted.
     pub capabilities: Vec<String>,
+    /// `enrich` or `aggregate` (what the component turned out to be).
+    pub kind: String,
+}
+
+/// An aggregator's schema as the pipeline last ran it, with the plugin's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateMeta {
+    /// The plugin's `position` (its identity: a remove and a new deploy make a new one).
+    pub position: u64,
+    /// The version whose schema this is.
+    pub version: String,
+    /// The window (`tumbling 1m`, ...).
+    pub window: String,
+    /// Allowed lateness.
+    pub allowed_lateness_ms: i64,
+    /// Dimension columns.
+    pub dimensions: Vec<String>,
+    /// Measure columns and kinds.
+    pub measures: Vec<(String, String)>,
+}
+
+/// One aggregator's part of a pipeline commit.
+#[derive(Debug, Clone)]
+pub struct AggregateCommit {
+    /// The aggregator.
+    pub name: String,
+    /// Its schema and identity.
+    pub meta: AggregateMeta,
+    /// Its window engine's snapshot.
+    pub snapshot: Vec<u8>,
+    /// Rows that became final since the last commit.
+    pub rows: Vec<FinalRow>,
+}
+
+/// A final row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalRow {
+    /// Window start.
+    pub start: i64,
+    /// Window end.
+    pub end: i64,
+    /// Dimension values, as a JSON array.
+    pub key: Vec<u8>,
+    /// Measure values, as a JSON array.
+    pub values: Vec<u8>,
 }
 
 /// Errors of registry operations that the caller answers with 4xx.
@@ -431,7 +496,7 @@ impl Registry {
                     (
                         PluginRecord {
                             name: req.name.clone(),
-                            kind: "enrich".into(),
+                            kind: req.kind.clone(),
                             position,
                             policy: req.policy.unwrap_or_default(),
                             status: Status::Running,
@@ -441,6 +506,12 @@ impl Registry {
                         },
                         true,
                     )
+                }
+                Some(rec) if rec.kind != req.kind => {
+                    return Err(RegistryError::Conflict(format!(
+                        "component: {} is deployed as kind {:?} and this component is kind {:?}; remove it first",
+                        req.name, rec.kind, req.kind
+                    )));
                 }
                 Some(mut rec) => {
                     let active = rec.active_version();
@@ -536,6 +607,7 @@ impl Registry {
             }
             let mut stats = txn.open_table(STATS).map_err(anyhow::Error::from)?;
             stats.remove(name).map_err(anyhow::Error::from)?;
+            remove_aggregate(&txn, name).map_err(anyhow::Error::from)?;
         }
         txn.commit().map_err(anyhow::Error::from)?;
         self.bump();
@@ -552,6 +624,7 @@ impl Registry {
         offset: u64,
         stats: &[(String, u64, PluginStats)],
         pauses: &[Pause],
+        aggregates: &[AggregateCommit],
     ) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         let mut paused_any = false;
@@ -560,14 +633,34 @@ impl Registry {
             meta.insert("pipeline_offset", offset)?;
             let mut plugins = txn.open_table(PLUGINS)?;
             let mut table = txn.open_table(STATS)?;
+            let same = |plugins: &redb::Table<&str, &[u8]>, name: &str, position: u64| {
+                anyhow::Ok(
+                    plugins
+                        .get(name)?
+                        .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
+                        .transpose()?
+                        .is_some_and(|r| r.position == position),
+                )
+            };
             for (name, position, s) in stats {
-                let same = plugins
-                    .get(name.as_str())?
-                    .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
-                    .transpose()?
-                    .is_some_and(|r| r.position == *position);
-                if same {
+                if same(&plugins, name, *position)? {
                     table.insert(name.as_str(), to_json(s).as_slice())?;
+                }
+            }
+            let mut state = txn.open_table(AGG_STATE)?;
+            let mut metas = txn.open_table(AGG_META)?;
+            let mut rows = txn.open_table(AGG_ROWS)?;
+            for a in aggregates {
+                if !same(&plugins, &a.name, a.meta.position)? {
+                    continue;
+                }
+                state.insert(a.name.as_str(), a.snapshot.as_slice())?;
+                metas.insert(a.name.as_str(), to_json(&a.meta).as_slice())?;
+                for r in &a.rows {
+                    rows.insert(
+                        (a.name.as_str(), r.start, r.end, r.key.as_slice()),
+                        r.values.as_slice(),
+                    )?;
                 }
             }
             for p in pauses {
@@ -579,6 +672,70 @@ impl Registry {
             self.bump();
         }
         Ok(())
+    }
+
+    /// An aggregator's committed engine snapshot and schema, if it has committed any.
+    pub fn aggregate_state(&self, name: &str) -> anyhow::Result<Option<(AggregateMeta, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let (Ok(state), Ok(metas)) = (txn.open_table(AGG_STATE), txn.open_table(AGG_META)) else {
+            return Ok(None);
+        };
+        let (Some(s), Some(m)) = (state.get(name)?, metas.get(name)?) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            from_json("aggregate meta", m.value())?,
+            s.value().to_vec(),
+        )))
+    }
+
+    /// The committed schema of every aggregator that has committed state, by name.
+    pub fn aggregate_metas(&self) -> anyhow::Result<Vec<(String, AggregateMeta)>> {
+        let txn = self.db.begin_read()?;
+        let Ok(metas) = txn.open_table(AGG_META) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in metas.iter()? {
+            let (k, v) = e?;
+            out.push((
+                k.value().to_string(),
+                from_json("aggregate meta", v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Final rows of aggregate `name` whose window starts in `[from, to)`, in window order,
+    /// at most `limit`.
+    pub fn final_rows(
+        &self,
+        name: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<FinalRow>> {
+        let txn = self.db.begin_read()?;
+        let Ok(rows) = txn.open_table(AGG_ROWS) else {
+            return Ok(Vec::new());
+        };
+        let lo: (&str, i64, i64, &[u8]) = (name, from, i64::MIN, &[]);
+        let hi: (&str, i64, i64, &[u8]) = (name, to, i64::MIN, &[]);
+        let mut out = Vec::new();
+        for e in rows.range(lo..hi)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = e?;
+            let (_, start, end, key) = k.value();
+            out.push(FinalRow {
+                start,
+                end,
+                key: key.to_vec(),
+                values: v.value().to_vec(),
+            });
+        }
+        Ok(out)
     }
 
     /// Pauses a plugin the pipeline found failing, unless it was removed, redeployed or
@@ -605,6 +762,17 @@ impl Registry {
             None => Ok(PluginStats::default()),
         }
     }
+}
+
+/// Deletes an aggregate's state, schema and rows (inside a write transaction).
+fn remove_aggregate(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb::Error> {
+    txn.open_table(AGG_STATE)?.remove(name)?;
+    txn.open_table(AGG_META)?.remove(name)?;
+    let mut rows = txn.open_table(AGG_ROWS)?;
+    let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
+    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
+    rows.retain_in(lo..=hi, |_, _| false)?;
+    Ok(())
 }
 
 /// An automatic pause: which plugin (name and identity), which version failed, and why.

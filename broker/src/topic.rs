@@ -1,4 +1,6 @@
-//! Side topics of the log: `dead_letters` (events a plugin failed on, with the reason).
+//! Side topics of the log: `dead_letters` (events a plugin failed on, or a window limit
+//! refused, with the reason) and `late_events` (events whose rows all fell in final windows,
+//! with the aggregates and watermarks).
 //!
 //! A topic is a [`runnel_segment`] log in `DATA_DIR/topics/NAME/`: one record per entry, the
 //! entry as a JSON object, so it has the same checksums, recovery and offsets as the event log.
@@ -14,7 +16,7 @@ use runnel_segment::{LogError, LogOptions, LogReader, SegmentLog, Storage};
 use serde::Deserialize;
 
 /// Names of the topics `runnel log read --topic` accepts.
-pub const TOPICS: &[&str] = &["events", "dead_letters"];
+pub const TOPICS: &[&str] = &["events", "dead_letters", "late_events"];
 
 /// Largest entry, in bytes (an event at its largest plus the reason).
 pub const ENTRY_BYTES_MAX: u32 = 64 << 20;

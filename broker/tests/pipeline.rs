@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use runnel_broker::log::{BrokerLog, check_batch};
-use runnel_broker::pipeline::{Isolation, Pipeline, Settings};
+use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
 use runnel_broker::registry::{Deploy, PluginLimits, Registry};
 use runnel_broker::topic;
 use runnel_event::{Batch, Chunk, Event};
@@ -83,6 +83,8 @@ fn settings() -> Settings {
             calls_max: 2048,
             time_max: Duration::from_secs(5),
         },
+        commit_interval: Duration::from_millis(100),
+        window: runnel_window::Settings::default(),
     }
 }
 
@@ -95,6 +97,7 @@ fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &st
                 name: name.into(),
                 version: None,
                 policy: None,
+                kind: "enrich".into(),
                 params: params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -126,15 +129,29 @@ fn open_log(dir: &Path) -> BrokerLog {
 
 fn start(dir: &Path, registry: &Registry, log: &BrokerLog, storage: Arc<dyn Storage>) -> Pipeline {
     let (dead, _) = topic::open(storage, &dir.join("topics/dead_letters"), 1 << 20).unwrap();
-    start_with(registry, log, dead)
+    start_with(dir, registry, log, dead)
 }
 
-fn start_with(registry: &Registry, log: &BrokerLog, dead: topic::TopicWriter) -> Pipeline {
+fn start_with(
+    dir: &Path,
+    registry: &Registry,
+    log: &BrokerLog,
+    dead_letters: topic::TopicWriter,
+) -> Pipeline {
+    let (late_events, _) = topic::open(
+        Arc::new(FsStorage),
+        &dir.join("topics/late_events"),
+        1 << 20,
+    )
+    .unwrap();
     Pipeline::start(
         runnel_host::Runtime::new().unwrap(),
         registry.clone(),
         log.clone(),
-        dead,
+        Topics {
+            dead_letters,
+            late_events,
+        },
         settings(),
     )
     .unwrap()
@@ -224,7 +241,7 @@ async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_writt
     let faulty: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
     let (dead, _) = topic::open(faulty, &d.join("topics/dead_letters"), 1 << 20).unwrap();
     faults.set_fail_sync(true);
-    let pipeline = start_with(&registry, &log, dead);
+    let pipeline = start_with(d, &registry, &log, dead);
     let shared = pipeline.shared.clone();
     wait("the dead-letter sync failure to show", || {
         shared.failure.lock().unwrap().is_some()

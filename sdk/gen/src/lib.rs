@@ -191,7 +191,22 @@ pub fn generate(cfg: &Config) -> Vec<Generated> {
         *m = Some(m.map_or(ts, |m| m.max(ts)));
         let user = skewed(&mut rng, cfg.users.max(1));
         let user_id = format!("user-{user:06}");
-        let ip = format!("198.51.100.{}", rng.random_range(1..=254));
+        // Addresses of the ranges in plugins/geo-enrich's sample table (KE, NG, ZA, UG, RW).
+        let ip = match rng.random_range(0..5u8) {
+            0 => format!("192.0.2.{}", rng.random_range(1..=254)),
+            1 => format!("198.51.100.{}", rng.random_range(1..=254)),
+            2 => format!("203.0.113.{}", rng.random_range(1..=254)),
+            3 => format!(
+                "10.20.{}.{}",
+                rng.random_range(0..=255),
+                rng.random_range(1..=254)
+            ),
+            _ => format!(
+                "192.168.{}.{}",
+                rng.random_range(0..=255),
+                rng.random_range(1..=254)
+            ),
+        };
         let platform = pick(&mut rng, &[("android", 60), ("ios", 30), ("web", 10)]);
         let event_id = format!("{}-{:016x}-{i}", cfg.seed, rng.random::<u64>());
         let (event_type, properties) = match cfg.scenario {

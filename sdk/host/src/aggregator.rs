@@ -59,6 +59,8 @@ pub enum RowInput {
 /// One row an aggregator mapped an event to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggRow {
+    /// Index in the batch given to [`Aggregator::map_batch`] of the event the row comes from.
+    pub event: u32,
     /// Event time.
     pub event_time_ms: i64,
     /// Dimension values, in schema order.
@@ -76,6 +78,8 @@ pub struct MapOutput {
     pub failed: Vec<(u32, Failure)>,
     /// Calls made.
     pub calls: u32,
+    /// Calls that trapped, timed out, ran out of memory or broke the contract.
+    pub failed_calls: u32,
 }
 
 struct Live {
@@ -256,6 +260,7 @@ impl Aggregator {
             rows: Vec::new(),
             failed: Vec::new(),
             calls: 0,
+            failed_calls: 0,
         };
         if !view.is_empty() {
             let started = std::time::Instant::now();
@@ -294,23 +299,42 @@ impl Aggregator {
         let bytes = crate::sub_batch(view, whole, start, end);
         out.calls += 1;
         match self.call(&bytes) {
-            Ok(rows) => out.rows.extend(rows.into_iter().map(|r| {
-                AggRow {
-                    event_time_ms: r.event_time_ms,
-                    dimensions: r.dimensions,
-                    inputs: r
-                        .inputs
-                        .into_iter()
-                        .map(|v| match v {
-                            WitValue::Null => RowInput::Null,
-                            WitValue::Int(i) => RowInput::Num(i as f64),
-                            WitValue::Float(f) => RowInput::Num(f),
-                            WitValue::Text(t) => RowInput::Text(t),
-                        })
-                        .collect(),
+            Ok(rows) => {
+                let n = (end - start) as u32;
+                if let Some(bad) = rows.iter().find(|r| r.event >= n) {
+                    let f = Failure {
+                        kind: FailureKind::BadOutput,
+                        message: format!(
+                            "row.event {} is not an event of the batch ({n} events)",
+                            bad.event
+                        ),
+                    };
+                    out.failed_calls += 1;
+                    for i in start..end {
+                        out.failed.push((i as u32, f.clone()));
+                    }
+                    return;
                 }
-            })),
+                out.rows.extend(rows.into_iter().map(|r| {
+                    AggRow {
+                        event: start as u32 + r.event,
+                        event_time_ms: r.event_time_ms,
+                        dimensions: r.dimensions,
+                        inputs: r
+                            .inputs
+                            .into_iter()
+                            .map(|v| match v {
+                                WitValue::Null => RowInput::Null,
+                                WitValue::Int(i) => RowInput::Num(i as f64),
+                                WitValue::Float(f) => RowInput::Num(f),
+                                WitValue::Text(t) => RowInput::Text(t),
+                            })
+                            .collect(),
+                    }
+                }));
+            }
             Err(f) => {
+                out.failed_calls += 1;
                 if end - start == 1 {
                     out.failed.push((start as u32, f));
                     return;

@@ -47,10 +47,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use measure::{Acc, Input, MeasureKind, Value};
 pub use snapshot::SnapshotError;
-pub use window::{CalendarUnit, SpecError, Window, WindowSpec};
+pub use window::{CalendarUnit, SpecError, Window, WindowSpec, format_duration, parse_duration};
 
 /// What an aggregate looks like.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Schema {
     /// Group-by dimension names.
     pub dimensions: Vec<String>,
@@ -184,6 +184,12 @@ pub struct Engine {
     /// Open sessions by encoded key, sorted by start (session windows only).
     sessions: HashMap<Box<[u8]>, Vec<Session>, foldhash::fast::RandomState>,
     open_sessions: usize,
+    /// No window can become final before the watermark reaches this (a lower bound of the
+    /// earliest `end + allowed_lateness` held; `i64::MIN` when unknown): lets
+    /// [`Engine::advance`] skip the scan, so the broker can advance after every event.
+    next_due: i64,
+    /// The latest processing time observed.
+    clock: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +245,8 @@ impl Engine {
             scratch: Vec::new(),
             sessions: HashMap::default(),
             open_sessions: 0,
+            next_due: i64::MIN,
+            clock: i64::MIN,
         })
     }
 
@@ -286,6 +294,7 @@ impl Engine {
     /// is what moves watermarks. The broker observes every event, including those an
     /// aggregator maps to no row.
     pub fn observe(&mut self, source: &str, ts: i64, now_ms: i64) {
+        self.clock = self.clock.max(now_ms);
         match self.sources.get_mut(source) {
             Some(s) => {
                 s.max_ts = s.max_ts.max(ts);
@@ -327,6 +336,8 @@ impl Engine {
                 limit: "open_windows_max",
             };
         }
+        let lat = self.schema.allowed_lateness_ms;
+        self.next_due = self.next_due.min(windows[0].end.saturating_add(lat));
         let measures = &self.schema.measures;
         let keys_max = self.settings.keys_per_window_max;
         encode_key(key, &mut self.scratch);
@@ -407,6 +418,7 @@ impl Engine {
             }
             self.state_bytes += bytes;
             self.open_sessions += 1;
+            self.next_due = self.next_due.min(end.saturating_add(lat));
             let list = self
                 .sessions
                 .entry(self.scratch.clone().into_boxed_slice())
@@ -558,6 +570,7 @@ impl Engine {
             let name = String::from_utf8_lossy(r.bytes()?).into_owned();
             let max_ts = r.i64()?;
             let last_seen_ms = r.i64()?;
+            e.clock = e.clock.max(last_seen_ms);
             e.sources.insert(
                 name,
                 Source {
@@ -624,6 +637,11 @@ impl Engine {
         })
     }
 
+    /// The latest processing time [`Engine::observe`] was given (kept in snapshots), if any.
+    pub fn clock_ms(&self) -> Option<i64> {
+        (self.clock != i64::MIN).then_some(self.clock)
+    }
+
     /// The watermark windows have been finalized against.
     pub fn applied_watermark(&self) -> Option<i64> {
         self.applied
@@ -640,10 +658,21 @@ impl Engine {
             return Vec::new();
         }
         self.applied = Some(wm);
-        if let WindowSpec::Session { gap_ms } = self.schema.window {
-            return self.take_final_sessions(gap_ms, wm);
+        if wm < self.next_due {
+            return Vec::new();
         }
         let lat = self.schema.allowed_lateness_ms;
+        if let WindowSpec::Session { gap_ms } = self.schema.window {
+            let rows = self.take_final_sessions(gap_ms, wm);
+            self.next_due = self
+                .sessions
+                .values()
+                .flatten()
+                .map(|s| s.last.saturating_add(gap_ms).saturating_add(lat))
+                .min()
+                .unwrap_or(i64::MAX);
+            return rows;
+        }
         let was_final = |w: Window| before.is_some_and(|b| w.end.saturating_add(lat) <= b);
         let mut due: BTreeSet<Window> = BTreeSet::new();
         for pane in self.panes.keys() {
@@ -676,6 +705,13 @@ impl Engine {
                 self.state_bytes = self.state_bytes.saturating_sub(freed);
             }
         }
+        self.next_due = self
+            .panes
+            .keys()
+            .filter_map(|p| spec.windows_of_pane(*p).first().copied())
+            .map(|w| w.end.saturating_add(lat))
+            .min()
+            .unwrap_or(i64::MAX);
         rows
     }
 

@@ -35,6 +35,33 @@ pub enum MeasureKind {
     Quantiles,
 }
 
+impl MeasureKind {
+    /// Every kind, with its name.
+    pub const ALL: [(&'static str, MeasureKind); 7] = [
+        ("count", MeasureKind::Count),
+        ("sum", MeasureKind::Sum),
+        ("min", MeasureKind::Min),
+        ("max", MeasureKind::Max),
+        ("avg", MeasureKind::Avg),
+        ("distinct", MeasureKind::Distinct),
+        ("quantiles", MeasureKind::Quantiles),
+    ];
+
+    /// Its name: `count`, `sum`, `min`, `max`, `avg`, `distinct` or `quantiles`.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .expect("every kind is in ALL")
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+}
+
 /// One input to a measure, from the aggregator's row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Input<'a> {

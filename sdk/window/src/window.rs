@@ -211,3 +211,104 @@ fn calendar(ts: i64, unit: CalendarUnit, tz: Tz) -> Window {
         end: midnight(next, tz),
     }
 }
+
+/// `ms` as the largest whole unit: `90s`, `1m`, `2h`, `1d`, `250ms`.
+pub fn format_duration(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Parses a duration: a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`, `30s`,
+/// `1h`).
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a whole number and a unit (ms, s, m, h, d)"))?;
+    let size = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("{text:?}: unit {u:?} is not one of ms, s, m, h, d")),
+    };
+    n.checked_mul(size)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+impl std::fmt::Display for WindowSpec {
+    /// `tumbling 1m`, `hopping 1h every 5m`, `session 30m`, `calendar month Africa/Nairobi`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tumbling { size_ms } => write!(f, "tumbling {}", format_duration(*size_ms)),
+            Self::Hopping { size_ms, slide_ms } => write!(
+                f,
+                "hopping {} every {}",
+                format_duration(*size_ms),
+                format_duration(*slide_ms)
+            ),
+            Self::Session { gap_ms } => write!(f, "session {}", format_duration(*gap_ms)),
+            Self::Calendar { unit, tz } => {
+                let unit = match unit {
+                    CalendarUnit::Day => "day",
+                    CalendarUnit::Week => "week",
+                    CalendarUnit::Month => "month",
+                };
+                write!(f, "calendar {unit} {}", tz.name())
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for WindowSpec {
+    type Err = String;
+
+    /// Parses what [`WindowSpec`]'s `Display` writes (durations in any unit).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        let spec = match words.as_slice() {
+            ["tumbling", size] => Self::Tumbling {
+                size_ms: parse_duration(size)?,
+            },
+            ["hopping", size, "every", slide] => Self::Hopping {
+                size_ms: parse_duration(size)?,
+                slide_ms: parse_duration(slide)?,
+            },
+            ["session", gap] => Self::Session {
+                gap_ms: parse_duration(gap)?,
+            },
+            ["calendar", unit, zone] => Self::Calendar {
+                unit: match *unit {
+                    "day" => CalendarUnit::Day,
+                    "week" => CalendarUnit::Week,
+                    "month" => CalendarUnit::Month,
+                    u => {
+                        return Err(format!(
+                            "calendar unit {u:?} is not one of day, week, month"
+                        ));
+                    }
+                },
+                tz: Self::zone(zone).map_err(|e| e.to_string())?,
+            },
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected \"tumbling SIZE\", \"hopping SIZE every SLIDE\", \"session GAP\" or \"calendar day|week|month ZONE\""
+                ));
+            }
+        };
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}

@@ -615,3 +615,30 @@ fn events_without_rows_still_move_the_watermark() {
     assert_eq!(fin.len(), 1);
     assert_eq!(count_of(&fin[0]), 1);
 }
+
+#[test]
+fn window_specs_print_and_parse_back() {
+    for text in [
+        "tumbling 1m",
+        "hopping 1h every 5m",
+        "session 30m",
+        "calendar month Africa/Nairobi",
+        "calendar day UTC",
+        "tumbling 1500ms",
+    ] {
+        let spec: WindowSpec = text.parse().unwrap();
+        assert_eq!(spec.to_string(), text);
+    }
+    assert_eq!(
+        "tumbling 60s".parse::<WindowSpec>().unwrap().to_string(),
+        "tumbling 1m"
+    );
+    let err = "hopping 1h every 7m".parse::<WindowSpec>().unwrap_err();
+    assert!(err.contains("must divide"), "{err}");
+    let err = "calendar month Mars/Olympus"
+        .parse::<WindowSpec>()
+        .unwrap_err();
+    assert!(err.contains("Mars/Olympus"), "{err}");
+    let err = "tumbling 5min".parse::<WindowSpec>().unwrap_err();
+    assert!(err.contains("unit"), "{err}");
+}

@@ -23,11 +23,12 @@ impl Guest for CountByType {
     fn map_batch(batch: Vec<u8>) -> Result<Vec<Row>, String> {
         let view = runnel_batch::BatchView::new(&batch).map_err(|e| e.to_string())?;
         let mut rows = Vec::with_capacity(view.len());
-        for ev in view.iter() {
+        for (i, ev) in view.iter().enumerate() {
             if ev.event_id().contains("poison") {
                 panic!("poisoned event {}", ev.event_id());
             }
             rows.push(Row {
+                event: i as u32,
                 event_time_ms: ev.timestamp_ms(),
                 dimensions: vec![ev.event_type().to_string()],
                 inputs: vec![Value::Null],

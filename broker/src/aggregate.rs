@@ -1,0 +1,221 @@
+//! Windowed aggregates in the broker: what the pipeline keeps per aggregator, how rows are
+//! stored and shown, and the questions the admin API asks the pipeline.
+//!
+//! An aggregator plugin maps events to rows; the pipeline folds them into a
+//! [`runnel_window::Engine`] per aggregator, event by event in log order, advancing the
+//! watermark after every event. Processing time is the events' own `received_at` (the agent's
+//! acceptance time, stored in the log), so a replay of the same log makes the same rows
+//! whatever the batch boundaries, restarts or wall clock (docs/windows.md).
+//!
+//! Rows as users see them (`runnel agg read`, one JSON object per line): `window_start`,
+//! `window_end` (RFC 3339), `is_final`, each dimension, then each measure; a `quantiles`
+//! measure `m` is three columns `m_p50`, `m_p90`, `m_p99`.
+
+use runnel_host::Aggregator;
+use runnel_window::{Engine, MeasureKind, Row, Schema, Value};
+use serde::Serialize;
+
+use crate::registry::{AggregateMeta, FinalRow, PluginRecord};
+
+/// What the pipeline runs for one aggregator.
+pub struct AggRun {
+    /// The plugin.
+    pub plugin: Aggregator,
+    /// Its windows.
+    pub engine: Engine,
+    /// Rows that became final since the last commit.
+    pub pending: Vec<Row>,
+}
+
+impl std::fmt::Debug for AggRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggRun")
+            .field("plugin", &self.plugin.name())
+            .finish()
+    }
+}
+
+/// The stored description of `schema` for plugin `record`.
+pub fn meta_of(record: &PluginRecord, schema: &Schema) -> AggregateMeta {
+    AggregateMeta {
+        position: record.position,
+        version: record.active.clone(),
+        window: schema.window.to_string(),
+        allowed_lateness_ms: schema.allowed_lateness_ms,
+        dimensions: schema.dimensions.clone(),
+        measures: schema
+            .measures
+            .iter()
+            .map(|(n, k)| (n.clone(), k.as_str().to_string()))
+            .collect(),
+    }
+}
+
+/// The columns of an aggregate's rows, in order.
+pub fn columns(meta: &AggregateMeta) -> Vec<String> {
+    let mut cols: Vec<String> = ["window_start", "window_end", "is_final"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    cols.extend(meta.dimensions.iter().cloned());
+    for (name, kind) in &meta.measures {
+        if kind == MeasureKind::Quantiles.as_str() {
+            for q in ["p50", "p90", "p99"] {
+                cols.push(format!("{name}_{q}"));
+            }
+        } else {
+            cols.push(name.clone());
+        }
+    }
+    cols
+}
+
+/// A measure value as stored: null, a number, or `[p50, p90, p99]`.
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Count(n) => (*n).into(),
+        Value::Num(x) => {
+            serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Quantiles(qs) => qs
+            .iter()
+            .map(|(_, x)| {
+                serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
+            })
+            .collect(),
+    }
+}
+
+/// A final row in its stored form.
+pub fn to_final(row: &Row) -> FinalRow {
+    let values: Vec<serde_json::Value> = row.values.iter().map(value_json).collect();
+    FinalRow {
+        start: row.window.start,
+        end: row.window.end,
+        key: serde_json::to_vec(&row.key).expect("serializing to memory"),
+        values: serde_json::to_vec(&values).expect("serializing to memory"),
+    }
+}
+
+/// A row as shown to users (see the module docs), from its stored form.
+pub fn row_json(meta: &AggregateMeta, row: &FinalRow, is_final: bool) -> serde_json::Value {
+    let key: Vec<String> = serde_json::from_slice(&row.key).unwrap_or_default();
+    let values: Vec<serde_json::Value> = serde_json::from_slice(&row.values).unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "window_start".into(),
+        runnel_event::envelope::rfc3339_ms(row.start).into(),
+    );
+    out.insert(
+        "window_end".into(),
+        runnel_event::envelope::rfc3339_ms(row.end).into(),
+    );
+    out.insert("is_final".into(), is_final.into());
+    for (d, v) in meta.dimensions.iter().zip(key) {
+        out.insert(d.clone(), v.into());
+    }
+    for ((name, kind), v) in meta.measures.iter().zip(values) {
+        if kind == MeasureKind::Quantiles.as_str() {
+            let qs = v.as_array().cloned().unwrap_or_default();
+            for (i, q) in ["p50", "p90", "p99"].iter().enumerate() {
+                out.insert(
+                    format!("{name}_{q}"),
+                    qs.get(i).cloned().unwrap_or(serde_json::Value::Null),
+                );
+            }
+        } else {
+            out.insert(name.clone(), v);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+/// One aggregate as `runnel agg list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AggInfo {
+    /// Plugin name (the table's name).
+    pub name: String,
+    /// Active version.
+    pub version: String,
+    /// `running` or `paused`.
+    pub status: String,
+    /// The window (`tumbling 1m`, `calendar month Africa/Nairobi`, ...).
+    pub window: String,
+    /// Allowed lateness.
+    pub allowed_lateness_ms: i64,
+    /// Columns of its rows, in order.
+    pub columns: Vec<String>,
+    /// Dimension columns.
+    pub dimensions: Vec<String>,
+    /// Measures and their kinds.
+    pub measures: Vec<(String, String)>,
+    /// The watermark the engine has applied (RFC 3339), if any.
+    pub watermark: Option<String>,
+    /// Processing time (the latest `received_at`) minus the watermark, in milliseconds.
+    pub watermark_lag_ms: Option<i64>,
+    /// Log events not yet through the pipeline.
+    pub lag_events: u64,
+    /// Open panes or sessions.
+    pub open_windows: usize,
+    /// Approximate bytes of window state.
+    pub state_bytes: usize,
+    /// Events whose rows all fell in final windows (sent to `late_events`).
+    pub late_events: u64,
+    /// Rows refused by a window limit, by limit (their events are in `dead_letters`).
+    pub refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// An aggregate's schema and the rows the pipeline holds, each with `is_final`.
+pub type HeldRows = (AggregateMeta, Vec<(FinalRow, bool)>);
+
+/// What the admin API asks the pipeline thread (it answers between batches).
+#[derive(Debug)]
+pub enum Query {
+    /// Every aggregate.
+    List(tokio::sync::oneshot::Sender<Vec<AggInfo>>),
+    /// The rows an aggregate holds in memory: open windows and final rows not yet committed.
+    Rows {
+        /// The aggregate.
+        name: String,
+        /// Answer: its schema and the rows with `is_final`, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<HeldRows, String>>,
+    },
+}
+
+/// The [`AggInfo`] of a running aggregator.
+pub fn info(
+    record: &PluginRecord,
+    run: &AggRun,
+    stats: &crate::registry::PluginStats,
+    lag_events: u64,
+) -> AggInfo {
+    let schema = run.engine.schema();
+    let meta = meta_of(record, schema);
+    let wm = run.engine.applied_watermark();
+    let c = run.engine.counters();
+    AggInfo {
+        name: record.name.clone(),
+        version: record.active.clone(),
+        status: format!("{:?}", record.status).to_lowercase(),
+        window: meta.window.clone(),
+        allowed_lateness_ms: meta.allowed_lateness_ms,
+        columns: columns(&meta),
+        dimensions: meta.dimensions.clone(),
+        measures: meta.measures.clone(),
+        watermark: wm.map(runnel_event::envelope::rfc3339_ms),
+        watermark_lag_ms: wm.zip(run.engine.clock_ms()).map(|(w, c)| c - w),
+        lag_events,
+        open_windows: run.engine.open_panes(),
+        state_bytes: run.engine.state_bytes(),
+        late_events: stats.late_events,
+        refused: [
+            ("keys_per_window_max", c.refused_keys),
+            ("open_windows_max", c.refused_windows),
+            ("state_bytes_max", c.refused_bytes),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    }
+}

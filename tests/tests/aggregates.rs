@@ -1,0 +1,296 @@
+//! Windowed aggregation end to end: a generated stream with known answers through the real
+//! agent and broker, the example aggregators deployed with `runnel plugin deploy`, rows read
+//! with `runnel agg read`, late events from the `late_events` topic; and the same stream with
+//! the broker killed (`kill -9`) while it runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use runnel_e2e::{Pipeline, plugin};
+use runnel_gen::{Config, Delay, Generated, Scenario};
+use serde_json::Value;
+
+const START_MS: i64 = 1_795_255_200_000; // 2026-11-21T10:00:00Z
+
+fn stream(events: usize) -> Vec<Generated> {
+    runnel_gen::generate(&Config {
+        seed: 7,
+        scenario: Scenario::Fintech,
+        events,
+        start_ms: START_MS,
+        rate_per_sec: 100,
+        sources: 1,
+        users: 3_000,
+        out_of_order: 0.10,
+        within_lateness: 0.02,
+        beyond_lateness: 0.01,
+        // The broker's default watermark_out_of_orderness_ms, and events_per_type's lateness.
+        out_of_orderness_ms: 5_000,
+        allowed_lateness_ms: 30_000,
+        window_ms: 60_000,
+    })
+}
+
+/// Posts the stream in order, `batch` events per request, retrying until each is accepted.
+async fn post(agent_url: &str, events: &[Generated], batch: usize) {
+    let client = reqwest::Client::new();
+    for chunk in events.chunks(batch) {
+        let body = format!(
+            "[{}]",
+            chunk
+                .iter()
+                .map(|g| g.json.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        loop {
+            let r = client
+                .post(format!("{agent_url}/v1/events"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn agg_read(p: &Pipeline, name: &str) -> Vec<Value> {
+    p.cli(&["agg", "read", name, "--limit", "100000"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Event ids in `late_events`, by aggregate.
+fn late_ids(p: &Pipeline) -> HashMap<String, BTreeSet<String>> {
+    let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for e in p.read_topic("late_events") {
+        for a in e["aggregates"].as_array().unwrap() {
+            out.entry(a["aggregate"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(e["event"]["event_id"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+fn deploy(p: &Pipeline, name: &str) {
+    p.cli(&[
+        "plugin",
+        "deploy",
+        plugin(name).to_str().unwrap(),
+        "--name",
+        name,
+    ]);
+}
+
+fn parsed(g: &Generated) -> Value {
+    serde_json::from_str(&g.json).unwrap()
+}
+
+/// Must-show 1: with 10% of events out of order within the out-of-orderness, 2% within the
+/// lateness and 1% beyond it, `events_per_type` equals the exact per-window counts computed
+/// from the input, the beyond-lateness events are exactly those in `late_events`, and
+/// `unique_users` is within its sketch's error. The other example aggregators (after
+/// geo-enrich) add up to the input too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_stream_gives_exact_windows_and_exact_late_events() {
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            "--pipeline-batch-events=300",
+            "--aggregate-commit-interval-ms=200",
+        ],
+    );
+    p.start().await;
+    deploy(&p, "geo_enrich");
+    for a in [
+        "events_per_type",
+        "unique_users",
+        "revenue",
+        "sessions",
+        "agent_performance",
+    ] {
+        deploy(&p, a);
+    }
+    let events = stream(30_000);
+    post(&p.agent_url, &events, 500).await;
+    p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(120))
+        .await;
+
+    // events_per_type: exact counts per (window, event_type, platform).
+    let beyond: BTreeSet<String> = events
+        .iter()
+        .filter(|g| g.delay == Delay::BeyondLateness)
+        .map(|g| parsed(g)["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        beyond.len() > 200,
+        "{} beyond-lateness events",
+        beyond.len()
+    );
+    let mut expected: BTreeMap<(i64, String, String), u64> = BTreeMap::new();
+    for g in events.iter().filter(|g| g.delay != Delay::BeyondLateness) {
+        let v = parsed(g);
+        let w = g.event_time_ms.div_euclid(60_000) * 60_000;
+        *expected
+            .entry((
+                w,
+                v["event_type"].as_str().unwrap().into(),
+                v["platform"].as_str().unwrap().into(),
+            ))
+            .or_default() += 1;
+    }
+    let rows = agg_read(&p, "events_per_type");
+    let got: BTreeMap<(i64, String, String), u64> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(ms(&r["window_end"]) - ms(&r["window_start"]), 60_000);
+            (
+                (
+                    ms(&r["window_start"]),
+                    r["event_type"].as_str().unwrap().into(),
+                    r["platform"].as_str().unwrap().into(),
+                ),
+                r["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), rows.len(), "a row appears twice");
+    assert_eq!(got, expected);
+    let finals = rows.iter().filter(|r| r["is_final"] == true).count();
+    assert!(
+        finals > rows.len() / 2,
+        "{finals} of {} rows final",
+        rows.len()
+    );
+
+    // late_events: exactly the beyond-lateness events, for events_per_type.
+    let late = late_ids(&p);
+    assert_eq!(
+        late.get("events_per_type").cloned().unwrap_or_default(),
+        beyond
+    );
+
+    // unique_users: within 3 relative standard errors (1.6% each) of the exact count.
+    let late_uu = late.get("unique_users").cloned().unwrap_or_default();
+    let mut exact: HashMap<(i64, String), HashSet<String>> = HashMap::new();
+    for g in &events {
+        let v = parsed(g);
+        if late_uu.contains(v["event_id"].as_str().unwrap()) {
+            continue;
+        }
+        let w = g.event_time_ms.div_euclid(3_600_000) * 3_600_000;
+        exact
+            .entry((w, v["platform"].as_str().unwrap().into()))
+            .or_default()
+            .insert(g.user_id.clone());
+    }
+    let rows = agg_read(&p, "unique_users");
+    assert_eq!(rows.len(), exact.len(), "{rows:?}");
+    for r in &rows {
+        let key = (
+            ms(&r["window_start"]),
+            r["platform"].as_str().unwrap().to_string(),
+        );
+        let want = exact[&key].len() as f64;
+        let est = r["users"].as_f64().unwrap();
+        assert!(
+            (est - want).abs() <= (3.0 * 0.016 * want).max(1.0),
+            "unique_users {key:?}: estimate {est}, exact {want}"
+        );
+    }
+
+    // agent_performance and revenue add up to the input less their late events (a calendar
+    // month is never final during this stream; an hour before 10:00 is).
+    assert!(!late.contains_key("agent_performance"));
+    let late_rev = late.get("revenue").cloned().unwrap_or_default();
+    let kept = |g: &&Generated, late: &BTreeSet<String>| {
+        !late.contains(parsed(g)["event_id"].as_str().unwrap())
+    };
+    let none = BTreeSet::new();
+    let count = |t: &str, late: &BTreeSet<String>| {
+        events
+            .iter()
+            .filter(|g| g.event_type == t && kept(g, late))
+            .count() as f64
+    };
+    let total = |t: &str| {
+        events
+            .iter()
+            .filter(|g| g.event_type == t)
+            .map(|g| parsed(g)["properties"]["amount"].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    let ap = agg_read(&p, "agent_performance");
+    let sum =
+        |rows: &[Value], col: &str| rows.iter().map(|r| r[col].as_f64().unwrap()).sum::<f64>();
+    assert_eq!(
+        sum(&ap, "onboardings"),
+        count("onboarding.completed", &none)
+    );
+    assert_eq!(sum(&ap, "deposits"), count("deposit.completed", &none));
+    assert!((sum(&ap, "deposit_total") - total("deposit.completed")).abs() < 1e-3);
+    assert!((sum(&ap, "withdrawal_total") - total("withdrawal.completed")).abs() < 1e-3);
+    for r in &ap {
+        // Calendar months in Africa/Nairobi (UTC+3) start at 21:00 UTC the day before.
+        assert!(
+            r["window_start"]
+                .as_str()
+                .unwrap()
+                .ends_with("T21:00:00.000Z"),
+            "{r}"
+        );
+    }
+    let rev = agg_read(&p, "revenue");
+    assert_eq!(sum(&rev, "payments"), count("deposit.completed", &late_rev));
+    let countries: BTreeSet<&str> = rev.iter().map(|r| r["country"].as_str().unwrap()).collect();
+    assert_eq!(
+        countries,
+        ["KE", "NG", "RW", "UG", "ZA"].into_iter().collect(),
+        "revenue by the country geo-enrich set"
+    );
+    assert!(
+        rev.iter()
+            .all(|r| r["amount_p50"].as_f64().unwrap() <= r["amount_p99"].as_f64().unwrap())
+    );
+    let late_s = late.get("sessions").cloned().unwrap_or_default();
+    let sessions = agg_read(&p, "sessions");
+    assert_eq!(
+        sum(&sessions, "events") as usize,
+        events.len() - late_s.len(),
+        "every event not late for sessions is in exactly one session"
+    );
+
+    // agg list: names, windows, columns, watermarks.
+    let list: Vec<Value> = serde_json::from_str(&p.cli(&["agg", "list"])).unwrap();
+    let ept = list
+        .iter()
+        .find(|a| a["name"] == "events_per_type")
+        .unwrap();
+    assert_eq!(ept["window"], "tumbling 1m");
+    assert_eq!(
+        ept["columns"],
+        serde_json::json!([
+            "window_start",
+            "window_end",
+            "is_final",
+            "event_type",
+            "platform",
+            "events"
+        ])
+    );
+    assert_eq!(ept["lag_events"], 0);
+    assert!(ept["watermark"].is_string());
+    assert_eq!(ept["late_events"].as_u64().unwrap() as usize, beyond.len());
+}
