@@ -31,8 +31,9 @@ fn stream(events: usize) -> Vec<Generated> {
     })
 }
 
-/// Posts the stream in order, `batch` events per request, retrying until each is accepted.
-async fn post(agent_url: &str, events: &[Generated], batch: usize) {
+/// Posts the stream in order, `batch` events per request, retrying until each is accepted,
+/// waiting `pace` between requests.
+async fn post(agent_url: &str, events: &[Generated], batch: usize, pace: Duration) {
     let client = reqwest::Client::new();
     for chunk in events.chunks(batch) {
         let body = format!(
@@ -55,6 +56,7 @@ async fn post(agent_url: &str, events: &[Generated], batch: usize) {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        tokio::time::sleep(pace).await;
     }
 }
 
@@ -124,7 +126,7 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
         deploy(&p, a);
     }
     let events = stream(30_000);
-    post(&p.agent_url, &events, 500).await;
+    post(&p.agent_url, &events, 500, Duration::ZERO).await;
     p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(120))
         .await;
 
@@ -293,4 +295,84 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
     assert_eq!(ept["lag_events"], 0);
     assert!(ept["watermark"].is_string());
     assert_eq!(ept["late_events"].as_u64().unwrap() as usize, beyond.len());
+}
+
+/// Every row (final and open) of `names`, as JSON text, and the late event ids.
+fn all_rows(
+    p: &Pipeline,
+    names: &[&str],
+) -> (BTreeSet<String>, usize, HashMap<String, BTreeSet<String>>) {
+    let mut rows = BTreeSet::new();
+    let mut finals = 0;
+    for name in names {
+        for r in agg_read(p, name) {
+            finals += usize::from(r["is_final"] == true);
+            rows.insert(format!("{name} {r}"));
+        }
+    }
+    (rows, finals, late_ids(p))
+}
+
+async fn run_stream(
+    events: &[Generated],
+    kills: usize,
+) -> (BTreeSet<String>, usize, HashMap<String, BTreeSet<String>>) {
+    use rand::Rng;
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            "--pipeline-batch-events=200",
+            "--aggregate-commit-interval-ms=100",
+        ],
+    );
+    p.start().await;
+    for a in ["events_per_type", "sessions", "unique_users"] {
+        deploy(&p, a);
+    }
+    let url = p.agent_url.clone();
+    let owned = events.to_vec();
+    let poster =
+        tokio::spawn(async move { post(&url, &owned, 250, Duration::from_millis(60)).await });
+    let mut rng = rand::rng();
+    let mut at = 0;
+    for k in 0..kills {
+        // Each kill after the log moved on since the last one (or holds the whole stream),
+        // at a random moment of the pipeline's work on it.
+        let total = events.len() as u64;
+        p.wait_for_records((at + 3_000).min(total), Duration::from_secs(60))
+            .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        at = p.log_stats()["records"].as_u64().unwrap_or(0);
+        let lag = p.plugin_list()[0]["lag"].clone();
+        eprintln!(
+            "kill -9 #{} of the broker at {at} events in the log, pipeline lag {lag}",
+            k + 1
+        );
+        p.broker.kill9();
+        p.start_broker().await;
+    }
+    poster.await.unwrap();
+    assert!(kills == 0 || at > 0, "no kill happened");
+    p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(120))
+        .await;
+    all_rows(&p, &["events_per_type", "sessions", "unique_users"])
+}
+
+/// Must-show 2: the broker killed with SIGKILL at random moments while the stream runs, and
+/// restarted: every row, final or open, and every late event are the same as in an
+/// uninterrupted run of the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_broker_makes_the_same_rows_as_an_uninterrupted_run() {
+    let events = stream(24_000);
+    let (clean, clean_finals, clean_late) = run_stream(&events, 0).await;
+    let (killed, killed_finals, killed_late) = run_stream(&events, 3).await;
+    assert!(clean_finals > 10, "{clean_finals} final rows");
+    assert_eq!(clean_finals, killed_finals);
+    let only_clean: Vec<_> = clean.difference(&killed).take(5).collect();
+    let only_killed: Vec<_> = killed.difference(&clean).take(5).collect();
+    assert!(
+        only_clean.is_empty() && only_killed.is_empty(),
+        "rows differ:\nuninterrupted only: {only_clean:#?}\nkilled only: {only_killed:#?}"
+    );
+    assert_eq!(clean_late, killed_late);
 }
