@@ -366,7 +366,8 @@ fn plugin_cmd(cmd: PluginCmd) -> anyhow::Result<()> {
             };
             let params = merged_params(m.as_ref(), params);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let s = plugin_cli::test(&wasm, &input, params, limits, &mut out)?;
+            let declared = m.as_ref().and_then(|m| m.aggregate.as_ref());
+            let s = plugin_cli::test(&wasm, &input, params, limits, declared, &mut out)?;
             std::io::Write::flush(&mut out)?;
             eprintln!(
                 "{} lines: {} passed, {} dropped, {} failed, {} invalid",

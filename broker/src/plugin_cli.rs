@@ -527,13 +527,15 @@ pub struct TestSummary {
 /// `runnel plugin test`: runs `wasm` over the NDJSON `input`. For an enricher it writes one
 /// line per input line to `out`: `{"line":N,"fate":"keep|replace|drop|failed|invalid", …}`
 /// with the resulting event, the drop reason, the failure or the validation error. For an
-/// aggregator it writes the invalid lines and failed events, each row the plugin mapped
+/// aggregator (whose schema must match the manifest's `[aggregate]`, if given) it writes the
+/// invalid lines and failed events, each row the plugin mapped
 /// (`"kind":"row"`), and the rows of every window (`"kind":"window"`) once the input is done.
 pub fn test(
     wasm: &Path,
     input: &Path,
     params: Vec<(String, String)>,
     limits: runnel_host::Limits,
+    declared: Option<&ManifestAggregate>,
     out: &mut impl Write,
 ) -> anyhow::Result<TestSummary> {
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
@@ -551,7 +553,13 @@ pub fn test(
         Err(runnel_host::LoadError::Invalid(not_enricher)) => {
             // Perhaps an aggregator.
             return match runtime.load_aggregator(&name, &bytes, params, limits) {
-                Ok(agg) => test_aggregator(agg, &text, out),
+                Ok(agg) => {
+                    if let Some(d) = declared {
+                        d.check(agg.schema())
+                            .map_err(|e| anyhow::anyhow!("plugin.toml: {e}"))?;
+                    }
+                    test_aggregator(agg, &text, out)
+                }
                 Err(runnel_host::LoadError::Invalid(_)) => {
                     Err(anyhow::anyhow!("{}: {not_enricher}", wasm.display()))
                 }

@@ -376,3 +376,52 @@ async fn a_killed_broker_makes_the_same_rows_as_an_uninterrupted_run() {
     );
     assert_eq!(clean_late, killed_late);
 }
+
+/// Each example aggregator's manifest says what its component declares (`runnel plugin test`
+/// checks the `[aggregate]` section against the schema), and a manifest that does not is an
+/// error naming the field.
+#[test]
+fn example_manifests_match_their_aggregators() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    let lines: Vec<String> = stream(50).into_iter().map(|g| g.json).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |name: &str, manifest: &std::path::Path| {
+        std::process::Command::new(runnel_e2e::bin("runnel"))
+            .args(["plugin", "test", plugin(name).to_str().unwrap(), "--input"])
+            .arg(&input)
+            .arg("--manifest")
+            .arg(manifest)
+            .output()
+            .unwrap()
+    };
+    for name in [
+        "events_per_type",
+        "unique_users",
+        "revenue",
+        "sessions",
+        "agent_performance",
+    ] {
+        let out = run(name, &repo.join("plugins").join(name).join("plugin.toml"));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let wrong = dir.path().join("plugin.toml");
+    let text = std::fs::read_to_string(repo.join("plugins/events_per_type/plugin.toml"))
+        .unwrap()
+        .replace("tumbling 1m", "tumbling 5m");
+    std::fs::write(&wrong, text).unwrap();
+    let out = run("events_per_type", &wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "aggregate.window: the manifest says tumbling 5m, the plugin declares tumbling 1m"
+        ),
+        "{err}"
+    );
+}
