@@ -7,12 +7,94 @@ use runnel_agent::AgentConfig;
 
 use crate::BrokerConfig;
 
+/// The example aggregators `runnel dev` deploys from `--plugins-dir`.
+pub const EXAMPLE_AGGREGATORS: &[&str] = &[
+    "events_per_type",
+    "unique_users",
+    "revenue",
+    "sessions",
+    "agent_performance",
+];
+
+/// What `runnel dev` generates.
+#[derive(Debug, Clone, Copy)]
+pub struct Generate {
+    /// The scenario, or none.
+    pub scenario: Option<runnel_gen::Scenario>,
+    /// Events per second.
+    pub rate: u32,
+}
+
+/// Parses `--generate`: `fintech`, `ecommerce` or `off`.
+pub fn parse_scenario(s: &str) -> anyhow::Result<Option<runnel_gen::Scenario>> {
+    match s {
+        "fintech" => Ok(Some(runnel_gen::Scenario::Fintech)),
+        "ecommerce" => Ok(Some(runnel_gen::Scenario::Ecommerce)),
+        "off" => Ok(None),
+        other => anyhow::bail!("--generate: {other:?} is not one of fintech, ecommerce, off"),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Posts a generated stream to the agent in real time: `rate` events a second, one request
+/// every 100 ms, event times around now with the generator's out-of-order (10%), within-lateness
+/// (2%) and beyond-lateness (1%) events, so windows can be watched filling and finalizing.
+async fn generate(ingest: String, scenario: runnel_gen::Scenario, rate: u32) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let per_tick = (rate / 10).max(1) as usize;
+    let mut seed = now_ms() as u64;
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let events = runnel_gen::generate(&runnel_gen::Config {
+            seed,
+            scenario,
+            events: per_tick,
+            start_ms: now_ms() - 100,
+            rate_per_sec: rate.max(1),
+            sources: 1,
+            ..runnel_gen::Config::default()
+        });
+        seed += 1;
+        let body = format!(
+            "[{}]",
+            events
+                .iter()
+                .map(|g| g.json.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = client
+            .post(&ingest)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().as_u16() == 202 => warned = false,
+            other => {
+                if !warned {
+                    tracing::warn!(result = ?other.map(|r| r.status()), "the generator's post was not accepted");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
 /// Starts both, prints how to use them, and stops both cleanly when `stop` resolves.
 pub async fn run(
     data_dir: PathBuf,
     broker: BrokerConfig,
     agent: AgentConfig,
     plugins_dir: Option<PathBuf>,
+    gen_cfg: Generate,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let example = |name: &str| -> anyhow::Result<Option<PathBuf>> {
@@ -54,38 +136,61 @@ pub async fn run(
             return Err(e);
         }
     };
+    let mut deploys: Vec<(&str, PathBuf)> = Vec::new();
     if let Some(geo) = &geo {
-        let url = format!("http://{}/v1/plugins/geo-enrich", broker.admin_addr);
-        let body = std::fs::read(geo)?;
+        deploys.push(("geo-enrich", geo.clone()));
+    }
+    for name in EXAMPLE_AGGREGATORS {
+        if let Some(path) = example(&format!("{name}.wasm"))? {
+            deploys.push((name, path));
+        }
+    }
+    for (name, path) in &deploys {
+        let url = format!("http://{}/v1/plugins/{name}", broker.admin_addr);
+        let body = std::fs::read(path)?;
         let resp = reqwest::Client::new().put(&url).body(body).send().await;
         match resp {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
                 let status = r.status();
                 let text = r.text().await.unwrap_or_default();
-                tracing::warn!(%status, %text, "deploying geo-enrich failed");
+                tracing::warn!(plugin = name, %status, %text, "deploying failed");
             }
-            Err(e) => tracing::warn!(error = %e, "deploying geo-enrich failed"),
+            Err(e) => tracing::warn!(plugin = name, error = %e, "deploying failed"),
         }
     }
     let plugins = match (&edge, &geo) {
         (Some(_), Some(_)) => {
-            "\n  plugins        pii-redact at the edge, geo-enrich in the broker (runnel plugin list)"
+            "\n  plugins        pii-redact at the edge; geo-enrich and the aggregators events_per_type, unique_users,\
+             \n                 revenue, sessions, agent_performance in the broker (runnel plugin list, runnel agg list)"
         }
         _ => "",
     };
     let ingest = format!("http://{}/v1/events", agent.http_addr);
+    let generator = gen_cfg
+        .scenario
+        .map(|sc| tokio::spawn(generate(ingest.clone(), sc, gen_cfg.rate)));
+    let generating = match gen_cfg.scenario {
+        Some(sc) => format!(
+            "\n  generator      {:?} events, {} a second (--generate off stops it)",
+            sc, gen_cfg.rate
+        ),
+        None => String::new(),
+    };
     println!(
         "runnel dev is up (data dir {dir})\n\
          \n  agent ingest   POST {ingest}\
          \n  agent metrics  http://{agent_addr}/metrics\
          \n  broker QUIC    {quic} (CA: {ca})\
-         \n  broker admin   http://{admin}  (/v1/log/stats, /v1/log/read, /v1/plugins, /metrics){plugins}\
+         \n  broker admin   http://{admin}  (/v1/log/stats, /v1/log/read, /v1/plugins, /v1/aggregates, /metrics){plugins}{generating}\
          \n\nTry:\n  curl -s -XPOST {ingest} -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"e-1\",\"event_type\":\"page.view\",\"timestamp\":\"2026-11-21T12:00:00Z\",\"properties\":{{\"path\":\"/\",\"ip\":\"198.51.100.23\",\"email\":\"ada@example.com\"}}}}'\
          \n  runnel log stats --admin-addr {admin}\
          \n  runnel log read --admin-addr {admin} --limit 10\
          \n  runnel plugin list --admin-addr {admin}\
+         \n  runnel agg list --admin-addr {admin}\
+         \n  runnel agg read events_per_type --admin-addr {admin}\
+         \n  runnel log read --topic late_events --admin-addr {admin}\
          \n\nCtrl-C stops both.",
         dir = data_dir.display(),
         agent_addr = agent.http_addr,
@@ -97,6 +202,9 @@ pub async fn run(
         admin = broker.admin_addr,
     );
     stop.await;
+    if let Some(g) = generator {
+        g.abort();
+    }
     println!("stopping agent and broker…");
     agent.shutdown().await;
     broker.shutdown().await;

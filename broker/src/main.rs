@@ -36,6 +36,12 @@ enum Cmd {
         /// `geo_enrich.wasm` is deployed to the broker). `./dev.sh` builds them and passes it.
         #[arg(long)]
         plugins_dir: Option<PathBuf>,
+        /// Generate a stream into the agent: `fintech`, `ecommerce` or `off`.
+        #[arg(long, default_value = "fintech")]
+        generate: String,
+        /// Events a second the generator posts.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
     },
     /// Run the broker.
     Broker {
@@ -244,7 +250,13 @@ fn try_main() -> anyhow::Result<()> {
             broker_config,
             agent_config,
             plugins_dir,
+            generate,
+            rate,
         } => {
+            let gen_cfg = runnel_broker::dev::Generate {
+                scenario: runnel_broker::dev::parse_scenario(&generate)?,
+                rate,
+            };
             telemetry::init_logging();
             let broker: BrokerConfig = match broker_config {
                 Some(p) => runnel_agent::config::from_file(&p)?,
@@ -267,6 +279,7 @@ fn try_main() -> anyhow::Result<()> {
                 broker,
                 agent,
                 plugins_dir,
+                gen_cfg,
                 shutdown_signal(),
             ))
         }
