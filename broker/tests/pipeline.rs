@@ -273,3 +273,124 @@ async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_writt
     assert_eq!(stats.errors, poisoned.len() as u64);
     assert_eq!(stats.events_out, total - poisoned.len() as u64);
 }
+
+/// Appends `batches` batches of 100 `order.placed` events at event times 100 ms apart (the
+/// `n`th event at `n * 100` ms), continuing from event `first`.
+async fn fill_timed(log: &BrokerLog, first: u64, batches: u64) -> u64 {
+    let mut n = first;
+    for b in 0..batches {
+        let events: Vec<Event> = (0..100)
+            .map(|_| {
+                n += 1;
+                Event {
+                    timestamp_ms: n as i64 * 100,
+                    received_at_ms: n as i64 * 100,
+                    ..ev(format!("t-{n}"))
+                }
+            })
+            .collect();
+        let frame = Batch {
+            agent_id: "agent-1".into(),
+            host: "h".into(),
+            epoch: 1,
+            first_seq: first / 100 + b,
+            chunks: vec![Chunk { events }.encode()],
+        }
+        .encode_frame();
+        log.append(check_batch(frame, MAX).unwrap()).await;
+    }
+    n
+}
+
+/// An aggregator's window state commits with the offset: a redb commit that fails mid-stream
+/// (through the storage seam) commits nothing, and after a restart from the last good commit
+/// every event is in exactly one window, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_keeps_window_state_and_offset_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let faults = Faults::new();
+    let registry = Registry::open_with(d, Some(faults.clone())).unwrap();
+    let bytes = wasm("count_by_type");
+    let sha = runnel_broker::registry::sha256_hex(&bytes);
+    registry
+        .deploy(
+            Deploy {
+                name: "per_type".into(),
+                version: None,
+                policy: None,
+                kind: "aggregate".into(),
+                params: Vec::new(),
+                limits: PluginLimits {
+                    deadline_ms: 200,
+                    memory_bytes_max: 64 << 20,
+                    fuel_per_call: None,
+                },
+                capabilities: Vec::new(),
+            },
+            &bytes,
+            &sha,
+        )
+        .unwrap();
+    let log = open_log(d);
+    let half = fill_timed(&log, 0, 10).await;
+    let pipeline = start(d, &registry, &log, Arc::new(FsStorage));
+    let shared = pipeline.shared.clone();
+    wait("the first half to commit", || {
+        shared.offset.load(Ordering::Acquire) == half
+    });
+
+    // The second half arrives while every commit fails.
+    faults.set_fail_sync(true);
+    let total = fill_timed(&log, half, 10).await;
+    wait("the commit failure to show", || {
+        shared.failure.lock().unwrap().is_some()
+    });
+    assert_eq!(shared.offset.load(Ordering::Acquire), half);
+    pipeline.stop();
+    drop(registry);
+
+    faults.set_fail_sync(false);
+    let registry = Registry::open(d).unwrap();
+    assert_eq!(registry.pipeline_offset().unwrap(), half);
+    let pipeline = start(d, &registry, &log, Arc::new(FsStorage));
+    let shared = pipeline.shared.clone();
+    wait("the pipeline to catch up", || {
+        shared.offset.load(Ordering::Acquire) == total
+    });
+    pipeline.stop();
+
+    // Events 1..=2000 at 100 ms apart: windows of 1 min hold 599, 600, 600 and 201 events; the
+    // watermark (199.5 s) finalized the first three (end + 5 s lateness).
+    let finals = registry
+        .final_rows("per_type", i64::MIN, i64::MAX, usize::MAX)
+        .unwrap();
+    let counts: Vec<(i64, String)> = finals
+        .iter()
+        .map(|r| (r.start, String::from_utf8(r.values.clone()).unwrap()))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            (0, "[599]".to_string()),
+            (60_000, "[600]".to_string()),
+            (120_000, "[600]".to_string())
+        ]
+    );
+    let (meta, snapshot) = registry.aggregate_state("per_type").unwrap().unwrap();
+    assert_eq!(meta.window, "tumbling 1m");
+    let schema = runnel_window::Schema {
+        dimensions: vec!["event_type".into()],
+        measures: vec![("events".into(), runnel_window::MeasureKind::Count)],
+        window: runnel_window::WindowSpec::Tumbling { size_ms: 60_000 },
+        allowed_lateness_ms: 5_000,
+    };
+    let engine =
+        runnel_window::Engine::restore(schema, runnel_window::Settings::default(), &snapshot)
+            .unwrap();
+    let open = engine.rows();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].window.start, 180_000);
+    assert_eq!(open[0].values, vec![runnel_window::Value::Count(201)]);
+    assert_eq!(registry.stats("per_type").unwrap().events_in, total);
+}
