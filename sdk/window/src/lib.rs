@@ -175,7 +175,7 @@ pub struct Engine {
     schema: Schema,
     settings: Settings,
     panes: BTreeMap<Window, Pane>,
-    sources: HashMap<String, Source>,
+    sources: HashMap<String, Source, foldhash::fast::RandomState>,
     /// The watermark windows have been finalized against (never goes back).
     applied: Option<i64>,
     state_bytes: usize,
@@ -238,7 +238,7 @@ impl Engine {
             schema,
             settings,
             panes: BTreeMap::new(),
-            sources: HashMap::new(),
+            sources: HashMap::default(),
             applied: None,
             state_bytes: 0,
             counters: Counters::default(),
@@ -319,15 +319,14 @@ impl Engine {
         }
         let spec = &self.schema.window;
         let pane = spec.pane(ts);
-        let windows = spec.windows_of_pane(pane);
-        let last = *windows.last().expect("a pane is in at least one window");
+        let (first, last) = spec.first_last_of_pane(pane);
         if self.is_final(last) {
             self.counters.late += 1;
             return Added::Late {
                 window_end: last.end,
             };
         }
-        if self.is_final(windows[0]) {
+        if self.is_final(first) {
             self.counters.partially_late += 1;
         }
         if !self.panes.contains_key(&pane) && self.panes.len() >= self.settings.open_windows_max {
@@ -337,7 +336,7 @@ impl Engine {
             };
         }
         let lat = self.schema.allowed_lateness_ms;
-        self.next_due = self.next_due.min(windows[0].end.saturating_add(lat));
+        self.next_due = self.next_due.min(first.end.saturating_add(lat));
         let measures = &self.schema.measures;
         let keys_max = self.settings.keys_per_window_max;
         encode_key(key, &mut self.scratch);

@@ -133,6 +133,27 @@ impl WindowSpec {
         }
     }
 
+    /// The earliest and the latest window that hold pane `p` (without allocating).
+    pub fn first_last_of_pane(&self, p: Window) -> (Window, Window) {
+        match *self {
+            Self::Tumbling { .. } | Self::Calendar { .. } | Self::Session { .. } => (p, p),
+            Self::Hopping { size_ms, slide_ms } => {
+                let n = size_ms / slide_ms;
+                let start = p.start - (n - 1) * slide_ms;
+                (
+                    Window {
+                        start,
+                        end: start + size_ms,
+                    },
+                    Window {
+                        start: p.start,
+                        end: p.start + size_ms,
+                    },
+                )
+            }
+        }
+    }
+
     /// The windows an event time falls in, earliest first.
     pub fn windows(&self, ts: i64) -> Vec<Window> {
         self.windows_of_pane(self.pane(ts))
