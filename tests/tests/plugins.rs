@@ -316,14 +316,29 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().await.unwrap().contains("component"));
+    // An aggregator deploys like an enricher; the name then belongs to an aggregator, and an
+    // enricher under it is refused with the reason.
     let r = client
         .put(format!("http://{}/v1/plugins/agg", p.admin_addr))
         .body(std::fs::read(plugin("count_by_type")).unwrap())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    assert!(r.text().await.unwrap().contains("an aggregator"));
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(by_name(&p.plugin_list(), "agg")["kind"], "aggregate");
+    let r = client
+        .put(format!("http://{}/v1/plugins/agg", p.admin_addr))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("is deployed as kind") && text.contains("aggregate"),
+        "{text}"
+    );
+    p.cli(&["plugin", "remove", "agg"]);
     let r = client
         .post(format!("http://{}/v1/plugins/nobody/pause", p.admin_addr))
         .send()
