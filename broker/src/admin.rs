@@ -400,19 +400,21 @@ async fn deploy_plugin(
             .load_enricher(&req.name, &body, req.params.clone(), limits.clone())
         {
             Ok(_) => req.kind = "enrich".into(),
-            Err(e) => {
-                let agg = if matches!(e, runnel_host::LoadError::Invalid(_)) {
-                    a2.runtime
-                        .load_aggregator(&req.name, &body, req.params.clone(), limits)
-                        .ok()
-                } else {
-                    None
-                };
-                if agg.is_none() {
-                    return Err(bad_request(format!("component: {e}")));
+            Err(e @ runnel_host::LoadError::Invalid(_)) => {
+                // Not an enricher: perhaps an aggregator. If it is one that fails to load
+                // (its init refuses, its schema is invalid), that is the error to show.
+                match a2
+                    .runtime
+                    .load_aggregator(&req.name, &body, req.params.clone(), limits)
+                {
+                    Ok(_) => req.kind = "aggregate".into(),
+                    Err(runnel_host::LoadError::Invalid(_)) => {
+                        return Err(bad_request(format!("component: {e}")));
+                    }
+                    Err(agg) => return Err(bad_request(format!("component: {agg}"))),
                 }
-                req.kind = "aggregate".into();
             }
+            Err(e) => return Err(bad_request(format!("component: {e}"))),
         }
         let (record, changed) = a2
             .registry

@@ -295,6 +295,69 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
     assert_eq!(ept["lag_events"], 0);
     assert!(ept["watermark"].is_string());
     assert_eq!(ept["late_events"].as_u64().unwrap() as usize, beyond.len());
+
+    // /metrics counts late events by aggregate.
+    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("runnel_late_events_total{aggregate=\"events_per_type\"}"))
+        .unwrap_or_else(|| panic!("no late-events counter in /metrics:\n{metrics}"));
+    assert!(line.ends_with(&format!(" {}", beyond.len())), "{line}");
+}
+
+/// A window limit refuses rows, never silently: each refused event goes to `dead_letters`
+/// naming the limit, `agg list` counts it, and the rows that were folded plus the refused ones
+/// are every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_limit_refuses_rows_into_dead_letters_naming_it() {
+    let mut p = Pipeline::with_args(&[], &["--aggregate-keys-per-window-max=4"]);
+    p.start().await;
+    deploy(&p, "events_per_type");
+    let events = stream(3_000);
+    post(&p.agent_url, &events, 500, Duration::ZERO).await;
+    p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(60))
+        .await;
+    let rows = agg_read(&p, "events_per_type");
+    let mut per_window: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &rows {
+        *per_window
+            .entry(r["window_start"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(per_window.values().all(|n| *n <= 4), "{per_window:?}");
+    let refused: Vec<Value> = p
+        .read_topic("dead_letters")
+        .into_iter()
+        .filter(|d| d["kind"] == "refused")
+        .collect();
+    assert!(!refused.is_empty());
+    for d in &refused {
+        assert_eq!(d["plugin"], "events_per_type");
+        assert!(
+            d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("aggregate_keys_per_window_max"),
+            "{d}"
+        );
+    }
+    let folded: u64 = rows.iter().map(|r| r["events"].as_u64().unwrap()).sum();
+    let late = late_ids(&p).get("events_per_type").map_or(0, BTreeSet::len);
+    assert_eq!(
+        folded as usize + refused.len() + late,
+        events.len(),
+        "every event is folded, refused or late"
+    );
+    let list: Vec<Value> = serde_json::from_str(&p.cli(&["agg", "list"])).unwrap();
+    assert_eq!(
+        list[0]["refused"]["keys_per_window_max"].as_u64().unwrap() as usize,
+        refused.len()
+    );
 }
 
 /// Every row (final and open) of `names`, as JSON text, and the late event ids.

@@ -222,8 +222,8 @@ impl std::fmt::Display for Failure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    /// The bytes are not a component for the `enricher` world.
-    #[error("not a valid enricher component: {0}")]
+    /// The bytes are not a component for the world asked for (`enricher` or `aggregator`).
+    #[error("not a valid component for this plugin world: {0}")]
     Invalid(String),
     /// The plugin's `init` refused its parameters, or failed.
     #[error("plugin init failed: {0}")]
