@@ -46,3 +46,10 @@ if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "$componentize_py"; then
   log "installing $componentize_py into $venv"
   "$venv/bin/pip" install --quiet "$componentize_py"
 fi
+# The Arrow Flight clients the tests drive the broker with (pinned).
+for pkg in "pyarrow==26.0.1" "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0"; do
+  if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qix "$pkg"; then
+    log "installing $pkg into $venv"
+    "$venv/bin/pip" install --quiet "$pkg"
+  fi
+done

@@ -81,6 +81,16 @@ pub fn with_env_names(cmd: clap::Command) -> clap::Command {
     let cmd = cmd.mut_args(|arg| match arg.get_long() {
         Some(long) if long != "help" && long != "version" => {
             let name = format!("RUNNEL_{}", long.replace('-', "_").to_uppercase());
+            // A repeatable flag named in the plural also answers to the singular:
+            // `--flight-token A --flight-token B`.
+            let singular = long
+                .strip_suffix('s')
+                .filter(|_| matches!(arg.get_action(), clap::ArgAction::Append))
+                .map(|s| &*Box::leak(s.to_string().into_boxed_str()));
+            let arg = match singular {
+                Some(s) => arg.visible_alias(s),
+                None => arg,
+            };
             arg.env(&*Box::leak(name.into_boxed_str()))
         }
         _ => arg,

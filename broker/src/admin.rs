@@ -492,36 +492,25 @@ async fn remove_plugin(
     }
 }
 
-/// How long the admin API waits for the pipeline thread to answer.
-const PIPELINE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn ask_pipeline<T>(
-    a: &Admin,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::aggregate::Query,
-) -> Result<T, Response> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let unavailable = |why: &str| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": format!("pipeline: {why}") })),
-        )
-            .into_response()
+fn read_error(e: crate::aggregate::ReadError) -> Response {
+    use crate::aggregate::ReadError;
+    let status = match &e {
+        ReadError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReadError::NotFound(_) => StatusCode::NOT_FOUND,
+        ReadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if a.pipeline.ask(make(tx)).is_none() {
-        return Err(unavailable("not running"));
-    }
-    match tokio::time::timeout(PIPELINE_ANSWER_TIMEOUT, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(unavailable("stopped before answering")),
-        Err(_) => Err(unavailable("busy; no answer within 10 s")),
-    }
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": format!("{e:#}") })),
+    )
+        .into_response()
 }
 
 /// `GET /v1/aggregates`: every running aggregate (name, window, columns, watermark, lag).
 async fn list_aggregates(State(a): State<Arc<Admin>>) -> Response {
-    match ask_pipeline(&a, crate::aggregate::Query::List).await {
+    match crate::aggregate::list(&a.pipeline).await {
         Ok(list) => axum::Json(list).into_response(),
-        Err(r) => r,
+        Err(e) => read_error(e),
     }
 }
 
@@ -570,45 +559,16 @@ async fn aggregate_rows(
             a.read_limit_max
         ));
     }
-    let n = name.clone();
-    let live =
-        match ask_pipeline(&a, |reply| crate::aggregate::Query::Rows { name: n, reply }).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                return (
-                    StatusCode::NOT_FOUND,
-                    axum::Json(serde_json::json!({ "error": e })),
-                )
-                    .into_response();
-            }
-            Err(r) => return r,
+    let (meta, rows) =
+        match crate::aggregate::read_rows(&a.pipeline, &a.registry, &name, from, to, limit).await {
+            Ok(v) => v,
+            Err(e) => return read_error(e),
         };
-    let registry = a.registry.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let (meta, in_memory) = live;
-        let mut rows: std::collections::BTreeMap<(i64, i64, Vec<u8>), (registry::FinalRow, bool)> =
-            std::collections::BTreeMap::new();
-        for r in registry.final_rows(&name, from, to, limit)? {
-            rows.insert((r.start, r.end, r.key.clone()), (r, true));
-        }
-        for (r, is_final) in in_memory {
-            if r.start >= from && r.start < to {
-                rows.entry((r.start, r.end, r.key.clone()))
-                    .or_insert((r, is_final));
-            }
-        }
-        let mut out = Vec::new();
-        for (r, is_final) in rows.values().take(limit) {
-            serde_json::to_writer(&mut out, &crate::aggregate::row_json(&meta, r, *is_final))
-                .expect("serializing to memory");
-            out.push(b'\n');
-        }
-        anyhow::Ok(out)
-    })
-    .await;
-    match result {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    let mut out = Vec::new();
+    for (r, is_final) in &rows {
+        serde_json::to_writer(&mut out, &crate::aggregate::row_json(&meta, r, *is_final))
+            .expect("serializing to memory");
+        out.push(b'\n');
     }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
 }

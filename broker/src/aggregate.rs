@@ -219,3 +219,77 @@ pub fn info(
         .collect(),
     }
 }
+
+/// How long a reader waits for the pipeline thread to answer.
+pub const PIPELINE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why rows could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The pipeline is not running or did not answer.
+    #[error("pipeline: {0}")]
+    Unavailable(String),
+    /// No such aggregate, or it is not running.
+    #[error("{0}")]
+    NotFound(String),
+    /// Storage failure.
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+/// Asks the pipeline thread a question and waits for the answer.
+pub async fn ask<T>(
+    shared: &crate::pipeline::Shared,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Query,
+) -> Result<T, ReadError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared.ask(make(tx)).is_none() {
+        return Err(ReadError::Unavailable("not running".into()));
+    }
+    match tokio::time::timeout(PIPELINE_ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(ReadError::Unavailable("stopped before answering".into())),
+        Err(_) => Err(ReadError::Unavailable("busy; no answer within 10 s".into())),
+    }
+}
+
+/// Every running aggregate.
+pub async fn list(shared: &crate::pipeline::Shared) -> Result<Vec<AggInfo>, ReadError> {
+    ask(shared, Query::List).await
+}
+
+/// The rows of aggregate `name` whose window starts in `[from, to)`, in window then key
+/// order, at most `limit`, each with `is_final`: committed final rows (redb), final rows not
+/// yet committed and the rows of open windows (from the pipeline thread).
+pub async fn read_rows(
+    shared: &crate::pipeline::Shared,
+    registry: &crate::registry::Registry,
+    name: &str,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<HeldRows, ReadError> {
+    let n = name.to_string();
+    let (meta, in_memory) = ask(shared, |reply| Query::Rows { name: n, reply })
+        .await?
+        .map_err(ReadError::NotFound)?;
+    let registry = registry.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut rows: std::collections::BTreeMap<(i64, i64, Vec<u8>), (FinalRow, bool)> =
+            std::collections::BTreeMap::new();
+        for r in registry.final_rows(&name, from, to, limit)? {
+            rows.insert((r.start, r.end, r.key.clone()), (r, true));
+        }
+        for (r, is_final) in in_memory {
+            if r.start >= from && r.start < to {
+                rows.entry((r.start, r.end, r.key.clone()))
+                    .or_insert((r, is_final));
+            }
+        }
+        let rows: Vec<(FinalRow, bool)> = rows.into_values().take(limit).collect();
+        Ok((meta, rows))
+    })
+    .await
+    .map_err(|e| ReadError::Storage(anyhow::anyhow!("reading rows: {e}")))?
+}

@@ -12,6 +12,13 @@ settings! {
     data_dir: PathBuf [PathBuf] = PathBuf::new();
     /// QUIC address agents ship to.
     quic_addr: SocketAddr [SocketAddr] = "127.0.0.1:8711".parse().expect("valid address");
+    /// Arrow Flight address (gRPC). The Flight service runs only if `flight_tokens` has a token.
+    flight_addr: SocketAddr [SocketAddr] = "127.0.0.1:8712".parse().expect("valid address");
+    /// Bearer tokens Flight clients may use (each at least 16 characters, no spaces). Without
+    /// any, Flight is off.
+    flight_tokens: Vec<String> [Vec<String>] = Vec::new();
+    /// Most rows one Flight call returns, and most recent events the `events` table holds.
+    flight_rows_max: usize [usize] = 1_000_000;
     /// Admin HTTP address (`/v1/log/*`, `/metrics`, `/livez`, `/readyz`).
     admin_addr: SocketAddr [SocketAddr] = "127.0.0.1:8713".parse().expect("valid address");
     /// PEM certificate chain for QUIC. Unset: a dev CA and certificate are created in
@@ -136,6 +143,22 @@ impl BrokerConfig {
         }
         if self.plugin_pause_after_failing_batches == 0 {
             return fail("plugin_pause_after_failing_batches", "must be > 0");
+        }
+        if let Some(t) = self
+            .flight_tokens
+            .iter()
+            .find(|t| t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            return fail(
+                "flight_tokens",
+                &format!(
+                    "a token of {} characters: each must be at least 16 printable ASCII characters without spaces",
+                    t.len()
+                ),
+            );
+        }
+        if self.flight_rows_max == 0 {
+            return fail("flight_rows_max", "must be > 0");
         }
         if self.aggregate_commit_interval_ms == 0 {
             return fail("aggregate_commit_interval_ms", "must be > 0");

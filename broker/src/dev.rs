@@ -118,6 +118,12 @@ pub async fn run(
         agent.edge_plugin = vec![edge.clone()];
     }
     let storage: Arc<dyn runnel_segment::Storage> = Arc::new(runnel_segment::FsStorage);
+    // Flight needs a token: a fresh one for this run unless the config gives some.
+    let mut broker = broker;
+    if broker.flight_tokens.is_empty() {
+        broker.flight_tokens = vec![format!("dev-{}", uuid::Uuid::new_v4().simple())];
+    }
+    let flight_token = broker.flight_tokens[0].clone();
     let broker_cfg = BrokerConfig {
         data_dir: data_dir.join("broker"),
         ..broker
@@ -182,7 +188,8 @@ pub async fn run(
          \n  agent ingest   POST {ingest}\
          \n  agent metrics  http://{agent_addr}/metrics\
          \n  broker QUIC    {quic} (CA: {ca})\
-         \n  broker admin   http://{admin}  (/v1/log/stats, /v1/log/read, /v1/plugins, /v1/aggregates, /metrics){plugins}{generating}\
+         \n  broker admin   http://{admin}  (/v1/log/stats, /v1/log/read, /v1/plugins, /v1/aggregates, /metrics)\
+         \n  Arrow Flight   {flight}  token {flight_token}{plugins}{generating}\
          \n\nTry:\n  curl -s -XPOST {ingest} -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"e-1\",\"event_type\":\"page.view\",\"timestamp\":\"2026-11-21T12:00:00Z\",\"properties\":{{\"path\":\"/\",\"ip\":\"198.51.100.23\",\"email\":\"ada@example.com\"}}}}'\
          \n  runnel log stats --admin-addr {admin}\
@@ -191,6 +198,12 @@ pub async fn run(
          \n  runnel agg list --admin-addr {admin}\
          \n  runnel agg read events_per_type --admin-addr {admin}\
          \n  runnel log read --topic late_events --admin-addr {admin}\
+         \n\nFrom Python (pip install pyarrow):\
+         \n  import pyarrow.flight as fl\
+         \n  c = fl.FlightClient(\"{flight}\")\
+         \n  o = fl.FlightCallOptions(headers=[(b\"authorization\", b\"Bearer {flight_token}\")])\
+         \n  info = c.get_flight_info(fl.FlightDescriptor.for_path(\"events_per_type\"), o)\
+         \n  print(c.do_get(info.endpoints[0].ticket, o).read_all().to_pandas())\
          \n\nCtrl-C stops both.",
         dir = data_dir.display(),
         agent_addr = agent.http_addr,
@@ -200,6 +213,9 @@ pub async fn run(
             .as_ref()
             .map_or("configured".into(), |p| p.display().to_string()),
         admin = broker.admin_addr,
+        flight = broker
+            .flight_addr
+            .map_or("off".into(), |a| format!("grpc://{a}")),
     );
     stop.await;
     if let Some(g) = generator {

@@ -8,6 +8,7 @@
 //! - [`topic`]: side topics of the log (`dead_letters`, `late_events`);
 //! - [`pipeline`]: runs the deployed enrichers and aggregators over the log;
 //! - [`aggregate`]: windowed aggregates: state, rows, what `runnel agg` shows;
+//! - [`flight`]: Arrow Flight over the aggregates, recent events and side topics;
 //! - [`plugin_cli`]: `runnel plugin new/build/test`;
 //! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
 //! - [`dev`]: `runnel dev`, broker and agent on one data dir.
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod config;
 pub mod dev;
+pub mod flight;
 pub mod log;
 pub mod pipeline;
 pub mod plugin_cli;
@@ -39,6 +41,8 @@ pub struct RunningBroker {
     pub quic_addr: SocketAddr,
     /// The admin API.
     pub admin_addr: SocketAddr,
+    /// Arrow Flight, when `flight_tokens` has a token.
+    pub flight_addr: Option<SocketAddr>,
     /// The dev CA agents should trust, when the dev TLS material is in use.
     pub dev_ca: Option<std::path::PathBuf>,
     /// The log.
@@ -169,6 +173,8 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
     });
     let wasm_max = cfg.plugin_wasm_bytes_max;
+    let flight_admin = admin.clone();
+    let shutdown_rx_flight = shutdown_rx.clone();
     let mut admin_shutdown = shutdown_rx;
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(
@@ -182,10 +188,39 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             tracing::error!(error = %e, "admin server stopped");
         }
     }));
-    tracing::info!(%quic_addr, %admin_addr, "broker started");
+    let flight_addr = if cfg.flight_tokens.is_empty() {
+        tracing::info!("Arrow Flight is off: no flight_tokens");
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(cfg.flight_addr)
+            .await
+            .with_context(|| format!("binding flight_addr {}", cfg.flight_addr))?;
+        let addr = listener.local_addr()?;
+        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+            flight::Service::new(flight_admin, cfg.flight_tokens.clone(), cfg.flight_rows_max),
+        )
+        .max_encoding_message_size(usize::MAX);
+        let mut flight_shutdown = shutdown_rx_flight;
+        tasks.push(tokio::spawn(async move {
+            let serve = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = flight_shutdown.changed().await;
+                    },
+                );
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "Flight server stopped");
+            }
+        }));
+        Some(addr)
+    };
+    tracing::info!(%quic_addr, %admin_addr, ?flight_addr, "broker started");
     Ok(RunningBroker {
         quic_addr,
         admin_addr,
+        flight_addr,
         dev_ca: files.dev_ca,
         log,
         registry,

@@ -1,0 +1,883 @@
+//! Arrow Flight on `flight_addr` (default `127.0.0.1:8712`): the aggregates, recent events and
+//! the side topics as Arrow record batches, for pyarrow and any other Flight client.
+//!
+//! ## Tables
+//! - every running aggregate, by name: `window_start`, `window_end` (timestamps, ms, UTC),
+//!   `is_final`, the dimensions (text), the measures (`count` as Int64, the others as Float64,
+//!   `quantiles` as three Float64 columns `m_p50`, `m_p90`, `m_p99`). The schema's metadata
+//!   carries `runnel.watermark` (RFC 3339, empty before the first event), `runnel.window` and
+//!   `runnel.allowed_lateness_ms`, so a client knows how complete the data is;
+//! - `events`: the most recent events of the log (at most `flight_rows_max`), every envelope
+//!   field, `properties` as JSON text;
+//! - `dead_letters` and `late_events`: `offset`, `source_offset` and the entry as JSON text.
+//!
+//! ## Descriptors and tickets
+//! A path descriptor names a table (`["events_per_type"]`). A command descriptor is a small
+//! JSON query: `{"table": "events_per_type", "from": "2026-11-21T10:00:00Z", "to": "…",
+//! "where": {"platform": "ios"}, "limit": 1000}`. `from`/`to` bound `window_start` (aggregates),
+//! `timestamp` (events) or `offset` (side topics, as numbers); `where` is equality on text
+//! columns. The ticket of a `FlightInfo` is the query itself.
+//!
+//! ## Security
+//! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
+//! `Handshake` with basic auth (user `runnel`, password a token) answers with that bearer
+//! token. A missing or wrong token is `Unauthenticated`, naming what is wrong.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::admin::Admin;
+use crate::aggregate::{self, AggInfo, ReadError};
+
+/// The tables that are not aggregates.
+pub const FIXED_TABLES: &[&str] = &["events", "dead_letters", "late_events"];
+
+/// Rows per record batch sent.
+const BATCH_ROWS: usize = 65_536;
+
+/// A query: the command descriptor's JSON, and the ticket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableQuery {
+    /// The table.
+    pub table: String,
+    /// Lower bound (inclusive): RFC 3339 for aggregates and events, an offset for side topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<serde_json::Value>,
+    /// Upper bound (exclusive), like `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<serde_json::Value>,
+    /// Equality filters on text columns.
+    #[serde(default, rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
+    pub filters: BTreeMap<String, String>,
+    /// Most rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The Flight service.
+pub struct Service {
+    admin: Arc<Admin>,
+    tokens: Arc<Vec<String>>,
+    rows_max: usize,
+}
+
+impl Service {
+    /// A service reading through `admin`'s handles, accepting `tokens`, answering at most
+    /// `rows_max` rows per call (`flight_rows_max`).
+    pub fn new(admin: Arc<Admin>, tokens: Vec<String>, rows_max: usize) -> Self {
+        Self {
+            admin,
+            tokens: Arc::new(tokens),
+            rows_max,
+        }
+    }
+
+    fn known_token(&self, token: &str) -> bool {
+        // Compare every token in full so the time taken does not tell how much matched.
+        self.tokens.iter().fold(false, |found, t| {
+            let same = t.len() == token.len()
+                && t.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            found | same
+        })
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(h) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "authorization: missing; send 'authorization: Bearer TOKEN' with a token of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
+            ));
+        };
+        let v = h
+            .to_str()
+            .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
+        let Some(token) = v.strip_prefix("Bearer ") else {
+            return Err(Status::unauthenticated(
+                "authorization: expected 'Bearer TOKEN'",
+            ));
+        };
+        if self.known_token(token.trim()) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "authorization: the bearer token is not one of the broker's flight_tokens",
+            ))
+        }
+    }
+
+    async fn aggregates(&self) -> Result<Vec<AggInfo>, Status> {
+        aggregate::list(&self.admin.pipeline)
+            .await
+            .map_err(status_of)
+    }
+
+    /// The query a descriptor asks for.
+    fn query_of(d: &FlightDescriptor) -> Result<TableQuery, Status> {
+        match d.r#type() {
+            DescriptorType::Path => match d.path.as_slice() {
+                [table] => Ok(TableQuery {
+                    table: table.clone(),
+                    ..TableQuery::default()
+                }),
+                other => Err(Status::invalid_argument(format!(
+                    "descriptor.path: expected one element, the table name; got {other:?}"
+                ))),
+            },
+            DescriptorType::Cmd => serde_json::from_slice(&d.cmd).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "descriptor.cmd: not a query ({e}); expected {{\"table\": NAME, \"from\"?, \"to\"?, \"where\"?, \"limit\"?}}"
+                ))
+            }),
+            DescriptorType::Unknown => Err(Status::invalid_argument(
+                "descriptor.type: must be PATH or CMD",
+            )),
+        }
+    }
+
+    /// The schema of a table, checking that it exists and that the query's filters name its
+    /// columns.
+    async fn schema_of(&self, q: &TableQuery) -> Result<(SchemaRef, Option<AggInfo>), Status> {
+        let (schema, info) = match q.table.as_str() {
+            "events" => (events_schema(), None),
+            "dead_letters" | "late_events" => (topic_schema(), None),
+            name => {
+                let aggs = self.aggregates().await?;
+                let Some(info) = aggs.into_iter().find(|a| a.name == name) else {
+                    let mut names: Vec<String> =
+                        FIXED_TABLES.iter().map(|s| (*s).to_string()).collect();
+                    names.extend(self.aggregates().await?.into_iter().map(|a| a.name));
+                    return Err(Status::not_found(format!(
+                        "table: {name:?} is not one of {names:?}"
+                    )));
+                };
+                (aggregate_schema(&info), Some(info))
+            }
+        };
+        for column in q.filters.keys() {
+            match schema.field_with_name(column) {
+                Ok(f) if f.data_type() == &DataType::Utf8 => {}
+                Ok(f) => {
+                    return Err(Status::invalid_argument(format!(
+                        "where: column {column:?} of {} is {}; only text columns can be filtered",
+                        q.table,
+                        f.data_type()
+                    )));
+                }
+                Err(_) => {
+                    let text: Vec<&str> = schema
+                        .fields()
+                        .iter()
+                        .filter(|f| f.data_type() == &DataType::Utf8)
+                        .map(|f| f.name().as_str())
+                        .collect();
+                    return Err(Status::invalid_argument(format!(
+                        "where: {} has no column {column:?} (text columns: {text:?})",
+                        q.table
+                    )));
+                }
+            }
+        }
+        if let Some(limit) = q.limit
+            && limit > self.rows_max
+        {
+            return Err(Status::invalid_argument(format!(
+                "limit: {limit} exceeds flight_rows_max ({})",
+                self.rows_max
+            )));
+        }
+        Ok((schema, info))
+    }
+
+    fn flight_info(&self, q: &TableQuery, schema: &Schema) -> Result<FlightInfo, Status> {
+        let ticket = serde_json::to_vec(q).expect("serializing to memory");
+        let descriptor = FlightDescriptor::new_cmd(ticket.clone());
+        FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("schema: {e}")))
+            .map(|i| {
+                i.with_descriptor(descriptor)
+                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                    .with_total_records(-1)
+            })
+    }
+
+    /// The record batches a query returns.
+    async fn batches(&self, q: TableQuery) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let (schema, info) = self.schema_of(&q).await?;
+        let limit = q.limit.unwrap_or(self.rows_max);
+        let batches = match info {
+            Some(info) => {
+                let (from, to) = time_range(&q)?;
+                let (_, rows) = aggregate::read_rows(
+                    &self.admin.pipeline,
+                    &self.admin.registry,
+                    &info.name,
+                    from,
+                    to,
+                    usize::MAX,
+                )
+                .await
+                .map_err(status_of)?;
+                aggregate_batches(&schema, &info, &rows, &q.filters, limit)?
+            }
+            None if q.table == "events" => {
+                let (from, to) = time_range(&q)?;
+                let log = self.admin.log.clone();
+                let (schema, filters, scan) = (schema.clone(), q.filters.clone(), self.rows_max);
+                tokio::task::spawn_blocking(move || {
+                    events_batches(&log, &schema, from, to, &filters, limit, scan)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+            }
+            None => {
+                let reader = if q.table == "dead_letters" {
+                    self.admin.dead_letters.clone()
+                } else {
+                    self.admin.late_events.clone()
+                };
+                let offset = |v: &Option<serde_json::Value>, field: &str| {
+                    v.as_ref()
+                        .map(|v| {
+                            v.as_u64().ok_or_else(|| {
+                                Status::invalid_argument(format!(
+                                    "{field}: {v} is not an offset (a whole number) of {}",
+                                    q.table
+                                ))
+                            })
+                        })
+                        .transpose()
+                };
+                let from = offset(&q.from, "from")?.unwrap_or(0);
+                let to = offset(&q.to, "to")?.unwrap_or(u64::MAX);
+                let schema = schema.clone();
+                tokio::task::spawn_blocking(move || {
+                    topic_batches(&reader, &schema, from, to, limit)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+            }
+        };
+        Ok((schema, batches))
+    }
+}
+
+fn status_of(e: ReadError) -> Status {
+    match e {
+        ReadError::Unavailable(m) => Status::unavailable(format!("pipeline: {m}")),
+        ReadError::NotFound(m) => Status::not_found(m),
+        ReadError::Storage(e) => Status::internal(format!("{e:#}")),
+    }
+}
+
+fn time_range(q: &TableQuery) -> Result<(i64, i64), Status> {
+    let parse = |v: &Option<serde_json::Value>, field: &str| -> Result<Option<i64>, Status> {
+        let Some(v) = v else { return Ok(None) };
+        let s = v.as_str().ok_or_else(|| {
+            Status::invalid_argument(format!("{field}: {v} is not an RFC 3339 time"))
+        })?;
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|e| {
+                Status::invalid_argument(format!("{field}: {s:?} is not an RFC 3339 time ({e})"))
+            })
+    };
+    Ok((
+        parse(&q.from, "from")?.unwrap_or(i64::MIN),
+        parse(&q.to, "to")?.unwrap_or(i64::MAX),
+    ))
+}
+
+fn ts_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )
+}
+
+/// The schema of an aggregate's table.
+pub fn aggregate_schema(info: &AggInfo) -> SchemaRef {
+    let mut fields = vec![
+        ts_field("window_start"),
+        ts_field("window_end"),
+        Field::new("is_final", DataType::Boolean, false),
+    ];
+    for d in &info.dimensions {
+        fields.push(Field::new(d, DataType::Utf8, false));
+    }
+    for (name, kind) in &info.measures {
+        match kind.as_str() {
+            "count" => fields.push(Field::new(name, DataType::Int64, false)),
+            "quantiles" => {
+                for q in ["p50", "p90", "p99"] {
+                    fields.push(Field::new(format!("{name}_{q}"), DataType::Float64, true));
+                }
+            }
+            _ => fields.push(Field::new(name, DataType::Float64, true)),
+        }
+    }
+    let metadata = [
+        (
+            "runnel.watermark".to_string(),
+            info.watermark.clone().unwrap_or_default(),
+        ),
+        ("runnel.window".to_string(), info.window.clone()),
+        (
+            "runnel.allowed_lateness_ms".to_string(),
+            info.allowed_lateness_ms.to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// The schema of `events`.
+pub fn events_schema() -> SchemaRef {
+    let text = |n: &str, nullable: bool| Field::new(n, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        Field::new("offset", DataType::UInt64, false),
+        text("event_id", false),
+        text("event_type", false),
+        ts_field("timestamp"),
+        ts_field("received_at"),
+        text("agent_id", false),
+        text("host", false),
+        Field::new("schema_version", DataType::UInt32, false),
+        text("user_id", true),
+        text("session_id", true),
+        text("device_id", true),
+        text("platform", true),
+        text("app_version", true),
+        text("properties", true),
+    ]))
+}
+
+/// The schema of `dead_letters` and `late_events`.
+pub fn topic_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("offset", DataType::UInt64, false),
+        Field::new("source_offset", DataType::UInt64, false),
+        Field::new("entry", DataType::Utf8, false),
+    ]))
+}
+
+/// A row on its way into a record batch: key, values, window start, window end, is_final.
+type RowParts = (Vec<String>, Vec<serde_json::Value>, i64, i64, bool);
+
+fn aggregate_batches(
+    schema: &SchemaRef,
+    info: &AggInfo,
+    rows: &[(crate::registry::FinalRow, bool)],
+    filters: &BTreeMap<String, String>,
+    limit: usize,
+) -> Result<Vec<RecordBatch>, Status> {
+    let dim_filters: Vec<(usize, &str)> = info
+        .dimensions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| filters.get(d).map(|v| (i, v.as_str())))
+        .collect();
+    let mut out = Vec::new();
+    let mut taken = 0usize;
+    let mut chunk: Vec<RowParts> = Vec::new();
+    let flush = |chunk: &mut Vec<RowParts>, out: &mut Vec<RecordBatch>| -> Result<(), Status> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let mut start = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut end = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut fin = BooleanBuilder::new();
+        for (_, _, s, e, f) in chunk.iter() {
+            start.append_value(*s);
+            end.append_value(*e);
+            fin.append_value(*f);
+        }
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(start.finish()),
+            Arc::new(end.finish()),
+            Arc::new(fin.finish()),
+        ];
+        for d in 0..info.dimensions.len() {
+            let mut b = StringBuilder::new();
+            for (key, ..) in chunk.iter() {
+                b.append_value(key.get(d).map_or("", String::as_str));
+            }
+            cols.push(Arc::new(b.finish()));
+        }
+        for (m, (_, kind)) in info.measures.iter().enumerate() {
+            let value = |vals: &Vec<serde_json::Value>| vals.get(m).cloned().unwrap_or_default();
+            match kind.as_str() {
+                "count" => {
+                    let mut b = Int64Builder::new();
+                    for (_, vals, ..) in chunk.iter() {
+                        b.append_value(value(vals).as_i64().unwrap_or(0));
+                    }
+                    cols.push(Arc::new(b.finish()));
+                }
+                "quantiles" => {
+                    for qi in 0..3 {
+                        let mut b = Float64Builder::new();
+                        for (_, vals, ..) in chunk.iter() {
+                            b.append_option(
+                                value(vals).get(qi).and_then(serde_json::Value::as_f64),
+                            );
+                        }
+                        cols.push(Arc::new(b.finish()));
+                    }
+                }
+                _ => {
+                    let mut b = Float64Builder::new();
+                    for (_, vals, ..) in chunk.iter() {
+                        b.append_option(value(vals).as_f64());
+                    }
+                    cols.push(Arc::new(b.finish()));
+                }
+            }
+        }
+        out.push(
+            RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| Status::internal(format!("building a batch: {e}")))?,
+        );
+        chunk.clear();
+        Ok(())
+    };
+    for (r, is_final) in rows {
+        if taken >= limit {
+            break;
+        }
+        let key: Vec<String> = serde_json::from_slice(&r.key).unwrap_or_default();
+        if dim_filters
+            .iter()
+            .any(|(i, v)| key.get(*i).map(String::as_str) != Some(*v))
+        {
+            continue;
+        }
+        let values: Vec<serde_json::Value> = serde_json::from_slice(&r.values).unwrap_or_default();
+        chunk.push((key, values, r.start, r.end, *is_final));
+        taken += 1;
+        if chunk.len() >= BATCH_ROWS {
+            flush(&mut chunk, &mut out)?;
+        }
+    }
+    flush(&mut chunk, &mut out)?;
+    Ok(out)
+}
+
+struct EventColumns {
+    offset: UInt64Builder,
+    text: Vec<StringBuilder>,
+    timestamp: TimestampMillisecondBuilder,
+    received_at: TimestampMillisecondBuilder,
+    schema_version: UInt32Builder,
+    rows: usize,
+}
+
+impl EventColumns {
+    fn new() -> Self {
+        Self {
+            offset: UInt64Builder::new(),
+            // event_id, event_type, agent_id, host, user_id, session_id, device_id, platform,
+            // app_version, properties
+            text: (0..10).map(|_| StringBuilder::new()).collect(),
+            timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            received_at: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            schema_version: UInt32Builder::new(),
+            rows: 0,
+        }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, Status> {
+        let mut t: Vec<ArrayRef> = self
+            .text
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let mut take =
+            |i: usize| std::mem::replace(&mut t[i], Arc::new(arrow_array::NullArray::new(0)));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.offset.finish()),
+            take(0),
+            take(1),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.received_at.finish()),
+            take(2),
+            take(3),
+            Arc::new(self.schema_version.finish()),
+            take(4),
+            take(5),
+            take(6),
+            take(7),
+            take(8),
+            take(9),
+        ];
+        self.rows = 0;
+        RecordBatch::try_new(schema.clone(), cols)
+            .map_err(|e| Status::internal(format!("building a batch: {e}")))
+    }
+}
+
+/// The events with `timestamp` in `[from, to)` among the last `scan` of the log.
+fn events_batches(
+    log: &crate::log::BrokerLog,
+    schema: &SchemaRef,
+    from: i64,
+    to: i64,
+    filters: &BTreeMap<String, String>,
+    limit: usize,
+    scan: usize,
+) -> Result<Vec<RecordBatch>, Status> {
+    use runnel_batch::Field as F;
+    let end = log.durable_end();
+    let mut next = end.saturating_sub(scan as u64);
+    let mut out = Vec::new();
+    let mut cols = EventColumns::new();
+    let mut taken = 0usize;
+    let filter_of = |name: &str| filters.get(name).map(String::as_str);
+    let wanted: Vec<(&str, Option<&str>)> = [
+        "event_id",
+        "event_type",
+        "agent_id",
+        "host",
+        "user_id",
+        "session_id",
+        "device_id",
+        "platform",
+        "app_version",
+        "properties",
+    ]
+    .iter()
+    .map(|n| (*n, filter_of(n)))
+    .collect();
+    while next < end && taken < limit {
+        let src = log
+            .read_batch(next, 4096, 64 << 20)
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+        if src.next <= next {
+            break;
+        }
+        let view = runnel_batch::BatchView::new(&src.batch)
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
+        for i in 0..src.offsets.len() {
+            if taken >= limit {
+                break;
+            }
+            let ev = view.event(i);
+            let ts = ev.timestamp_ms();
+            if ts < from || ts >= to {
+                continue;
+            }
+            let (agent_id, host) = &src.origins[src.origin[i] as usize];
+            let values: [Option<&str>; 10] = [
+                Some(ev.event_id()),
+                Some(ev.event_type()),
+                Some(agent_id.as_str()),
+                Some(host.as_str()),
+                ev.user_id(),
+                ev.field(F::SessionId),
+                ev.field(F::DeviceId),
+                ev.field(F::Platform),
+                ev.field(F::AppVersion),
+                ev.properties(),
+            ];
+            if wanted
+                .iter()
+                .zip(&values)
+                .any(|((_, f), v)| f.is_some_and(|f| *v != Some(f)))
+            {
+                continue;
+            }
+            cols.offset.append_value(src.offsets[i]);
+            for (b, v) in cols.text.iter_mut().zip(values) {
+                b.append_option(v);
+            }
+            cols.timestamp.append_value(ts);
+            cols.received_at.append_value(ev.received_at_ms());
+            cols.schema_version.append_value(ev.schema_version());
+            cols.rows += 1;
+            taken += 1;
+            if cols.rows >= BATCH_ROWS {
+                out.push(cols.finish(schema)?);
+            }
+        }
+        next = src.next;
+    }
+    if cols.rows > 0 {
+        out.push(cols.finish(schema)?);
+    }
+    Ok(out)
+}
+
+fn topic_batches(
+    reader: &runnel_segment::LogReader,
+    schema: &SchemaRef,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<RecordBatch>, Status> {
+    #[derive(Deserialize)]
+    struct Entry {
+        offset: u64,
+        source_offset: u64,
+    }
+    let mut offsets = UInt64Builder::new();
+    let mut sources = UInt64Builder::new();
+    let mut entries = StringBuilder::new();
+    let mut n = 0;
+    let mut bad = None;
+    crate::topic::read_entries(reader, from, limit, |line| {
+        let Ok(e) = serde_json::from_slice::<Entry>(line) else {
+            bad = Some(String::from_utf8_lossy(line).into_owned());
+            return;
+        };
+        if e.offset >= to {
+            return;
+        }
+        offsets.append_value(e.offset);
+        sources.append_value(e.source_offset);
+        entries.append_value(String::from_utf8_lossy(line));
+        n += 1;
+    })
+    .map_err(|e| Status::internal(format!("reading the topic: {e}")))?;
+    if let Some(line) = bad {
+        return Err(Status::internal(format!(
+            "an unreadable topic entry: {line}"
+        )));
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(vec![
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(offsets.finish()),
+                Arc::new(sources.finish()),
+                Arc::new(entries.finish()),
+            ],
+        )
+        .map_err(|e| Status::internal(format!("building a batch: {e}")))?,
+    ])
+}
+
+type Boxed<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for Service {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+    type DoExchangeStream = Boxed<FlightData>;
+
+    /// Basic auth (user `runnel`, password a token) in, the bearer token out (in the
+    /// `authorization` response header).
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        use base64::Engine as _;
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let token = if let Some(basic) = header.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .map_err(|_| {
+                    Status::unauthenticated("authorization: Basic credentials are not base64")
+                })?;
+            let text = String::from_utf8(decoded).map_err(|_| {
+                Status::unauthenticated("authorization: Basic credentials are not UTF-8")
+            })?;
+            let (user, password) = text.split_once(':').ok_or_else(|| {
+                Status::unauthenticated("authorization: Basic credentials need user:password")
+            })?;
+            if user != "runnel" {
+                return Err(Status::unauthenticated(format!(
+                    "authorization: user {user:?} is unknown; the user is \"runnel\" and the password a flight token"
+                )));
+            }
+            password.to_string()
+        } else if let Some(bearer) = header.strip_prefix("Bearer ") {
+            bearer.trim().to_string()
+        } else {
+            return Err(Status::unauthenticated(
+                "authorization: Handshake needs Basic credentials (user runnel, password a flight token)",
+            ));
+        };
+        if !self.known_token(&token) {
+            return Err(Status::unauthenticated(
+                "authorization: the password is not one of the broker's flight_tokens",
+            ));
+        }
+        let out: Self::HandshakeStream = stream::iter([Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        })])
+        .boxed();
+        let mut resp = Response::new(out);
+        resp.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("token is not a valid header value"))?,
+        );
+        Ok(resp)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&request)?;
+        let mut infos = Vec::new();
+        for t in FIXED_TABLES {
+            let q = TableQuery {
+                table: (*t).to_string(),
+                ..TableQuery::default()
+            };
+            let schema = if *t == "events" {
+                events_schema()
+            } else {
+                topic_schema()
+            };
+            infos.push(Ok(self.flight_info(&q, &schema)?));
+        }
+        for a in self.aggregates().await? {
+            let q = TableQuery {
+                table: a.name.clone(),
+                ..TableQuery::default()
+            };
+            infos.push(Ok(self.flight_info(&q, &aggregate_schema(&a))?));
+        }
+        Ok(Response::new(stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.authorize(&request)?;
+        let q = Self::query_of(request.get_ref())?;
+        let (schema, _) = self.schema_of(&q).await?;
+        time_range_checked(&q)?;
+        Ok(Response::new(self.flight_info(&q, &schema)?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "PollFlightInfo: not supported; use GetFlightInfo (answers are immediate)",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        self.authorize(&request)?;
+        let q = Self::query_of(request.get_ref())?;
+        let (schema, _) = self.schema_of(&q).await?;
+        let options = arrow_ipc_options();
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
+            .try_into()
+            .map_err(|e| Status::internal(format!("schema: {e}")))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&request)?;
+        let q: TableQuery = serde_json::from_slice(&request.get_ref().ticket).map_err(|e| {
+            Status::invalid_argument(format!(
+                "ticket: not a query ({e}); use the ticket of a FlightInfo"
+            ))
+        })?;
+        let (schema, batches) = self.batches(q).await?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream::iter(batches.into_iter().map(Ok)))
+            .map(|r| r.map_err(|e| Status::internal(e.to_string())));
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "DoPut: not supported; events enter through an agent (POST /v1/events)",
+        ))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented("DoExchange: not supported"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(format!(
+            "DoAction: no action {:?}; this service has none",
+            request.get_ref().r#type
+        )))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&request)?;
+        let none: Vec<Result<ActionType, Status>> = Vec::new();
+        Ok(Response::new(stream::iter(none).boxed()))
+    }
+}
+
+fn time_range_checked(q: &TableQuery) -> Result<(), Status> {
+    if FIXED_TABLES[1..].contains(&q.table.as_str()) {
+        return Ok(());
+    }
+    time_range(q).map(|_| ())
+}
+
+fn arrow_ipc_options() -> arrow_ipc::writer::IpcWriteOptions {
+    arrow_ipc::writer::IpcWriteOptions::default()
+}
