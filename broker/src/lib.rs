@@ -202,10 +202,15 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         .max_encoding_message_size(usize::MAX);
         let mut flight_shutdown = shutdown_rx_flight;
         tasks.push(tokio::spawn(async move {
+            // No Nagle (a small answer must not wait for a delayed ACK) and HTTP/2 windows
+            // that adapt to the bandwidth, for bulk DoGet.
             let serve = tonic::transport::Server::builder()
+                .http2_adaptive_window(Some(true))
+                .initial_connection_window_size(8 << 20)
+                .initial_stream_window_size(4 << 20)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async move {
                         let _ = flight_shutdown.changed().await;
                     },

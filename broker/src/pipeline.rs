@@ -311,7 +311,12 @@ impl Worker {
                 Ok(Step::Progressed) => {
                     *self.shared.failure.lock().expect("lock poisoned") = None;
                 }
-                Ok(Step::Idle) => std::thread::sleep(IDLE_POLL),
+                Ok(Step::Idle) => {
+                    // Wait for the log, but answer a question at once.
+                    if let Ok(q) = self.queries.recv_timeout(IDLE_POLL) {
+                        self.answer(q);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "pipeline failed; retrying");
                     metrics::counter!("runnel_pipeline_failures_total").increment(1);
@@ -334,6 +339,12 @@ impl Worker {
     /// Answers the admin API's questions (between batches).
     fn answer_queries(&mut self) {
         while let Ok(q) = self.queries.try_recv() {
+            self.answer(q);
+        }
+    }
+
+    fn answer(&mut self, q: Query) {
+        {
             let lag = self.log.durable_end().saturating_sub(self.progress);
             match q {
                 Query::List(reply) => {
