@@ -75,8 +75,13 @@ fn authed<T>(msg: T) -> tonic::Request<T> {
 }
 
 async fn ticket(client: &mut FlightServiceClient<Channel>, table: &str) -> Ticket {
+    // "TABLE?N": a command descriptor with limit N (a query the result cache has not seen).
+    let descriptor = match table.split_once('?') {
+        Some((t, n)) => FlightDescriptor::new_cmd(format!(r#"{{"table":"{t}","limit":{n}}}"#)),
+        None => FlightDescriptor::new_path(vec![table.into()]),
+    };
     let info = client
-        .get_flight_info(authed(FlightDescriptor::new_path(vec![table.into()])))
+        .get_flight_info(authed(descriptor))
         .await
         .unwrap()
         .into_inner();
@@ -200,13 +205,18 @@ fn main() {
         }
 
         let (_, rows) = fetch(&mut client, "events_per_type", true).await;
-        let query = |label: &'static str| {
+        let query = |label: &'static str, cached: bool| {
             let mut client = client.clone();
             async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-                for _ in 0..QUERIES {
+                for i in 0..QUERIES {
+                    let table = if cached {
+                        "events_per_type".to_string()
+                    } else {
+                        format!("events_per_type?{}", 100_000 - i)
+                    };
                     let started = Instant::now();
-                    fetch(&mut client, "events_per_type", true).await;
+                    fetch(&mut client, &table, true).await;
                     h.record(started.elapsed().as_micros() as u64).unwrap();
                 }
                 println!(
@@ -217,7 +227,8 @@ fn main() {
                 );
             }
         };
-        query("idle").await;
+        query("idle, result cache missed", false).await;
+        query("idle, result cache hit", true).await;
 
         // The same while events are appended at INGEST_RATE and aggregated.
         let stop = Arc::new(AtomicBool::new(false));
@@ -236,7 +247,8 @@ fn main() {
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        query("while 200k events/s are appended and aggregated").await;
+        query("under 200k events/s of ingest, cache missed", false).await;
+        query("under 200k events/s of ingest, cache hit", true).await;
         stop.store(true, Ordering::Release);
         let appended = ingest.await.unwrap();
         println!(

@@ -19,6 +19,16 @@ settings! {
     flight_tokens: Vec<String> [Vec<String>] = Vec::new();
     /// Most rows one Flight call returns, and most recent events the `events` table holds.
     flight_rows_max: usize [usize] = 1_000_000;
+    /// How long a Flight result stays in the result cache (keyed by the query), in
+    /// milliseconds; 0 turns the cache off. A result with open windows or recent events is at
+    /// most this old.
+    flight_cache_ttl_ms: u64 [u64] = 60_000;
+    /// How long a result whose rows are all final (aggregate windows that no longer change)
+    /// stays cached, in milliseconds.
+    flight_cache_final_ttl_ms: u64 [u64] = 3_600_000;
+    /// Most bytes of Arrow data the result cache holds; a result larger than a quarter of it
+    /// is not cached, and the oldest entries go first.
+    flight_cache_bytes_max: usize [usize] = 256 << 20;
     /// Admin HTTP address (`/v1/log/*`, `/metrics`, `/livez`, `/readyz`).
     admin_addr: SocketAddr [SocketAddr] = "127.0.0.1:8713".parse().expect("valid address");
     /// PEM certificate chain for QUIC. Unset: a dev CA and certificate are created in

@@ -18,6 +18,12 @@
 //! `timestamp` (events) or `offset` (side topics, as numbers); `where` is equality on text
 //! columns. The ticket of a `FlightInfo` is the query itself.
 //!
+//! ## Result cache
+//! `DoGet` results are cached by the query's canonical JSON for `flight_cache_ttl_ms` (60 s),
+//! or `flight_cache_final_ttl_ms` (1 h) when every row is final, within
+//! `flight_cache_bytes_max`. Hits and misses are counted in `/metrics`
+//! (`runnel_flight_cache_hits_total`, `runnel_flight_cache_misses_total`).
+//!
 //! ## Security
 //! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
 //! `Handshake` with basic auth (user `runnel`, password a token) answers with that bearer
@@ -72,21 +78,113 @@ pub struct TableQuery {
     pub limit: Option<usize>,
 }
 
+/// Result cache settings (`flight_cache_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Lifetime of a result that may still change.
+    pub ttl: std::time::Duration,
+    /// Lifetime of a result whose rows are all final.
+    pub final_ttl: std::time::Duration,
+    /// Most bytes held.
+    pub bytes_max: usize,
+}
+
+struct CacheEntry {
+    at: std::time::Instant,
+    ttl: std::time::Duration,
+    bytes: usize,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+/// Results by query fingerprint (the query's canonical JSON).
+struct ResultCache {
+    settings: CacheSettings,
+    entries: std::sync::Mutex<(std::collections::HashMap<String, CacheEntry>, usize)>,
+}
+
+impl ResultCache {
+    fn get(&self, key: &str) -> Option<(SchemaRef, Vec<RecordBatch>)> {
+        let mut guard = self.entries.lock().expect("lock poisoned");
+        let (map, held) = &mut *guard;
+        match map.get(key) {
+            Some(e) if e.at.elapsed() < e.ttl => {
+                metrics::counter!("runnel_flight_cache_hits_total").increment(1);
+                Some((e.schema.clone(), e.batches.clone()))
+            }
+            Some(_) => {
+                if let Some(e) = map.remove(key) {
+                    *held -= e.bytes;
+                }
+                metrics::counter!("runnel_flight_cache_misses_total").increment(1);
+                None
+            }
+            None => {
+                metrics::counter!("runnel_flight_cache_misses_total").increment(1);
+                None
+            }
+        }
+    }
+
+    fn put(&self, key: String, schema: SchemaRef, batches: &[RecordBatch], all_final: bool) {
+        let s = self.settings;
+        if s.ttl.is_zero() {
+            return;
+        }
+        let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if bytes > s.bytes_max / 4 {
+            return;
+        }
+        let mut guard = self.entries.lock().expect("lock poisoned");
+        let (map, held) = &mut *guard;
+        while *held + bytes > s.bytes_max {
+            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            if let Some(e) = map.remove(&oldest) {
+                *held -= e.bytes;
+            }
+        }
+        let entry = CacheEntry {
+            at: std::time::Instant::now(),
+            ttl: if all_final { s.final_ttl } else { s.ttl },
+            bytes,
+            schema,
+            batches: batches.to_vec(),
+        };
+        if let Some(old) = map.insert(key, entry) {
+            *held -= old.bytes;
+        }
+        *held += bytes;
+        metrics::gauge!("runnel_flight_cache_bytes").set(*held as f64);
+    }
+}
+
 /// The Flight service.
 pub struct Service {
     admin: Arc<Admin>,
     tokens: Arc<Vec<String>>,
     rows_max: usize,
+    cache: ResultCache,
 }
 
 impl Service {
     /// A service reading through `admin`'s handles, accepting `tokens`, answering at most
     /// `rows_max` rows per call (`flight_rows_max`).
-    pub fn new(admin: Arc<Admin>, tokens: Vec<String>, rows_max: usize) -> Self {
+    pub fn new(
+        admin: Arc<Admin>,
+        tokens: Vec<String>,
+        rows_max: usize,
+        cache: CacheSettings,
+    ) -> Self {
         Self {
             admin,
             tokens: Arc::new(tokens),
             rows_max,
+            cache: ResultCache {
+                settings: cache,
+                entries: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
+            },
         }
     }
 
@@ -219,6 +317,24 @@ impl Service {
                     .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
                     .with_total_records(-1)
             })
+    }
+
+    /// The record batches a query returns, from the result cache when it has them.
+    async fn cached_batches(&self, q: TableQuery) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let key = serde_json::to_string(&q).expect("serializing to memory");
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(hit);
+        }
+        let aggregate = !FIXED_TABLES.contains(&q.table.as_str());
+        let (schema, batches) = self.batches(q).await?;
+        let all_final = aggregate
+            && batches.iter().all(|b| {
+                b.column_by_name("is_final")
+                    .and_then(|c| c.as_any().downcast_ref::<arrow_array::BooleanArray>())
+                    .is_some_and(|c| c.true_count() == c.len())
+            });
+        self.cache.put(key, schema.clone(), &batches, all_final);
+        Ok((schema, batches))
     }
 
     /// The record batches a query returns.
@@ -824,7 +940,7 @@ impl FlightService for Service {
                 "ticket: not a query ({e}); use the ticket of a FlightInfo"
             ))
         })?;
-        let (schema, batches) = self.batches(q).await?;
+        let (schema, batches) = self.cached_batches(q).await?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(stream::iter(batches.into_iter().map(Ok)))

@@ -196,10 +196,18 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             .await
             .with_context(|| format!("binding flight_addr {}", cfg.flight_addr))?;
         let addr = listener.local_addr()?;
-        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
-            flight::Service::new(flight_admin, cfg.flight_tokens.clone(), cfg.flight_rows_max),
-        )
-        .max_encoding_message_size(usize::MAX);
+        let service =
+            arrow_flight::flight_service_server::FlightServiceServer::new(flight::Service::new(
+                flight_admin,
+                cfg.flight_tokens.clone(),
+                cfg.flight_rows_max,
+                flight::CacheSettings {
+                    ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),
+                    final_ttl: std::time::Duration::from_millis(cfg.flight_cache_final_ttl_ms),
+                    bytes_max: cfg.flight_cache_bytes_max,
+                },
+            ))
+            .max_encoding_message_size(usize::MAX);
         let mut flight_shutdown = shutdown_rx_flight;
         tasks.push(tokio::spawn(async move {
             // No Nagle (a small answer must not wait for a delayed ACK) and HTTP/2 windows

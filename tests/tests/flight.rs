@@ -84,6 +84,34 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The same queries again come from the result cache.
+    let again = std::process::Command::new(python())
+        .arg(&script)
+        .args([
+            &format!("grpc://127.0.0.1:{port}"),
+            TOKEN,
+            "events_per_type",
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    assert!(counter("runnel_flight_cache_hits_total") >= 4, "{metrics}");
+    assert!(
+        counter("runnel_flight_cache_misses_total") >= 4,
+        "{metrics}"
+    );
 
     let flights: Vec<String> = got["flights"]
         .as_array()
