@@ -504,8 +504,18 @@ async fn get(url: &str) -> anyhow::Result<reqwest::Response> {
     Ok(resp)
 }
 
-async fn log_cmd(cmd: LogCmd) -> anyhow::Result<()> {
+/// Streams a response body (NDJSON) to stdout as it arrives.
+async fn to_stdout(mut resp: reqwest::Response) -> anyhow::Result<()> {
     use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = resp.chunk().await? {
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn log_cmd(cmd: LogCmd) -> anyhow::Result<()> {
     match cmd {
         LogCmd::Stats { admin_addr } => {
             let v: serde_json::Value = get(&format!("http://{admin_addr}/v1/log/stats"))
@@ -521,22 +531,17 @@ async fn log_cmd(cmd: LogCmd) -> anyhow::Result<()> {
             topic,
         } => {
             let topic: String = form_urlencoded::byte_serialize(topic.as_bytes()).collect();
-            let mut resp = get(&format!(
+            let resp = get(&format!(
                 "http://{admin_addr}/v1/log/read?from={from}&limit={limit}&topic={topic}"
             ))
             .await?;
-            let mut out = std::io::stdout().lock();
-            while let Some(chunk) = resp.chunk().await? {
-                out.write_all(&chunk)?;
-            }
-            out.flush()?;
+            to_stdout(resp).await?;
         }
     }
     Ok(())
 }
 
 async fn agg_cmd(cmd: AggCmd) -> anyhow::Result<()> {
-    use std::io::Write;
     match cmd {
         AggCmd::List { admin_addr } => {
             let v: serde_json::Value = get(&format!("http://{admin_addr}/v1/aggregates"))
@@ -563,16 +568,12 @@ async fn agg_cmd(cmd: AggCmd) -> anyhow::Result<()> {
                 }
             }
             let name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
-            let mut resp = get(&format!(
+            let resp = get(&format!(
                 "http://{admin_addr}/v1/aggregates/{name}/rows?{}",
                 q.finish()
             ))
             .await?;
-            let mut out = std::io::stdout().lock();
-            while let Some(chunk) = resp.chunk().await? {
-                out.write_all(&chunk)?;
-            }
-            out.flush()?;
+            to_stdout(resp).await?;
         }
     }
     Ok(())
