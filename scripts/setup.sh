@@ -33,6 +33,16 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
+# Flight SQL's Substrait support (datafusion-substrait) compiles protobuf definitions at build
+# time and needs protoc: Debian package protobuf-compiler.
+if ! command -v protoc >/dev/null 2>&1; then
+  log "installing protobuf-compiler (protoc)"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+
 # Python tooling in one virtualenv: componentize-py builds the Python example plugin (and
 # `runnel plugin build` for Python plugins looks here too). Pinned; reinstalled only when the
 # pinned version is not the one there.

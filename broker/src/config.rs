@@ -29,6 +29,14 @@ settings! {
     /// Most bytes of Arrow data the result cache holds; a result larger than a quarter of it
     /// is not cached, and the oldest entries go first.
     flight_cache_bytes_max: usize [usize] = 256 << 20;
+    /// Flight calls one token may have running at once; more wait in line (they are not
+    /// refused) until one finishes.
+    flight_token_concurrency_max: usize [usize] = 4;
+    /// PEM certificate chain for Flight: set with `flight_tls_key` to serve Flight over TLS
+    /// (`grpc+tls://`). Unset: plain gRPC, for a loopback `flight_addr`.
+    flight_tls_cert: Option<PathBuf> [PathBuf] = None;
+    /// PEM private key for `flight_tls_cert`.
+    flight_tls_key: Option<PathBuf> [PathBuf] = None;
     /// Admin HTTP address (`/v1/log/*`, `/metrics`, `/livez`, `/readyz`).
     admin_addr: SocketAddr [SocketAddr] = "127.0.0.1:8713".parse().expect("valid address");
     /// PEM certificate chain for QUIC. Unset: a dev CA and certificate are created in
@@ -169,6 +177,15 @@ impl BrokerConfig {
         }
         if self.flight_rows_max == 0 {
             return fail("flight_rows_max", "must be > 0");
+        }
+        if self.flight_token_concurrency_max == 0 {
+            return fail("flight_token_concurrency_max", "must be > 0");
+        }
+        if self.flight_tls_cert.is_some() != self.flight_tls_key.is_some() {
+            return fail(
+                "flight_tls_cert",
+                "flight_tls_cert and flight_tls_key go together: set both or neither",
+            );
         }
         if self.aggregate_commit_interval_ms == 0 {
             return fail("aggregate_commit_interval_ms", "must be > 0");

@@ -1,6 +1,8 @@
 //! `runnel dev`: a broker and an agent in one process on one data dir, with the default ports.
 
 use std::path::PathBuf;
+
+use anyhow::Context as _;
 use std::sync::Arc;
 
 use runnel_agent::AgentConfig;
@@ -124,6 +126,8 @@ pub async fn run(
         broker.flight_tokens = vec![format!("dev-{}", uuid::Uuid::new_v4().simple())];
     }
     let flight_token = broker.flight_tokens[0].clone();
+    // `runnel query` run from the same directory reads it from here.
+    write_private(&data_dir.join("flight-token"), &flight_token)?;
     let broker_cfg = BrokerConfig {
         data_dir: data_dir.join("broker"),
         ..broker
@@ -198,6 +202,7 @@ pub async fn run(
          \n  runnel agg list --admin-addr {admin}\
          \n  runnel agg read events_per_type --admin-addr {admin}\
          \n  runnel log read --topic late_events --admin-addr {admin}\
+         \n  runnel query \"SELECT event_type, SUM(events) AS events FROM events_per_type GROUP BY event_type ORDER BY events DESC\"{query_args}\
          \n\nFrom Python (pip install pyarrow):\
          \n  import pyarrow.flight as fl\
          \n  c = fl.FlightClient(\"{flight}\")\
@@ -216,6 +221,14 @@ pub async fn run(
         flight = broker
             .flight_addr
             .map_or("off".into(), |a| format!("grpc://{a}")),
+        query_args = match (broker.flight_addr, data_dir.to_str()) {
+            (Some(a), _) if a.to_string() != "127.0.0.1:8712" => format!(
+                " --flight-addr {a} --token-file {}",
+                data_dir.join("flight-token").display()
+            ),
+            (_, Some(".runnel-dev")) => String::new(),
+            _ => format!(" --token-file {}", data_dir.join("flight-token").display()),
+        },
     );
     stop.await;
     if let Some(g) = generator {
@@ -224,5 +237,21 @@ pub async fn run(
     println!("stopping agent and broker…");
     agent.shutdown().await;
     broker.shutdown().await;
+    Ok(())
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! - [`topic`]: side topics of the log (`dead_letters`, `late_events`);
 //! - [`pipeline`]: runs the deployed enrichers and aggregators over the log;
 //! - [`aggregate`]: windowed aggregates: state, rows, what `runnel agg` shows;
-//! - [`flight`]: Arrow Flight over the aggregates, recent events and side topics;
+//! - [`flight`]: Arrow Flight and Flight SQL over the aggregates, recent events and side topics;
+//! - [`query_cli`]: `runnel query`, a Flight SQL client;
 //! - [`plugin_cli`]: `runnel plugin new/build/test`;
 //! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
 //! - [`dev`]: `runnel dev`, broker and agent on one data dir.
@@ -21,6 +22,7 @@ pub mod flight;
 pub mod log;
 pub mod pipeline;
 pub mod plugin_cli;
+pub mod query_cli;
 pub mod quic;
 pub mod registry;
 pub mod tls;
@@ -199,20 +201,42 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         let service =
             arrow_flight::flight_service_server::FlightServiceServer::new(flight::Service::new(
                 flight_admin,
-                cfg.flight_tokens.clone(),
-                cfg.flight_rows_max,
-                flight::CacheSettings {
-                    ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),
-                    final_ttl: std::time::Duration::from_millis(cfg.flight_cache_final_ttl_ms),
-                    bytes_max: cfg.flight_cache_bytes_max,
+                flight::Settings {
+                    tokens: cfg.flight_tokens.clone(),
+                    rows_max: cfg.flight_rows_max,
+                    cache: flight::CacheSettings {
+                        ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),
+                        final_ttl: std::time::Duration::from_millis(cfg.flight_cache_final_ttl_ms),
+                        bytes_max: cfg.flight_cache_bytes_max,
+                    },
+                    token_concurrency_max: cfg.flight_token_concurrency_max,
                 },
             ))
             .max_encoding_message_size(usize::MAX);
+        let tls = match (&cfg.flight_tls_cert, &cfg.flight_tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::PathBuf, key: &str| {
+                    std::fs::read(p).with_context(|| format!("{key}: reading {}", p.display()))
+                };
+                let identity = tonic::transport::Identity::from_pem(
+                    read(cert, "flight_tls_cert")?,
+                    read(key, "flight_tls_key")?,
+                );
+                Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+            }
+            _ => None,
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context(
+                "flight_tls_cert / flight_tls_key: not a usable PEM certificate chain and key",
+            )?;
+        }
         let mut flight_shutdown = shutdown_rx_flight;
         tasks.push(tokio::spawn(async move {
             // No Nagle (a small answer must not wait for a delayed ACK) and HTTP/2 windows
             // that adapt to the bandwidth, for bulk DoGet.
-            let serve = tonic::transport::Server::builder()
+            let serve = builder
                 .http2_adaptive_window(Some(true))
                 .initial_connection_window_size(8 << 20)
                 .initial_stream_window_size(4 << 20)

@@ -68,6 +68,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AggCmd,
     },
+    /// Run SQL against a running broker over Flight SQL and print the result.
+    Query {
+        /// The SQL, e.g. "SELECT * FROM events_per_type ORDER BY window_start DESC LIMIT 10".
+        /// Tables: every aggregate, `events`, `dead_letters`, `late_events`.
+        sql: String,
+        /// How to print the rows.
+        #[arg(long, value_enum, default_value = "table")]
+        format: runnel_broker::query_cli::Format,
+        /// The broker's Flight address.
+        #[arg(long, default_value = "127.0.0.1:8712")]
+        flight_addr: String,
+        /// A token of the broker's flight_tokens (default: the one `runnel dev` wrote to
+        /// `--token-file`).
+        #[arg(long, env = "RUNNEL_FLIGHT_TOKEN", hide_env_values = true)]
+        flight_token: Option<String>,
+        /// Where `runnel dev` writes its Flight token.
+        #[arg(long, default_value = ".runnel-dev/flight-token")]
+        token_file: PathBuf,
+        /// PEM file of the CA of the broker's Flight certificate (the broker's
+        /// flight_tls_cert when self-signed): connects with TLS.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,6 +325,27 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Log { cmd } => runtime()?.block_on(log_cmd(cmd)),
         Cmd::Plugin { cmd } => plugin_cmd(cmd),
         Cmd::Agg { cmd } => runtime()?.block_on(agg_cmd(cmd)),
+        Cmd::Query {
+            sql,
+            format,
+            flight_addr,
+            flight_token,
+            token_file,
+            tls_ca,
+        } => {
+            let q = runnel_broker::query_cli::Query {
+                sql,
+                flight_addr,
+                token: flight_token,
+                token_file,
+                tls_ca,
+                format,
+            };
+            runtime()?.block_on(runnel_broker::query_cli::run(
+                &q,
+                &mut std::io::stdout().lock(),
+            ))
+        }
     }
 }
 

@@ -103,9 +103,17 @@ pub struct Shared {
     pub failure: Mutex<Option<String>>,
     /// Questions for the pipeline thread about its aggregates.
     pub queries: Mutex<Option<mpsc::Sender<Query>>>,
+    /// The aggregates as of the last commit or reload, for readers that must not wait for
+    /// the pipeline thread (Flight's table list and schemas). `None` before the first.
+    pub aggregates: Mutex<Option<Arc<Vec<aggregate::AggInfo>>>>,
 }
 
 impl Shared {
+    /// The aggregates as of the last commit or reload.
+    pub fn published_aggregates(&self) -> Option<Arc<Vec<aggregate::AggInfo>>> {
+        self.aggregates.lock().expect("lock poisoned").clone()
+    }
+
     /// Asks the pipeline thread; `None` if it is not running.
     pub fn ask(&self, q: Query) -> Option<()> {
         self.queries
@@ -336,6 +344,25 @@ impl Worker {
         }
     }
 
+    /// What `runnel agg list` shows of each running aggregator.
+    fn aggregates(&self, lag: u64) -> Vec<aggregate::AggInfo> {
+        self.stages
+            .iter()
+            .filter_map(|s| {
+                s.agg
+                    .as_ref()
+                    .map(|run| aggregate::info(&s.record, run, &s.stats, lag))
+            })
+            .collect()
+    }
+
+    /// Publishes the aggregates for readers that must not wait (see [`Shared::aggregates`]).
+    fn publish(&self) {
+        let lag = self.log.durable_end().saturating_sub(self.progress);
+        *self.shared.aggregates.lock().expect("lock poisoned") =
+            Some(Arc::new(self.aggregates(lag)));
+    }
+
     /// Answers the admin API's questions (between batches).
     fn answer_queries(&mut self) {
         while let Ok(q) = self.queries.try_recv() {
@@ -348,15 +375,9 @@ impl Worker {
             let lag = self.log.durable_end().saturating_sub(self.progress);
             match q {
                 Query::List(reply) => {
-                    let list = self
-                        .stages
-                        .iter()
-                        .filter_map(|s| {
-                            s.agg
-                                .as_ref()
-                                .map(|run| aggregate::info(&s.record, run, &s.stats, lag))
-                        })
-                        .collect();
+                    let list = self.aggregates(lag);
+                    *self.shared.aggregates.lock().expect("lock poisoned") =
+                        Some(Arc::new(list.clone()));
                     let _ = reply.send(list);
                 }
                 Query::Rows { name, reply } => {
@@ -463,6 +484,7 @@ impl Worker {
             return Ok(());
         }
         self.seen_generation = generation;
+        self.publish();
         Ok(())
     }
 
@@ -556,6 +578,7 @@ impl Worker {
         self.pending_pauses.clear();
         self.shared.offset.store(self.progress, Ordering::Release);
         self.last_commit = Instant::now();
+        self.publish();
         Ok(())
     }
 

@@ -22,16 +22,17 @@ fn ms(v: &Value) -> i64 {
         .timestamp_millis()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
+/// A broker with Flight on a free port, `events_per_type` deployed and 5,000 ecommerce events
+/// through the pipeline.
+async fn pipeline_with_events(broker_args: &[&str]) -> (Pipeline, u16, usize) {
     let port = free_tcp_port();
-    let mut p = Pipeline::with_args(
-        &[],
-        &[
-            &format!("--flight-addr=127.0.0.1:{port}"),
-            &format!("--flight-token={TOKEN}"),
-        ],
-    );
+    let mut args = vec![
+        format!("--flight-addr=127.0.0.1:{port}"),
+        format!("--flight-token={TOKEN}"),
+    ];
+    args.extend(broker_args.iter().map(|a| (*a).to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(&[], &args);
     p.start().await;
     p.cli(&[
         "plugin",
@@ -67,34 +68,74 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
     assert_eq!(r.status().as_u16(), 202);
     p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(60))
         .await;
+    (p, port, events.len())
+}
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/flight_check.py");
+/// Runs a script of `tests/python` with the venv's Python and returns its JSON output.
+fn run_python(script: &str, args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
     let out = std::process::Command::new(python())
         .arg(&script)
-        .args([
-            &format!("grpc://127.0.0.1:{port}"),
-            TOKEN,
-            "events_per_type",
-        ])
+        .args(args)
         .output()
-        .expect("run scripts/setup.sh: it installs pyarrow into ~/.cache/runnel-py");
+        .expect("run scripts/setup.sh: it installs pyarrow and ADBC into ~/.cache/runnel-py");
     assert!(
         out.status.success(),
-        "{}",
+        "{}: {}",
+        script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `runnel agg read events_per_type`, as (start, end, is_final, event_type, platform, events).
+fn cli_rows(p: &Pipeline) -> Vec<Row> {
+    p.cli(&["agg", "read", "events_per_type", "--limit", "100000"])
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            row(ms(&r["window_start"]), ms(&r["window_end"]), &r)
+        })
+        .collect()
+}
+
+type Row = (i64, i64, bool, String, String, i64);
+
+fn row(start: i64, end: i64, r: &Value) -> Row {
+    (
+        start,
+        end,
+        r["is_final"].as_bool().unwrap(),
+        r["event_type"].as_str().unwrap().to_string(),
+        r["platform"].as_str().unwrap().to_string(),
+        r["events"].as_i64().unwrap(),
+    )
+}
+
+/// Rows a Python script printed (timestamps as epoch milliseconds).
+fn script_rows(v: &Value) -> Vec<Row> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            row(
+                r["window_start"].as_i64().unwrap(),
+                r["window_end"].as_i64().unwrap(),
+                r,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
+    let (p, port, n_events) = pipeline_with_events(&[]).await;
+    let url = format!("grpc://127.0.0.1:{port}");
+    let got = run_python("flight_check.py", &[&url, TOKEN, "events_per_type"]);
     // The same queries again come from the result cache.
-    let again = std::process::Command::new(python())
-        .arg(&script)
-        .args([
-            &format!("grpc://127.0.0.1:{port}"),
-            TOKEN,
-            "events_per_type",
-        ])
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    run_python("flight_check.py", &[&url, TOKEN, "events_per_type"]);
     let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
         .await
         .unwrap()
@@ -157,44 +198,15 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
     assert_eq!(got["schema"][5], serde_json::json!(["events", "int64"]));
 
     // Row for row what `runnel agg read` prints.
-    let cli: Vec<Value> = p
-        .cli(&["agg", "read", "events_per_type", "--limit", "100000"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let key = |start: i64, end: i64, r: &Value| {
-        (
-            start,
-            end,
-            r["is_final"].as_bool().unwrap(),
-            r["event_type"].as_str().unwrap().to_string(),
-            r["platform"].as_str().unwrap().to_string(),
-            r["events"].as_i64().unwrap(),
-        )
-    };
-    let want: Vec<_> = cli
-        .iter()
-        .map(|r| key(ms(&r["window_start"]), ms(&r["window_end"]), r))
-        .collect();
-    let rows: Vec<_> = got["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            key(
-                r["window_start"].as_i64().unwrap(),
-                r["window_end"].as_i64().unwrap(),
-                r,
-            )
-        })
-        .collect();
+    let want = cli_rows(&p);
+    let rows = script_rows(&got["rows"]);
     assert!(!want.is_empty());
     assert_eq!(rows, want);
     let ios = got["ios_rows"].as_array().unwrap();
     assert!(!ios.is_empty() && ios.len() <= 5);
     assert!(ios.iter().all(|r| r["platform"] == "ios"));
 
-    assert_eq!(got["events"].as_u64().unwrap() as usize, events.len());
+    assert_eq!(got["events"].as_u64().unwrap() as usize, n_events);
     assert_eq!(got["events_schema"][0], "offset");
     let late = p.read_topic("late_events").len();
     assert_eq!(got["late_events"].as_u64().unwrap() as usize, late);
@@ -225,4 +237,179 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
         err("unknown_column")["message"].contains("\"no_such_column\""),
         "{got}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_runs_sql_prepared_statements_and_catalog_metadata() {
+    // One call at a time per token: the driver's calls wait in line and none is refused.
+    let (p, port, n_events) = pipeline_with_events(&["--flight-token-concurrency-max=1"]).await;
+    let url = format!("grpc://127.0.0.1:{port}");
+    let got = run_python("flight_sql_check.py", &[&url, TOKEN, "events_per_type"]);
+
+    // Row for row what `runnel agg read` prints.
+    let mut want = cli_rows(&p);
+    want.sort();
+    let mut rows = script_rows(&got["rows"]);
+    rows.sort();
+    assert!(!want.is_empty());
+    assert_eq!(rows, want);
+    assert_eq!(
+        got["schema"],
+        serde_json::json!([
+            ["window_start", "timestamp[ms, tz=UTC]"],
+            ["window_end", "timestamp[ms, tz=UTC]"],
+            ["is_final", "bool"],
+            ["event_type", "string"],
+            ["platform", "string"],
+            ["events", "int64"]
+        ])
+    );
+    // The prepared statement's parameter, `$1` or `?`, selects the iOS rows.
+    let mut ios: Vec<Row> = want.iter().filter(|r| r.4 == "ios").cloned().collect();
+    ios.sort();
+    assert!(!ios.is_empty());
+    for k in ["ios_rows", "question_mark_rows"] {
+        let mut got_ios = script_rows(&got[k]);
+        got_ios.sort();
+        assert_eq!(got_ios, ios, "{k}");
+    }
+    // SQL over the rows.
+    let mut per_platform = std::collections::BTreeMap::<String, i64>::new();
+    for r in &want {
+        *per_platform.entry(r.4.clone()).or_default() += r.5;
+    }
+    let got_per_platform: std::collections::BTreeMap<String, i64> = got["per_platform"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["platform"].as_str().unwrap().to_string(),
+                r["events"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got_per_platform, per_platform);
+    assert_eq!(got["events"].as_u64().unwrap() as usize, n_events);
+    assert_eq!(
+        got["late_events"].as_u64().unwrap() as usize,
+        p.read_topic("late_events").len()
+    );
+
+    // Catalog metadata: catalog runnel, schema public, every table with its columns.
+    let public = &got["objects"]["runnel"]["public"];
+    for t in ["events", "dead_letters", "late_events", "events_per_type"] {
+        assert!(public[t].is_array(), "{t} not in {}", got["objects"]);
+    }
+    assert_eq!(public["events_per_type"][5], "events");
+    assert_eq!(public["events"][0], "offset");
+    assert!(
+        got["table_types"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("TABLE")),
+        "{}",
+        got["table_types"]
+    );
+    assert_eq!(got["table_schema"][0], "window_start");
+    // GetSqlInfo: the server's name and version.
+    let info = got["info"].as_object().unwrap();
+    assert_eq!(info["vendor_name"], "Runnel", "{info:?}");
+    assert_eq!(
+        info["vendor_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{info:?}"
+    );
+    assert_eq!(
+        got["basic_auth_rows"].as_u64().unwrap() as usize,
+        want.len()
+    );
+
+    // Errors name the unknown table or column.
+    let message = |k: &str| -> String {
+        got[k]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: no error: {got}"))
+            .to_string()
+    };
+    assert!(message("unknown_table").contains("no_such_table"), "{got}");
+    for k in ["unknown_column", "unknown_column_prepared"] {
+        assert!(message(k).contains("no_such_column"), "{k}: {got}");
+    }
+    for k in ["no_token", "wrong_token", "wrong_password"] {
+        let m = message(k);
+        assert!(
+            m.contains("UNAUTHENTICATED") && m.contains("authorization"),
+            "{k}: {m}"
+        );
+    }
+
+    // `runnel query` prints the same rows as a table, CSV and NDJSON.
+    let sql = "SELECT platform, SUM(events) AS events FROM events_per_type GROUP BY platform ORDER BY platform";
+    let flight_addr = format!("--flight-addr=127.0.0.1:{port}");
+    let token = format!("--flight-token={TOKEN}");
+    let query = |args: &[&str]| {
+        std::process::Command::new(runnel_e2e::bin("runnel"))
+            .arg("query")
+            .args(args)
+            .args([&flight_addr, &token])
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = query(args);
+        assert!(
+            out.status.success(),
+            "runnel query {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = ok(&[sql, "--format", "csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("platform,events"));
+    let from_csv: std::collections::BTreeMap<String, i64> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(',').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(from_csv, per_platform);
+    let json = ok(&[sql, "--format", "json"]);
+    let from_json: std::collections::BTreeMap<String, i64> = json
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["platform"].as_str().unwrap().to_string(),
+                v["events"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(from_json, per_platform);
+    let table = ok(&[sql]);
+    assert!(table.contains("| platform"), "{table}");
+    for (platform, events) in &per_platform {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains(platform.as_str()) && l.contains(&events.to_string())),
+            "{table}"
+        );
+    }
+    let failed = query(&["SELECT * FROM no_such_table"]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success() && err.contains("no_such_table"),
+        "{err}"
+    );
+
+    // Waiting calls were counted, none refused.
+    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("runnel_flight_calls_total"), "{metrics}");
 }

@@ -1,33 +1,5 @@
-//! Arrow Flight on `flight_addr` (default `127.0.0.1:8712`): the aggregates, recent events and
-//! the side topics as Arrow record batches, for pyarrow and any other Flight client.
-//!
-//! ## Tables
-//! - every running aggregate, by name: `window_start`, `window_end` (timestamps, ms, UTC),
-//!   `is_final`, the dimensions (text), the measures (`count` as Int64, the others as Float64,
-//!   `quantiles` as three Float64 columns `m_p50`, `m_p90`, `m_p99`). The schema's metadata
-//!   carries `runnel.watermark` (RFC 3339, empty before the first event), `runnel.window` and
-//!   `runnel.allowed_lateness_ms`, so a client knows how complete the data is;
-//! - `events`: the most recent events of the log (at most `flight_rows_max`), every envelope
-//!   field, `properties` as JSON text;
-//! - `dead_letters` and `late_events`: `offset`, `source_offset` and the entry as JSON text.
-//!
-//! ## Descriptors and tickets
-//! A path descriptor names a table (`["events_per_type"]`). A command descriptor is a small
-//! JSON query: `{"table": "events_per_type", "from": "2026-11-21T10:00:00Z", "to": "…",
-//! "where": {"platform": "ios"}, "limit": 1000}`. `from`/`to` bound `window_start` (aggregates),
-//! `timestamp` (events) or `offset` (side topics, as numbers); `where` is equality on text
-//! columns. The ticket of a `FlightInfo` is the query itself.
-//!
-//! ## Result cache
-//! `DoGet` results are cached by the query's canonical JSON for `flight_cache_ttl_ms` (60 s),
-//! or `flight_cache_final_ttl_ms` (1 h) when every row is final, within
-//! `flight_cache_bytes_max`. Hits and misses are counted in `/metrics`
-//! (`runnel_flight_cache_hits_total`, `runnel_flight_cache_misses_total`).
-//!
-//! ## Security
-//! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
-//! `Handshake` with basic auth (user `runnel`, password a token) answers with that bearer
-//! token. A missing or wrong token is `Unauthenticated`, naming what is wrong.
+//! The tables that Arrow Flight and Flight SQL serve, read through the broker's handles, with
+//! the result cache.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,17 +9,9 @@ use arrow_array::builder::{
     UInt32Builder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::flight_descriptor::DescriptorType;
-use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
-};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::admin::Admin;
 use crate::aggregate::{self, AggInfo, ReadError};
@@ -160,26 +124,25 @@ impl ResultCache {
     }
 }
 
-/// The Flight service.
-pub struct Service {
-    admin: Arc<Admin>,
-    tokens: Arc<Vec<String>>,
+/// The tables, read through the broker's handles: what Flight and Flight SQL serve.
+pub struct Tables {
+    pub(super) admin: Arc<Admin>,
     rows_max: usize,
     cache: ResultCache,
 }
 
-impl Service {
-    /// A service reading through `admin`'s handles, accepting `tokens`, answering at most
-    /// `rows_max` rows per call (`flight_rows_max`).
-    pub fn new(
-        admin: Arc<Admin>,
-        tokens: Vec<String>,
-        rows_max: usize,
-        cache: CacheSettings,
-    ) -> Self {
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables").finish_non_exhaustive()
+    }
+}
+
+impl Tables {
+    /// Tables read through `admin`'s handles, answering at most `rows_max` rows per query
+    /// (`flight_rows_max`), with a result cache.
+    pub fn new(admin: Arc<Admin>, rows_max: usize, cache: CacheSettings) -> Self {
         Self {
             admin,
-            tokens: Arc::new(tokens),
             rows_max,
             cache: ResultCache {
                 settings: cache,
@@ -188,79 +151,49 @@ impl Service {
         }
     }
 
-    fn known_token(&self, token: &str) -> bool {
-        // Compare every token in full so the time taken does not tell how much matched.
-        self.tokens.iter().fold(false, |found, t| {
-            let same = t.len() == token.len()
-                && t.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            found | same
-        })
+    /// Most rows a query answers (`flight_rows_max`).
+    pub fn rows_max(&self) -> usize {
+        self.rows_max
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(h) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "authorization: missing; send 'authorization: Bearer TOKEN' with a token of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
-            ));
-        };
-        let v = h
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
-        let Some(token) = v.strip_prefix("Bearer ") else {
-            return Err(Status::unauthenticated(
-                "authorization: expected 'Bearer TOKEN'",
-            ));
-        };
-        if self.known_token(token.trim()) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(
-                "authorization: the bearer token is not one of the broker's flight_tokens",
-            ))
+    /// The running aggregates as of the pipeline's last commit (at most
+    /// `aggregate_commit_interval_ms` old), without waiting for the pipeline thread.
+    pub async fn aggregates(&self) -> Result<Vec<AggInfo>, Status> {
+        match self.admin.pipeline.published_aggregates() {
+            Some(list) => Ok(list.as_ref().clone()),
+            None => self.current_aggregates().await,
         }
     }
 
-    async fn aggregates(&self) -> Result<Vec<AggInfo>, Status> {
+    /// The running aggregates now: asks the pipeline thread.
+    async fn current_aggregates(&self) -> Result<Vec<AggInfo>, Status> {
         aggregate::list(&self.admin.pipeline)
             .await
             .map_err(status_of)
     }
 
-    /// The query a descriptor asks for.
-    fn query_of(d: &FlightDescriptor) -> Result<TableQuery, Status> {
-        match d.r#type() {
-            DescriptorType::Path => match d.path.as_slice() {
-                [table] => Ok(TableQuery {
-                    table: table.clone(),
-                    ..TableQuery::default()
-                }),
-                other => Err(Status::invalid_argument(format!(
-                    "descriptor.path: expected one element, the table name; got {other:?}"
-                ))),
-            },
-            DescriptorType::Cmd => serde_json::from_slice(&d.cmd).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "descriptor.cmd: not a query ({e}); expected {{\"table\": NAME, \"from\"?, \"to\"?, \"where\"?, \"limit\"?}}"
-                ))
-            }),
-            DescriptorType::Unknown => Err(Status::invalid_argument(
-                "descriptor.type: must be PATH or CMD",
-            )),
-        }
-    }
-
     /// The schema of a table, checking that it exists and that the query's filters name its
     /// columns.
-    async fn schema_of(&self, q: &TableQuery) -> Result<(SchemaRef, Option<AggInfo>), Status> {
+    pub async fn schema_of(&self, q: &TableQuery) -> Result<(SchemaRef, Option<AggInfo>), Status> {
         let (schema, info) = match q.table.as_str() {
             "events" => (events_schema(), None),
             "dead_letters" | "late_events" => (topic_schema(), None),
             name => {
-                let aggs = self.aggregates().await?;
-                let Some(info) = aggs.into_iter().find(|a| a.name == name) else {
+                // The published list first; an aggregate deployed since is only in the
+                // pipeline's current one.
+                let mut found = self
+                    .aggregates()
+                    .await?
+                    .into_iter()
+                    .find(|a| a.name == name);
+                if found.is_none() {
+                    found = self
+                        .current_aggregates()
+                        .await?
+                        .into_iter()
+                        .find(|a| a.name == name);
+                }
+                let Some(info) = found else {
                     let mut names: Vec<String> =
                         FIXED_TABLES.iter().map(|s| (*s).to_string()).collect();
                     names.extend(self.aggregates().await?.into_iter().map(|a| a.name));
@@ -306,21 +239,11 @@ impl Service {
         Ok((schema, info))
     }
 
-    fn flight_info(&self, q: &TableQuery, schema: &Schema) -> Result<FlightInfo, Status> {
-        let ticket = serde_json::to_vec(q).expect("serializing to memory");
-        let descriptor = FlightDescriptor::new_cmd(ticket.clone());
-        FlightInfo::new()
-            .try_with_schema(schema)
-            .map_err(|e| Status::internal(format!("schema: {e}")))
-            .map(|i| {
-                i.with_descriptor(descriptor)
-                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
-                    .with_total_records(-1)
-            })
-    }
-
     /// The record batches a query returns, from the result cache when it has them.
-    async fn cached_batches(&self, q: TableQuery) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    pub async fn cached_batches(
+        &self,
+        q: TableQuery,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let key = serde_json::to_string(&q).expect("serializing to memory");
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
@@ -797,203 +720,10 @@ fn topic_batches(
     ])
 }
 
-type Boxed<T> = BoxStream<'static, Result<T, Status>>;
-
-#[tonic::async_trait]
-impl FlightService for Service {
-    type HandshakeStream = Boxed<HandshakeResponse>;
-    type ListFlightsStream = Boxed<FlightInfo>;
-    type DoGetStream = Boxed<FlightData>;
-    type DoPutStream = Boxed<PutResult>;
-    type DoActionStream = Boxed<arrow_flight::Result>;
-    type ListActionsStream = Boxed<ActionType>;
-    type DoExchangeStream = Boxed<FlightData>;
-
-    /// Basic auth (user `runnel`, password a token) in, the bearer token out (in the
-    /// `authorization` response header).
-    async fn handshake(
-        &self,
-        request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Self::HandshakeStream>, Status> {
-        use base64::Engine as _;
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let token = if let Some(basic) = header.strip_prefix("Basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .map_err(|_| {
-                    Status::unauthenticated("authorization: Basic credentials are not base64")
-                })?;
-            let text = String::from_utf8(decoded).map_err(|_| {
-                Status::unauthenticated("authorization: Basic credentials are not UTF-8")
-            })?;
-            let (user, password) = text.split_once(':').ok_or_else(|| {
-                Status::unauthenticated("authorization: Basic credentials need user:password")
-            })?;
-            if user != "runnel" {
-                return Err(Status::unauthenticated(format!(
-                    "authorization: user {user:?} is unknown; the user is \"runnel\" and the password a flight token"
-                )));
-            }
-            password.to_string()
-        } else if let Some(bearer) = header.strip_prefix("Bearer ") {
-            bearer.trim().to_string()
-        } else {
-            return Err(Status::unauthenticated(
-                "authorization: Handshake needs Basic credentials (user runnel, password a flight token)",
-            ));
-        };
-        if !self.known_token(&token) {
-            return Err(Status::unauthenticated(
-                "authorization: the password is not one of the broker's flight_tokens",
-            ));
-        }
-        let out: Self::HandshakeStream = stream::iter([Ok(HandshakeResponse {
-            protocol_version: 0,
-            payload: token.clone().into(),
-        })])
-        .boxed();
-        let mut resp = Response::new(out);
-        resp.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| Status::internal("token is not a valid header value"))?,
-        );
-        Ok(resp)
-    }
-
-    async fn list_flights(
-        &self,
-        request: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        self.authorize(&request)?;
-        let mut infos = Vec::new();
-        for t in FIXED_TABLES {
-            let q = TableQuery {
-                table: (*t).to_string(),
-                ..TableQuery::default()
-            };
-            let schema = if *t == "events" {
-                events_schema()
-            } else {
-                topic_schema()
-            };
-            infos.push(Ok(self.flight_info(&q, &schema)?));
-        }
-        for a in self.aggregates().await? {
-            let q = TableQuery {
-                table: a.name.clone(),
-                ..TableQuery::default()
-            };
-            infos.push(Ok(self.flight_info(&q, &aggregate_schema(&a))?));
-        }
-        Ok(Response::new(stream::iter(infos).boxed()))
-    }
-
-    async fn get_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        self.authorize(&request)?;
-        let q = Self::query_of(request.get_ref())?;
-        let (schema, _) = self.schema_of(&q).await?;
-        time_range_checked(&q)?;
-        Ok(Response::new(self.flight_info(&q, &schema)?))
-    }
-
-    async fn poll_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
-        self.authorize(&request)?;
-        Err(Status::unimplemented(
-            "PollFlightInfo: not supported; use GetFlightInfo (answers are immediate)",
-        ))
-    }
-
-    async fn get_schema(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
-        self.authorize(&request)?;
-        let q = Self::query_of(request.get_ref())?;
-        let (schema, _) = self.schema_of(&q).await?;
-        let options = arrow_ipc_options();
-        let result: SchemaResult = SchemaAsIpc::new(&schema, &options)
-            .try_into()
-            .map_err(|e| Status::internal(format!("schema: {e}")))?;
-        Ok(Response::new(result))
-    }
-
-    async fn do_get(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&request)?;
-        let q: TableQuery = serde_json::from_slice(&request.get_ref().ticket).map_err(|e| {
-            Status::invalid_argument(format!(
-                "ticket: not a query ({e}); use the ticket of a FlightInfo"
-            ))
-        })?;
-        let (schema, batches) = self.cached_batches(q).await?;
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(stream::iter(batches.into_iter().map(Ok)))
-            .map(|r| r.map_err(|e| Status::internal(e.to_string())));
-        Ok(Response::new(stream.boxed()))
-    }
-
-    async fn do_put(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(&request)?;
-        Err(Status::unimplemented(
-            "DoPut: not supported; events enter through an agent (POST /v1/events)",
-        ))
-    }
-
-    async fn do_exchange(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(&request)?;
-        Err(Status::unimplemented("DoExchange: not supported"))
-    }
-
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(&request)?;
-        Err(Status::unimplemented(format!(
-            "DoAction: no action {:?}; this service has none",
-            request.get_ref().r#type
-        )))
-    }
-
-    async fn list_actions(
-        &self,
-        request: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
-        self.authorize(&request)?;
-        let none: Vec<Result<ActionType, Status>> = Vec::new();
-        Ok(Response::new(stream::iter(none).boxed()))
-    }
-}
-
-fn time_range_checked(q: &TableQuery) -> Result<(), Status> {
+/// Checks a query's time range up front, so `GetFlightInfo` names a bad bound.
+pub fn time_range_checked(q: &TableQuery) -> Result<(), Status> {
     if FIXED_TABLES[1..].contains(&q.table.as_str()) {
         return Ok(());
     }
     time_range(q).map(|_| ())
-}
-
-fn arrow_ipc_options() -> arrow_ipc::writer::IpcWriteOptions {
-    arrow_ipc::writer::IpcWriteOptions::default()
 }
