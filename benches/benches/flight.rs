@@ -2,8 +2,10 @@
 //! - bulk `DoGet` of the `events` table (1,000,000 events): bytes of Arrow IPC received per
 //!   second, raw and decoded into record batches;
 //! - a small aggregate query (`events_per_type`, a few thousand rows: `GetFlightInfo` then
-//!   `DoGet`, decoded) p50/p99/max, idle and while events are appended to the log and
-//!   aggregated at a fixed rate.
+//!   `DoGet`, decoded) p50/p99/max, over plain Flight and over Flight SQL
+//!   (`SELECT * FROM events_per_type`), the result cache hit and missed, idle and while events
+//!   are appended and aggregated at half of the capacity measured first (the rate at which the
+//!   pipeline with `events_per_type` keeps up with appends as fast as they go).
 //!
 //! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
 //! cargo bench -p runnel-benches --bench flight`.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{FlightDescriptor, Ticket};
 use futures::{StreamExt, TryStreamExt};
 use runnel_benches::{machine, median};
@@ -27,8 +30,8 @@ const EVENTS: u64 = 1_000_000;
 const PER_BATCH: u64 = 1000;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const QUERIES: usize = 500;
-/// Events per second appended during the loaded latency run.
-const INGEST_RATE: u64 = 200_000;
+/// Events appended as fast as possible to measure the capacity.
+const CAPACITY_EVENTS: u64 = 400_000;
 
 const TYPES: [&str; 4] = ["page.view", "search", "cart.add", "checkout.completed"];
 const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
@@ -88,6 +91,19 @@ async fn ticket(client: &mut FlightServiceClient<Channel>, table: &str) -> Ticke
     info.endpoint[0].ticket.clone().unwrap()
 }
 
+/// Runs `sql` over Flight SQL (GetFlightInfo + DoGet, decoded); returns the rows.
+async fn sql(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> u64 {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let mut rows = 0;
+    for e in info.endpoint {
+        let mut s = client.do_get(e.ticket.unwrap()).await.unwrap();
+        while let Some(b) = s.next().await {
+            rows += b.unwrap().num_rows() as u64;
+        }
+    }
+    rows
+}
+
 /// Fetches a table; returns (IPC bytes, rows).
 async fn fetch(client: &mut FlightServiceClient<Channel>, table: &str, decode: bool) -> (u64, u64) {
     let t = ticket(client, table).await;
@@ -137,6 +153,8 @@ fn main() {
             flight_addr: "127.0.0.1:0".parse().unwrap(),
             flight_tokens: vec![TOKEN.into()],
             flight_rows_max: 2_000_000,
+            // Room for every `events` block of the bulk run.
+            flight_event_cache_bytes_max: 2 << 30,
             ..Default::default()
         };
         let broker = runnel_broker::start(cfg, Arc::new(FsStorage)).await.unwrap();
@@ -175,6 +193,26 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         println!("log: {EVENTS} events of ~330 bytes, aggregated by events_per_type");
+        // Capacity: append as fast as the log takes it; the pipeline (events_per_type) must
+        // catch up.
+        let started = Instant::now();
+        let mut appended = EVENTS;
+        let mut seq = EVENTS / PER_BATCH;
+        while appended < EVENTS + CAPACITY_EVENTS {
+            append(&broker.log, appended, PER_BATCH, seq).await;
+            appended += PER_BATCH;
+            seq += 1;
+        }
+        while broker.registry.pipeline_offset().unwrap() < appended {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let capacity = CAPACITY_EVENTS as f64 / started.elapsed().as_secs_f64();
+        let ingest_rate = (capacity / 2.0) as u64;
+        println!(
+            "capacity: {:.0}k events/s appended and aggregated; the loaded runs ingest at half, {:.0}k events/s",
+            capacity / 1e3,
+            ingest_rate as f64 / 1e3
+        );
         let url = format!("http://{}", broker.flight_addr.unwrap());
         // As pyarrow's client does: adaptive HTTP/2 windows.
         let channel = Channel::from_shared(url)
@@ -184,8 +222,17 @@ fn main() {
             .connect()
             .await
             .unwrap();
+        let client_channel = channel.clone();
         let mut client = FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX);
 
+        // The first read builds the events' Arrow blocks from the log; later ones find them.
+        let started = Instant::now();
+        let (cold_bytes, cold_rows) = fetch(&mut client, "events", true).await;
+        println!(
+            "DoGet events, first read ({cold_rows} events, {} MB of Arrow IPC, blocks built from the log): {:.2} GB/s",
+            cold_bytes / 1_000_000,
+            cold_bytes as f64 / started.elapsed().as_secs_f64() / 1e9
+        );
         for decode in [false, true] {
             let mut rates = Vec::new();
             let mut last = (0, 0);
@@ -205,7 +252,32 @@ fn main() {
         }
 
         let (_, rows) = fetch(&mut client, "events_per_type", true).await;
-        let query = |label: &'static str, cached: bool| {
+        let mut sql_client = FlightSqlServiceClient::new(client_channel.clone());
+        sql_client.set_token(TOKEN.into());
+        let sql_query = |label: String, cached: bool| {
+            let mut client = sql_client.clone();
+            async move {
+                let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+                for i in 0..QUERIES {
+                    // A LIMIT the cache has not seen misses it (the limit is pushed down).
+                    let q = if cached {
+                        "SELECT * FROM events_per_type".to_string()
+                    } else {
+                        format!("SELECT * FROM events_per_type LIMIT {}", 100_000 - i)
+                    };
+                    let started = Instant::now();
+                    sql(&mut client, &q).await;
+                    h.record(started.elapsed().as_micros() as u64).unwrap();
+                }
+                println!(
+                    "Flight SQL SELECT * FROM events_per_type ({rows} rows, decoded), {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({QUERIES} queries)",
+                    h.value_at_quantile(0.5) as f64 / 1e3,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                    h.max() as f64 / 1e3
+                );
+            }
+        };
+        let query = |label: String, cached: bool| {
             let mut client = client.clone();
             async move {
                 let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
@@ -227,28 +299,36 @@ fn main() {
                 );
             }
         };
-        query("idle, result cache missed", false).await;
-        query("idle, result cache hit", true).await;
+        query("idle, result cache missed".into(), false).await;
+        query("idle, result cache hit".into(), true).await;
+        sql_query("idle, result cache missed".into(), false).await;
+        sql_query("idle, result cache hit".into(), true).await;
 
-        // The same while events are appended at INGEST_RATE and aggregated.
+        // The same while events are appended at half the capacity and aggregated.
         let stop = Arc::new(AtomicBool::new(false));
         let (log, s) = (broker.log.clone(), stop.clone());
         let ingest = tokio::spawn(async move {
-            let mut n = EVENTS;
-            let mut seq = EVENTS / PER_BATCH;
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 * PER_BATCH / INGEST_RATE));
+            let mut n = appended;
+            let first = appended;
+            let mut seq = seq;
+            let mut tick = tokio::time::interval(Duration::from_micros(
+                1_000_000 * PER_BATCH / ingest_rate,
+            ));
             while !s.load(Ordering::Acquire) {
                 tick.tick().await;
                 append(&log, n, PER_BATCH, seq).await;
                 n += PER_BATCH;
                 seq += 1;
             }
-            n - EVENTS
+            n - first
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        query("under 200k events/s of ingest, cache missed", false).await;
-        query("under 200k events/s of ingest, cache hit", true).await;
+        let load = format!("under {:.0}k events/s of ingest", ingest_rate as f64 / 1e3);
+        query(format!("{load}, cache missed"), false).await;
+        query(format!("{load}, cache hit"), true).await;
+        sql_query(format!("{load}, cache missed"), false).await;
+        sql_query(format!("{load}, cache hit"), true).await;
         stop.store(true, Ordering::Release);
         let appended = ingest.await.unwrap();
         println!(

@@ -29,6 +29,10 @@ settings! {
     /// Most bytes of Arrow data the result cache holds; a result larger than a quarter of it
     /// is not cached, and the oldest entries go first.
     flight_cache_bytes_max: usize [usize] = 256 << 20;
+    /// Most bytes of Arrow data kept of the `events` table, by block of 65,536 log offsets
+    /// wholly durable (such a block never changes); 0 keeps none and builds every read from
+    /// the log.
+    flight_event_cache_bytes_max: usize [usize] = 256 << 20;
     /// Flight calls one token may have running at once; more wait in line (they are not
     /// refused) until one finishes.
     flight_token_concurrency_max: usize [usize] = 4;

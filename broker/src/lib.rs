@@ -208,6 +208,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
                         ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),
                         final_ttl: std::time::Duration::from_millis(cfg.flight_cache_final_ttl_ms),
                         bytes_max: cfg.flight_cache_bytes_max,
+                        event_blocks_bytes_max: cfg.flight_event_cache_bytes_max,
                     },
                     token_concurrency_max: cfg.flight_token_concurrency_max,
                 },

@@ -1,7 +1,8 @@
 """Drives a Runnel broker's Flight SQL service with the ADBC Flight SQL driver, as an analyst
 would from Python.
 
-Usage: flight_sql_check.py GRPC_URL TOKEN AGGREGATE
+Usage: flight_sql_check.py GRPC_URL TOKEN AGGREGATE COPY_TARGET
+(COPY_TARGET: a path a refused COPY … TO would have written)
 Prints one JSON object: what each call returned, for the Rust test to check.
 """
 
@@ -11,7 +12,7 @@ import sys
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flight_sql
 
-url, token, aggregate = sys.argv[1], sys.argv[2], sys.argv[3]
+url, token, aggregate, copy_target = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 header = adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value
 out = {}
 
@@ -86,6 +87,13 @@ with flight_sql.connect(url, db_kwargs={header: f"Bearer {token}"}) as conn:
     out["unknown_table"] = error_of(lambda: query(conn, "SELECT * FROM no_such_table"))
     out["unknown_column"] = error_of(
         lambda: query(conn, f"SELECT no_such_column FROM {aggregate}")
+    )
+    # Read-only: COPY would write a file on the broker's machine, CREATE EXTERNAL TABLE read one.
+    out["copy"] = error_of(
+        lambda: query(conn, f"COPY (SELECT 1) TO '{copy_target}' STORED AS CSV")
+    )
+    out["create"] = error_of(
+        lambda: query(conn, "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'")
     )
     out["unknown_column_prepared"] = error_of(
         lambda: query(conn, f"SELECT * FROM {aggregate} WHERE no_such_column = $1", ("x",))

@@ -142,7 +142,8 @@ impl Pipeline {
         Self::with_args(agent_extra, &[])
     }
 
-    /// Like [`Pipeline::new`], with additional broker flags too.
+    /// Like [`Pipeline::new`], with additional broker flags too; `{dir}` in a broker flag is the
+    /// pipeline's temporary root (the broker's data dir is `{dir}/broker`).
     pub fn with_args(agent_extra: &[&str], broker_extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (quic, admin, http) = (free_udp_port(), free_tcp_port(), free_tcp_port());
@@ -156,7 +157,11 @@ impl Pipeline {
             "--checkpoint-interval-bytes=262144".to_string(),
         ];
         let mut broker_args = broker_args;
-        broker_args.extend(broker_extra.iter().map(|s| s.to_string()));
+        broker_args.extend(
+            broker_extra
+                .iter()
+                .map(|s| s.replace("{dir}", &d.display().to_string())),
+        );
         let mut agent_args = vec![
             format!("--data-dir={}", d.join("agent").display()),
             format!("--http-addr=127.0.0.1:{http}"),

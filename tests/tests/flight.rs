@@ -244,7 +244,16 @@ async fn adbc_runs_sql_prepared_statements_and_catalog_metadata() {
     // One call at a time per token: the driver's calls wait in line and none is refused.
     let (p, port, n_events) = pipeline_with_events(&["--flight-token-concurrency-max=1"]).await;
     let url = format!("grpc://127.0.0.1:{port}");
-    let got = run_python("flight_sql_check.py", &[&url, TOKEN, "events_per_type"]);
+    let copy_target = tempfile::tempdir().unwrap().keep().join("copied.csv");
+    let got = run_python(
+        "flight_sql_check.py",
+        &[
+            &url,
+            TOKEN,
+            "events_per_type",
+            copy_target.to_str().unwrap(),
+        ],
+    );
 
     // Row for row what `runnel agg read` prints.
     let mut want = cli_rows(&p);
@@ -336,6 +345,11 @@ async fn adbc_runs_sql_prepared_statements_and_catalog_metadata() {
     for k in ["unknown_column", "unknown_column_prepared"] {
         assert!(message(k).contains("no_such_column"), "{k}: {got}");
     }
+    // SQL is read-only.
+    for k in ["copy", "create"] {
+        assert!(message(k).contains("not supported"), "{k}: {got}");
+    }
+    assert!(!copy_target.exists());
     for k in ["no_token", "wrong_token", "wrong_password"] {
         let m = message(k);
         assert!(
@@ -412,4 +426,53 @@ async fn adbc_runs_sql_prepared_statements_and_catalog_metadata() {
         .await
         .unwrap();
     assert!(metrics.contains("runnel_flight_calls_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_is_served_over_tls_when_configured() {
+    // The broker's dev certificate (made at start, before Flight) serves Flight too.
+    let port = free_tcp_port();
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            &format!("--flight-addr=127.0.0.1:{port}"),
+            &format!("--flight-token={TOKEN}"),
+            "--flight-tls-cert={dir}/broker/tls/server.pem",
+            "--flight-tls-key={dir}/broker/tls/server.key",
+        ],
+    );
+    p.start().await;
+    let ca = p.dir.path().join("broker/tls/ca.pem");
+    let addr = format!("127.0.0.1:{port}");
+    let got = run_python("flight_tls_check.py", &[&addr, TOKEN, ca.to_str().unwrap()]);
+    assert_eq!(
+        got["tables"],
+        serde_json::json!(["dead_letters", "events", "late_events"])
+    );
+    assert!(got["plain"].is_string(), "plain gRPC was answered: {got}");
+
+    // `runnel query --tls-ca` too; without the CA the certificate is not trusted.
+    let query = |tls_ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(runnel_e2e::bin("runnel"));
+        c.args([
+            "query",
+            "SELECT count(*) AS n FROM events",
+            "--format",
+            "csv",
+            &format!("--flight-addr={addr}"),
+            &format!("--flight-token={TOKEN}"),
+        ]);
+        if let Some(ca) = tls_ca {
+            c.arg(format!("--tls-ca={}", ca.display()));
+        }
+        c.output().unwrap()
+    };
+    let out = query(Some(&ca));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n0\n");
+    assert!(!query(None).status.success());
 }

@@ -200,7 +200,8 @@ impl Service {
                 slots: std::sync::Mutex::new(std::collections::HashMap::new()),
                 waiting: std::sync::atomic::AtomicI64::new(0),
             },
-            sql: FlightSqlService::new_with_provider(Box::new(provider.clone())),
+            sql: FlightSqlService::new_with_provider(Box::new(provider.clone()))
+                .with_sql_options(sql::read_only()),
             provider,
             sql_info: sql::sql_info(),
             xdbc_types: sql::xdbc_types(),

@@ -24,7 +24,7 @@ use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext, SessionState};
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
@@ -40,6 +40,15 @@ use super::tables::{
 pub const CATALOG: &str = "runnel";
 /// The schema every table is in.
 pub const SCHEMA: &str = "public";
+
+/// What SQL may do: read. No DDL (`CREATE EXTERNAL TABLE` would read the broker's files), no
+/// DML (`COPY … TO` would write them), no `SET`.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
 
 /// Sessions over the broker's tables.
 #[derive(Clone)]
@@ -172,7 +181,11 @@ impl Provider {
             Ok(ctx) => ctx,
             Err(_) => return failed,
         };
-        match ctx.state().create_logical_plan(sql).await {
+        let plan = ctx.state().create_logical_plan(sql).await.and_then(|plan| {
+            read_only().verify_plan(&plan)?;
+            Ok(plan)
+        });
+        match plan {
             Err(e) => Status::invalid_argument(format!("SQL: {}", e.strip_backtrace())),
             Ok(_) => failed,
         }

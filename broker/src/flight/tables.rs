@@ -51,6 +51,8 @@ pub struct CacheSettings {
     pub final_ttl: std::time::Duration,
     /// Most bytes held.
     pub bytes_max: usize,
+    /// Most bytes of `events` blocks held (`flight_event_cache_bytes_max`).
+    pub event_blocks_bytes_max: usize,
 }
 
 struct CacheEntry {
@@ -129,6 +131,7 @@ pub struct Tables {
     pub(super) admin: Arc<Admin>,
     rows_max: usize,
     cache: ResultCache,
+    event_blocks: Arc<EventBlocks>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -139,11 +142,12 @@ impl std::fmt::Debug for Tables {
 
 impl Tables {
     /// Tables read through `admin`'s handles, answering at most `rows_max` rows per query
-    /// (`flight_rows_max`), with a result cache.
+    /// (`flight_rows_max`), with a result cache and a cache of `events` blocks.
     pub fn new(admin: Arc<Admin>, rows_max: usize, cache: CacheSettings) -> Self {
         Self {
             admin,
             rows_max,
+            event_blocks: Arc::new(EventBlocks::new(cache.event_blocks_bytes_max)),
             cache: ResultCache {
                 settings: cache,
                 entries: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
@@ -281,10 +285,10 @@ impl Tables {
             }
             None if q.table == "events" => {
                 let (from, to) = time_range(&q)?;
-                let log = self.admin.log.clone();
+                let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
                 let (schema, filters, scan) = (schema.clone(), q.filters.clone(), self.rows_max);
                 tokio::task::spawn_blocking(move || {
-                    events_batches(&log, &schema, from, to, &filters, limit, scan)
+                    events_batches(&log, &blocks, &schema, from, to, &filters, limit, scan)
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
@@ -577,41 +581,90 @@ impl EventColumns {
     }
 }
 
-/// The events with `timestamp` in `[from, to)` among the last `scan` of the log.
-fn events_batches(
+/// Arrow batches of the `events` table by block of [`BATCH_ROWS`] log offsets. The log never
+/// changes below its durable end, so a block wholly below it is built once and served from
+/// memory after that, within `flight_event_cache_bytes_max` (least recently used blocks go
+/// first). `runnel_flight_event_blocks_hits_total` / `_misses_total` count lookups and
+/// `runnel_flight_event_blocks_bytes` shows what is held.
+pub struct EventBlocks {
+    bytes_max: usize,
+    blocks: std::sync::Mutex<EventBlockMap>,
+}
+
+/// Block index → (batch, bytes, last use); and the bytes held.
+#[derive(Default)]
+struct EventBlockMap {
+    blocks: BTreeMap<u64, (RecordBatch, usize, std::time::Instant)>,
+    held: usize,
+}
+
+impl EventBlocks {
+    /// A cache holding at most `bytes_max` bytes of Arrow data (0: none).
+    pub fn new(bytes_max: usize) -> Self {
+        Self {
+            bytes_max,
+            blocks: std::sync::Mutex::new(EventBlockMap::default()),
+        }
+    }
+
+    fn get(&self, block: u64) -> Option<RecordBatch> {
+        let mut m = self.blocks.lock().expect("lock poisoned");
+        let hit = m.blocks.get_mut(&block).map(|(b, _, used)| {
+            *used = std::time::Instant::now();
+            b.clone()
+        });
+        if hit.is_some() {
+            metrics::counter!("runnel_flight_event_blocks_hits_total").increment(1);
+        } else {
+            metrics::counter!("runnel_flight_event_blocks_misses_total").increment(1);
+        }
+        hit
+    }
+
+    fn put(&self, block: u64, batch: &RecordBatch) {
+        let bytes = batch.get_array_memory_size();
+        if bytes > self.bytes_max {
+            return;
+        }
+        let mut m = self.blocks.lock().expect("lock poisoned");
+        while m.held + bytes > self.bytes_max {
+            let Some(oldest) = m
+                .blocks
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some((_, b, _)) = m.blocks.remove(&oldest) {
+                m.held -= b;
+            }
+        }
+        if let Some((_, old, _)) = m
+            .blocks
+            .insert(block, (batch.clone(), bytes, std::time::Instant::now()))
+        {
+            m.held -= old;
+        }
+        m.held += bytes;
+        metrics::gauge!("runnel_flight_event_blocks_bytes").set(m.held as f64);
+    }
+}
+
+/// The events of offsets `[from, to)`, every column, no filter: one batch.
+fn build_events(
     log: &crate::log::BrokerLog,
     schema: &SchemaRef,
-    from: i64,
-    to: i64,
-    filters: &BTreeMap<String, String>,
-    limit: usize,
-    scan: usize,
-) -> Result<Vec<RecordBatch>, Status> {
+    from: u64,
+    to: u64,
+) -> Result<RecordBatch, Status> {
     use runnel_batch::Field as F;
-    let end = log.durable_end();
-    let mut next = end.saturating_sub(scan as u64);
-    let mut out = Vec::new();
     let mut cols = EventColumns::new();
-    let mut taken = 0usize;
-    let filter_of = |name: &str| filters.get(name).map(String::as_str);
-    let wanted: Vec<(&str, Option<&str>)> = [
-        "event_id",
-        "event_type",
-        "agent_id",
-        "host",
-        "user_id",
-        "session_id",
-        "device_id",
-        "platform",
-        "app_version",
-        "properties",
-    ]
-    .iter()
-    .map(|n| (*n, filter_of(n)))
-    .collect();
-    while next < end && taken < limit {
+    let mut next = from;
+    while next < to {
+        let want = (to - next).min(8192) as usize;
         let src = log
-            .read_batch(next, 4096, 64 << 20)
+            .read_batch(next, want, 64 << 20)
             .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
         if src.next <= next {
             break;
@@ -619,14 +672,10 @@ fn events_batches(
         let view = runnel_batch::BatchView::new(&src.batch)
             .map_err(|e| Status::internal(format!("reading the log: {e}")))?;
         for i in 0..src.offsets.len() {
-            if taken >= limit {
+            if src.offsets[i] >= to {
                 break;
             }
             let ev = view.event(i);
-            let ts = ev.timestamp_ms();
-            if ts < from || ts >= to {
-                continue;
-            }
             let (agent_id, host) = &src.origins[src.origin[i] as usize];
             let values: [Option<&str>; 10] = [
                 Some(ev.event_id()),
@@ -640,30 +689,86 @@ fn events_batches(
                 ev.field(F::AppVersion),
                 ev.properties(),
             ];
-            if wanted
-                .iter()
-                .zip(&values)
-                .any(|((_, f), v)| f.is_some_and(|f| *v != Some(f)))
-            {
-                continue;
-            }
             cols.offset.append_value(src.offsets[i]);
             for (b, v) in cols.text.iter_mut().zip(values) {
                 b.append_option(v);
             }
-            cols.timestamp.append_value(ts);
+            cols.timestamp.append_value(ev.timestamp_ms());
             cols.received_at.append_value(ev.received_at_ms());
             cols.schema_version.append_value(ev.schema_version());
             cols.rows += 1;
-            taken += 1;
-            if cols.rows >= BATCH_ROWS {
-                out.push(cols.finish(schema)?);
-            }
         }
         next = src.next;
     }
-    if cols.rows > 0 {
-        out.push(cols.finish(schema)?);
+    cols.finish(schema)
+}
+
+/// The events with `timestamp` in `[from, to)` and the text `filters` among the last `scan`
+/// of the log, at most `limit`, oldest first.
+#[allow(clippy::too_many_arguments)]
+fn events_batches(
+    log: &crate::log::BrokerLog,
+    blocks: &EventBlocks,
+    schema: &SchemaRef,
+    from: i64,
+    to: i64,
+    filters: &BTreeMap<String, String>,
+    limit: usize,
+    scan: usize,
+) -> Result<Vec<RecordBatch>, Status> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{TimestampMillisecondType, UInt64Type};
+    let end = log.durable_end();
+    let start = end.saturating_sub(scan as u64);
+    let block_rows = BATCH_ROWS as u64;
+    let filtered = from != i64::MIN || to != i64::MAX || !filters.is_empty();
+    let mut out = Vec::new();
+    let mut taken = 0usize;
+    let mut block = start / block_rows;
+    while block * block_rows < end && taken < limit {
+        let (lo, hi) = (block * block_rows, (block + 1) * block_rows);
+        let batch = if hi <= end {
+            match blocks.get(block) {
+                Some(b) => b,
+                None => {
+                    let b = build_events(log, schema, lo, hi)?;
+                    blocks.put(block, &b);
+                    b
+                }
+            }
+        } else {
+            build_events(log, schema, lo, end)?
+        };
+        block += 1;
+        // From `start` on.
+        let offsets = batch.column(0).as_primitive::<UInt64Type>();
+        let first = offsets.values().partition_point(|o| *o < start);
+        let mut batch = batch.slice(first, batch.num_rows() - first);
+        if filtered {
+            let ts = batch.column(3).as_primitive::<TimestampMillisecondType>();
+            let mut keep: Vec<bool> = ts.values().iter().map(|t| *t >= from && *t < to).collect();
+            for (column, value) in filters {
+                let c = batch
+                    .column_by_name(column)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("where: no column {column:?}"))
+                    })?
+                    .as_string::<i32>();
+                for (k, v) in keep.iter_mut().zip(c.iter()) {
+                    *k &= v == Some(value.as_str());
+                }
+            }
+            batch = datafusion::arrow::compute::filter_record_batch(
+                &batch,
+                &arrow_array::BooleanArray::from(keep),
+            )
+            .map_err(|e| Status::internal(format!("filtering events: {e}")))?;
+        }
+        let rows = batch.num_rows().min(limit - taken);
+        if rows > 0 {
+            out.push(batch.slice(0, rows));
+            taken += rows;
+        }
     }
     Ok(out)
 }
@@ -726,4 +831,122 @@ pub fn time_range_checked(q: &TableQuery) -> Result<(), Status> {
         return Ok(());
     }
     time_range(q).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    use runnel_event::{Batch, Chunk, Event};
+
+    const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
+
+    fn event(n: u64) -> Event {
+        Event {
+            event_id: format!("ev-{n}"),
+            event_type: "page.view".into(),
+            timestamp_ms: 1_000_000 + n as i64,
+            received_at_ms: 1_000_000 + n as i64,
+            schema_version: 1,
+            user_id: None,
+            session_id: None,
+            device_id: None,
+            platform: Some(PLATFORMS[(n % 3) as usize].into()),
+            app_version: None,
+            properties: Some(format!(r#"{{"n":{n}}}"#)),
+        }
+    }
+
+    fn offsets(batches: &[RecordBatch]) -> Vec<u64> {
+        batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().values().to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn event_blocks_answer_as_the_log_does_and_are_built_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = crate::log::BrokerLog::open(
+            Arc::new(runnel_segment::FsStorage),
+            dir.path(),
+            64 << 20,
+            16 << 20,
+            u64::MAX,
+        )
+        .unwrap();
+        // Two full blocks and part of a third.
+        let total = 2 * BATCH_ROWS as u64 + 1_000;
+        for (seq, first) in (0..total).step_by(5_000).enumerate() {
+            let events = (first..(first + 5_000).min(total)).map(event).collect();
+            let frame = Batch {
+                agent_id: "a".into(),
+                host: "h".into(),
+                epoch: 1,
+                first_seq: seq as u64,
+                chunks: vec![Chunk { events }.encode()],
+            }
+            .encode_frame();
+            log.append(crate::log::check_batch(frame, 16 << 20).unwrap())
+                .await;
+        }
+        assert_eq!(log.durable_end(), total);
+        let schema = events_schema();
+        let blocks = EventBlocks::new(1 << 30);
+        let none = BTreeMap::new();
+        let all = |blocks: &EventBlocks| {
+            events_batches(
+                &log,
+                blocks,
+                &schema,
+                i64::MIN,
+                i64::MAX,
+                &none,
+                usize::MAX,
+                usize::MAX,
+            )
+            .unwrap()
+        };
+        let want: Vec<u64> = (0..total).collect();
+        assert_eq!(offsets(&all(&blocks)), want);
+        // Both full blocks are kept; the partial third is not.
+        assert_eq!(blocks.blocks.lock().unwrap().blocks.len(), 2);
+        assert_eq!(offsets(&all(&blocks)), want, "from the kept blocks");
+        // Without a cache, the same.
+        assert_eq!(offsets(&all(&EventBlocks::new(0))), want);
+
+        // The last `scan`, a time range, a text filter and a limit.
+        let ios = BTreeMap::from([("platform".to_string(), "ios".to_string())]);
+        let scan = 70_000usize;
+        let (from, to) = (
+            1_000_000 + total as i64 - 68_000,
+            1_000_000 + total as i64 - 10,
+        );
+        let got = events_batches(&log, &blocks, &schema, from, to, &ios, 5_000, scan).unwrap();
+        let want: Vec<u64> = (total - scan as u64..total)
+            .filter(|n| {
+                let ts = 1_000_000 + *n as i64;
+                ts >= from && ts < to && n % 3 == 1
+            })
+            .take(5_000)
+            .collect();
+        assert_eq!(offsets(&got), want);
+        let platforms: Vec<Option<&str>> = got
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("platform")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .iter()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(platforms.iter().all(|p| *p == Some("ios")));
+
+        // A cache too small for one block keeps none and still answers.
+        let tiny = EventBlocks::new(1 << 10);
+        assert_eq!(offsets(&all(&tiny)).len(), total as usize);
+        assert!(tiny.blocks.lock().unwrap().blocks.is_empty());
+    }
 }
