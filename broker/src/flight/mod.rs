@@ -9,7 +9,8 @@
 //!   carries `runnel.watermark` (RFC 3339, empty before the first event), `runnel.window` and
 //!   `runnel.allowed_lateness_ms`, so a client knows how complete the data is;
 //! - `events`: the most recent events of the log (at most `flight_rows_max`), every envelope
-//!   field, `properties` as JSON text;
+//!   field, `properties` as JSON text. Blocks of 65,536 durable offsets are kept as Arrow
+//!   (`flight_event_cache_bytes_max`), so a repeated read builds only the newest block;
 //! - `dead_letters` and `late_events`: `offset`, `source_offset` and the entry as JSON text.
 //!
 //! ## Descriptors and tickets
@@ -28,7 +29,9 @@
 //! ## Security
 //! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
 //! `Handshake` with basic auth (user `runnel`, password a token) answers with that bearer
-//! token. A missing or wrong token is `Unauthenticated`, naming what is wrong.
+//! token. A missing or wrong token is `Unauthenticated`, naming what is wrong. One token runs
+//! at most `flight_token_concurrency_max` calls at once; the others wait their turn. TLS is on
+//! when `flight_tls_cert` and `flight_tls_key` are set.
 //!
 //! ## Flight SQL
 //! A command descriptor or ticket that holds a Flight SQL command (a protobuf `Any` of
