@@ -377,3 +377,37 @@ pub fn event(id: &str, event_type: &str) -> serde_json::Value {
         "properties": {"path": "/checkout/confirm", "amount": 129.5, "currency": "EUR", "pad": "x".repeat(80)}
     })
 }
+
+/// Posts generated events to an agent in order, `batch` events per request, retrying each
+/// request until it is accepted (202), waiting `pace` between requests.
+pub async fn post_generated(
+    agent_url: &str,
+    events: &[runnel_gen::Generated],
+    batch: usize,
+    pace: Duration,
+) {
+    let client = reqwest::Client::new();
+    for chunk in events.chunks(batch) {
+        let body = format!(
+            "[{}]",
+            chunk
+                .iter()
+                .map(|g| g.json.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        loop {
+            let r = client
+                .post(format!("{agent_url}/v1/events"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(pace).await;
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use runnel_e2e::{Pipeline, plugin};
+use runnel_e2e::{Pipeline, plugin, post_generated as post};
 use runnel_gen::{Config, Delay, Generated, Scenario};
 use serde_json::Value;
 
@@ -29,35 +29,6 @@ fn stream(events: usize) -> Vec<Generated> {
         allowed_lateness_ms: 30_000,
         window_ms: 60_000,
     })
-}
-
-/// Posts the stream in order, `batch` events per request, retrying until each is accepted,
-/// waiting `pace` between requests.
-async fn post(agent_url: &str, events: &[Generated], batch: usize, pace: Duration) {
-    let client = reqwest::Client::new();
-    for chunk in events.chunks(batch) {
-        let body = format!(
-            "[{}]",
-            chunk
-                .iter()
-                .map(|g| g.json.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        loop {
-            let r = client
-                .post(format!("{agent_url}/v1/events"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(pace).await;
-    }
 }
 
 fn agg_read(p: &Pipeline, name: &str) -> Vec<Value> {

@@ -50,22 +50,7 @@ async fn pipeline_with_events(broker_args: &[&str]) -> (Pipeline, u16, usize) {
         sources: 1,
         ..Config::default()
     });
-    let body = format!(
-        "[{}]",
-        events
-            .iter()
-            .map(|g| g.json.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/events", p.agent_url))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    runnel_e2e::post_generated(&p.agent_url, &events, events.len(), Duration::ZERO).await;
     p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(60))
         .await;
     (p, port, events.len())
