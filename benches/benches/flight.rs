@@ -104,6 +104,16 @@ async fn sql(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> u64 {
     rows
 }
 
+/// Prints `what: p50, p99, max` of query latencies recorded in microseconds.
+fn print_latencies(what: &str, h: &hdrhistogram::Histogram<u64>) {
+    println!(
+        "{what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({QUERIES} queries)",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.max() as f64 / 1e3
+    );
+}
+
 /// Fetches a table; returns (IPC bytes, rows).
 async fn fetch(client: &mut FlightServiceClient<Channel>, table: &str, decode: bool) -> (u64, u64) {
     let t = ticket(client, table).await;
@@ -269,11 +279,9 @@ fn main() {
                     sql(&mut client, &q).await;
                     h.record(started.elapsed().as_micros() as u64).unwrap();
                 }
-                println!(
-                    "Flight SQL SELECT * FROM events_per_type ({rows} rows, decoded), {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({QUERIES} queries)",
-                    h.value_at_quantile(0.5) as f64 / 1e3,
-                    h.value_at_quantile(0.99) as f64 / 1e3,
-                    h.max() as f64 / 1e3
+                print_latencies(
+                    &format!("Flight SQL SELECT * FROM events_per_type ({rows} rows, decoded), {label}"),
+                    &h,
                 );
             }
         };
@@ -291,11 +299,11 @@ fn main() {
                     fetch(&mut client, &table, true).await;
                     h.record(started.elapsed().as_micros() as u64).unwrap();
                 }
-                println!(
-                    "events_per_type query ({rows} rows, GetFlightInfo + DoGet, decoded), {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({QUERIES} queries)",
-                    h.value_at_quantile(0.5) as f64 / 1e3,
-                    h.value_at_quantile(0.99) as f64 / 1e3,
-                    h.max() as f64 / 1e3
+                print_latencies(
+                    &format!(
+                        "events_per_type query ({rows} rows, GetFlightInfo + DoGet, decoded), {label}"
+                    ),
+                    &h,
                 );
             }
         };

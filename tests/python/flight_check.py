@@ -9,30 +9,12 @@ import sys
 
 import pyarrow.flight as fl
 
+from common import error_of, rows
+
 url, token, aggregate = sys.argv[1], sys.argv[2], sys.argv[3]
 client = fl.FlightClient(url)
 auth = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
 out = {}
-
-
-def rows(table):
-    """Rows as JSON-ready dicts (timestamps as epoch milliseconds)."""
-    result = []
-    for row in table.to_pylist():
-        for k, v in row.items():
-            if hasattr(v, "timestamp"):
-                row[k] = round(v.timestamp() * 1000)
-        result.append(row)
-    return result
-
-
-def error_of(call):
-    try:
-        call()
-    except Exception as e:  # FlightError, or ArrowKeyError for NOT_FOUND
-        return {"type": type(e).__name__, "message": str(e)}
-    return None
-
 
 out["flights"] = sorted(
     f.descriptor.command.decode() for f in client.list_flights(options=auth)

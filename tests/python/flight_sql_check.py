@@ -12,28 +12,11 @@ import sys
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flight_sql
 
+from common import error_of, rows
+
 url, token, aggregate, copy_target = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 header = adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value
 out = {}
-
-
-def rows(table):
-    """Rows as JSON-ready dicts (timestamps as epoch milliseconds)."""
-    result = []
-    for row in table.to_pylist():
-        for k, v in row.items():
-            if hasattr(v, "timestamp"):
-                row[k] = round(v.timestamp() * 1000)
-        result.append(row)
-    return result
-
-
-def error_of(call):
-    try:
-        call()
-    except Exception as e:  # adbc_driver_manager errors (ProgrammingError, …)
-        return {"type": type(e).__name__, "message": str(e)}
-    return None
 
 
 def query(conn, sql, parameters=None):

@@ -252,6 +252,16 @@ impl Pipeline {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// The broker's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `runnel plugin list`, parsed.
     pub fn plugin_list(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli(&["plugin", "list"])).unwrap()

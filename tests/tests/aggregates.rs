@@ -268,12 +268,7 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
     assert_eq!(ept["late_events"].as_u64().unwrap() as usize, beyond.len());
 
     // /metrics counts late events by aggregate.
-    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("runnel_late_events_total{aggregate=\"events_per_type\"}"))

@@ -121,12 +121,7 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
     let got = run_python("flight_check.py", &[&url, TOKEN, "events_per_type"]);
     // The same queries again come from the result cache.
     run_python("flight_check.py", &[&url, TOKEN, "events_per_type"]);
-    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     let counter = |name: &str| -> u64 {
         metrics
             .lines()
@@ -404,12 +399,7 @@ async fn adbc_runs_sql_prepared_statements_and_catalog_metadata() {
     );
 
     // Waiting calls were counted, none refused.
-    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(metrics.contains("runnel_flight_calls_total"), "{metrics}");
 }
 

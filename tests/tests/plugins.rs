@@ -228,12 +228,7 @@ async fn misbehaving_plugins_are_contained_under_load() {
         peak_rss / 1024
     );
     // Paused, they show in /metrics too.
-    let metrics = reqwest::get(format!("http://{}/metrics", p.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains("runnel_plugin_paused{plugin=\"looper\"} 1"),
         "{metrics}"

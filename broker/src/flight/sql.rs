@@ -113,17 +113,10 @@ impl Provider {
     /// the command's pattern.
     pub async fn schemas(&self, query: CommandGetDbSchemas) -> Result<RecordBatch, Status> {
         let ctx = self.context().await?;
-        let only = query.catalog.clone();
+        let schemas = schemas_of(&ctx, query.catalog.as_deref());
         let mut builder = query.into_builder();
-        for catalog_name in ctx.catalog_names() {
-            if only.as_ref().is_some_and(|c| *c != catalog_name) {
-                continue;
-            }
-            if let Some(catalog) = ctx.catalog(&catalog_name) {
-                for schema_name in catalog.schema_names() {
-                    builder.append(&catalog_name, schema_name);
-                }
-            }
+        for (catalog_name, schema_name, _) in schemas {
+            builder.append(catalog_name, schema_name);
         }
         builder
             .build()
@@ -134,35 +127,24 @@ impl Provider {
     /// command's patterns and types.
     pub async fn tables(&self, query: CommandGetTables) -> Result<RecordBatch, Status> {
         let ctx = self.context().await?;
-        let only = query.catalog.clone();
+        let schemas = schemas_of(&ctx, query.catalog.as_deref());
         let mut builder = query.into_builder();
-        for catalog_name in ctx.catalog_names() {
-            if only.as_ref().is_some_and(|c| *c != catalog_name) {
-                continue;
-            }
-            let Some(catalog) = ctx.catalog(&catalog_name) else {
-                continue;
-            };
-            for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else {
-                    continue;
-                };
-                for table_name in schema.table_names() {
-                    let table = schema
-                        .table(&table_name)
-                        .await
-                        .map_err(|e| Status::internal(format!("table {table_name}: {e}")))?;
-                    if let Some(table) = table {
-                        builder
-                            .append(
-                                &catalog_name,
-                                &schema_name,
-                                &table_name,
-                                table_type_name(table.table_type()),
-                                &table.schema(),
-                            )
-                            .map_err(|e| Status::internal(format!("GetTables: {e}")))?;
-                    }
+        for (catalog_name, schema_name, schema) in schemas {
+            for table_name in schema.table_names() {
+                let table = schema
+                    .table(&table_name)
+                    .await
+                    .map_err(|e| Status::internal(format!("table {table_name}: {e}")))?;
+                if let Some(table) = table {
+                    builder
+                        .append(
+                            &catalog_name,
+                            &schema_name,
+                            &table_name,
+                            table_type_name(table.table_type()),
+                            &table.schema(),
+                        )
+                        .map_err(|e| Status::internal(format!("GetTables: {e}")))?;
                 }
             }
         }
@@ -296,6 +278,29 @@ impl TableProvider for Table {
             MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
         Ok(exec)
     }
+}
+
+/// Every schema of every catalog of `ctx`, or of catalog `only`: (catalog, schema name,
+/// schema).
+fn schemas_of(
+    ctx: &SessionContext,
+    only: Option<&str>,
+) -> Vec<(String, String, Arc<dyn datafusion::catalog::SchemaProvider>)> {
+    let mut out = Vec::new();
+    for catalog_name in ctx.catalog_names() {
+        if only.is_some_and(|c| c != catalog_name) {
+            continue;
+        }
+        let Some(catalog) = ctx.catalog(&catalog_name) else {
+            continue;
+        };
+        for schema_name in catalog.schema_names() {
+            if let Some(schema) = catalog.schema(&schema_name) {
+                out.push((catalog_name.clone(), schema_name, schema));
+            }
+        }
+    }
+    out
 }
 
 /// A table type as JDBC names it.
