@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-scripts/setup.sh
+scripts/setup.sh --test
 started=$(date +%s)
 cargo fmt --all -- --check
 cargo fmt --all --manifest-path plugins/Cargo.toml -- --check

@@ -33,14 +33,26 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# Flight SQL's Substrait support (datafusion-substrait) compiles protobuf definitions at build
-# time and needs protoc: Debian package protobuf-compiler.
-if ! command -v protoc >/dev/null 2>&1; then
-  log "installing protobuf-compiler (protoc)"
-  sudo_cmd=""
+# Debian packages, installed when their command is missing.
+apt_updated=""
+apt_install() { # COMMAND PACKAGE WHY
+  if command -v "$1" >/dev/null 2>&1; then return; fi
+  log "installing $2 ($3)"
+  local sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq protobuf-compiler >/dev/null
+  if [ -z "$apt_updated" ]; then
+    $sudo_cmd apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
+# Flight SQL's Substrait support (datafusion-substrait) compiles protobuf definitions at build
+# time and needs protoc.
+apt_install protoc protobuf-compiler "protoc, for the Flight SQL build"
+# The tests render `runnel bench --report` pages in headless Chromium.
+if [ "${1:-}" = "--test" ]; then
+  apt_install chromium chromium "headless Chromium, for the bench report test"
 fi
 
 # Python tooling in one virtualenv: componentize-py builds the Python example plugin (and

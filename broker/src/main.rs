@@ -68,6 +68,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AggCmd,
     },
+    /// Load benchmark: offer a fixed rate (open loop) or as much as it takes (closed loop) to
+    /// an agent (`ingest`) or a broker (`broker`); prints percentiles, writes JSON and an HTML
+    /// report.
+    Bench {
+        #[command(subcommand)]
+        cmd: runnel_loadgen::BenchCmd,
+    },
     /// Run SQL against a running broker over Flight SQL and print the result.
     Query {
         /// The SQL, e.g. "SELECT * FROM events_per_type ORDER BY window_start DESC LIMIT 10".
@@ -325,6 +332,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Log { cmd } => runtime()?.block_on(log_cmd(cmd)),
         Cmd::Plugin { cmd } => plugin_cmd(cmd),
         Cmd::Agg { cmd } => runtime()?.block_on(agg_cmd(cmd)),
+        Cmd::Bench { cmd } => runtime()?.block_on(runnel_loadgen::main(cmd)),
         Cmd::Query {
             sql,
             format,

@@ -53,7 +53,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(name: &'static str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
+    /// A process to start with `args`, its output appended to `log`.
+    pub fn new(name: &'static str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
         Self {
             name,
             program,
@@ -181,6 +182,14 @@ impl Pipeline {
             admin_addr: format!("127.0.0.1:{admin}"),
             dir,
         }
+    }
+
+    /// The value of the broker's flag starting with `prefix` (e.g. `--quic-addr=`).
+    pub fn broker_arg(&self, prefix: &str) -> Option<String> {
+        self.broker
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix(prefix).map(str::to_string))
     }
 
     /// Starts the broker, waits until it is ready, then the agent, and waits for it.
@@ -330,7 +339,8 @@ fn tail(s: &str) -> &str {
     &s[start..]
 }
 
-async fn wait_ready(url: &str, proc: &mut Proc) {
+/// Waits until `url` answers 2xx, failing with the log if `proc` exits or 30 s pass.
+pub async fn wait_ready(url: &str, proc: &mut Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = reqwest::get(url).await
