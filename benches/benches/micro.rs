@@ -1,5 +1,7 @@
 //! Criterion micro-benchmarks of the hot paths: JSON parse + validate, dedup, chunk encode,
-//! batch frame encode/decode, log append (without fsync).
+//! batch frame encode/decode, log append (without fsync), and the agent's spool append (with
+//! its fsync). The WASM call per batch is in `plugin_host`, the window update in
+//! `window_engine`.
 //!
 //! Run: `cargo bench -p runnel-benches --bench micro`.
 
@@ -8,6 +10,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use runnel_agent::dedup::{Dedup, id_hash};
+use runnel_agent::spool::{Spool, SpoolOptions};
 use runnel_benches::body;
 use runnel_event::wire::{access_batch, decode_frame};
 use runnel_event::{Batch, BodyFormat, Chunk, EnvelopeLimits, parse_body};
@@ -64,6 +67,35 @@ fn benches(c: &mut Criterion) {
         SegmentLog::open(Arc::new(FsStorage), dir.path(), LogOptions::default(), 0).unwrap();
     g.bench_function("log_append_no_fsync", |b| {
         b.iter(|| log.append(black_box(&encoded), 1, 0).unwrap())
+    });
+    g.finish();
+
+    // The spool's durable append: one request's chunk, written and fsynced by the spool's
+    // writer thread (a group commit of one, as under light load).
+    let mut g = c.benchmark_group("spool_append_fsync");
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(3));
+    g.throughput(Throughput::Bytes(encoded.len() as u64));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(
+        Arc::new(FsStorage),
+        spool_dir.path(),
+        SpoolOptions {
+            bytes_max: 64 << 30,
+            segment_bytes_max: 256 << 20,
+            record_bytes_max: 64 << 20,
+        },
+    )
+    .unwrap();
+    g.bench_function("1000_events", |b| {
+        b.iter(|| {
+            rt.block_on(spool.append(black_box(encoded.clone()), 0))
+                .unwrap()
+        })
     });
     g.finish();
 }

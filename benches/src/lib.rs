@@ -1,7 +1,6 @@
 //! Shared pieces of the benchmarks: the machine they ran on, a 300-byte event, process CPU time.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// A valid event whose JSON is close to `bytes` long (at least ~200).
 pub fn event_json(id: u64, bytes: usize) -> String {
@@ -45,48 +44,9 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
 }
 
 /// One line describing the machine: cores, memory, CPU model, kernel, fsync latency of a 4 KiB
-/// append in `dir` (median of 200).
+/// append in `dir`.
 pub fn machine(dir: &Path) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{cores} cores, {mem_gib:.1} GiB, {cpu}, Linux {}, fdatasync(4 KiB append) p50 {:.3} ms",
-        kernel.trim(),
-        fsync_p50_ms(dir)
-    )
-}
-
-fn fsync_p50_ms(dir: &Path) -> f64 {
-    use std::io::Write;
-    let path = dir.join("fsync-probe");
-    let Ok(mut f) = std::fs::File::create(&path) else {
-        return f64::NAN;
-    };
-    let block = [0u8; 4096];
-    let mut samples: Vec<f64> = (0..200)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = f.write_all(&block);
-            let _ = f.sync_data();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples[samples.len() / 2]
+    runnel_loadgen::machine::Machine::probe(dir).to_string()
 }
 
 /// A release binary of the workspace, next to the benchmark executable.

@@ -67,6 +67,8 @@ struct Slot {
 struct Template {
     body: Vec<u8>,
     slots: Vec<Slot>,
+    /// Byte range of each event in `body`.
+    spans: Vec<std::ops::Range<usize>>,
 }
 
 /// Request bodies for a run.
@@ -102,6 +104,7 @@ impl Workload {
             let mut rng = StdRng::seed_from_u64(0x5EED + t as u64);
             let mut body = Vec::with_capacity(spec.batch * (spec.event_bytes + 1) + 2);
             let mut slots = Vec::with_capacity(spec.batch);
+            let mut spans = Vec::with_capacity(spec.batch);
             let (mut n_invalid, mut n_dup) = (0, 0);
             body.push(b'[');
             for (i, (mut value, delay_ms)) in events.into_iter().enumerate() {
@@ -128,6 +131,7 @@ impl Workload {
                         .find(&format!("\"timestamp\":{TS_PLACEHOLDER}"))
                         .expect("the timestamp placeholder is in the event")
                     + "\"timestamp\":".len();
+                spans.push(body.len()..body.len() + text.len());
                 body.extend_from_slice(text.as_bytes());
                 slots.push(Slot {
                     id_at,
@@ -139,7 +143,7 @@ impl Workload {
             body.push(b']');
             invalid.push(n_invalid);
             dups.push(n_dup);
-            templates.push(Template { body, slots });
+            templates.push(Template { body, slots, spans });
         }
         Self {
             spec,
@@ -186,6 +190,15 @@ impl Workload {
             );
         }
         body
+    }
+
+    /// The events of a body of request `request` (made by [`Workload::body`]), one JSON
+    /// object each: for systems that take one message per event.
+    pub fn events<'a>(&self, request: u64, body: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        self.templates[request as usize % TEMPLATES]
+            .spans
+            .iter()
+            .map(move |r| &body[r.clone()])
     }
 
     /// The request whose id slot `i` of `request` carries: its own, or for a duplicate, the
@@ -320,6 +333,10 @@ mod tests {
                 .map(|(_, e)| e.event_id.clone())
                 .collect();
             assert_eq!(ids.len(), 400, "{scenario:?}: every id distinct");
+            for e in w.events(0, &a) {
+                serde_json::from_slice::<serde_json::Value>(e).expect("each span is one event");
+            }
+            assert_eq!(w.events(0, &a).count(), 200);
             let per_event = a.len() / 200;
             assert!(
                 (299..=340).contains(&per_event),
