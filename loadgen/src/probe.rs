@@ -11,7 +11,8 @@
 //!   `events_per_type` has.
 //!
 //! Both latencies are measured from the same 202, so the aggregate figure includes the log's.
-//! Their resolution is the poll interval.
+//! Their resolution is the poll interval. Before the run, a first probe (not counted) waits until
+//! the broker has caught up with whatever an earlier run left in the agent's spool.
 
 use std::time::Duration;
 
@@ -131,6 +132,63 @@ impl Probe {
     }
 }
 
+/// Longest wait for the broker to catch up before a `--visible` run.
+pub const CATCH_UP_MAX: Duration = Duration::from_secs(600);
+
+impl Probe {
+    /// Posts a first probe (not counted) and waits until the broker shows it: a backlog left by
+    /// an earlier run (events accepted by the agent but not yet shipped) would otherwise be
+    /// measured as this run's visibility.
+    async fn catch_up(&mut self) -> anyhow::Result<()> {
+        let resp = self
+            .client
+            .post(&self.spec.ingest_url)
+            .header("content-type", "application/json")
+            .body(probe_body(self.spec.run_id, 0, now_ms()))
+            .send()
+            .await
+            .context("--visible: posting the first probe")?;
+        anyhow::ensure!(
+            resp.status().as_u16() == 202,
+            "--visible: the agent answered the first probe {}",
+            resp.status()
+        );
+        let since = Instant::now();
+        let waiting = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!("--visible: waiting for the broker to catch up with the agent …");
+        });
+        let (log_want, agg_want) = (self.log_base + 1, self.aggregate_base + 1);
+        let mut done = false;
+        while since.elapsed() < CATCH_UP_MAX {
+            let log = self.log_count().await.unwrap_or(0) >= log_want;
+            let agg = match &self.spec.aggregate {
+                Some(name) => self.aggregate_count(name).await.unwrap_or(0) >= agg_want,
+                None => true,
+            };
+            if log && agg {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        waiting.abort();
+        anyhow::ensure!(
+            done,
+            "--visible: the first probe was not visible at the broker after {CATCH_UP_MAX:?}"
+        );
+        if since.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "--visible: the broker caught up in {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+        self.log_base = log_want;
+        self.aggregate_base = agg_want;
+        Ok(())
+    }
+}
+
 /// Checks the broker answers and reads the counts probes are measured against. Fails with a
 /// message naming the setting when the admin API or the aggregate cannot be read.
 pub async fn prepare(spec: ProbeSpec) -> anyhow::Result<Prepared> {
@@ -158,6 +216,7 @@ pub async fn prepare(spec: ProbeSpec) -> anyhow::Result<Prepared> {
             .await
             .with_context(|| format!("--visible-aggregate {name}"))?;
     }
+    probe.catch_up().await?;
     Ok(Prepared { probe })
 }
 
