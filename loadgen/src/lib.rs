@@ -149,6 +149,10 @@ pub struct IngestArgs {
     /// How often a probe polls the broker (the resolution of the visibility figures).
     #[arg(long, default_value_t = 1)]
     pub visible_poll_ms: u64,
+    /// After the load, wait until the broker's log (at `--admin-addr`) holds every event the
+    /// agent accepted, and report the end-to-end rate into the log.
+    #[arg(long)]
+    pub until_logged: bool,
 }
 
 /// `runnel bench broker`.
@@ -350,7 +354,15 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
         connections: a.connections,
         duration: a.load.duration,
     };
-    run(
+    let admin = format!("http://{}", a.admin_addr);
+    let logged_before = if a.until_logged {
+        Some(log_records(&admin).await.with_context(|| {
+            format!("--until-logged: reading {admin}/v1/log/stats (is --admin-addr the broker's admin address?)")
+        })?)
+    } else {
+        None
+    };
+    let (mut report, start) = run(
         "ingest",
         a.url.clone(),
         settings_json(a, &a.load),
@@ -360,7 +372,42 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
         target,
         probes,
     )
-    .await
+    .await?;
+    if let Some(before) = logged_before {
+        let probes = report
+            .visibility
+            .as_ref()
+            .map_or(0, |v| v.samples.len() as u64);
+        let want = before + report.rec.totals.accepted + probes;
+        let deadline = Instant::now() + probe::CATCH_UP_MAX;
+        loop {
+            let now = log_records(&admin).await?;
+            if now >= want {
+                report.logged = Some((now - before, start.elapsed().as_secs_f64()));
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "--until-logged: the broker's log holds {} of the {} events accepted after {:?}",
+                now - before,
+                want - before,
+                probe::CATCH_UP_MAX
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn log_records(admin: &str) -> anyhow::Result<u64> {
+    let v: serde_json::Value = reqwest::get(format!("{admin}/v1/log/stats"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    v["records"]
+        .as_u64()
+        .context("the broker's log stats have no `records`")
 }
 
 /// `runnel bench broker`.
@@ -428,7 +475,7 @@ pub async fn broker(a: &BrokerArgs) -> anyhow::Result<Report> {
     )
     .await;
     refresher.abort();
-    report
+    Ok(report?.0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -441,7 +488,7 @@ async fn run<T: Target>(
     plan: Plan,
     target: Arc<T>,
     probes: Option<probe::Prepared>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Instant)> {
     let machine = machine::Machine::probe(&load.fsync_dir);
     if !load.quiet {
         eprintln!("runnel bench {command}: {target_name}\n{describe}\nmachine: {machine}");
@@ -468,7 +515,7 @@ async fn run<T: Target>(
     };
     let rec = rec.lock().expect("recorder lock").clone();
     let elapsed = rec.last_answer.max(load.duration);
-    Ok(Report {
+    let report = Report {
         command: command.into(),
         target: target_name,
         settings,
@@ -478,7 +525,9 @@ async fn run<T: Target>(
         elapsed,
         rec,
         visibility,
-    })
+        logged: None,
+    };
+    Ok((report, start))
 }
 
 /// Prints, each second, the last second's rate, the errors so far and the p99 so far.

@@ -33,6 +33,9 @@ pub struct Report {
     pub rec: Recorder,
     /// `--visible` probes.
     pub visibility: Option<Visibility>,
+    /// `--until-logged`: (events the broker's log gained, seconds from the start until it held
+    /// them all).
+    pub logged: Option<(u64, f64)>,
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -125,6 +128,13 @@ impl Report {
             "events      accepted {}, duplicates {}, rejected as invalid {}",
             r.totals.accepted, r.totals.duplicates, r.totals.rejected
         );
+        if let Some((events, secs)) = self.logged {
+            let _ = writeln!(
+                s,
+                "end to end  {:>12.0} events/s into the broker's log (it held all {events} {secs:.1} s after the start)",
+                events as f64 / secs
+            );
+        }
         let _ = writeln!(
             s,
             "\n{:<38} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -232,6 +242,11 @@ impl Report {
             },
             "latency": latency_json(&r.latency),
             "visible": visible,
+            "end_to_end": self.logged.map(|(events, secs)| json!({
+                "events": events,
+                "seconds": secs,
+                "events_per_sec": events as f64 / secs,
+            })),
             "errors": r.errors,
             "series": series,
             "spectrum": spectrum,
@@ -593,6 +608,7 @@ mod tests {
             elapsed: Duration::from_secs(3),
             rec,
             visibility: None,
+            logged: Some((29_900, 4.0)),
         }
     }
 
@@ -602,9 +618,11 @@ mod tests {
         let s = r.summary();
         assert!(s.contains("events/s"), "{s}");
         assert!(s.contains("http 503: 1"), "{s}");
+        assert!(s.contains("7475 events/s into the broker's log"), "{s}");
         let j = r.json();
         assert_eq!(j["throughput"]["events"], 29_900);
         assert_eq!(j["series"].as_array().unwrap().len(), 3);
+        assert_eq!(j["end_to_end"]["events_per_sec"], 7475.0);
         assert_eq!(j["errors"]["http 503"], 1);
         assert!(
             j["latency"]["p99_ms"].as_f64().unwrap() > j["latency"]["p50_ms"].as_f64().unwrap()

@@ -138,6 +138,7 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
         &admin_addr,
         "--probe-every",
         "200ms",
+        "--until-logged",
         "--json",
         json.to_str().unwrap(),
         "--report",
@@ -160,6 +161,7 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
         "accept -> visible in the log",
         "accept -> visible in events_per_type",
         "errors      none",
+        "into the broker's log",
     ] {
         assert!(stdout.contains(want), "summary has {want:?}:\n{stdout}");
     }
@@ -191,6 +193,13 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
     assert!(visible["log"]["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(visible["in_aggregate"]["p50_ms"].as_f64() >= visible["log"]["p50_ms"].as_f64());
     assert_eq!(visible["errors"], serde_json::json!({}));
+    // --until-logged: the log gained every accepted event and every counted probe.
+    assert_eq!(
+        j["end_to_end"]["events"].as_u64(),
+        Some(accepted + probes),
+        "{j}"
+    );
+    assert!(j["end_to_end"]["events_per_sec"].as_f64().unwrap() > 0.0);
     let machine = &j["machine"];
     assert!(machine["cores"].as_u64().unwrap() >= 1);
     assert!(machine["memory_bytes"].as_u64().unwrap() > 0);
