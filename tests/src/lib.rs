@@ -23,22 +23,41 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A TCP port that was free a moment ago.
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Ports this test process has handed out: the kernel may give the same free port to two
+/// binds in a row, and two servers of one test must not be told the same port.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+fn distinct(mut pick: impl FnMut() -> u16) -> u16 {
+    let mut seen = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = pick();
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
 }
 
-/// A UDP port that was free a moment ago.
+/// A TCP port that was free a moment ago (never one handed out before in this process).
+pub fn free_tcp_port() -> u16 {
+    distinct(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
+}
+
+/// A UDP port that was free a moment ago (never one handed out before in this process).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    distinct(|| {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 /// A child process with its arguments, so it can be restarted the same way.
@@ -416,6 +435,7 @@ pub async fn post_generated(
                 .collect::<Vec<_>>()
                 .join(",")
         );
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let r = client
                 .post(format!("{agent_url}/v1/events"))
@@ -426,6 +446,11 @@ pub async fn post_generated(
             if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
                 break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the agent at {agent_url} did not accept a request in 120 s: {:?}",
+                r.map(|r| r.status())
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(pace).await;
