@@ -20,48 +20,15 @@
 //! `~/.cache/runnel-py/bin`, else on `PATH`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runnel_benches::{median, release_bin};
+use runnel_benches::{env, free_port, median, release_bin, spawn, wait_ready};
 use runnel_loadgen::engine::{self, Mode, Plan, Recorder, Sent, Target};
 use runnel_loadgen::workload::{Scenario, Spec, Workload};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Guard {
-    Guard(
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
-    )
-}
 
 fn find(program: &str, env_name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
     if let Ok(p) = std::env::var(env_name) {
@@ -292,19 +259,6 @@ async fn measure<T: Target>(target: Arc<T>, s: &Settings) -> (f64, f64, f64) {
     )
 }
 
-async fn wait_http(url: &str) {
-    for _ in 0..1500 {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{url} not ready");
-}
-
 async fn wait_tcp(port: u16) {
     for _ in 0..1500 {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -326,7 +280,7 @@ async fn runnel(batch: usize, s: &Settings) -> (f64, f64, f64) {
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
             .arg("--segment-bytes-max=536870912"),
     );
-    wait_http(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
     let _agent = spawn(
         Command::new(release_bin("runnel-agent"))
             .arg(format!("--data-dir={}", dir.path().join("agent").display()))
@@ -339,7 +293,7 @@ async fn runnel(batch: usize, s: &Settings) -> (f64, f64, f64) {
             .arg("--spool-bytes-max=17179869184")
             .arg("--dedup-ids-max=50000000"),
     );
-    wait_http(&format!("http://127.0.0.1:{http}/readyz")).await;
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
     let target = runnel_loadgen::targets::AgentHttp::new(
         format!("http://127.0.0.1:{http}/v1/events"),
         workload(batch, s),

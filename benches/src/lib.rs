@@ -1,4 +1,5 @@
-//! Shared pieces of the benchmarks: the machine they ran on, a 300-byte event, process CPU time.
+//! Shared pieces of the benchmarks: the machine they ran on, a 300-byte event, process CPU time,
+//! and starting the release binaries (and peers) on free ports.
 
 use std::path::{Path, PathBuf};
 
@@ -69,4 +70,58 @@ pub fn release_bin(name: &str) -> PathBuf {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// A setting from the environment, or `default`.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped.
+#[derive(Debug)]
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with its output discarded.
+pub fn spawn(cmd: &mut std::process::Command) -> Guard {
+    use std::process::Stdio;
+    Guard(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
+    )
+}
+
+/// Waits up to 30 s for `url` to answer 2xx.
+pub async fn wait_ready(url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{url} not ready");
 }
