@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runnel_benches::{env, free_port, median, release_bin, spawn, wait_ready};
+use runnel_benches::{broker_and_agent, env, free_port, median, spawn};
 use runnel_loadgen::engine::{self, Mode, Plan, Recorder, Sent, Target};
 use runnel_loadgen::workload::{Scenario, Spec, Workload};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -271,29 +271,7 @@ async fn wait_tcp(port: u16) {
 
 async fn runnel(batch: usize, s: &Settings) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let (quic, admin, http) = (free_port(), free_port(), free_port());
-    let _broker = spawn(
-        Command::new(release_bin("runnel"))
-            .args(["broker", "--data-dir"])
-            .arg(dir.path().join("broker"))
-            .arg(format!("--quic-addr=127.0.0.1:{quic}"))
-            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-            .arg("--segment-bytes-max=536870912"),
-    );
-    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
-    let _agent = spawn(
-        Command::new(release_bin("runnel-agent"))
-            .arg(format!("--data-dir={}", dir.path().join("agent").display()))
-            .arg(format!("--http-addr=127.0.0.1:{http}"))
-            .arg(format!("--broker-addr=127.0.0.1:{quic}"))
-            .arg(format!(
-                "--broker-ca={}",
-                dir.path().join("broker/tls/ca.pem").display()
-            ))
-            .arg("--spool-bytes-max=17179869184")
-            .arg("--dedup-ids-max=50000000"),
-    );
-    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+    let (_broker, _agent, http, _admin) = broker_and_agent(dir.path()).await;
     let target = runnel_loadgen::targets::AgentHttp::new(
         format!("http://127.0.0.1:{http}/v1/events"),
         workload(batch, s),

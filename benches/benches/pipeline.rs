@@ -11,7 +11,6 @@
 //! `RUNNEL_BENCH_BATCH` (events per request, default 1000), `RUNNEL_BENCH_EVENT_BYTES` (default
 //! 300), `RUNNEL_BENCH_CONNECTIONS` (default 8).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use runnel_benches::{
-    Guard, body, env, free_port, machine, median, process_cpu_seconds, release_bin, spawn,
-    wait_ready,
+    Guard, agent_cmd, body, broker_and_agent, env, free_port, machine, median, process_cpu_seconds,
+    release_bin, spawn, wait_ready,
 };
 
 struct Settings {
@@ -126,26 +125,6 @@ fn pin_self(cpus: &[usize]) {
     }
 }
 
-fn agent_cmd(dir: &Path, http: u16, broker_quic: u16, ca: &Path, pin: Option<usize>) -> Command {
-    let agent = release_bin("runnel-agent");
-    let mut cmd = match pin {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(agent);
-            c
-        }
-        None => Command::new(agent),
-    };
-    cmd.arg(format!("--data-dir={}", dir.join("agent").display()))
-        .arg(format!("--http-addr=127.0.0.1:{http}"))
-        .arg(format!("--broker-addr=127.0.0.1:{broker_quic}"))
-        .arg(format!("--broker-ca={}", ca.display()))
-        .arg("--spool-bytes-max=17179869184")
-        .arg("--spool-segment-bytes-max=268435456")
-        .arg("--dedup-ids-max=50000000");
-    cmd
-}
-
 /// (a) Agent ingest on one core, spool fsync on.
 async fn agent_ingest(s: &Settings, run: u64) -> (f64, f64, f64, f64, Histogram<u64>) {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
@@ -204,19 +183,7 @@ async fn agent_ingest(s: &Settings, run: u64) -> (f64, f64, f64, f64, Histogram<
 /// (b) End to end: from the first request until the broker log holds every event.
 async fn end_to_end(s: &Settings, run: u64) -> (f64, f64) {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let (quic, admin, http) = (free_port(), free_port(), free_port());
-    let _broker = spawn(
-        Command::new(release_bin("runnel"))
-            .args(["broker", "--data-dir"])
-            .arg(dir.path().join("broker"))
-            .arg(format!("--quic-addr=127.0.0.1:{quic}"))
-            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
-            .arg("--segment-bytes-max=536870912"),
-    );
-    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
-    let ca = dir.path().join("broker/tls/ca.pem");
-    let _agent = spawn(&mut agent_cmd(dir.path(), http, quic, &ca, None));
-    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+    let (_broker, _agent, http, admin) = broker_and_agent(dir.path()).await;
     let requests = (s.e2e_events as usize).div_ceil(s.batch);
     let prepared = bodies(run * 1_000_000_000, requests, s);
     let total_bytes: u64 = prepared.iter().map(|b| b.len() as u64).sum();

@@ -125,3 +125,52 @@ pub async fn wait_ready(url: &str) {
     }
     panic!("{url} not ready");
 }
+
+/// The release `runnel-agent` with the benchmarks' settings (a spool and dedup set large enough
+/// for long runs), on `dir/agent`, shipping to the broker at `broker_quic`; pinned to core `pin`
+/// with `taskset` when given.
+pub fn agent_cmd(
+    dir: &Path,
+    http: u16,
+    broker_quic: u16,
+    ca: &Path,
+    pin: Option<usize>,
+) -> std::process::Command {
+    use std::process::Command;
+    let agent = release_bin("runnel-agent");
+    let mut cmd = match pin {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(agent);
+            c
+        }
+        None => Command::new(agent),
+    };
+    cmd.arg(format!("--data-dir={}", dir.join("agent").display()))
+        .arg(format!("--http-addr=127.0.0.1:{http}"))
+        .arg(format!("--broker-addr=127.0.0.1:{broker_quic}"))
+        .arg(format!("--broker-ca={}", ca.display()))
+        .arg("--spool-bytes-max=17179869184")
+        .arg("--spool-segment-bytes-max=268435456")
+        .arg("--dedup-ids-max=50000000");
+    cmd
+}
+
+/// A release broker (`dir/broker`) and agent on free ports, both ready: (broker, agent, the
+/// agent's HTTP port, the broker's admin port).
+pub async fn broker_and_agent(dir: &Path) -> (Guard, Guard, u16, u16) {
+    let (quic, admin, http) = (free_port(), free_port(), free_port());
+    let broker = spawn(
+        std::process::Command::new(release_bin("runnel"))
+            .args(["broker", "--data-dir"])
+            .arg(dir.join("broker"))
+            .arg(format!("--quic-addr=127.0.0.1:{quic}"))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg("--segment-bytes-max=536870912"),
+    );
+    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    let ca = dir.join("broker/tls/ca.pem");
+    let agent = spawn(&mut agent_cmd(dir, http, quic, &ca, None));
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+    (broker, agent, http, admin)
+}

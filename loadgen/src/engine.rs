@@ -322,25 +322,36 @@ mod tests {
         }
     }
 
+    /// A target serving 100 requests a second, one at a time.
+    fn slow() -> Arc<Slow> {
+        Arc::new(Slow {
+            service: Duration::from_millis(10),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs `mode` with `connections` for `secs` seconds against `target`; what it recorded.
+    async fn run_on(target: Arc<Slow>, mode: Mode, connections: usize, secs: u64) -> Recorder {
+        let plan = Plan {
+            mode,
+            connections,
+            duration: Duration::from_secs(secs),
+        };
+        let rec = Arc::new(Mutex::new(Recorder::default()));
+        run(target, plan, Instant::now(), rec.clone()).await;
+        rec.lock().unwrap().clone()
+    }
+
     /// On a virtual clock: an open loop offered twice what the target can serve sees latency
     /// grow second by second and reports what it could not send; a closed loop against the
     /// same target sees only the service time.
     #[tokio::test(start_paused = true)]
     async fn open_loop_above_capacity_shows_the_backlog_a_closed_loop_hides() {
-        let target = Arc::new(Slow {
-            service: Duration::from_millis(10),
-            one_at_a_time: tokio::sync::Mutex::new(()),
-        });
-        let plan = Plan {
-            mode: Mode::Open {
-                requests_per_sec: 200.0,
-            },
-            connections: 1000,
-            duration: Duration::from_secs(4),
+        let target = slow();
+        let open_mode = Mode::Open {
+            requests_per_sec: 200.0,
         };
-        let rec = Arc::new(Mutex::new(Recorder::default()));
-        run(target.clone(), plan, Instant::now(), rec.clone()).await;
-        let open = rec.lock().unwrap().clone();
+        let open = run_on(target.clone(), open_mode, 1000, 4).await;
         // 100 a second served, for 4 s and then the in-flight backlog drains.
         let p50 = |s: &Second| s.latency.value_at_quantile(0.5);
         assert!(
@@ -357,14 +368,7 @@ mod tests {
         assert!(open.latency.max() >= 3_000_000, "{}", open.latency.max());
         assert_eq!(open.error_count(), 0, "every request found a connection");
 
-        let plan = Plan {
-            mode: Mode::Closed,
-            connections: 1,
-            duration: Duration::from_secs(4),
-        };
-        let rec = Arc::new(Mutex::new(Recorder::default()));
-        run(target, plan, Instant::now(), rec.clone()).await;
-        let closed = rec.lock().unwrap().clone();
+        let closed = run_on(target, Mode::Closed, 1, 4).await;
         assert!(closed.latency.max() <= 10_100, "{}", closed.latency.max());
         assert!(
             (399..=401).contains(&closed.requests),
@@ -377,20 +381,10 @@ mod tests {
     /// what is still waiting at the end is counted, not dropped silently.
     #[tokio::test(start_paused = true)]
     async fn open_loop_counts_what_it_could_not_send() {
-        let target = Arc::new(Slow {
-            service: Duration::from_millis(10),
-            one_at_a_time: tokio::sync::Mutex::new(()),
-        });
-        let plan = Plan {
-            mode: Mode::Open {
-                requests_per_sec: 200.0,
-            },
-            connections: 2,
-            duration: Duration::from_secs(2),
+        let open_mode = Mode::Open {
+            requests_per_sec: 200.0,
         };
-        let rec = Arc::new(Mutex::new(Recorder::default()));
-        run(target, plan, Instant::now(), rec.clone()).await;
-        let r = rec.lock().unwrap();
+        let r = run_on(slow(), open_mode, 2, 2).await;
         assert!((195..=205).contains(&r.requests), "{}", r.requests);
         let not_sent = r.errors[NOT_SENT];
         assert_eq!(r.requests + not_sent, 400);
