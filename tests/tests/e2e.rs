@@ -90,6 +90,17 @@ async fn thousand_events_reach_the_log() {
     let page = p.log_read(990, 5);
     assert_eq!(page.len(), 5);
     assert_eq!(page[0]["offset"], 990);
+    // Logs written to a file are plain text: no ANSI colour codes.
+    for (name, text) in [
+        ("agent", p.agent.log_text()),
+        ("broker", p.broker.log_text()),
+    ] {
+        assert!(text.contains("INFO"), "{name} logged nothing: {text}");
+        assert!(
+            !text.contains('\x1b'),
+            "{name}'s log has ANSI escapes: {text:?}"
+        );
+    }
 }
 
 /// Must-show 2: 10,000 events in 100 requests with 5% repeated ids and 1% invalid events.

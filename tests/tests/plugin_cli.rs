@@ -159,6 +159,32 @@ fn test_prints_every_fate_with_its_reason() {
     assert_eq!(lines[2]["kind"], "trap");
 }
 
+/// Building an example plugin in the checkout leaves the checkout clean: what `plugin build`
+/// writes into the plugin's folder is ignored by git (when the tree is a git checkout).
+fn assert_ignored_by_git(repo: &Path, built: &Path) {
+    let in_git = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !in_git {
+        return;
+    }
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["check-ignore", "-q"])
+        .arg(built)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{} is not ignored by git",
+        built.display()
+    );
+}
+
 /// The contract is language-neutral: the Python example (componentize-py, `plugins/python/`)
 /// builds with `runnel plugin build` and runs in the broker's host with the same results a Rust
 /// plugin would give.
@@ -169,6 +195,7 @@ fn python_plugin_builds_and_runs_in_the_host() {
     let wasm = runnel(&["plugin", "build", project.to_str().unwrap()], &[]);
     let wasm = PathBuf::from(wasm.trim());
     assert!(wasm.is_file(), "{} is not a file", wasm.display());
+    assert_ignored_by_git(repo, &wasm);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.ndjson");
     std::fs::write(
