@@ -95,13 +95,26 @@ for link in "$HOME"/.rustup/toolchains/*; do
   fi
 done
 cp -a "$HOME"/.cargo/bin/. "$root/root/.cargo/bin/"
+root_rustup() { RUSTUP_HOME="$root/root/.rustup" rustup "$@" --toolchain "$(basename "$toolchain_dir")"; }
+if root_rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  root_rustup target remove wasm32-wasip2 >/dev/null 2>&1
+fi
+log "root $root: toolchain $toolchain, targets $(root_rustup target list --installed | tr '\n' ' ')"
+
+# --- The machine's trust and environment ------------------------------------------------------------
+# A machine of this kind reaches crates.io and PyPI through an egress proxy whose CA it trusts
+# (in /usr/local/share/ca-certificates, the system bundle and the CA variables of its
+# environment): the root gets the same, as a new machine has it. Nothing else of the host's.
+mkdir -p "$root/usr/local/share/ca-certificates" "$root/etc/ssl/certs"
+cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+[ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 chroot_env=(env -i HOME=/root TERM=dumb LANG=C.UTF-8
   PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
-in_root() { chroot "$root" "${chroot_env[@]}" "$@"; }
-if in_root rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-  in_root rustup target remove wasm32-wasip2 >/dev/null 2>&1
-fi
-log "root $root: toolchain $toolchain, $(in_root rustup target list --installed | tr '\n' ' ')"
+for var in SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE PIP_CERT GIT_SSL_CAINFO \
+  NODE_EXTRA_CA_CERTS PIP_DEFAULT_TIMEOUT PIP_DISABLE_PIP_VERSION_CHECK RUSTUP_AUTO_INSTALL; do
+  [ -n "${!var:-}" ] && chroot_env+=("$var=${!var}")
+done
 
 # --- The source: a clone of the committed HEAD ------------------------------------------------------
 if [ -n "$(git status --porcelain)" ]; then
