@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use runnel_event::event_time::{Bound, EventTimeBounds, Policy as EventTimePolicy};
 use serde::{Deserialize, Serialize};
 
 /// What the agent does when the spool is full.
@@ -150,6 +151,22 @@ settings! {
     spool_full_policy: SpoolFullPolicy [SpoolFullPolicy] = SpoolFullPolicy::Block;
     /// With `block`, how long a request waits for spool space before it gets 503, in ms.
     spool_full_block_ms: u64 [u64] = 5_000;
+    /// How far an event's `timestamp` may be ahead of the agent's clock (its `received_at`), in
+    /// ms. A device whose clock is wrong would otherwise open windows nobody reads.
+    event_time_future_max_ms: u64 [u64] = 15 * 60_000;
+    /// What happens to an event further ahead than `event_time_future_max_ms`: `reject` (a
+    /// `rejected` entry naming the setting), `clamp` (`timestamp` set to `received_at`, the
+    /// original kept in `properties._original_timestamp`) or `dead_letter` (accepted, then written
+    /// to the broker's `dead_letters` topic and counted in no aggregate).
+    event_time_future_policy: EventTimePolicy [EventTimePolicy] = EventTimePolicy::Reject;
+    /// How far an event's `timestamp` may be behind the agent's clock, in ms; unset: any age.
+    event_time_past_max_ms: Option<u64> [u64] = None;
+    /// What happens to an event further behind than `event_time_past_max_ms` (as
+    /// `event_time_future_policy`).
+    event_time_past_policy: EventTimePolicy [EventTimePolicy] = EventTimePolicy::Reject;
+    /// Added to the host's clock for every `received_at`, in ms (may be negative): corrects a host
+    /// whose clock is known to be off; tests use it to play a host with a wrong clock.
+    clock_offset_ms: i64 [i64] = 0;
     /// `Retry-After` sent with 429 and 503 answers, in seconds.
     retry_after_secs: u64 [u64] = 1;
     /// Most bytes of spool records in one shipped batch.
@@ -245,6 +262,20 @@ impl AgentConfig {
             return fail("ship_backoff_max_ms", "must be >= ship_backoff_min_ms > 0");
         }
         Ok(())
+    }
+
+    /// The bounds on event time, as the agent applies them to every accepted event.
+    pub fn event_time_bounds(&self) -> EventTimeBounds {
+        EventTimeBounds {
+            future: Some(Bound {
+                max_ms: self.event_time_future_max_ms,
+                policy: self.event_time_future_policy,
+            }),
+            past: self.event_time_past_max_ms.map(|max_ms| Bound {
+                max_ms,
+                policy: self.event_time_past_policy,
+            }),
+        }
     }
 
     /// The per-event limits in the form the envelope parser takes.

@@ -2,7 +2,8 @@
 //!
 //! Answers, exactly as in ARCHITECTURE §3:
 //! - `202 {"accepted","duplicates","rejected":[{"index","error"}]}` only after the accepted
-//!   events are fsynced in the spool;
+//!   events are fsynced in the spool; with `clamped` and `dead_lettered` lists when an
+//!   event-time bound with that policy was passed (`runnel_event::event_time`);
 //! - `400` (same shape) when nothing in the body is valid;
 //! - `413` over `body_bytes_max` or `decompressed_bytes_max`; `415` for an unknown
 //!   `Content-Encoding`;
@@ -20,7 +21,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use runnel_event::{BodyFormat, Chunk, EnvelopeLimits, parse_body};
+use runnel_event::event_time::{EventTimeBounds, Policy, Verdict};
+use runnel_event::{BodyFormat, Chunk, EnvelopeLimits, Event, parse_body};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -33,6 +35,7 @@ use crate::spool::{Spool, SpoolError};
 pub struct AppState {
     pub(crate) cfg: AgentConfig,
     pub(crate) limits: EnvelopeLimits,
+    pub(crate) event_time: EventTimeBounds,
     pub(crate) spool: Spool,
     pub(crate) dedup: Arc<Mutex<Dedup>>,
     pub(crate) in_flight: Semaphore,
@@ -58,6 +61,14 @@ pub struct IngestAnswer {
     pub duplicates: usize,
     /// Invalid events.
     pub rejected: Vec<Rejected>,
+    /// Accepted events whose `timestamp` was past an event-time bound with policy `clamp`: set
+    /// to `received_at`, the original kept in `properties._original_timestamp`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clamped: Vec<Rejected>,
+    /// Accepted events past an event-time bound with policy `dead_letter`: stored and shipped,
+    /// then written to the broker's `dead_letters` topic instead of being processed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead_lettered: Vec<Rejected>,
     /// Present when the request as a whole failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -171,12 +182,6 @@ fn decompress(encoding: &str, raw: &[u8], max: usize) -> Result<Vec<u8>, Respons
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let cfg = &app.cfg;
@@ -236,7 +241,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         }
         _ => BodyFormat::Json,
     };
-    let received_at = now_ms();
+    let received_at = crate::clock_ms(cfg);
     let parsed = parse_body(body, format, &app.limits, received_at);
     let mut out = IngestAnswer {
         rejected: parsed
@@ -289,7 +294,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     // "duplicate"), or release ids whose events the spool did store.
     let attempted = indices.len();
     let task_app = app.clone();
-    let (result, edge) = tokio::spawn(async move {
+    let (result, edge, time) = tokio::spawn(async move {
         let app = task_app;
         let mut edge = EdgeOutcome::default();
         let mut events = events;
@@ -300,21 +305,25 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             })
             .await
             .expect("edge plugin task");
-            if !outcome.rejected.is_empty() {
-                // Rejected events were not stored: a retry must not be told "duplicate".
-                let mut dedup = app.dedup.lock().expect("lock poisoned");
-                for (index, _) in &outcome.rejected {
-                    if let Some(pos) = indices.iter().position(|i| i == index) {
-                        dedup.remove(hashes[pos]);
-                    }
-                }
-            }
             events = outcome.events;
             edge.dropped = outcome.dropped;
             edge.rejected = outcome.rejected;
         }
+        // Event time against the agent's clock, after the edge plugins (which may set it).
+        let mut time = TimeOutcome::default();
+        events.retain_mut(|(index, ev)| time.judge(&app.event_time, *index, ev));
+        if !edge.rejected.is_empty() || !time.rejected.is_empty() {
+            // Rejected events were not stored: a retry must not be told "duplicate".
+            let mut dedup = app.dedup.lock().expect("lock poisoned");
+            for (index, _) in edge.rejected.iter().chain(&time.rejected) {
+                // `indices` is in body order.
+                if let Ok(pos) = indices.binary_search(index) {
+                    dedup.remove(hashes[pos]);
+                }
+            }
+        }
         if events.is_empty() {
-            return (Ok(0), edge);
+            return (Ok(0), edge, time);
         }
         let n = events.len();
         let payload = Chunk {
@@ -330,24 +339,35 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
                 dedup.remove(h);
             }
         }
-        (result, edge)
+        (result, edge, time)
     })
     .await
     .unwrap_or_else(|e| {
         (
             Err(SpoolError::Failed(format!("ingest task failed: {e}"))),
             EdgeOutcome::default(),
+            TimeOutcome::default(),
         )
     });
+    if !time.rejected.is_empty() {
+        metrics::counter!("runnel_agent_events_rejected_total", "field" => "timestamp")
+            .increment(time.rejected.len() as u64);
+        out.rejected.extend(
+            time.rejected
+                .into_iter()
+                .map(|(index, error)| Rejected { index, error }),
+        );
+        out.rejected.sort_by_key(|r| r.index);
+    }
     if !edge.rejected.is_empty() {
+        metrics::counter!("runnel_agent_events_rejected_total", "field" => "edge_plugin")
+            .increment(edge.rejected.len() as u64);
         out.rejected.extend(
             edge.rejected
                 .into_iter()
                 .map(|(index, error)| Rejected { index, error }),
         );
         out.rejected.sort_by_key(|r| r.index);
-        metrics::counter!("runnel_agent_events_rejected_total", "field" => "edge_plugin")
-            .increment(out.rejected.len() as u64);
     }
     if edge.dropped > 0 {
         metrics::counter!("runnel_agent_events_dropped_total", "reason" => "plugin")
@@ -362,6 +382,8 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     match result {
         Ok(_) => {
             out.accepted = n;
+            out.clamped = time.clamped;
+            out.dead_lettered = time.dead_lettered;
             metrics::counter!("runnel_agent_events_accepted_total").increment(n as u64);
             metrics::histogram!("runnel_agent_ingest_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -382,6 +404,44 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             ));
             answer(status, &out, retry)
         }
+    }
+}
+
+/// What the event-time bounds did to one request's events.
+#[derive(Debug, Default)]
+struct TimeOutcome {
+    rejected: Vec<(usize, String)>,
+    clamped: Vec<Rejected>,
+    dead_lettered: Vec<Rejected>,
+}
+
+impl TimeOutcome {
+    /// Applies the bounds to the event at `index`; false when it is rejected (not stored).
+    fn judge(&mut self, bounds: &EventTimeBounds, index: usize, ev: &mut Event) -> bool {
+        let Verdict::OutOfBounds {
+            side,
+            policy,
+            error,
+        } = bounds.apply(ev)
+        else {
+            return true;
+        };
+        metrics::counter!(
+            "runnel_agent_event_time_out_of_bounds_total",
+            "bound" => side.as_str(),
+            "policy" => policy.as_str()
+        )
+        .increment(1);
+        let error = error.to_string();
+        match policy {
+            Policy::Reject => {
+                self.rejected.push((index, error));
+                return false;
+            }
+            Policy::Clamp => self.clamped.push(Rejected { index, error }),
+            Policy::DeadLetter => self.dead_lettered.push(Rejected { index, error }),
+        }
+        true
     }
 }
 

@@ -64,7 +64,13 @@ impl RunningAgent {
     }
 }
 
-fn now_ms() -> i64 {
+/// The agent's clock in ms since the Unix epoch: the host's plus `clock_offset_ms`. Every
+/// `received_at` and every dedup time comes from it.
+pub(crate) fn clock_ms(cfg: &AgentConfig) -> i64 {
+    host_clock_ms().saturating_add(cfg.clock_offset_ms)
+}
+
+fn host_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -100,7 +106,7 @@ fn rebuild_dedup(
 ) -> Dedup {
     let window_ms = (cfg.dedup_window_secs * 1000) as i64;
     let mut dedup = Dedup::new(window_ms, cfg.dedup_ids_max);
-    let now = now_ms();
+    let now = clock_ms(cfg);
     match storage.read_file(snapshot) {
         Ok(bytes) => match dedup.restore(&bytes, now) {
             Ok(n) => tracing::info!(ids = n, "dedup snapshot loaded"),
@@ -224,6 +230,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     let state = Arc::new(http::AppState {
         edge,
         limits: cfg.envelope_limits(),
+        event_time: cfg.event_time_bounds(),
         in_flight: Semaphore::new(cfg.requests_in_flight_max),
         spool: spool.clone(),
         dedup: dedup.clone(),
@@ -246,6 +253,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         dedup.clone(),
         storage.clone(),
         snapshot_path.clone(),
+        cfg.clock_offset_ms,
         shutdown_rx,
     )));
     tracing::info!(%http_addr, agent_id = %identity.agent_id, epoch = spool.epoch(), "agent started");
@@ -268,6 +276,7 @@ async fn maintenance(
     dedup: Arc<Mutex<Dedup>>,
     storage: Arc<dyn Storage>,
     snapshot_path: std::path::PathBuf,
+    clock_offset_ms: i64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -278,7 +287,7 @@ async fn maintenance(
         }
         let evicted = {
             let mut d = dedup.lock().expect("lock poisoned");
-            d.expire(now_ms());
+            d.expire(host_clock_ms().saturating_add(clock_offset_ms));
             metrics::gauge!("runnel_agent_dedup_ids").set(d.len() as f64);
             d.evicted_early()
         };

@@ -164,6 +164,18 @@ pub struct AggInfo {
     pub late_events: u64,
     /// Rows refused by a window limit, by limit (their events are in `dead_letters`).
     pub refused: std::collections::BTreeMap<String, u64>,
+    /// Agents whose clock ran ahead of the broker's by more than `agent_clock_skew_max_ms` in
+    /// their last batch: their events are judged by the broker's clock.
+    pub clock_skewed_agents: Vec<ClockSkew>,
+}
+
+/// An agent whose clock runs ahead of the broker's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockSkew {
+    /// The agent.
+    pub agent: String,
+    /// How far its `received_at` ran ahead of the broker's append time, in ms.
+    pub ahead_ms: i64,
 }
 
 /// An aggregate's schema and the rows the pipeline holds, each with `is_final`.
@@ -217,6 +229,7 @@ pub fn info(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
+        clock_skewed_agents: Vec::new(),
     }
 }
 

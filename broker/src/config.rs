@@ -94,6 +94,15 @@ settings! {
     /// A source whose events stopped arriving this long ago (by the events' `received_at`)
     /// stops holding the watermark back.
     watermark_source_idle_ms: i64 [i64] = 60_000;
+    /// How far ahead of its receive time one event may move its source's watermark, in ms. An
+    /// event's receive time is the earlier of its agent's `received_at` and the broker's append
+    /// time, so neither a device nor an agent whose clock runs ahead finalizes a window early.
+    watermark_clock_allowance_ms: i64 [i64] = 1000;
+    /// An agent whose `received_at` is ahead of the broker's clock (the append time of its
+    /// batch) by more than this, in ms, is flagged: `runnel_agent_clock_skewed{agent}` in
+    /// `/metrics` and `clock_skewed_agents` in `runnel agg list`. Its events are judged by the
+    /// broker's time either way.
+    agent_clock_skew_max_ms: i64 [i64] = 60_000;
     /// Most distinct dimension tuples in one window pane of one aggregate; rows past it are
     /// refused, counted and sent to `dead_letters`.
     aggregate_keys_per_window_max: usize [usize] = 1_000_000;
@@ -199,6 +208,12 @@ impl BrokerConfig {
         }
         if self.watermark_source_idle_ms <= 0 {
             return fail("watermark_source_idle_ms", "must be > 0");
+        }
+        if self.watermark_clock_allowance_ms < 0 {
+            return fail("watermark_clock_allowance_ms", "must be >= 0");
+        }
+        if self.agent_clock_skew_max_ms < 0 {
+            return fail("agent_clock_skew_max_ms", "must be >= 0");
         }
         if self.aggregate_keys_per_window_max == 0 {
             return fail("aggregate_keys_per_window_max", "must be > 0");

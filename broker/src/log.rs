@@ -373,6 +373,8 @@ pub struct SourceBatch {
     pub origin: Vec<u32>,
     /// `(agent_id, host)` of the batches the events came in.
     pub origins: Vec<(String, String)>,
+    /// For each of `origins`, when the broker appended that batch (its record's time, ms).
+    pub appended_ms: Vec<i64>,
     /// The first offset after the events read.
     pub next: u64,
 }
@@ -433,6 +435,7 @@ impl BrokerLog {
                             let o = *origin.get_or_insert_with(|| {
                                 out.origins
                                     .push((batch.agent_id.to_string(), batch.host.to_string()));
+                                out.appended_ms.push(rec.header.ts_ms);
                                 (out.origins.len() - 1) as u32
                             });
                             w.push(

@@ -37,6 +37,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use runnel_batch::{BatchView, BatchWriter};
+use runnel_event::event_time::{is_dead_letter, split_dead_letter};
 use runnel_host::{Enricher, Fate, Limits, Runtime};
 use runnel_window::{Added, Engine, Input};
 
@@ -68,6 +69,9 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// Watermark settings and window limits of every aggregate.
     pub window: runnel_window::Settings,
+    /// An agent whose `received_at` runs ahead of the broker's append time by more than this
+    /// is flagged (`agent_clock_skew_max_ms`).
+    pub agent_clock_skew_max_ms: i64,
 }
 
 /// Bounds of isolating the failing events of one batch (`plugin_isolation_calls_max`,
@@ -162,6 +166,7 @@ impl Pipeline {
             pending_pauses: Vec::new(),
             last_commit: Instant::now(),
             queries,
+            clock_skew: Default::default(),
         };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -234,6 +239,9 @@ struct Worker {
     pending_pauses: Vec<Pause>,
     last_commit: Instant,
     queries: mpsc::Receiver<Query>,
+    /// By agent: how far its `received_at` ran ahead of the broker's append time in the last
+    /// batch read from it (ms; negative when behind or delayed).
+    clock_skew: std::collections::BTreeMap<String, i64>,
 }
 
 /// What a plugin loads as.
@@ -346,14 +354,53 @@ impl Worker {
 
     /// What `runnel agg list` shows of each running aggregator.
     fn aggregates(&self, lag: u64) -> Vec<aggregate::AggInfo> {
+        let max = self.settings.agent_clock_skew_max_ms;
+        let skewed: Vec<aggregate::ClockSkew> = self
+            .clock_skew
+            .iter()
+            .filter(|(_, ahead)| **ahead > max)
+            .map(|(agent, ahead)| aggregate::ClockSkew {
+                agent: agent.clone(),
+                ahead_ms: *ahead,
+            })
+            .collect();
         self.stages
             .iter()
             .filter_map(|s| {
-                s.agg
-                    .as_ref()
-                    .map(|run| aggregate::info(&s.record, run, &s.stats, lag))
+                s.agg.as_ref().map(|run| {
+                    let mut info = aggregate::info(&s.record, run, &s.stats, lag);
+                    info.clock_skewed_agents = skewed.clone();
+                    info
+                })
             })
             .collect()
+    }
+
+    /// Records, per agent of a batch, how far its `received_at` ran ahead of the broker's append
+    /// time (`ahead_by_origin`, indexed like `origins`), and flags the agents past
+    /// `agent_clock_skew_max_ms` in `/metrics`.
+    fn note_clock_skew(&mut self, origins: &[(String, String)], ahead_by_origin: &[i64]) {
+        let max = self.settings.agent_clock_skew_max_ms;
+        for ((agent, _), &ahead) in origins.iter().zip(ahead_by_origin) {
+            if ahead == i64::MIN {
+                continue;
+            }
+            let before = self.clock_skew.insert(agent.clone(), ahead);
+            if before == Some(ahead) {
+                continue;
+            }
+            metrics::gauge!("runnel_agent_clock_skew_seconds", "agent" => agent.clone())
+                .set(ahead as f64 / 1e3);
+            metrics::gauge!("runnel_agent_clock_skewed", "agent" => agent.clone())
+                .set(f64::from(u8::from(ahead > max)));
+            if ahead > max && before.is_none_or(|b| b <= max) {
+                tracing::warn!(
+                    agent = %agent,
+                    ahead_ms = ahead,
+                    "an agent's clock runs ahead of the broker's by more than agent_clock_skew_max_ms; its events are judged by the broker's clock"
+                );
+            }
+        }
     }
 
     /// Publishes the aggregates for readers that must not wait (see [`Shared::aggregates`]).
@@ -612,21 +659,57 @@ impl Worker {
             }
             return Ok(Step::Idle);
         }
-        // What every aggregator observes of each event: agent, event time, received_at.
-        let facts: Vec<(u32, i64, i64)> = {
+        // What every aggregator observes of each event: agent, event time, and its receive
+        // time: the earlier of the agent's `received_at` and the broker's append time, so an
+        // agent whose clock runs ahead is judged by the broker's. Events an agent marked as
+        // dead letters (event time out of its bounds) go to `dead_letters` and nowhere else.
+        let (facts, marked) = {
             let view = BatchView::new(&src.batch)?;
-            (0..src.offsets.len())
+            let mut ahead_by_origin = vec![i64::MIN; src.origins.len()];
+            let mut marked = Vec::new();
+            let facts: Vec<(u32, i64, i64)> = (0..src.offsets.len())
                 .map(|i| {
                     let ev = view.event(i);
-                    (src.origin[i], ev.timestamp_ms(), ev.received_at_ms())
+                    let o = src.origin[i] as usize;
+                    let received = ev.received_at_ms();
+                    let appended = src.appended_ms[o];
+                    ahead_by_origin[o] = ahead_by_origin[o].max(received - appended);
+                    if is_dead_letter(ev.properties()) {
+                        marked.push(i);
+                    }
+                    (src.origin[i], ev.timestamp_ms(), received.min(appended))
                 })
-                .collect()
+                .collect();
+            self.note_clock_skew(&src.origins, &ahead_by_origin);
+            (facts, marked)
         };
         let before: Vec<PluginStats> = self.stages.iter().map(|s| s.stats.clone()).collect();
         let mut batch = src.batch;
         // For each event of `batch`, its index in the source batch.
         let mut index: Vec<usize> = (0..src.offsets.len()).collect();
         let mut dead = Vec::new();
+        if !marked.is_empty() {
+            let view = BatchView::new(&batch)?;
+            let mut w = BatchWriter::with_capacity(index.len() - marked.len(), 256);
+            let mut kept = Vec::with_capacity(index.len() - marked.len());
+            for i in index {
+                let ev = view.event(i);
+                if marked.binary_search(&i).is_ok() {
+                    let (agent_id, host) = &src.origins[src.origin[i] as usize];
+                    dead.push(DeadLetter {
+                        source: i,
+                        entry: event_time_dead_letter(&ev, src.offsets[i], agent_id, host),
+                    });
+                } else {
+                    w.push_ref(&ev);
+                    kept.push(i);
+                }
+            }
+            metrics::counter!("runnel_event_time_dead_letters_total")
+                .increment(marked.len() as u64);
+            batch = w.finish();
+            index = kept;
+        }
         let mut pauses: Vec<Pause> = Vec::new();
         let mut held = false;
         let pause_after = self.settings.pause_after_failing_batches;
@@ -794,6 +877,9 @@ impl Worker {
                 let mut dims: Vec<&str> = Vec::new();
                 let mut inputs: Vec<Input<'_>> = Vec::new();
                 for (j, &(origin, ts, received)) in facts.iter().enumerate() {
+                    if marked.binary_search(&j).is_ok() {
+                        continue;
+                    }
                     let (mut folded, mut late_rows, mut late_end) = (0u32, 0u32, i64::MIN);
                     let mut refused: Option<&'static str> = None;
                     while r < rows.len() && index[rows[r].event as usize] == j {
@@ -955,6 +1041,34 @@ pub fn event_view<'a>(
         app_version: ev.field(Field::AppVersion),
         properties: props,
     }
+}
+
+/// The `dead_letters` entry of an event its agent accepted as a dead letter because its time
+/// was out of the agent's bounds: kind `event_time`, the agent's reason, and the event as it was
+/// sent (without the agent's mark).
+fn event_time_dead_letter(
+    ev: &runnel_batch::EventRef<'_>,
+    offset: u64,
+    agent_id: &str,
+    host: &str,
+) -> Vec<u8> {
+    let mut event = event_view(ev, offset, agent_id, host);
+    let (marker, rest) = ev
+        .properties()
+        .and_then(split_dead_letter)
+        .unwrap_or((serde_json::Value::Null, None));
+    let rest = rest.and_then(|r| serde_json::value::RawValue::from_string(r).ok());
+    event.properties = rest.as_deref();
+    serde_json::to_vec(&serde_json::json!({
+        "source_offset": offset,
+        "plugin": null,
+        "version": null,
+        "kind": "event_time",
+        "bound": marker["bound"],
+        "reason": marker["error"],
+        "event": event,
+    }))
+    .expect("serializing to memory")
 }
 
 /// One `dead_letters` entry: the source offset, who failed, why, and the event as the plugin

@@ -85,6 +85,7 @@ fn settings() -> Settings {
         },
         commit_interval: Duration::from_millis(100),
         window: runnel_window::Settings::default(),
+        agent_clock_skew_max_ms: 60_000,
     }
 }
 

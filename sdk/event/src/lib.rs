@@ -2,10 +2,13 @@
 //!
 //! - [`envelope`]: what an application sends (ARCHITECTURE §3): parsing a JSON object, a JSON
 //!   array or NDJSON, and validation whose errors name the field and the rule.
+//! - [`event_time`]: how far an event's `timestamp` may be from when the agent received it, and
+//!   what happens past that (reject, clamp, dead letter).
 //! - [`wire`]: how accepted events travel from agent to broker and sit in the spool and the log:
 //!   rkyv 0.8 archives in a versioned, CRC32C-checked frame, zstd-compressed when it pays.
 
 pub mod envelope;
+pub mod event_time;
 pub mod wire;
 
 pub use envelope::{

@@ -69,6 +69,12 @@ pub struct Settings {
     pub out_of_orderness_ms: i64,
     /// A source not heard from for this long (processing time) stops holding the watermark.
     pub source_idle_ms: i64,
+    /// How far ahead of its processing time an event may move its source's watermark: an
+    /// event's time counts for the watermark as at most `now_ms + clock_allowance_ms`, so a
+    /// device whose clock runs ahead finalizes no window early. Unbounded in
+    /// [`Settings::default`] (a library default, for callers whose `now_ms` is not a clock);
+    /// the broker sets `watermark_clock_allowance_ms` (1 s).
+    pub clock_allowance_ms: i64,
     /// Distinct dimension tuples in one pane.
     pub keys_per_window_max: usize,
     /// Panes held at once.
@@ -82,6 +88,7 @@ impl Default for Settings {
         Self {
             out_of_orderness_ms: 5_000,
             source_idle_ms: 60_000,
+            clock_allowance_ms: i64::MAX,
             keys_per_window_max: 1_000_000,
             open_windows_max: 10_000,
             state_bytes_max: 1 << 30,
@@ -292,9 +299,12 @@ impl Engine {
 
     /// Notes that `source` sent an event at event time `ts`, at processing time `now_ms`: this
     /// is what moves watermarks. The broker observes every event, including those an
-    /// aggregator maps to no row.
+    /// aggregator maps to no row. The event's time counts as at most `now_ms` plus
+    /// [`Settings::clock_allowance_ms`]: an event from a clock that runs ahead is folded into
+    /// its own window but moves no watermark past the present.
     pub fn observe(&mut self, source: &str, ts: i64, now_ms: i64) {
         self.clock = self.clock.max(now_ms);
+        let ts = ts.min(now_ms.saturating_add(self.settings.clock_allowance_ms));
         match self.sources.get_mut(source) {
             Some(s) => {
                 s.max_ts = s.max_ts.max(ts);
@@ -570,6 +580,8 @@ impl Engine {
             let max_ts = r.i64()?;
             let last_seen_ms = r.i64()?;
             e.clock = e.clock.max(last_seen_ms);
+            // A snapshot from a build without the clock cap may hold a source ahead of it.
+            let max_ts = max_ts.min(last_seen_ms.saturating_add(e.settings.clock_allowance_ms));
             e.sources.insert(
                 name,
                 Source {
@@ -620,6 +632,10 @@ impl Engine {
 
     /// The watermark at processing time `now_ms`, if any source was seen.
     pub fn watermark(&self, now_ms: i64) -> Option<i64> {
+        debug_assert!(
+            self.sources_within_clock(),
+            "a source's watermark is ahead of its processing time plus clock_allowance_ms"
+        );
         let ooo = self.settings.out_of_orderness_ms;
         let idle = self.settings.source_idle_ms;
         let active = self
@@ -634,6 +650,17 @@ impl Engine {
                 .map(|s| s.max_ts.saturating_sub(ooo))
                 .max()
         })
+    }
+
+    /// The invariant the watermark relies on: no source's latest event time is ahead of the
+    /// latest processing time it was seen at plus [`Settings::clock_allowance_ms`]. A path that
+    /// fed the sources without the cap of [`Engine::observe`] would let one event from a wrong
+    /// clock finalize every window early.
+    pub fn sources_within_clock(&self) -> bool {
+        let allowance = self.settings.clock_allowance_ms;
+        self.sources
+            .values()
+            .all(|s| s.max_ts <= s.last_seen_ms.saturating_add(allowance))
     }
 
     /// The latest processing time [`Engine::observe`] was given (kept in snapshots), if any.

@@ -642,3 +642,98 @@ fn window_specs_print_and_parse_back() {
     let err = "tumbling 5min".parse::<WindowSpec>().unwrap_err();
     assert!(err.contains("unit"), "{err}");
 }
+
+fn clocked(allowance_ms: i64) -> Engine {
+    Engine::new(
+        Schema {
+            dimensions: vec!["event_type".into()],
+            measures: vec![("events".into(), MeasureKind::Count)],
+            window: WindowSpec::Tumbling { size_ms: MIN },
+            allowed_lateness_ms: 30_000,
+        },
+        Settings {
+            clock_allowance_ms: allowance_ms,
+            ..Settings::default()
+        },
+    )
+    .unwrap()
+}
+
+/// One event from a clock 973 years ahead moves the watermark no further than its processing
+/// time plus the allowance: the ordinary events after it are counted, none is late, and the
+/// far event sits in its own window.
+#[test]
+fn an_event_from_a_clock_far_ahead_finalizes_nothing_early() {
+    let now = ms("2026-12-01T10:00:00Z");
+    let mut e = clocked(1_000);
+    let far = ms("2999-01-01T00:00:00Z");
+    assert_eq!(e.add("a", far, now, &["page.view"], &[]), Added::Folded);
+    assert!(e.advance(now).is_empty());
+    assert_eq!(e.watermark(now), Some(now + 1_000 - 5_000));
+    assert!(e.sources_within_clock());
+    for i in 0..100 {
+        let t = now + i * 100;
+        assert_eq!(e.add("a", t, t, &["page.view"], &[]), Added::Folded);
+        e.advance(t);
+    }
+    assert_eq!(e.counters().late, 0);
+    // Ten minutes later (processing time), the ordinary window is final with all 100.
+    let later = now + 10 * MIN;
+    e.observe("a", later, later);
+    let fin = e.advance(later);
+    assert_eq!(fin.len(), 1, "{fin:?}");
+    assert_eq!(count_of(&fin[0]), 100);
+    // The far event is held in its own, open window.
+    let open = e.rows();
+    assert!(
+        open.iter()
+            .any(|r| r.window.start <= far && far < r.window.end && !r.is_final),
+        "{open:?}"
+    );
+}
+
+/// An event 10 minutes ahead is counted in its own window, and no event sent after it is
+/// late: the watermark follows processing time, not the event.
+#[test]
+fn an_event_minutes_ahead_is_counted_in_its_own_window() {
+    let now = ms("2026-12-01T10:00:30Z");
+    let mut e = clocked(1_000);
+    let ahead = now + 10 * MIN;
+    e.add("a", ahead, now, &["page.view"], &[]);
+    e.advance(now);
+    for i in 1..=50 {
+        let t = now + i * 1_000;
+        assert_eq!(e.add("a", t - 2_000, t, &["page.view"], &[]), Added::Folded);
+        e.advance(t);
+    }
+    assert_eq!(e.counters().late, 0);
+    let end = ahead + 2 * MIN;
+    e.observe("a", end, end);
+    let fin = e.advance(end);
+    let total: u64 = fin.iter().map(count_of).sum();
+    assert_eq!(total, 51, "{fin:?}");
+    assert!(
+        fin.iter()
+            .any(|r| r.window.start <= ahead && ahead < r.window.end)
+    );
+}
+
+/// A snapshot written without the cap (a source far ahead) is restored within it.
+#[test]
+fn a_restored_source_ahead_of_its_clock_is_brought_within_it() {
+    let now = ms("2026-12-01T10:00:00Z");
+    let mut unbounded = clocked(i64::MAX);
+    unbounded.add("a", ms("2999-01-01T00:00:00Z"), now, &["x"], &[]);
+    let schema = unbounded.schema().clone();
+    let restored = Engine::restore(
+        schema,
+        Settings {
+            clock_allowance_ms: 1_000,
+            ..Settings::default()
+        },
+        &unbounded.snapshot(),
+    )
+    .unwrap();
+    assert!(restored.sources_within_clock());
+    assert_eq!(restored.watermark(now), Some(now + 1_000 - 5_000));
+}
