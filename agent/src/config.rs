@@ -7,15 +7,15 @@
 //! [`AgentConfig::documented_keys`] by a test.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use runnel_config::{ConfigError, settings};
 use runnel_event::event_time::{Bound, EventTimeBounds, Policy as EventTimePolicy};
 use serde::{Deserialize, Serialize};
 
 /// What the agent does when the spool is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum SpoolFullPolicy {
     /// Hold the request until space frees up (at most `spool_full_block_ms`), then answer 503.
     Block,
@@ -23,84 +23,20 @@ pub enum SpoolFullPolicy {
     DropNewest,
 }
 
-/// Declares a settings struct, its defaults, and the matching clap flags, from one list of
-/// `/// doc` + `name: Type [FlagType] = default;` entries. Used by the agent and the broker.
-#[macro_export]
-macro_rules! settings {
-    ($config:ident, $args:ident; $( $(#[doc = $doc:literal])* $field:ident : $ty:ty [$arg:ty] = $default:expr ;)*) => {
-        /// Settings. See the module documentation for how they are set.
-        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct $config {
-            $( $(#[doc = $doc])* pub $field: $ty, )*
-        }
+impl std::str::FromStr for SpoolFullPolicy {
+    type Err = String;
 
-        impl Default for $config {
-            fn default() -> Self {
-                Self { $( $field: $default, )* }
-            }
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(Self::Block),
+            "drop_newest" => Ok(Self::DropNewest),
+            _ => Err("expected block or drop_newest".into()),
         }
-
-        /// Command-line flags (each also read from `RUNNEL_<FIELD>`); unset flags fall back to
-        /// the config file, then to the default.
-        #[derive(Debug, Clone, Default, clap::Args)]
-        pub struct $args {
-            /// TOML file with any of the settings below (keys are the field names).
-            #[arg(long)]
-            pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])*
-               #[arg(long)]
-               pub $field: Option<$arg>, )*
-        }
-
-        impl $args {
-            /// Overrides `cfg` with every flag that was given.
-            pub fn apply(&self, cfg: &mut $config) {
-                $( if let Some(v) = &self.$field { cfg.$field = v.clone().into(); } )*
-            }
-        }
-
-        impl $config {
-            /// The names of every setting (config-file keys).
-            pub fn documented_keys() -> &'static [&'static str] {
-                &[$( stringify!($field), )*]
-            }
-        }
-    };
-}
-
-/// Reads a TOML settings file; unknown keys are an error that names them.
-pub fn from_file<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
-}
-
-/// Gives every long flag of `cmd` (and its subcommands) the environment variable
-/// `RUNNEL_<FLAG_IN_UPPER_SNAKE_CASE>`, so `--data-dir` is also `RUNNEL_DATA_DIR`.
-pub fn with_env_names(cmd: clap::Command) -> clap::Command {
-    let cmd = cmd.mut_args(|arg| match arg.get_long() {
-        Some(long) if long != "help" && long != "version" => {
-            let name = format!("RUNNEL_{}", long.replace('-', "_").to_uppercase());
-            // A repeatable flag named in the plural also answers to the singular:
-            // `--flight-token A --flight-token B`.
-            let singular = long
-                .strip_suffix('s')
-                .filter(|_| matches!(arg.get_action(), clap::ArgAction::Append))
-                .map(|s| &*Box::leak(s.to_string().into_boxed_str()));
-            let arg = match singular {
-                Some(s) => arg.visible_alias(s),
-                None => arg,
-            };
-            arg.env(&*Box::leak(name.into_boxed_str()))
-        }
-        _ => arg,
-    });
-    cmd.mut_subcommands(with_env_names)
+    }
 }
 
 settings! {
-    AgentConfig, AgentArgs;
+    AgentConfig;
     /// Directory for the spool, the agent identity and the dedup snapshot. Required.
     data_dir: PathBuf [PathBuf] = PathBuf::new();
     /// Address of the HTTP ingest and admin endpoints.
@@ -140,7 +76,7 @@ settings! {
     /// Edge plugin (a wasm32-wasip2 component of the `enricher` world) run on every accepted
     /// batch before it is spooled; repeat the flag for several, run in order. Reloaded when the
     /// file changes.
-    edge_plugin: Vec<PathBuf> [Vec<PathBuf>] = Vec::new();
+    edge_plugin: Vec<PathBuf> [PathBuf, repeated] = Vec::new();
     /// Longest one edge plugin call may run, in ms (then the call is interrupted).
     edge_plugin_deadline_ms: u64 [u64] = 200;
     /// Largest linear memory of one edge plugin instance, in bytes.
@@ -182,27 +118,9 @@ settings! {
 }
 
 impl AgentConfig {
-    /// Builds the configuration from the config file named by `args` (if any), then `args`.
-    pub fn load(args: &AgentArgs) -> anyhow::Result<Self> {
-        let mut cfg = match &args.config {
-            Some(path) => Self::from_file(path)?,
-            None => Self::default(),
-        };
-        args.apply(&mut cfg);
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
-    }
-
     /// Checks every field; the error names the field and the rule.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let fail = |field: &str, rule: &str| Err(anyhow::anyhow!("config: {field}: {rule}"));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field: &str, rule: &str| Err(ConfigError::new(field, rule));
         if self.data_dir.as_os_str().is_empty() {
             return fail(
                 "data_dir",

@@ -16,7 +16,6 @@ pub mod edge;
 pub mod http;
 pub mod shipper;
 pub mod spool;
-pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,7 +27,7 @@ use runnel_event::Chunk;
 use runnel_segment::Storage;
 use tokio::sync::{Semaphore, watch};
 
-pub use config::{AgentArgs, AgentConfig, SpoolFullPolicy};
+pub use config::{AgentConfig, SpoolFullPolicy};
 
 use crate::dedup::{Dedup, id_hash};
 use crate::shipper::{Identity, Shipper, ShipperOptions};
@@ -149,7 +148,7 @@ fn rebuild_dedup(
 /// Starts an agent: recovers the spool and dedup, binds HTTP, starts the shipper.
 pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningAgent> {
     cfg.validate()?;
-    let metrics = telemetry::prometheus();
+    let metrics = runnel_config::telemetry::prometheus();
     storage
         .create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;

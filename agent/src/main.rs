@@ -1,7 +1,9 @@
 //! `runnel-agent`: the edge collector binary.
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use runnel_agent::{AgentArgs, AgentConfig, config::with_env_names, telemetry};
+use runnel_agent::AgentConfig;
+use runnel_config::flags::{Flags, with_env_names};
+use runnel_config::telemetry;
 
 /// Runnel edge collector: accepts events over HTTP, spools them durably, ships them to the
 /// broker over QUIC.
@@ -9,7 +11,7 @@ use runnel_agent::{AgentArgs, AgentConfig, config::with_env_names, telemetry};
 #[command(name = "runnel-agent", version)]
 struct Cli {
     #[command(flatten)]
-    args: AgentArgs,
+    args: Flags<AgentConfig>,
 }
 
 fn main() {
@@ -23,7 +25,8 @@ fn try_main() -> anyhow::Result<()> {
     let matches = with_env_names(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     telemetry::init_logging();
-    let cfg = AgentConfig::load(&cli.args)?;
+    let cfg = cli.args.load()?;
+    cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

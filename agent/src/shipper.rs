@@ -21,10 +21,6 @@ use tokio::sync::watch;
 
 use crate::spool::Spool;
 
-/// ALPN protocol id of the agent-to-broker protocol.
-pub const ALPN: &[u8] = b"runnel/1";
-/// Most bytes of a broker answer.
-pub const ACK_BYTES_MAX: usize = 8 << 10;
 /// Most spool records in one batch.
 pub const BATCH_CHUNKS_MAX: usize = 65_536;
 
@@ -60,30 +56,6 @@ pub struct ShipperOptions {
     pub rejected_dir: PathBuf,
     /// Files go through the storage seam.
     pub storage: Arc<dyn runnel_segment::Storage>,
-}
-
-/// Builds a QUIC client config that trusts only the CA in `ca_pem`.
-pub fn client_config(ca_pem: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.context("reading CA certificate PEM")?)?;
-    }
-    anyhow::ensure!(!roots.is_empty(), "the CA file holds no certificate");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
 }
 
 /// The shipper task.
@@ -130,7 +102,7 @@ impl Shipper {
         };
         let mut endpoint = quinn::Endpoint::client(bind).context("binding the QUIC client")?;
         endpoint.set_default_client_config(
-            client_config(&ca)
+            runnel_protocol::client_config(&ca)
                 .with_context(|| format!("loading --broker-ca {}", opts.broker_ca.display()))?,
         );
         Ok(Self {
@@ -339,7 +311,7 @@ impl Shipper {
             send.finish()
                 .map_err(|e| SendError::Stream(e.to_string()))?;
             let answer = recv
-                .read_to_end(ACK_BYTES_MAX)
+                .read_to_end(runnel_protocol::ACK_BYTES_MAX)
                 .await
                 .map_err(|e| SendError::Stream(e.to_string()))?;
             BatchAck::decode(&answer).map_err(|e| SendError::Stream(e.to_string()))

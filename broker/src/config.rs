@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runnel_agent::settings;
+use runnel_config::{ConfigError, settings};
 
 settings! {
-    BrokerConfig, BrokerArgs;
+    BrokerConfig;
     /// Directory for the log, TLS material and state. Required.
     data_dir: PathBuf [PathBuf] = PathBuf::new();
     /// QUIC address agents ship to.
@@ -16,7 +16,7 @@ settings! {
     flight_addr: SocketAddr [SocketAddr] = "127.0.0.1:8712".parse().expect("valid address");
     /// Bearer tokens Flight clients may use (each at least 16 characters, no spaces). Without
     /// any, Flight is off.
-    flight_tokens: Vec<String> [Vec<String>] = Vec::new();
+    flight_tokens: Vec<String> [String, repeated] = Vec::new();
     /// Most rows one Flight call returns, and most recent events the `events` table holds.
     flight_rows_max: usize [usize] = 1_000_000;
     /// How long a Flight result stays in the result cache (keyed by the query), in
@@ -81,7 +81,7 @@ settings! {
     plugin_isolation_time_ms: u64 [u64] = 2000;
     /// Capabilities deploys may grant plugins (`clock`, `random`); a deploy that asks for
     /// another is refused. Without them a plugin sees a clock at 0 and seeded randomness.
-    plugin_capabilities_allowed: Vec<String> [Vec<String>] = Vec::new();
+    plugin_capabilities_allowed: Vec<String> [String, repeated] = Vec::new();
     /// A plugin is paused after this many failing batches in a row (more than half of the
     /// batch's events failed).
     plugin_pause_after_failing_batches: u32 [u32] = 3;
@@ -114,20 +114,9 @@ settings! {
 }
 
 impl BrokerConfig {
-    /// Builds the configuration from the config file named by `args` (if any), then `args`.
-    pub fn load(args: &BrokerArgs) -> anyhow::Result<Self> {
-        let mut cfg: Self = match &args.config {
-            Some(path) => runnel_agent::config::from_file(path)?,
-            None => Self::default(),
-        };
-        args.apply(&mut cfg);
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
     /// Checks every field; the error names the field and the rule.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let fail = |field: &str, rule: &str| Err(anyhow::anyhow!("config: {field}: {rule}"));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field: &str, rule: &str| Err(ConfigError::new(field, rule));
         if self.data_dir.as_os_str().is_empty() {
             return fail(
                 "data_dir",

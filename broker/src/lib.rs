@@ -9,20 +9,14 @@
 //! - [`pipeline`]: runs the deployed enrichers and aggregators over the log;
 //! - [`aggregate`]: windowed aggregates: state, rows, what `runnel agg` shows;
 //! - [`flight`]: Arrow Flight and Flight SQL over the aggregates, recent events and side topics;
-//! - [`query_cli`]: `runnel query`, a Flight SQL client;
-//! - [`plugin_cli`]: `runnel plugin new/build/test`;
 //! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
-//! - [`dev`]: `runnel dev`, broker and agent on one data dir.
 
 pub mod admin;
 pub mod aggregate;
 pub mod config;
-pub mod dev;
 pub mod flight;
 pub mod log;
 pub mod pipeline;
-pub mod plugin_cli;
-pub mod query_cli;
 pub mod quic;
 pub mod registry;
 pub mod tls;
@@ -35,7 +29,7 @@ use anyhow::Context;
 use runnel_segment::Storage;
 use tokio::sync::watch;
 
-pub use config::{BrokerArgs, BrokerConfig};
+pub use config::BrokerConfig;
 
 /// A running broker.
 pub struct RunningBroker {
@@ -71,7 +65,7 @@ impl RunningBroker {
 /// Starts a broker: recovers the log, binds QUIC and admin.
 pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningBroker> {
     cfg.validate()?;
-    let metrics = runnel_agent::telemetry::prometheus();
+    let metrics = runnel_config::telemetry::prometheus();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let files = match (&cfg.tls_cert, &cfg.tls_key) {

@@ -5,7 +5,6 @@
 //! `::1` and the host name. Files are reused on later starts.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
@@ -81,19 +80,11 @@ pub fn server_config(files: &TlsFiles, streams_max: u32) -> anyhow::Result<quinn
         .with_context(|| format!("parsing tls_cert {}", files.cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading tls_key {}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("tls_cert and tls_key do not match")?;
-    tls.alpn_protocols = vec![runnel_agent::shipper::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(streams_max.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    transport.max_idle_timeout(Some(std::time::Duration::from_secs(60).try_into()?));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    runnel_protocol::server_config(certs, key, streams_max).with_context(|| {
+        format!(
+            "tls_cert {} and tls_key {}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })
 }

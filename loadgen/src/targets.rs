@@ -142,7 +142,7 @@ impl BrokerQuic {
         let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address"))
             .context("binding the QUIC client")?;
         endpoint.set_default_client_config(
-            runnel_agent::shipper::client_config(&broker.ca_pem)
+            runnel_protocol::client_config(&broker.ca_pem)
                 .context("loading the broker's CA (--broker-ca)")?,
         );
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -224,7 +224,7 @@ impl Target for BrokerQuic {
                 .await
                 .map_err(|_| "stream".to_string())?;
             send.finish().map_err(|_| "stream".to_string())?;
-            recv.read_to_end(runnel_agent::shipper::ACK_BYTES_MAX)
+            recv.read_to_end(runnel_protocol::ACK_BYTES_MAX)
                 .await
                 .map_err(|_| "stream".to_string())
         };

@@ -32,7 +32,11 @@ pub struct Manifest {
     /// `rust` or `python`.
     #[serde(default = "default_lang")]
     pub lang: String,
-    /// One line for `plugin list` readers.
+    /// One line for people reading the manifest (the broker does not store it).
+    #[allow(
+        dead_code,
+        reason = "part of the manifest format; read by people, not by runnel"
+    )]
     pub description: Option<String>,
     /// `hold` or `skip` while paused.
     pub policy: Option<String>,
@@ -137,9 +141,9 @@ impl Manifest {
         let m: Self =
             toml::from_str(&text).with_context(|| format!("manifest {}", path.display()))?;
         let ctx = |e: String| anyhow::anyhow!("manifest {}: {e}", path.display());
-        crate::registry::check_name(&m.name).map_err(ctx)?;
+        runnel_broker::registry::check_name(&m.name).map_err(ctx)?;
         if let Some(v) = &m.version {
-            crate::registry::check_version(v).map_err(ctx)?;
+            runnel_broker::registry::check_version(v).map_err(ctx)?;
         }
         if !KINDS.contains(&m.kind.as_str()) {
             return Err(ctx(format!("kind: {:?} is not one of {KINDS:?}", m.kind)));
@@ -155,7 +159,7 @@ impl Manifest {
         }
         runnel_host::Capabilities::parse(m.capabilities.iter().map(String::as_str)).map_err(ctx)?;
         if let Some(p) = &m.policy {
-            p.parse::<crate::registry::Policy>().map_err(ctx)?;
+            p.parse::<runnel_broker::registry::Policy>().map_err(ctx)?;
         }
         Ok(m)
     }
@@ -195,10 +199,10 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// The Python SDK and the WIT, vendored by `new --lang python`.
 const PYTHON_SDK_FILES: &[SdkFile] = &[
-    ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
+    ("wit/plugin.wit", include_str!("../../../wit/plugin.wit")),
     (
         "python/runnel_plugin.py",
-        include_str!("../../sdk/python/runnel_plugin.py"),
+        include_str!("../../../sdk/python/runnel_plugin.py"),
     ),
 ];
 
@@ -207,14 +211,14 @@ type SdkFile = (&'static str, &'static str);
 
 /// The vendored SDK: every file `new` writes under `.runnel/`.
 const SDK_FILES: &[SdkFile] = &[
-    ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
+    ("wit/plugin.wit", include_str!("../../../wit/plugin.wit")),
     (
         "sdk/plugin/src/lib.rs",
-        include_str!("../../sdk/plugin/src/lib.rs"),
+        include_str!("../../../sdk/plugin/src/lib.rs"),
     ),
     (
         "sdk/batch/src/lib.rs",
-        include_str!("../../sdk/batch/src/lib.rs"),
+        include_str!("../../../sdk/batch/src/lib.rs"),
     ),
     (
         "sdk/plugin/Cargo.toml",
@@ -231,7 +235,7 @@ const SDK_FILES: &[SdkFile] = &[
 const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
     (
         "sdk/aggregator/src/lib.rs",
-        include_str!("../../sdk/aggregator/src/lib.rs"),
+        include_str!("../../../sdk/aggregator/src/lib.rs"),
     ),
     (
         "sdk/aggregator/Cargo.toml",
@@ -241,7 +245,7 @@ const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
 
 /// `runnel plugin new`: writes a project in `dir` (which must not exist or be empty).
 pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Result<()> {
-    crate::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    runnel_broker::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !KINDS.contains(&kind) {
         bail!("--kind: {kind:?} is not one of {KINDS:?}");
     }
@@ -267,15 +271,19 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
             vec![
                 (
                     "Cargo.toml",
-                    fill(include_str!("../templates/rust-aggregate/Cargo.toml.tmpl")),
+                    fill(include_str!(
+                        "../../templates/rust-aggregate/Cargo.toml.tmpl"
+                    )),
                 ),
                 (
                     "src/lib.rs",
-                    fill(include_str!("../templates/rust-aggregate/lib.rs.tmpl")),
+                    fill(include_str!("../../templates/rust-aggregate/lib.rs.tmpl")),
                 ),
                 (
                     "plugin.toml",
-                    fill(include_str!("../templates/rust-aggregate/plugin.toml.tmpl")),
+                    fill(include_str!(
+                        "../../templates/rust-aggregate/plugin.toml.tmpl"
+                    )),
                 ),
             ],
             SDK_FILES
@@ -289,11 +297,11 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
             vec![
                 (
                     "app.py",
-                    fill(include_str!("../templates/python/app.py.tmpl")),
+                    fill(include_str!("../../templates/python/app.py.tmpl")),
                 ),
                 (
                     "plugin.toml",
-                    fill(include_str!("../templates/python/plugin.toml.tmpl")),
+                    fill(include_str!("../../templates/python/plugin.toml.tmpl")),
                 ),
             ],
             PYTHON_SDK_FILES.iter().collect(),
@@ -303,15 +311,15 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
             vec![
                 (
                     "Cargo.toml",
-                    fill(include_str!("../templates/rust/Cargo.toml.tmpl")),
+                    fill(include_str!("../../templates/rust/Cargo.toml.tmpl")),
                 ),
                 (
                     "src/lib.rs",
-                    fill(include_str!("../templates/rust/lib.rs.tmpl")),
+                    fill(include_str!("../../templates/rust/lib.rs.tmpl")),
                 ),
                 (
                     "plugin.toml",
-                    fill(include_str!("../templates/rust/plugin.toml.tmpl")),
+                    fill(include_str!("../../templates/rust/plugin.toml.tmpl")),
                 ),
             ],
             SDK_FILES.iter().collect(),
@@ -322,7 +330,7 @@ pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Re
         .chain([
             (
                 "events.ndjson",
-                include_str!("../templates/rust/events.ndjson").to_string(),
+                include_str!("../../templates/rust/events.ndjson").to_string(),
             ),
             (".gitignore", "/target\n".to_string()),
         ])
@@ -593,7 +601,8 @@ pub fn test(
             Ok(i) => match &result.fates[i] {
                 Fate::Keep => {
                     summary.passed += 1;
-                    let ev = crate::pipeline::event_view(&view.event(i), i as u64, host, host);
+                    let ev =
+                        runnel_broker::pipeline::event_view(&view.event(i), i as u64, host, host);
                     serde_json::json!({"line": line, "fate": "keep", "event": ev})
                 }
                 Fate::Replace(n) => {
@@ -602,7 +611,7 @@ pub fn test(
                         .as_ref()
                         .expect("replacements exist")
                         .event(*n as usize);
-                    let ev = crate::pipeline::event_view(&r, i as u64, host, host);
+                    let ev = runnel_broker::pipeline::event_view(&r, i as u64, host, host);
                     serde_json::json!({"line": line, "fate": "replace", "event": ev})
                 }
                 Fate::Drop(reason) => {
@@ -762,8 +771,8 @@ mod tests {
     /// The SDK's crate doc example is `plugins/tag-team`, which CI builds.
     #[test]
     fn the_sdk_doc_example_is_the_built_plugin() {
-        let sdk = include_str!("../../sdk/plugin/src/lib.rs");
-        let built = include_str!("../../plugins/tag-team/src/lib.rs");
+        let sdk = include_str!("../../../sdk/plugin/src/lib.rs");
+        let built = include_str!("../../../plugins/tag-team/src/lib.rs");
         let mut lines = sdk
             .lines()
             .skip_while(|l| *l != "//! ```ignore")

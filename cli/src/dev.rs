@@ -1,16 +1,41 @@
-//! `runnel dev`: a broker and an agent in one process on one data dir, with the default ports.
+//! `runnel dev`: a broker and an agent in one process on one data dir, with the default ports,
+//! the example plugins deployed and (by default) a generated stream.
 
 use std::path::PathBuf;
-
-use anyhow::Context as _;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use runnel_agent::AgentConfig;
+use runnel_broker::BrokerConfig;
+use runnel_client::admin::Admin;
+use runnel_client::api::Deploy;
 
-use crate::BrokerConfig;
+/// `runnel dev`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Data directory for both (`DIR/broker`, `DIR/agent`).
+    #[arg(long = "dir", default_value = ".runnel-dev")]
+    dir: PathBuf,
+    /// TOML file with broker settings (see docs/CONFIG.md); `data_dir` is set by `--dir`.
+    #[arg(long)]
+    broker_config: Option<PathBuf>,
+    /// TOML file with agent settings (see docs/CONFIG.md); `data_dir` is set by `--dir`.
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+    /// Directory with the example plugins (`pii_redact.wasm` runs at the edge,
+    /// `geo_enrich.wasm` is deployed to the broker). `./dev.sh` builds them and passes it.
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
+    /// Generate a stream into the agent: `fintech`, `ecommerce` or `off`.
+    #[arg(long, default_value = "fintech")]
+    generate: String,
+    /// Events a second the generator posts.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+}
 
 /// The example aggregators `runnel dev` deploys from `--plugins-dir`.
-pub const EXAMPLE_AGGREGATORS: &[&str] = &[
+const EXAMPLE_AGGREGATORS: &[&str] = &[
     "events_per_type",
     "unique_users",
     "revenue",
@@ -20,15 +45,15 @@ pub const EXAMPLE_AGGREGATORS: &[&str] = &[
 
 /// What `runnel dev` generates.
 #[derive(Debug, Clone, Copy)]
-pub struct Generate {
+struct Generate {
     /// The scenario, or none.
-    pub scenario: Option<runnel_gen::Scenario>,
+    scenario: Option<runnel_gen::Scenario>,
     /// Events per second.
-    pub rate: u32,
+    rate: u32,
 }
 
 /// Parses `--generate`: `fintech`, `ecommerce` or `off`.
-pub fn parse_scenario(s: &str) -> anyhow::Result<Option<runnel_gen::Scenario>> {
+fn parse_scenario(s: &str) -> anyhow::Result<Option<runnel_gen::Scenario>> {
     match s {
         "fintech" => Ok(Some(runnel_gen::Scenario::Fintech)),
         "ecommerce" => Ok(Some(runnel_gen::Scenario::Ecommerce)),
@@ -91,14 +116,20 @@ async fn generate(ingest: String, scenario: runnel_gen::Scenario, rate: u32) {
 }
 
 /// Starts both, prints how to use them, and stops both cleanly when `stop` resolves.
-pub async fn run(
-    data_dir: PathBuf,
-    broker: BrokerConfig,
-    agent: AgentConfig,
-    plugins_dir: Option<PathBuf>,
-    gen_cfg: Generate,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let gen_cfg = Generate {
+        scenario: parse_scenario(&args.generate)?,
+        rate: args.rate,
+    };
+    let broker: BrokerConfig = match &args.broker_config {
+        Some(p) => runnel_config::from_file(p)?,
+        None => BrokerConfig::default(),
+    };
+    let agent: AgentConfig = match &args.agent_config {
+        Some(p) => runnel_config::from_file(p)?,
+        None => AgentConfig::default(),
+    };
+    let (data_dir, plugins_dir) = (args.dir, args.plugins_dir);
     let example = |name: &str| -> anyhow::Result<Option<PathBuf>> {
         let Some(dir) = &plugins_dir else {
             return Ok(None);
@@ -132,7 +163,7 @@ pub async fn run(
         data_dir: data_dir.join("broker"),
         ..broker
     };
-    let broker = crate::start(broker_cfg, storage.clone()).await?;
+    let broker = runnel_broker::start(broker_cfg, storage.clone()).await?;
     let agent_cfg = AgentConfig {
         data_dir: data_dir.join("agent"),
         broker_addr: broker.quic_addr,
@@ -155,18 +186,11 @@ pub async fn run(
             deploys.push((name, path));
         }
     }
+    let admin = Admin::new(broker.admin_addr);
     for (name, path) in &deploys {
-        let url = format!("http://{}/v1/plugins/{name}", broker.admin_addr);
-        let body = std::fs::read(path)?;
-        let resp = reqwest::Client::new().put(&url).body(body).send().await;
-        match resp {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                tracing::warn!(plugin = name, %status, %text, "deploying failed");
-            }
-            Err(e) => tracing::warn!(plugin = name, error = %e, "deploying failed"),
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        if let Err(e) = admin.deploy(name, wasm, &Deploy::default()).await {
+            tracing::warn!(plugin = name, error = %e, "deploying failed");
         }
     }
     let plugins = match (&edge, &geo) {

@@ -1,4 +1,4 @@
-//! Process-wide telemetry: logging and the Prometheus recorder shared by agent and broker.
+//! Process-wide telemetry: logging and the Prometheus recorder, shared by agent and broker.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;

@@ -1,0 +1,131 @@
+//! `runnel`: the broker, the agent, `runnel dev`, and the operator and plugin-author verbs.
+//!
+//! One file per verb. The verbs that talk to a running broker do so through `runnel-client`
+//! (the admin API and Flight SQL), never through the broker's internals.
+
+mod agg;
+mod dev;
+mod log;
+mod plugin;
+mod query;
+
+use std::future::Future;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use runnel_agent::AgentConfig;
+use runnel_broker::BrokerConfig;
+use runnel_config::flags::{Flags, with_env_names};
+use runnel_config::telemetry;
+
+/// Runnel: event-analytics pipeline — broker and operator tool.
+#[derive(Parser, Debug)]
+#[command(name = "runnel", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a broker and an agent on one data dir with the default ports (the quickstart).
+    Dev(dev::DevArgs),
+    /// Run the broker.
+    Broker {
+        #[command(flatten)]
+        args: Flags<BrokerConfig>,
+    },
+    /// Run an agent (the same as the `runnel-agent` binary).
+    Agent {
+        #[command(flatten)]
+        args: Flags<AgentConfig>,
+    },
+    /// Inspect a running broker's log.
+    Log {
+        #[command(subcommand)]
+        cmd: log::LogCmd,
+    },
+    /// Write, build, test and deploy plugins.
+    Plugin {
+        #[command(subcommand)]
+        cmd: plugin::PluginCmd,
+    },
+    /// Windowed aggregates: list them, read their rows.
+    Agg {
+        #[command(subcommand)]
+        cmd: agg::AggCmd,
+    },
+    /// Load benchmark: offer a fixed rate (open loop) or as much as it takes (closed loop) to
+    /// an agent (`ingest`) or a broker (`broker`); prints percentiles, writes JSON and an HTML
+    /// report.
+    Bench {
+        #[command(subcommand)]
+        cmd: runnel_loadgen::BenchCmd,
+    },
+    /// Run SQL against a running broker over Flight SQL and print the result.
+    Query(query::QueryArgs),
+}
+
+fn main() {
+    if let Err(e) = try_main() {
+        eprintln!("runnel: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs `f` to completion on a multi-threaded runtime.
+fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn try_main() -> anyhow::Result<()> {
+    let matches = with_env_names(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.cmd {
+        Cmd::Dev(args) => {
+            telemetry::init_logging();
+            block_on(dev::run(args, shutdown_signal()))
+        }
+        Cmd::Broker { args } => {
+            telemetry::init_logging();
+            let cfg = args.load()?;
+            block_on(async {
+                let broker =
+                    runnel_broker::start(cfg, std::sync::Arc::new(runnel_segment::FsStorage))
+                        .await?;
+                shutdown_signal().await;
+                tracing::info!("broker shutting down");
+                broker.shutdown().await;
+                Ok(())
+            })
+        }
+        Cmd::Agent { args } => {
+            telemetry::init_logging();
+            let cfg = args.load()?;
+            block_on(runnel_agent::run(cfg, shutdown_signal()))
+        }
+        Cmd::Log { cmd } => block_on(log::run(cmd)),
+        Cmd::Plugin { cmd } => plugin::run(cmd),
+        Cmd::Agg { cmd } => block_on(agg::run(cmd)),
+        Cmd::Bench { cmd } => block_on(runnel_loadgen::main(cmd)),
+        Cmd::Query(args) => block_on(query::run(args, &mut std::io::stdout().lock())),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Prints a JSON value on one line.
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}

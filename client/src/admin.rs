@@ -1,0 +1,258 @@
+//! The admin API client: one method per call of [`crate::api`].
+
+use std::io::Write;
+
+use crate::Error;
+use crate::api::{AggInfo, Deploy, LogStats, PluginInfo, RowRange};
+
+/// A client of one broker's admin API (`http://ADDR`).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    addr: String,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl Admin {
+    /// A client of the admin API at `addr` (`IP:port`).
+    pub fn new(addr: impl std::fmt::Display) -> Self {
+        let addr = addr.to_string();
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The address it talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let url = resp.url().path().to_string();
+        let status = resp.status().to_string();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        Err(Error::Refused {
+            url,
+            status,
+            message,
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, Error> {
+        let resp = self.send(req).await?;
+        let url = resp.url().path().to_string();
+        let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    /// Streams an NDJSON answer into `out` as it arrives.
+    async fn ndjson_to(&self, url: String, out: &mut impl Write) -> Result<(), Error> {
+        let mut resp = self.send(self.http.get(url)).await?;
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| Error::Unreachable {
+                addr: self.addr.clone(),
+                message: e.to_string(),
+            })?;
+            let Some(chunk) = chunk else { break };
+            out.write_all(&chunk)
+                .map_err(|e| Error::Input(format!("writing the answer: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn ndjson(&self, url: String) -> Result<Vec<serde_json::Value>, Error> {
+        let mut out = Vec::new();
+        self.ndjson_to(url.clone(), &mut out).await?;
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice(l).map_err(|e| Error::Protocol {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// `GET /v1/log/stats`.
+    pub async fn log_stats(&self) -> Result<LogStats, Error> {
+        self.json(self.http.get(format!("{}/v1/log/stats", self.base)))
+            .await
+    }
+
+    fn read_url(&self, topic: &str, from: u64, limit: usize) -> String {
+        format!(
+            "{}/v1/log/read?from={from}&limit={limit}&topic={}",
+            self.base,
+            enc(topic)
+        )
+    }
+
+    /// `GET /v1/log/read`: up to `limit` entries of `topic` (`events`, `dead_letters`,
+    /// `late_events`) from offset `from`, streamed into `out` as NDJSON.
+    pub async fn log_read_to(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+        out: &mut impl Write,
+    ) -> Result<(), Error> {
+        self.ndjson_to(self.read_url(topic, from, limit), out).await
+    }
+
+    /// [`Admin::log_read_to`], parsed: one value per entry.
+    pub async fn log_read(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, Error> {
+        self.ndjson(self.read_url(topic, from, limit)).await
+    }
+
+    /// `GET /v1/plugins`.
+    pub async fn plugins(&self) -> Result<Vec<PluginInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/plugins", self.base)))
+            .await
+    }
+
+    /// `PUT /v1/plugins/NAME`: deploys `wasm` as a new version of plugin `name`; returns the
+    /// broker's answer (the version deployed).
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        d: &Deploy,
+    ) -> Result<serde_json::Value, Error> {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(v) = &d.version {
+            q.append_pair("version", v);
+        }
+        if let Some(p) = &d.policy {
+            q.append_pair("policy", p);
+        }
+        for (k, v) in &d.params {
+            q.append_pair("param", &format!("{k}={v}"));
+        }
+        for (key, v) in [
+            ("deadline_ms", d.deadline_ms),
+            ("memory_bytes_max", d.memory_bytes_max),
+            ("fuel_per_call", d.fuel_per_call),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(key, &v.to_string());
+            }
+        }
+        for c in &d.capabilities {
+            q.append_pair("capability", c);
+        }
+        let url = format!("{}/v1/plugins/{}?{}", self.base, enc(name), q.finish());
+        self.json(self.http.put(url).body(wasm)).await
+    }
+
+    /// `POST /v1/plugins/NAME/pause`.
+    pub async fn pause(&self, name: &str) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/v1/plugins/{}/pause", self.base, enc(name));
+        self.json(self.http.post(url)).await
+    }
+
+    /// `POST /v1/plugins/NAME/resume`.
+    pub async fn resume(&self, name: &str) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/v1/plugins/{}/resume", self.base, enc(name));
+        self.json(self.http.post(url)).await
+    }
+
+    /// `DELETE /v1/plugins/NAME`.
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        let url = format!("{}/v1/plugins/{}", self.base, enc(name));
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    /// `GET /v1/aggregates`.
+    pub async fn aggregates(&self) -> Result<Vec<AggInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/aggregates", self.base)))
+            .await
+    }
+
+    fn rows_url(&self, name: &str, r: &RowRange) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("from", r.from.clone()),
+            ("to", r.to.clone()),
+            ("limit", r.limit.map(|l| l.to_string())),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, &v);
+            }
+        }
+        format!(
+            "{}/v1/aggregates/{}/rows?{}",
+            self.base,
+            enc(name),
+            q.finish()
+        )
+    }
+
+    /// `GET /v1/aggregates/NAME/rows`, streamed into `out` as NDJSON.
+    pub async fn agg_rows_to(
+        &self,
+        name: &str,
+        range: &RowRange,
+        out: &mut impl Write,
+    ) -> Result<(), Error> {
+        self.ndjson_to(self.rows_url(name, range), out).await
+    }
+
+    /// [`Admin::agg_rows_to`], parsed: one value per row.
+    pub async fn agg_rows(
+        &self,
+        name: &str,
+        range: &RowRange,
+    ) -> Result<Vec<serde_json::Value>, Error> {
+        self.ndjson(self.rows_url(name, range)).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let resp = self
+            .send(self.http.get(format!("{}/metrics", self.base)))
+            .await?;
+        resp.text().await.map_err(|e| Error::Unreachable {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `GET /readyz`: `Ok` once the broker is ready; the broker's reason otherwise.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.send(self.http.get(format!("{}/readyz", self.base)))
+            .await
+            .map(|_| ())
+    }
+}

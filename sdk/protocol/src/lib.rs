@@ -1,0 +1,114 @@
+//! # runnel-protocol: agent ↔ broker over QUIC
+//!
+//! - **Transport**: QUIC with TLS 1.3 only (rustls, ring), ALPN [`ALPN`]. The broker's
+//!   certificate is checked against a CA the agent is given (the broker's dev CA by default).
+//! - **One bidirectional stream per batch**: the agent writes one wire frame
+//!   (`runnel_event::wire`: a batch of spool records with `(agent_id, epoch, first_seq)`) and
+//!   finishes its side; the broker answers with one `BatchAck` frame of at most
+//!   [`ACK_BYTES_MAX`] bytes, after the batch is fsynced in its log (or refused).
+//! - **Liveness**: the agent keeps its connection alive every 5 s and gives up on it after 30 s
+//!   of silence; the broker after 60 s.
+//!
+//! The client ([`client_config`]) and server ([`server_config`]) configurations are built here,
+//! next to each other, so the two ends cannot disagree on the ALPN, the TLS versions or the
+//! stream limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol id of the agent-to-broker protocol.
+pub const ALPN: &[u8] = b"runnel/1";
+/// Largest broker answer to one batch, in bytes.
+pub const ACK_BYTES_MAX: usize = 8 << 10;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The CA PEM is unreadable or holds no certificate.
+    #[error("CA certificate: {0}")]
+    Ca(String),
+    /// The certificate and key do not make a server identity.
+    #[error("certificate and key: {0}")]
+    Identity(String),
+    /// QUIC refused the TLS configuration (a bug, not the user's input).
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The agent's QUIC client configuration: trusts only the CA(s) in `ca_pem`.
+pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| TlsError::Ca(format!("reading PEM: {e}")))?;
+        roots.add(cert).map_err(|e| TlsError::Ca(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Ca("the CA file holds no certificate".into()));
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Quic(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(30)
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// The broker's QUIC server configuration for a certificate chain and its key, with at most
+/// `streams_max` batches in flight per connection.
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    streams_max: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Quic(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(streams_max.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(60)
+            .try_into()
+            .expect("60 s is a valid idle timeout"),
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let err = client_config(b"not a pem").unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+    }
+}
