@@ -13,6 +13,9 @@ use runnel_config::{ConfigError, settings};
 use runnel_event::event_time::{Bound, EventTimeBounds, Policy as EventTimePolicy};
 use serde::{Deserialize, Serialize};
 
+/// The largest `clock_offset_ms` either way: ten years, so every `received_at` stays a time.
+pub const CLOCK_OFFSET_MS_MAX: u64 = 315_576_000_000;
+
 /// What the agent does when the spool is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -174,6 +177,12 @@ impl AgentConfig {
             return fail(
                 "decompressed_bytes_max",
                 "must be at most half of spool_segment_bytes_max (one request is one spool record)",
+            );
+        }
+        if self.clock_offset_ms.unsigned_abs() > CLOCK_OFFSET_MS_MAX {
+            return fail(
+                "clock_offset_ms",
+                "must be within ±10 years (315576000000 ms)",
             );
         }
         if self.ship_backoff_min_ms == 0 || self.ship_backoff_max_ms < self.ship_backoff_min_ms {

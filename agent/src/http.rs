@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use runnel_event::event_time::{EventTimeBounds, Policy, Verdict};
+use runnel_event::event_time::{EventTimeBounds, Policy, Side, Verdict};
 use runnel_event::{BodyFormat, Chunk, EnvelopeLimits, Event, parse_body};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -294,7 +294,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     // "duplicate"), or release ids whose events the spool did store.
     let attempted = indices.len();
     let task_app = app.clone();
-    let (result, edge, time) = tokio::spawn(async move {
+    let (result, edge, mut time) = tokio::spawn(async move {
         let app = task_app;
         let mut edge = EdgeOutcome::default();
         let mut events = events;
@@ -353,7 +353,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         metrics::counter!("runnel_agent_events_rejected_total", "field" => "timestamp")
             .increment(time.rejected.len() as u64);
         out.rejected.extend(
-            time.rejected
+            std::mem::take(&mut time.rejected)
                 .into_iter()
                 .map(|(index, error)| Rejected { index, error }),
         );
@@ -382,8 +382,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     match result {
         Ok(_) => {
             out.accepted = n;
-            out.clamped = time.clamped;
-            out.dead_lettered = time.dead_lettered;
+            (out.clamped, out.dead_lettered) = time.stored();
             metrics::counter!("runnel_agent_events_accepted_total").increment(n as u64);
             metrics::histogram!("runnel_agent_ingest_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -411,8 +410,9 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
 #[derive(Debug, Default)]
 struct TimeOutcome {
     rejected: Vec<(usize, String)>,
-    clamped: Vec<Rejected>,
-    dead_lettered: Vec<Rejected>,
+    /// Stored past a bound: (index, error, which bound).
+    clamped: Vec<(usize, String, Side)>,
+    dead_lettered: Vec<(usize, String, Side)>,
 }
 
 impl TimeOutcome {
@@ -426,23 +426,44 @@ impl TimeOutcome {
         else {
             return true;
         };
-        metrics::counter!(
-            "runnel_agent_event_time_out_of_bounds_total",
-            "bound" => side.as_str(),
-            "policy" => policy.as_str()
-        )
-        .increment(1);
         let error = error.to_string();
         match policy {
             Policy::Reject => {
+                count_out_of_bounds(side, policy, 1);
                 self.rejected.push((index, error));
                 return false;
             }
-            Policy::Clamp => self.clamped.push(Rejected { index, error }),
-            Policy::DeadLetter => self.dead_lettered.push(Rejected { index, error }),
+            Policy::Clamp => self.clamped.push((index, error, side)),
+            Policy::DeadLetter => self.dead_lettered.push((index, error, side)),
         }
         true
     }
+
+    /// Counts the clamped and dead-lettered events once they are stored (a request the spool
+    /// refuses is retried, and must not count twice), and words them for the answer.
+    fn stored(self) -> (Vec<Rejected>, Vec<Rejected>) {
+        let words = |policy: Policy, list: Vec<(usize, String, Side)>| -> Vec<Rejected> {
+            list.into_iter()
+                .map(|(index, error, side)| {
+                    count_out_of_bounds(side, policy, 1);
+                    Rejected { index, error }
+                })
+                .collect()
+        };
+        (
+            words(Policy::Clamp, self.clamped),
+            words(Policy::DeadLetter, self.dead_lettered),
+        )
+    }
+}
+
+fn count_out_of_bounds(side: Side, policy: Policy, n: u64) {
+    metrics::counter!(
+        "runnel_agent_event_time_out_of_bounds_total",
+        "bound" => side.as_str(),
+        "policy" => policy.as_str()
+    )
+    .increment(n);
 }
 
 async fn append_with_policy(

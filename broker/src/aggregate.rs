@@ -3,8 +3,9 @@
 //!
 //! An aggregator plugin maps events to rows; the pipeline folds them into a
 //! [`runnel_window::Engine`] per aggregator, event by event in log order, advancing the
-//! watermark after every event. Processing time is the events' own `received_at` (the agent's
-//! acceptance time, stored in the log), so a replay of the same log makes the same rows
+//! watermark after every event. Processing time is the events' receive time (the earlier of the
+//! agent's `received_at` and the broker's append time, both stored in the log), so a replay of
+//! the same log makes the same rows
 //! whatever the batch boundaries, restarts or wall clock (docs/windows.md).
 //!
 //! Rows as users see them (`runnel agg read`, one JSON object per line): `window_start`,
@@ -152,7 +153,7 @@ pub struct AggInfo {
     pub measures: Vec<(String, String)>,
     /// The watermark the engine has applied (RFC 3339), if any.
     pub watermark: Option<String>,
-    /// Processing time (the latest `received_at`) minus the watermark, in milliseconds.
+    /// Processing time (the latest receive time) minus the watermark, in milliseconds.
     pub watermark_lag_ms: Option<i64>,
     /// Log events not yet through the pipeline.
     pub lag_events: u64,

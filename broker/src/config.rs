@@ -91,7 +91,7 @@ settings! {
     aggregate_commit_interval_ms: u64 [u64] = 1000;
     /// A source's (agent's) watermark is the latest event time it sent minus this.
     watermark_out_of_orderness_ms: i64 [i64] = 5000;
-    /// A source whose events stopped arriving this long ago (by the events' `received_at`)
+    /// A source whose events stopped arriving this long ago (by the events' receive time)
     /// stops holding the watermark back.
     watermark_source_idle_ms: i64 [i64] = 60_000;
     /// How far ahead of its receive time one event may move its source's watermark, in ms. An

@@ -312,6 +312,8 @@ fn count_batch(
 struct DeadLetter {
     source: usize,
     entry: Vec<u8>,
+    /// An agent's event-time dead letter (counted on its own).
+    event_time: bool,
 }
 
 enum Step {
@@ -673,7 +675,7 @@ impl Worker {
                     let o = src.origin[i] as usize;
                     let received = ev.received_at_ms();
                     let appended = src.appended_ms[o];
-                    ahead_by_origin[o] = ahead_by_origin[o].max(received - appended);
+                    ahead_by_origin[o] = ahead_by_origin[o].max(received.saturating_sub(appended));
                     if is_dead_letter(ev.properties()) {
                         marked.push(i);
                     }
@@ -699,14 +701,13 @@ impl Worker {
                     dead.push(DeadLetter {
                         source: i,
                         entry: event_time_dead_letter(&ev, src.offsets[i], agent_id, host),
+                        event_time: true,
                     });
                 } else {
                     w.push_ref(&ev);
                     kept.push(i);
                 }
             }
-            metrics::counter!("runnel_event_time_dead_letters_total")
-                .increment(marked.len() as u64);
             batch = w.finish();
             index = kept;
         }
@@ -791,6 +792,7 @@ impl Worker {
                                 &f.message,
                                 &event,
                             ),
+                            event_time: false,
                         });
                     }
                 }
@@ -809,6 +811,12 @@ impl Worker {
                     mapped.push(None);
                     continue;
                 };
+                if index.is_empty() {
+                    // Nothing to map (every event dropped or dead-lettered): the fold still
+                    // observes the events, and the plugin's failure count is not touched.
+                    mapped.push(Some(Vec::new()));
+                    continue;
+                }
                 let n = index.len();
                 let out = run.plugin.map_batch(&batch)?;
                 stage.stats.traps += u64::from(out.failed_calls);
@@ -846,6 +854,7 @@ impl Worker {
                             &f.message,
                             &event,
                         ),
+                        event_time: false,
                     });
                 }
                 let mut rows = out.rows;
@@ -921,6 +930,7 @@ impl Worker {
                                 ),
                                 &event,
                             ),
+                            event_time: false,
                         });
                     } else if late_rows > 0 && folded == 0 {
                         stage.stats.late_events += 1;
@@ -972,7 +982,7 @@ impl Worker {
             metrics::counter!("runnel_late_events_appended_total").increment(appended);
         }
         dead.sort_by_key(|d| d.source);
-        let mut appended = 0u64;
+        let (mut appended, mut event_time) = (0u64, 0u64);
         for d in &dead {
             if self
                 .topics
@@ -980,9 +990,11 @@ impl Worker {
                 .append(src.offsets[d.source], &d.entry)?
             {
                 appended += 1;
+                event_time += u64::from(d.event_time);
             }
         }
         metrics::counter!("runnel_dead_letters_total").increment(appended);
+        metrics::counter!("runnel_event_time_dead_letters_total").increment(event_time);
         self.pending_pauses.extend(pauses);
         self.progress = src.next;
         let caught_up = self.progress >= self.log.durable_end();

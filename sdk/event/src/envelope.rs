@@ -363,6 +363,15 @@ fn validate(
                 format!("must be a JSON object, got {}", kind_of(r)),
             ));
         }
+        Some(r) if crate::event_time::is_dead_letter(Some(r.get())) => {
+            return Err(EventError::new(
+                "properties",
+                format!(
+                    "must not start with the key {} (reserved: the agent marks dead letters with it)",
+                    crate::event_time::DEAD_LETTER_KEY
+                ),
+            ));
+        }
         Some(r) if r.get().len() > limits.properties_bytes_max => {
             return Err(EventError::new(
                 "properties",

@@ -200,13 +200,14 @@ fn out_of_bounds_error(ev: &Event, side: Side, bound: Bound, distance_ms: u64) -
     }
 }
 
-/// A distance for people: the two largest units (`973 years 4 days`, `10 min 0 s`, `1.5 s`).
+/// A distance for people: the two largest units (`972 years 30 days`, `10 min 0 s`, `1.5 s`).
 pub fn format_distance(ms: u64) -> String {
     const S: u64 = 1_000;
     const MIN: u64 = 60 * S;
     const H: u64 = 60 * MIN;
     const D: u64 = 24 * H;
-    const Y: u64 = 365 * D;
+    // The mean Gregorian year (365.2425 days), so a distance in years reads true over centuries.
+    const Y: u64 = 365 * D + D / 4 - D / 100 + D / 400;
     match ms {
         _ if ms >= Y => format!("{} {}", count(ms / Y, "year"), count(ms % Y / D, "day")),
         _ if ms >= D => format!("{} {} h", count(ms / D, "day"), ms % D / H),
@@ -224,13 +225,21 @@ fn count(n: u64, unit: &str) -> String {
     }
 }
 
-/// `properties` with `_original_timestamp` set (an existing key of that name is replaced).
+/// `properties` with `_original_timestamp` added as its last key. The object's text is kept
+/// as it was (no re-parse: numbers and keys stay exactly as sent); a key of that name already
+/// there is shadowed, since JSON readers take the last of duplicate keys.
 fn with_original_timestamp(properties: Option<&str>, original: &str) -> String {
-    let mut map = properties
-        .and_then(|p| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(p).ok())
-        .unwrap_or_default();
-    map.insert(ORIGINAL_TIMESTAMP_KEY.into(), original.into());
-    serde_json::to_string(&map).expect("serializing to memory")
+    let entry = format!("\"{ORIGINAL_TIMESTAMP_KEY}\":\"{original}\"");
+    match properties
+        .map(str::trim_end)
+        .and_then(|p| p.strip_suffix('}'))
+    {
+        Some(body) if body.trim_start().trim_start_matches('{').trim().is_empty() => {
+            format!("{{{entry}}}")
+        }
+        Some(body) => format!("{body},{entry}}}"),
+        None => format!("{{{entry}}}"),
+    }
 }
 
 /// `properties` with the dead-letter marker as its first key. The object is valid JSON (the
@@ -253,15 +262,15 @@ pub fn is_dead_letter(properties: Option<&str>) -> bool {
     properties.is_some_and(|p| p.starts_with(DEAD_LETTER_PREFIX))
 }
 
-/// For a marked event: the marker (`{"kind","bound","error"}`) and the properties without it.
+/// For a marked event: the marker (`{"kind","bound","error"}`) and the properties without it
+/// (`None` when nothing else was there). Only the marker is parsed; the rest is kept as text.
 pub fn split_dead_letter(properties: &str) -> Option<(serde_json::Value, Option<String>)> {
-    if !is_dead_letter(Some(properties)) {
-        return None;
-    }
-    let mut map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(properties).ok()?;
-    let marker = map.shift_remove(DEAD_LETTER_KEY)?;
-    let rest = (!map.is_empty()).then(|| serde_json::to_string(&map).expect("to memory"));
+    let after = properties.strip_prefix(DEAD_LETTER_PREFIX)?;
+    let mut values = serde_json::Deserializer::from_str(after).into_iter::<serde_json::Value>();
+    let marker = values.next()?.ok()?;
+    let rest = after[values.byte_offset()..].trim_start();
+    let rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    let rest = (rest != "}").then(|| format!("{{{rest}"));
     Some((marker, rest))
 }
 
@@ -352,7 +361,7 @@ mod tests {
         let b = bounds(Policy::Clamp, Some((60_000, Policy::Clamp)));
         let mut ev = event(
             NOW + 3_600_000,
-            Some(r#"{"amount":5,"_original_timestamp":"x"}"#),
+            Some(r#"{"amount":5e0,"_original_timestamp":"x"}"#),
         );
         assert!(matches!(
             b.apply(&mut ev),
@@ -364,8 +373,17 @@ mod tests {
         assert_eq!(ev.timestamp_ms, NOW);
         let props: serde_json::Value =
             serde_json::from_str(ev.properties.as_deref().unwrap()).unwrap();
-        assert_eq!(props["amount"], 5);
+        assert_eq!(props["amount"], 5.0);
         assert_eq!(props[ORIGINAL_TIMESTAMP_KEY], rfc3339_ms(NOW + 3_600_000));
+        // The client's text is kept as it was sent (no re-parse of its numbers).
+        assert!(
+            ev.properties
+                .as_deref()
+                .unwrap()
+                .starts_with(r#"{"amount":5e0,"#),
+            "{:?}",
+            ev.properties
+        );
         let mut ev = event(NOW - 120_000, None);
         b.apply(&mut ev);
         assert_eq!(ev.timestamp_ms, NOW);
@@ -427,6 +445,6 @@ mod tests {
         assert_eq!(format_distance(1_500), "1.500 s");
         assert_eq!(format_distance(600_000), "10 min 0 s");
         assert_eq!(format_distance(3 * 86_400_000 + 3_600_000), "3 days 1 h");
-        assert_eq!(format_distance(366 * 86_400_000), "1 year 1 day");
+        assert_eq!(format_distance(367 * 86_400_000), "1 year 1 day");
     }
 }

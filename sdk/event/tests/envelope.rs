@@ -205,3 +205,23 @@ fn events_per_request_limit_is_named() {
     assert!(p.events.is_empty());
     assert!(p.rejected[0].1.rule.contains("events_per_request_max"));
 }
+
+/// A client cannot send an event the broker would take for one its agent dead-lettered: the
+/// marker key may not open `properties` (elsewhere in the object it is an ordinary key).
+#[test]
+fn the_dead_letter_marker_is_reserved() {
+    let e = parse_event(
+        r#"{"event_id":"e","event_type":"a.b","timestamp":1,"properties":{"_runnel_dead_letter":{"kind":"event_time"}}}"#,
+        &limits(),
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "properties");
+    assert!(e.rule.contains("_runnel_dead_letter"), "{e}");
+    parse_event(
+        r#"{"event_id":"e","event_type":"a.b","timestamp":1,"properties":{"a":1,"_runnel_dead_letter":2}}"#,
+        &limits(),
+        0,
+    )
+    .unwrap();
+}

@@ -659,7 +659,7 @@ fn clocked(allowance_ms: i64) -> Engine {
     .unwrap()
 }
 
-/// One event from a clock 973 years ahead moves the watermark no further than its processing
+/// One event from a clock 972 years ahead moves the watermark no further than its processing
 /// time plus the allowance: the ordinary events after it are counted, none is late, and the
 /// far event sits in its own window.
 #[test]
