@@ -65,29 +65,10 @@ fn load(runtime: &Runtime, path: &PathBuf, limits: &Limits) -> anyhow::Result<Lo
     })
 }
 
-/// Appends an accepted event to a plugin batch.
-pub fn push_event(w: &mut BatchWriter, e: &Event) {
-    w.push(
-        e.timestamp_ms,
-        e.received_at_ms,
-        e.schema_version,
-        [
-            Some(&e.event_id),
-            Some(&e.event_type),
-            e.user_id.as_deref(),
-            e.session_id.as_deref(),
-            e.device_id.as_deref(),
-            e.platform.as_deref(),
-            e.app_version.as_deref(),
-            e.properties.as_deref(),
-        ],
-    );
-}
-
 fn to_batch(events: &[(usize, Event)]) -> Vec<u8> {
     let mut w = BatchWriter::with_capacity(events.len(), 200);
     for (_, e) in events {
-        push_event(&mut w, e);
+        runnel_event::fields::push(&mut w, e);
     }
     w.finish()
 }

@@ -488,23 +488,12 @@ async fn append_with_policy(
     }
 }
 
-/// Metric label for a rejected field: known fields by name, anything else as `unknown_field`
-/// (keeps label cardinality bounded whatever producers send).
+/// Metric label for a rejected field: the envelope's fields by name, anything else as
+/// `unknown_field` (keeps label cardinality bounded whatever producers send).
 fn field_label(field: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
-        "event_id",
-        "event_type",
-        "timestamp",
-        "user_id",
-        "session_id",
-        "device_id",
-        "platform",
-        "app_version",
-        "schema_version",
-        "properties",
-    ];
-    KNOWN
+    runnel_event::fields::TEXT_NAMES
         .iter()
+        .chain(&["timestamp", "schema_version"])
         .find(|k| **k == field)
         .copied()
         .unwrap_or("unknown_field")

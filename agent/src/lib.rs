@@ -66,13 +66,7 @@ impl RunningAgent {
 /// The agent's clock in ms since the Unix epoch: the host's plus `clock_offset_ms`. Every
 /// `received_at` and every dedup time comes from it.
 pub(crate) fn clock_ms(cfg: &AgentConfig) -> i64 {
-    host_clock_ms().saturating_add(cfg.clock_offset_ms)
-}
-
-fn host_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    runnel_event::now_ms().saturating_add(cfg.clock_offset_ms)
 }
 
 fn agent_identity(storage: &dyn Storage, cfg: &AgentConfig) -> anyhow::Result<Identity> {
@@ -286,7 +280,7 @@ async fn maintenance(
         }
         let evicted = {
             let mut d = dedup.lock().expect("lock poisoned");
-            d.expire(host_clock_ms().saturating_add(clock_offset_ms));
+            d.expire(runnel_event::now_ms().saturating_add(clock_offset_ms));
             metrics::gauge!("runnel_agent_dedup_ids").set(d.len() as f64);
             d.evicted_early()
         };

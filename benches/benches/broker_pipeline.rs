@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use runnel_benches::{machine, median};
 use runnel_broker::log::{BrokerLog, check_batch};
 use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
-use runnel_broker::registry::{Deploy, PluginLimits, Registry};
+use runnel_broker::plugins::{Deploy, PluginLimits, Registry};
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::FsStorage;
 
@@ -56,7 +56,7 @@ fn component(target: &Path, name: &str) -> Vec<u8> {
 const AGGREGATORS: &[&str] = &["events_per_type", "revenue", "unique_users"];
 
 fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
-    let sha = runnel_broker::registry::sha256_hex(wasm);
+    let sha = runnel_broker::plugins::sha256_hex(wasm);
     registry
         .deploy(
             Deploy {
@@ -71,11 +71,10 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
                 },
                 capabilities: vec![],
                 kind: if AGGREGATORS.contains(&name) {
-                    "aggregate"
+                    runnel_broker::plugins::PluginKind::Aggregate
                 } else {
-                    "enrich"
-                }
-                .into(),
+                    runnel_broker::plugins::PluginKind::Enrich
+                },
             },
             wasm,
             &sha,
@@ -144,7 +143,7 @@ fn main() {
                 deploy(&registry, &deployed, &component(&target, name));
             }
             let topic = |name: &str| {
-                runnel_broker::topic::open(Arc::new(FsStorage), &state.join(name), 128 << 20)
+                runnel_broker::topics::open(Arc::new(FsStorage), &state.join(name), 128 << 20)
                     .unwrap()
                     .0
             };

@@ -21,7 +21,7 @@ use arrow_flight::{FlightDescriptor, Ticket};
 use futures::{StreamExt, TryStreamExt};
 use runnel_benches::{machine, median};
 use runnel_broker::log::check_batch;
-use runnel_broker::registry::{Deploy, PluginLimits};
+use runnel_broker::plugins::{Deploy, PluginLimits};
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::FsStorage;
 use tonic::transport::Channel;
@@ -190,10 +190,10 @@ fn main() {
                         fuel_per_call: None,
                     },
                     capabilities: vec![],
-                    kind: "aggregate".into(),
+                    kind: runnel_broker::plugins::PluginKind::Aggregate,
                 },
                 &wasm,
-                &runnel_broker::registry::sha256_hex(&wasm),
+                &runnel_broker::plugins::sha256_hex(&wasm),
             )
             .unwrap();
         for b in 0..EVENTS / PER_BATCH {

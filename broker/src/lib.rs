@@ -1,26 +1,31 @@
-//! # runnel-broker: the central log broker
+//! # runnel-broker: the central log broker, as a library
 //!
-//! - [`config`]: every setting;
-//! - [`tls`]: the QUIC certificate (or the dev CA);
-//! - [`quic`]: the endpoint agents ship batches to;
-//! - [`log`]: the durable, idempotent event log;
-//! - [`registry`]: deployed plugins and the pipeline's committed state (redb);
-//! - [`topic`]: side topics of the log (`dead_letters`, `late_events`);
-//! - [`pipeline`]: runs the deployed enrichers and aggregators over the log;
-//! - [`aggregate`]: windowed aggregates: state, rows, what `runnel agg` shows;
-//! - [`flight`]: Arrow Flight and Flight SQL over the aggregates, recent events and side topics;
-//! - [`admin`]: the admin HTTP API (`runnel log …`, `runnel plugin …` talk to it);
+//! One folder per subsystem, each with a `//!` doc saying what it owns and what it may call:
+//!
+//! | subsystem | owns |
+//! | --- | --- |
+//! | [`ingest`] | the QUIC endpoint agents ship to, its TLS identity |
+//! | [`log`] | the durable, idempotent event log: writer, producer table, checkpoint, the one record-to-event walk |
+//! | [`topics`] | the side topics (`dead_letters`, `late_events`) and their typed entries |
+//! | [`pipeline`] | the enrichers and aggregators over the log: the step, the pure fold, the commit, the aggregates |
+//! | [`plugins`] | the plugin registry and its deploy service |
+//! | [`state`] | every redb table, listed in one place |
+//! | [`query`] | Arrow Flight and Flight SQL over the aggregates, events and side topics |
+//! | [`admin`] | the admin HTTP API, a thin layer over the others |
+//!
+//! [`config`] holds every setting; [`start`] wires the subsystems together and
+//! [`RunningBroker::shutdown`] stops them, joining every thread and task it started. The
+//! `runnel` binary (`cli/`) is the only program around it.
 
 pub mod admin;
-pub mod aggregate;
 pub mod config;
-pub mod flight;
+pub mod ingest;
 pub mod log;
 pub mod pipeline;
-pub mod quic;
-pub mod registry;
-pub mod tls;
-pub mod topic;
+pub mod plugins;
+pub mod query;
+pub mod state;
+pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +49,7 @@ pub struct RunningBroker {
     /// The log.
     pub log: log::BrokerLog,
     /// The plugin registry.
-    pub registry: registry::Registry,
+    pub registry: plugins::Registry,
     pipeline: pipeline::Pipeline,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -69,14 +74,14 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let files = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => tls::TlsFiles {
+        (Some(cert), Some(key)) => ingest::tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             dev_ca: None,
         },
-        _ => tls::ensure_dev_tls(&cfg.data_dir.join("tls"))?,
+        _ => ingest::tls::ensure_dev_tls(&cfg.data_dir.join("tls"))?,
     };
-    let server_config = tls::server_config(&files, cfg.streams_per_connection_max)?;
+    let server_config = ingest::tls::server_config(&files, cfg.streams_per_connection_max)?;
     let (log, report) = {
         let (storage, dir) = (storage.clone(), cfg.data_dir.join("log"));
         let (seg, batch, ckpt) = (
@@ -94,16 +99,16 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     metrics::counter!("runnel_broker_log_quarantined_segments_total")
         .increment(report.quarantined_segments.len() as u64);
 
-    let registry = registry::Registry::open(&cfg.data_dir)?;
+    let registry = plugins::Registry::open(&cfg.data_dir)?;
     let runtime = runnel_host::Runtime::new()
         .map_err(|e| anyhow::anyhow!("starting the plugin runtime: {e}"))?
         .with_cache_dir(registry.compiled_cache_dir());
-    let (dead_letters, dead_letters_reader) = topic::open(
+    let (dead_letters, dead_letters_reader) = topics::open(
         storage.clone(),
         &cfg.data_dir.join("topics").join("dead_letters"),
         cfg.segment_bytes_max,
     )?;
-    let (late_events, late_events_reader) = topic::open(
+    let (late_events, late_events_reader) = topics::open(
         storage.clone(),
         &cfg.data_dir.join("topics").join("late_events"),
         cfg.segment_bytes_max,
@@ -146,7 +151,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let admin_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(quic::serve(
+    tasks.push(tokio::spawn(ingest::quic::serve(
         endpoint,
         log.clone(),
         cfg.batch_bytes_max,
@@ -162,7 +167,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         registry: registry.clone(),
         runtime,
         pipeline: pipeline.shared.clone(),
-        plugin_limits: registry::PluginLimits {
+        plugin_limits: plugins::PluginLimits {
             deadline_ms: cfg.plugin_deadline_ms,
             memory_bytes_max: cfg.plugin_memory_bytes_max,
             fuel_per_call: None,
@@ -195,12 +200,12 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             .with_context(|| format!("binding flight_addr {}", cfg.flight_addr))?;
         let addr = listener.local_addr()?;
         let service =
-            arrow_flight::flight_service_server::FlightServiceServer::new(flight::Service::new(
+            arrow_flight::flight_service_server::FlightServiceServer::new(query::Service::new(
                 flight_admin,
-                flight::Settings {
+                query::Settings {
                     tokens: cfg.flight_tokens.clone(),
                     rows_max: cfg.flight_rows_max,
-                    cache: flight::CacheSettings {
+                    cache: query::CacheSettings {
                         ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),
                         final_ttl: std::time::Duration::from_millis(cfg.flight_cache_final_ttl_ms),
                         bytes_max: cfg.flight_cache_bytes_max,

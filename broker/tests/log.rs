@@ -71,7 +71,7 @@ fn open_checkpointing(dir: &Path, interval_bytes: u64) -> BrokerLog {
 
 fn ids(log: &BrokerLog) -> Vec<String> {
     let mut out = Vec::new();
-    log.read_events(0, usize::MAX, |e| out.push(e.event_id.to_string()))
+    log.read_events(0, usize::MAX, |e| out.push(e.event_id().to_string()))
         .unwrap();
     out
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use runnel_broker::log::{BrokerLog, check_batch};
 use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
-use runnel_broker::registry::{Deploy, PluginLimits, Registry};
-use runnel_broker::topic;
+use runnel_broker::plugins::{Deploy, PluginLimits, Registry};
+use runnel_broker::topics;
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::fault::{Faults, FaultyStorage};
 use runnel_segment::{FsStorage, Storage};
@@ -91,14 +91,14 @@ fn settings() -> Settings {
 
 fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &str)]) {
     let bytes = wasm(component);
-    let sha = runnel_broker::registry::sha256_hex(&bytes);
+    let sha = runnel_broker::plugins::sha256_hex(&bytes);
     registry
         .deploy(
             Deploy {
                 name: name.into(),
                 version: None,
                 policy: None,
-                kind: "enrich".into(),
+                kind: runnel_broker::plugins::PluginKind::Enrich,
                 params: params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -129,7 +129,7 @@ fn open_log(dir: &Path) -> BrokerLog {
 }
 
 fn start(dir: &Path, registry: &Registry, log: &BrokerLog, storage: Arc<dyn Storage>) -> Pipeline {
-    let (dead, _) = topic::open(storage, &dir.join("topics/dead_letters"), 1 << 20).unwrap();
+    let (dead, _) = topics::open(storage, &dir.join("topics/dead_letters"), 1 << 20).unwrap();
     start_with(dir, registry, log, dead)
 }
 
@@ -137,9 +137,9 @@ fn start_with(
     dir: &Path,
     registry: &Registry,
     log: &BrokerLog,
-    dead_letters: topic::TopicWriter,
+    dead_letters: topics::TopicWriter,
 ) -> Pipeline {
-    let (late_events, _) = topic::open(
+    let (late_events, _) = topics::open(
         Arc::new(FsStorage),
         &dir.join("topics/late_events"),
         1 << 20,
@@ -167,14 +167,14 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn dead_letter_ids(dir: &Path) -> Vec<String> {
-    let (_, reader) = topic::open(
+    let (_, reader) = topics::open(
         Arc::new(FsStorage),
         &dir.join("topics/dead_letters"),
         1 << 20,
     )
     .unwrap();
     let mut ids = Vec::new();
-    topic::read_entries(&reader, 0, usize::MAX, |e| {
+    topics::read_entries(&reader, 0, usize::MAX, |e| {
         let v: serde_json::Value = serde_json::from_slice(e).unwrap();
         ids.push(v["event"]["event_id"].as_str().unwrap().to_string());
     })
@@ -240,7 +240,7 @@ async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_writt
 
     let faults = Faults::new();
     let faulty: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
-    let (dead, _) = topic::open(faulty, &d.join("topics/dead_letters"), 1 << 20).unwrap();
+    let (dead, _) = topics::open(faulty, &d.join("topics/dead_letters"), 1 << 20).unwrap();
     faults.set_fail_sync(true);
     let pipeline = start_with(d, &registry, &log, dead);
     let shared = pipeline.shared.clone();
@@ -313,14 +313,14 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
     let faults = Faults::new();
     let registry = Registry::open_with(d, Some(faults.clone())).unwrap();
     let bytes = wasm("count_by_type");
-    let sha = runnel_broker::registry::sha256_hex(&bytes);
+    let sha = runnel_broker::plugins::sha256_hex(&bytes);
     registry
         .deploy(
             Deploy {
                 name: "per_type".into(),
                 version: None,
                 policy: None,
-                kind: "aggregate".into(),
+                kind: runnel_broker::plugins::PluginKind::Aggregate,
                 params: Vec::new(),
                 limits: PluginLimits {
                     deadline_ms: 200,

@@ -62,12 +62,6 @@ fn parse_scenario(s: &str) -> anyhow::Result<Option<runnel_gen::Scenario>> {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Posts a generated stream to the agent in real time: `rate` events a second, one request
 /// every 100 ms, event times around now with the generator's out-of-order (10%), within-lateness
 /// (2%) and beyond-lateness (1%) events, so windows can be watched filling and finalizing.
@@ -75,7 +69,7 @@ async fn generate(ingest: String, scenario: runnel_gen::Scenario, rate: u32) {
     let client = reqwest::Client::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let per_tick = (rate / 10).max(1) as usize;
-    let mut seed = now_ms() as u64;
+    let mut seed = runnel_event::now_ms() as u64;
     let mut warned = false;
     loop {
         tick.tick().await;
@@ -83,7 +77,7 @@ async fn generate(ingest: String, scenario: runnel_gen::Scenario, rate: u32) {
             seed,
             scenario,
             events: per_tick,
-            start_ms: now_ms() - 100,
+            start_ms: runnel_event::now_ms() - 100,
             rate_per_sec: rate.max(1),
             sources: 1,
             ..runnel_gen::Config::default()

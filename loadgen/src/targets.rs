@@ -11,12 +11,7 @@ use runnel_event::{AckStatus, Batch, BatchAck, BodyFormat, Chunk, EnvelopeLimits
 use crate::engine::{Sent, Target};
 use crate::workload::Workload;
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use runnel_event::now_ms;
 
 /// `POST /v1/events` on an agent.
 #[derive(Debug)]

@@ -15,6 +15,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use runnel_batch::{BatchView, BatchWriter};
 use runnel_event::EnvelopeLimits;
+use runnel_event::fields::EventView;
 use runnel_host::{Fate, Runtime};
 use serde::Deserialize;
 
@@ -141,9 +142,9 @@ impl Manifest {
         let m: Self =
             toml::from_str(&text).with_context(|| format!("manifest {}", path.display()))?;
         let ctx = |e: String| anyhow::anyhow!("manifest {}: {e}", path.display());
-        runnel_broker::registry::check_name(&m.name).map_err(ctx)?;
+        runnel_broker::plugins::check_name(&m.name).map_err(ctx)?;
         if let Some(v) = &m.version {
-            runnel_broker::registry::check_version(v).map_err(ctx)?;
+            runnel_broker::plugins::check_version(v).map_err(ctx)?;
         }
         if !KINDS.contains(&m.kind.as_str()) {
             return Err(ctx(format!("kind: {:?} is not one of {KINDS:?}", m.kind)));
@@ -159,7 +160,7 @@ impl Manifest {
         }
         runnel_host::Capabilities::parse(m.capabilities.iter().map(String::as_str)).map_err(ctx)?;
         if let Some(p) = &m.policy {
-            p.parse::<runnel_broker::registry::Policy>().map_err(ctx)?;
+            p.parse::<runnel_broker::plugins::Policy>().map_err(ctx)?;
         }
         Ok(m)
     }
@@ -245,7 +246,7 @@ const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
 
 /// `runnel plugin new`: writes a project in `dir` (which must not exist or be empty).
 pub fn new_project(dir: &Path, name: &str, kind: &str, lang: &str) -> anyhow::Result<()> {
-    runnel_broker::registry::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    runnel_broker::plugins::check_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !KINDS.contains(&kind) {
         bail!("--kind: {kind:?} is not one of {KINDS:?}");
     }
@@ -576,9 +577,7 @@ pub fn test(
         }
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", wasm.display())),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = runnel_event::now_ms();
     let (rows, batch) = parse_lines(&text, now);
     let mut summary = TestSummary {
         lines: rows.len(),
@@ -601,8 +600,8 @@ pub fn test(
             Ok(i) => match &result.fates[i] {
                 Fate::Keep => {
                     summary.passed += 1;
-                    let ev =
-                        runnel_broker::pipeline::event_view(&view.event(i), i as u64, host, host);
+                    let e = view.event(i);
+                    let ev = EventView::new(&e, i as u64, host, host);
                     serde_json::json!({"line": line, "fate": "keep", "event": ev})
                 }
                 Fate::Replace(n) => {
@@ -611,7 +610,7 @@ pub fn test(
                         .as_ref()
                         .expect("replacements exist")
                         .event(*n as usize);
-                    let ev = runnel_broker::pipeline::event_view(&r, i as u64, host, host);
+                    let ev = EventView::new(&r, i as u64, host, host);
                     serde_json::json!({"line": line, "fate": "replace", "event": ev})
                 }
                 Fate::Drop(reason) => {
@@ -645,7 +644,7 @@ fn parse_lines(text: &str, now: i64) -> (Lines, Vec<u8>) {
         }
         match runnel_event::parse_event(line, &env_limits, now) {
             Ok(e) => {
-                runnel_agent::edge::push_event(&mut w, &e);
+                runnel_event::fields::push(&mut w, &e);
                 rows.push((n + 1, Ok(w.len() - 1)));
             }
             Err(e) => rows.push((n + 1, Err(e.to_string()))),
@@ -679,9 +678,7 @@ fn test_aggregator(
     out: &mut impl Write,
 ) -> anyhow::Result<TestSummary> {
     use runnel_window::{Engine, Input, Settings};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = runnel_event::now_ms();
     let (lines, batch) = parse_lines(text, now);
     let mut summary = TestSummary {
         lines: lines.len(),

@@ -520,40 +520,6 @@ pub fn parse_body(
     out
 }
 
-/// An event rendered for people and tools (`runnel log read`): every envelope field, with the
-/// timestamps as RFC 3339 UTC strings and `properties` as a JSON object.
-#[derive(serde::Serialize)]
-pub struct EventView<'a> {
-    /// Log offset.
-    pub offset: u64,
-    /// See [`Event::event_id`].
-    pub event_id: &'a str,
-    /// See [`Event::event_type`].
-    pub event_type: &'a str,
-    /// Event time, RFC 3339 UTC with milliseconds.
-    pub timestamp: String,
-    /// Acceptance time at the agent, RFC 3339 UTC with milliseconds.
-    pub received_at: String,
-    /// The agent that accepted it.
-    pub agent_id: &'a str,
-    /// The host that agent runs on.
-    pub host: &'a str,
-    /// See [`Event::schema_version`].
-    pub schema_version: u32,
-    /// See [`Event::user_id`].
-    pub user_id: Option<&'a str>,
-    /// See [`Event::session_id`].
-    pub session_id: Option<&'a str>,
-    /// See [`Event::device_id`].
-    pub device_id: Option<&'a str>,
-    /// See [`Event::platform`].
-    pub platform: Option<&'a str>,
-    /// See [`Event::app_version`].
-    pub app_version: Option<&'a str>,
-    /// See [`Event::properties`].
-    pub properties: Option<&'a RawValue>,
-}
-
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

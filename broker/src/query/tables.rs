@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::admin::Admin;
-use crate::aggregate::{self, AggInfo, ReadError};
+use crate::pipeline::aggregates::{self as aggregate, AggInfo, ReadError};
 
 /// The tables that are not aggregates.
 pub const FIXED_TABLES: &[&str] = &["events", "dead_letters", "late_events"];
@@ -396,25 +396,22 @@ pub fn aggregate_schema(info: &AggInfo) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
-/// The schema of `events`.
+/// The schema of `events`: the columns of a stored event ([`runnel_event::fields::COLUMNS`]).
 pub fn events_schema() -> SchemaRef {
-    let text = |n: &str, nullable: bool| Field::new(n, DataType::Utf8, nullable);
-    Arc::new(Schema::new(vec![
-        Field::new("offset", DataType::UInt64, false),
-        text("event_id", false),
-        text("event_type", false),
-        ts_field("timestamp"),
-        ts_field("received_at"),
-        text("agent_id", false),
-        text("host", false),
-        Field::new("schema_version", DataType::UInt32, false),
-        text("user_id", true),
-        text("session_id", true),
-        text("device_id", true),
-        text("platform", true),
-        text("app_version", true),
-        text("properties", true),
-    ]))
+    use runnel_event::fields::{COLUMNS, Column};
+    Arc::new(Schema::new(
+        COLUMNS
+            .iter()
+            .map(|c| match c {
+                Column::Offset => Field::new(c.name(), DataType::UInt64, false),
+                Column::SchemaVersion => Field::new(c.name(), DataType::UInt32, false),
+                Column::Timestamp | Column::ReceivedAt => ts_field(c.name()),
+                Column::Text(_) | Column::AgentId | Column::Host => {
+                    Field::new(c.name(), DataType::Utf8, c.nullable())
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The schema of `dead_letters` and `late_events`.
@@ -432,7 +429,7 @@ type RowParts = (Vec<String>, Vec<serde_json::Value>, i64, i64, bool);
 fn aggregate_batches(
     schema: &SchemaRef,
     info: &AggInfo,
-    rows: &[(crate::registry::FinalRow, bool)],
+    rows: &[(crate::plugins::FinalRow, bool)],
     filters: &BTreeMap<String, String>,
     limit: usize,
 ) -> Result<Vec<RecordBatch>, Status> {
@@ -528,54 +525,76 @@ fn aggregate_batches(
     Ok(out)
 }
 
+/// One Arrow builder per column of [`runnel_event::fields::COLUMNS`], in order.
+enum ColumnBuilder {
+    U64(UInt64Builder),
+    U32(UInt32Builder),
+    Time(TimestampMillisecondBuilder),
+    Text(StringBuilder),
+}
+
 struct EventColumns {
-    offset: UInt64Builder,
-    text: Vec<StringBuilder>,
-    timestamp: TimestampMillisecondBuilder,
-    received_at: TimestampMillisecondBuilder,
-    schema_version: UInt32Builder,
-    rows: usize,
+    columns: Vec<(runnel_event::fields::Column, ColumnBuilder)>,
 }
 
 impl EventColumns {
     fn new() -> Self {
-        Self {
-            offset: UInt64Builder::new(),
-            // event_id, event_type, agent_id, host, user_id, session_id, device_id, platform,
-            // app_version, properties
-            text: (0..10).map(|_| StringBuilder::new()).collect(),
-            timestamp: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            received_at: TimestampMillisecondBuilder::new().with_timezone("UTC"),
-            schema_version: UInt32Builder::new(),
-            rows: 0,
+        use runnel_event::fields::{COLUMNS, Column};
+        let columns = COLUMNS
+            .iter()
+            .map(|c| {
+                let b = match c {
+                    Column::Offset => ColumnBuilder::U64(UInt64Builder::new()),
+                    Column::SchemaVersion => ColumnBuilder::U32(UInt32Builder::new()),
+                    Column::Timestamp | Column::ReceivedAt => {
+                        ColumnBuilder::Time(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+                    }
+                    Column::Text(_) | Column::AgentId | Column::Host => {
+                        ColumnBuilder::Text(StringBuilder::new())
+                    }
+                };
+                (*c, b)
+            })
+            .collect();
+        Self { columns }
+    }
+
+    /// Appends one stored event.
+    fn push(
+        &mut self,
+        ev: &impl runnel_event::fields::EventFields,
+        offset: u64,
+        agent_id: &str,
+        host: &str,
+    ) {
+        use runnel_event::fields::Column;
+        for (c, b) in &mut self.columns {
+            match (c, b) {
+                (Column::Offset, ColumnBuilder::U64(b)) => b.append_value(offset),
+                (Column::SchemaVersion, ColumnBuilder::U32(b)) => {
+                    b.append_value(ev.schema_version())
+                }
+                (Column::Timestamp, ColumnBuilder::Time(b)) => b.append_value(ev.timestamp_ms()),
+                (Column::ReceivedAt, ColumnBuilder::Time(b)) => b.append_value(ev.received_at_ms()),
+                (Column::Text(f), ColumnBuilder::Text(b)) => b.append_option(ev.text(*f)),
+                (Column::AgentId, ColumnBuilder::Text(b)) => b.append_value(agent_id),
+                (Column::Host, ColumnBuilder::Text(b)) => b.append_value(host),
+                _ => unreachable!("each column has the builder `new` gave it"),
+            }
         }
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, Status> {
-        let mut t: Vec<ArrayRef> = self
-            .text
+        let cols: Vec<ArrayRef> = self
+            .columns
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .map(|(_, b)| match b {
+                ColumnBuilder::U64(b) => Arc::new(b.finish()) as ArrayRef,
+                ColumnBuilder::U32(b) => Arc::new(b.finish()) as ArrayRef,
+                ColumnBuilder::Time(b) => Arc::new(b.finish()) as ArrayRef,
+                ColumnBuilder::Text(b) => Arc::new(b.finish()) as ArrayRef,
+            })
             .collect();
-        let mut take =
-            |i: usize| std::mem::replace(&mut t[i], Arc::new(arrow_array::NullArray::new(0)));
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.offset.finish()),
-            take(0),
-            take(1),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.received_at.finish()),
-            take(2),
-            take(3),
-            Arc::new(self.schema_version.finish()),
-            take(4),
-            take(5),
-            take(6),
-            take(7),
-            take(8),
-            take(9),
-        ];
-        self.rows = 0;
         RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| Status::internal(format!("building a batch: {e}")))
     }
@@ -658,7 +677,6 @@ fn build_events(
     from: u64,
     to: u64,
 ) -> Result<RecordBatch, Status> {
-    use runnel_batch::Field as F;
     let mut cols = EventColumns::new();
     let mut next = from;
     while next < to {
@@ -675,28 +693,8 @@ fn build_events(
             if src.offsets[i] >= to {
                 break;
             }
-            let ev = view.event(i);
             let (agent_id, host) = &src.origins[src.origin[i] as usize];
-            let values: [Option<&str>; 10] = [
-                Some(ev.event_id()),
-                Some(ev.event_type()),
-                Some(agent_id.as_str()),
-                Some(host.as_str()),
-                ev.user_id(),
-                ev.field(F::SessionId),
-                ev.field(F::DeviceId),
-                ev.field(F::Platform),
-                ev.field(F::AppVersion),
-                ev.properties(),
-            ];
-            cols.offset.append_value(src.offsets[i]);
-            for (b, v) in cols.text.iter_mut().zip(values) {
-                b.append_option(v);
-            }
-            cols.timestamp.append_value(ev.timestamp_ms());
-            cols.received_at.append_value(ev.received_at_ms());
-            cols.schema_version.append_value(ev.schema_version());
-            cols.rows += 1;
+            cols.push(&view.event(i), src.offsets[i], agent_id, host);
         }
         next = src.next;
     }
@@ -741,11 +739,17 @@ fn events_batches(
         };
         block += 1;
         // From `start` on.
-        let offsets = batch.column(0).as_primitive::<UInt64Type>();
+        let offsets = batch
+            .column_by_name("offset")
+            .expect("events has an offset column")
+            .as_primitive::<UInt64Type>();
         let first = offsets.values().partition_point(|o| *o < start);
         let mut batch = batch.slice(first, batch.num_rows() - first);
         if filtered {
-            let ts = batch.column(3).as_primitive::<TimestampMillisecondType>();
+            let ts = batch
+                .column_by_name("timestamp")
+                .expect("events has a timestamp column")
+                .as_primitive::<TimestampMillisecondType>();
             let mut keep: Vec<bool> = ts.values().iter().map(|t| *t >= from && *t < to).collect();
             for (column, value) in filters {
                 let c = batch
@@ -790,7 +794,7 @@ fn topic_batches(
     let mut entries = StringBuilder::new();
     let mut n = 0;
     let mut bad = None;
-    crate::topic::read_entries(reader, from, limit, |line| {
+    crate::topics::read_entries(reader, from, limit, |line| {
         let Ok(e) = serde_json::from_slice::<Entry>(line) else {
             bad = Some(String::from_utf8_lossy(line).into_owned());
             return;

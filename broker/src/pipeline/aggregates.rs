@@ -14,9 +14,8 @@
 
 use runnel_host::Aggregator;
 use runnel_window::{Engine, MeasureKind, Row, Schema, Value};
-use serde::Serialize;
 
-use crate::registry::{AggregateMeta, FinalRow, PluginRecord};
+use crate::plugins::{AggregateMeta, FinalRow, PluginRecord};
 
 /// What the pipeline runs for one aggregator.
 pub struct AggRun {
@@ -132,52 +131,9 @@ pub fn row_json(meta: &AggregateMeta, row: &FinalRow, is_final: bool) -> serde_j
     serde_json::Value::Object(out)
 }
 
-/// One aggregate as `runnel agg list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct AggInfo {
-    /// Plugin name (the table's name).
-    pub name: String,
-    /// Active version.
-    pub version: String,
-    /// `running` or `paused`.
-    pub status: String,
-    /// The window (`tumbling 1m`, `calendar month Africa/Nairobi`, ...).
-    pub window: String,
-    /// Allowed lateness.
-    pub allowed_lateness_ms: i64,
-    /// Columns of its rows, in order.
-    pub columns: Vec<String>,
-    /// Dimension columns.
-    pub dimensions: Vec<String>,
-    /// Measures and their kinds.
-    pub measures: Vec<(String, String)>,
-    /// The watermark the engine has applied (RFC 3339), if any.
-    pub watermark: Option<String>,
-    /// Processing time (the latest receive time) minus the watermark, in milliseconds.
-    pub watermark_lag_ms: Option<i64>,
-    /// Log events not yet through the pipeline.
-    pub lag_events: u64,
-    /// Open panes or sessions.
-    pub open_windows: usize,
-    /// Approximate bytes of window state.
-    pub state_bytes: usize,
-    /// Events whose rows all fell in final windows (sent to `late_events`).
-    pub late_events: u64,
-    /// Rows refused by a window limit, by limit (their events are in `dead_letters`).
-    pub refused: std::collections::BTreeMap<String, u64>,
-    /// Agents whose clock ran ahead of the broker's by more than `agent_clock_skew_max_ms` in
-    /// their last batch: their events are judged by the broker's clock.
-    pub clock_skewed_agents: Vec<ClockSkew>,
-}
-
-/// An agent whose clock runs ahead of the broker's.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClockSkew {
-    /// The agent.
-    pub agent: String,
-    /// How far its `received_at` ran ahead of the broker's append time, in ms.
-    pub ahead_ms: i64,
-}
+/// One aggregate as `runnel agg list` shows it, and an agent whose clock runs ahead (the admin
+/// API's types).
+pub use runnel_client::api::{AggInfo, ClockSkew};
 
 /// An aggregate's schema and the rows the pipeline holds, each with `is_final`.
 pub type HeldRows = (AggregateMeta, Vec<(FinalRow, bool)>);
@@ -200,7 +156,7 @@ pub enum Query {
 pub fn info(
     record: &PluginRecord,
     run: &AggRun,
-    stats: &crate::registry::PluginStats,
+    stats: &crate::plugins::PluginStats,
     lag_events: u64,
 ) -> AggInfo {
     let schema = run.engine.schema();
@@ -253,7 +209,7 @@ pub enum ReadError {
 
 /// Asks the pipeline thread a question and waits for the answer.
 pub async fn ask<T>(
-    shared: &crate::pipeline::Shared,
+    shared: &super::Shared,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Query,
 ) -> Result<T, ReadError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -268,7 +224,7 @@ pub async fn ask<T>(
 }
 
 /// Every running aggregate.
-pub async fn list(shared: &crate::pipeline::Shared) -> Result<Vec<AggInfo>, ReadError> {
+pub async fn list(shared: &super::Shared) -> Result<Vec<AggInfo>, ReadError> {
     ask(shared, Query::List).await
 }
 
@@ -276,8 +232,8 @@ pub async fn list(shared: &crate::pipeline::Shared) -> Result<Vec<AggInfo>, Read
 /// order, at most `limit`, each with `is_final`: committed final rows (redb), final rows not
 /// yet committed and the rows of open windows (from the pipeline thread).
 pub async fn read_rows(
-    shared: &crate::pipeline::Shared,
-    registry: &crate::registry::Registry,
+    shared: &super::Shared,
+    registry: &crate::plugins::Registry,
     name: &str,
     from: i64,
     to: i64,

@@ -1,18 +1,15 @@
-//! The plugin registry and the pipeline's committed state, in one redb database
-//! (`DATA_DIR/state.redb`).
+//! # plugins: the plugin registry and its deploy service
 //!
-//! ## Tables
-//! - `plugins`: name → JSON [`PluginRecord`] (every deployed version, the active one, status,
-//!   policy, order).
-//! - `plugin_stats`: name → JSON [`PluginStats`], written only by the pipeline, in the same
-//!   transaction as its consumer offset, so the counts describe exactly the events before that
-//!   offset (after a crash the pipeline resumes from the offset and counts nothing twice).
-//! - `meta`: `pipeline_offset` (the first log offset the pipeline has not processed),
-//!   `next_position` (deploy order).
+//! Deploys (a new version of a plugin, its component stored first, then named), pause,
+//! resume, remove, and the pipeline's committed state, all in `DATA_DIR/state.redb` through the
+//! tables of [`crate::state`].
 //!
-//! Component bytes live beside the database in `DATA_DIR/plugins/NAME/SHA256.wasm`, written and
-//! fsynced before the registry names them. Compiled components are cached in
-//! `DATA_DIR/plugins/.compiled/`.
+//! May call: [`crate::state`]. The pipeline and the admin API call it.
+//!
+//! The counts of every plugin (`plugin_stats`) are written only by the pipeline, in the same
+//! transaction as its consumer offset, so they describe exactly the events before that offset
+//! (after a crash the pipeline resumes from the offset and counts nothing twice). Component
+//! bytes are written through the storage seam, durably, before the registry names them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,20 +17,52 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use runnel_segment::Storage;
 use serde::{Deserialize, Serialize};
 
-const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
-const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_stats");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Window-engine snapshots of the aggregators, by name (committed with the pipeline offset).
-const AGG_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_state");
-/// Each aggregator's schema and identity ([`AggregateMeta`] as JSON), by name.
-const AGG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_meta");
-/// Final rows: (aggregate, window start, window end, dimension values as a JSON array) to
-/// the measure values as a JSON array.
-const AGG_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
-    TableDefinition::new("aggregate_rows");
+use crate::state::{
+    AGG_META, AGG_ROWS, AGG_STATE, FaultyBackend, META, PLUGINS, STATS, from_json, to_json,
+};
+
+/// What a plugin is: which world of the contract it implements, and where the pipeline runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// An enricher (`enricher` world): keeps, replaces or drops events, in deploy order.
+    #[default]
+    Enrich,
+    /// An aggregator (`aggregator` world): maps events to rows the host folds into windows.
+    Aggregate,
+}
+
+impl PluginKind {
+    /// The kind's name (`enrich`, `aggregate`), as manifests and the admin API say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enrich => "enrich",
+            Self::Aggregate => "aggregate",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PluginKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enrich" => Ok(Self::Enrich),
+            "aggregate" => Ok(Self::Aggregate),
+            _ => Err(format!("kind: {s:?} is not one of enrich, aggregate")),
+        }
+    }
+}
 
 /// What the pipeline does with events while a plugin is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -104,8 +133,9 @@ pub struct PluginVersion {
 pub struct PluginRecord {
     /// Unique name.
     pub name: String,
-    /// `enrich` (aggregators arrive with windowed aggregation).
-    pub kind: String,
+    /// Enricher or aggregator.
+    #[serde(default)]
+    pub kind: PluginKind,
     /// Order in the pipeline (deploy order of the first version).
     pub position: u64,
     /// What happens to events while it is paused.
@@ -184,8 +214,8 @@ pub struct Deploy {
     pub limits: PluginLimits,
     /// Capabilities granted.
     pub capabilities: Vec<String>,
-    /// `enrich` or `aggregate` (what the component turned out to be).
-    pub kind: String,
+    /// What the component turned out to be.
+    pub kind: PluginKind,
 }
 
 /// An aggregator's schema as the pipeline last ran it, with the plugin's identity.
@@ -287,75 +317,13 @@ pub struct Registry {
     db: Arc<Database>,
     dir: PathBuf,
     generation: Arc<AtomicU64>,
+    /// Component files go through the storage seam.
+    storage: Arc<dyn Storage>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry").field("dir", &self.dir).finish()
-    }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("serializing to memory")
-}
-
-fn from_json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
-    serde_json::from_slice(bytes).with_context(|| format!("state.redb: unreadable {what}"))
-}
-
-/// A redb storage backend that fails on command: the seam through which tests inject an fsync
-/// or write failure into the registry and the pipeline's commits.
-#[derive(Debug)]
-pub struct FaultyBackend {
-    inner: redb::backends::FileBackend,
-    faults: Arc<runnel_segment::fault::Faults>,
-}
-
-impl FaultyBackend {
-    /// Wraps the file backend of `path`; `faults.fail_sync` makes every sync and write fail.
-    pub fn open(path: &Path, faults: Arc<runnel_segment::fault::Faults>) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        Ok(Self {
-            inner: redb::backends::FileBackend::new(file)?,
-            faults,
-        })
-    }
-
-    fn check(&self) -> std::io::Result<()> {
-        if self.faults.fail_sync.load(Ordering::SeqCst) {
-            self.faults.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(std::io::Error::other("injected storage failure"));
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for FaultyBackend {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> std::io::Result<()> {
-        self.inner.close()
     }
 }
 
@@ -373,11 +341,17 @@ impl Registry {
         let dir = data_dir.join("plugins");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = data_dir.join("state.redb");
-        let db = match faults {
-            None => Database::create(&path),
-            Some(f) => redb::Builder::new().create_with_backend(FaultyBackend::open(&path, f)?),
-        }
-        .with_context(|| format!("opening {}", path.display()))?;
+        let (db, storage): (_, Arc<dyn Storage>) = match faults {
+            None => (Database::create(&path), Arc::new(runnel_segment::FsStorage)),
+            Some(f) => (
+                redb::Builder::new().create_with_backend(FaultyBackend::open(&path, f.clone())?),
+                Arc::new(runnel_segment::fault::FaultyStorage::new(
+                    runnel_segment::FsStorage,
+                    f,
+                )),
+            ),
+        };
+        let db = db.with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
         {
             txn.open_table(PLUGINS)?;
@@ -389,6 +363,7 @@ impl Registry {
             db: Arc::new(db),
             dir,
             generation: Arc::new(AtomicU64::new(1)),
+            storage,
         })
     }
 
@@ -459,7 +434,10 @@ impl Registry {
     ) -> Result<(PluginRecord, bool), RegistryError> {
         let path = self.wasm_path(&req.name, sha256);
         if !path.exists() {
-            write_durably(&path, wasm).map_err(anyhow::Error::from)?;
+            self.storage
+                .create_dir_all(path.parent().expect("a file in a directory"))
+                .and_then(|()| self.storage.write_atomic(&path, wasm))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         let txn = self.db.begin_write().map_err(anyhow::Error::from)?;
         let (record, changed) = {
@@ -479,7 +457,7 @@ impl Registry {
                 version,
                 sha256: sha256.to_string(),
                 wasm_bytes: wasm.len() as u64,
-                deployed_at: runnel_event::envelope::rfc3339_ms(now_ms()),
+                deployed_at: runnel_event::envelope::rfc3339_ms(runnel_event::now_ms()),
                 params: req.params.clone(),
                 limits: req.limits,
                 capabilities: req.capabilities.clone(),
@@ -496,7 +474,7 @@ impl Registry {
                     (
                         PluginRecord {
                             name: req.name.clone(),
-                            kind: req.kind.clone(),
+                            kind: req.kind,
                             position,
                             policy: req.policy.unwrap_or_default(),
                             status: Status::Running,
@@ -509,7 +487,7 @@ impl Registry {
                 }
                 Some(rec) if rec.kind != req.kind => {
                     return Err(RegistryError::Conflict(format!(
-                        "component: {} is deployed as kind {:?} and this component is kind {:?}; remove it first",
+                        "component: {} is deployed as kind {} and this component is kind {}; remove it first",
                         req.name, rec.kind, req.kind
                     )));
                 }
@@ -802,28 +780,4 @@ fn pause_in(plugins: &mut redb::Table<'_, &str, &[u8]>, p: &Pause) -> anyhow::Re
         }
         _ => Ok(false),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Writes `bytes` to `path` (temp file, fsync, rename, fsync of the directory).
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir)?;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = path.with_extension(format!(
-        "tmp{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }

@@ -1,4 +1,9 @@
-//! The broker's admin HTTP API.
+//! # admin: the broker's admin HTTP API, a thin layer over the services
+//!
+//! Each handler checks its request, calls the owning subsystem (log, topics, plugins,
+//! pipeline) and answers with the types of `runnel_client::api`.
+//!
+//! May call: every subsystem's public API; nothing calls it.
 //!
 //! - `GET /v1/log/stats`: one JSON object (see [`crate::log::Stats`]).
 //! - `GET /v1/log/read?from=OFFSET&limit=N`: NDJSON, one stored event per line with its
@@ -25,7 +30,7 @@ use serde::Deserialize;
 
 use crate::log::BrokerLog;
 use crate::pipeline;
-use crate::registry::{self, Deploy, PluginLimits, Registry, RegistryError, Status};
+use crate::plugins::{self, Deploy, PluginLimits, Registry, RegistryError, Status};
 
 /// Shared state of the admin handlers.
 pub struct Admin {
@@ -114,10 +119,10 @@ async fn read(
         ));
     }
     let topic = q.topic.unwrap_or_else(|| "events".into());
-    if !crate::topic::TOPICS.contains(&topic.as_str()) {
+    if !crate::topics::TOPICS.contains(&topic.as_str()) {
         return bad_request(format!(
             "topic: {topic:?} is not one of {:?}",
-            crate::topic::TOPICS
+            crate::topics::TOPICS
         ));
     }
     let (log, from) = (a.log.clone(), q.from.unwrap_or(0));
@@ -129,7 +134,7 @@ async fn read(
     let result = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         if let Some(reader) = side {
-            crate::topic::read_entries(&reader, from, limit, |entry| {
+            crate::topics::read_entries(&reader, from, limit, |entry| {
                 out.extend_from_slice(entry);
                 out.push(b'\n');
             })
@@ -179,58 +184,28 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
     }
 }
 
-/// One plugin in `GET /v1/plugins` (and `runnel plugin list`).
-#[derive(Debug, serde::Serialize)]
-pub struct PluginInfo {
-    /// Name.
-    pub name: String,
-    /// The active version.
-    pub version: String,
-    /// `enrich`.
-    pub kind: String,
-    /// `running` or `paused`.
-    pub status: Status,
-    /// Why it is paused.
-    pub paused_reason: Option<String>,
-    /// `hold` or `skip`.
-    pub policy: registry::Policy,
-    /// Events passed to it.
-    pub events_in: u64,
-    /// Events it passed on.
-    pub events_out: u64,
-    /// Events it dropped.
-    pub dropped: u64,
-    /// Events it failed on (in `dead_letters`).
-    pub errors: u64,
-    /// Failed calls.
-    pub traps: u64,
-    /// The last failure.
-    pub last_error: Option<String>,
-    /// The longest call, in milliseconds.
-    pub slowest_call_ms: f64,
-    /// Events in the log the pipeline has not processed yet.
-    pub lag: u64,
-    /// The active version's limits.
-    pub limits: PluginLimits,
-    /// Every version, oldest first, with the events each processed.
-    pub versions: Vec<VersionInfo>,
+use runnel_client::api::{PausePolicy, PluginInfo, PluginStatus, VersionInfo};
+
+fn api_status(s: Status) -> PluginStatus {
+    match s {
+        Status::Running => PluginStatus::Running,
+        Status::Paused => PluginStatus::Paused,
+    }
 }
 
-/// One version in [`PluginInfo`].
-#[derive(Debug, serde::Serialize)]
-pub struct VersionInfo {
-    /// Label.
-    pub version: String,
-    /// SHA-256 of the component.
-    pub sha256: String,
-    /// When it was deployed.
-    pub deployed_at: String,
-    /// Its `init` parameters.
-    pub params: Vec<(String, String)>,
-    /// Capabilities granted.
-    pub capabilities: Vec<String>,
-    /// Events passed to it.
-    pub events_in: u64,
+fn api_policy(p: plugins::Policy) -> PausePolicy {
+    match p {
+        plugins::Policy::Hold => PausePolicy::Hold,
+        plugins::Policy::Skip => PausePolicy::Skip,
+    }
+}
+
+fn api_limits(l: PluginLimits) -> runnel_client::api::Limits {
+    runnel_client::api::Limits {
+        deadline_ms: l.deadline_ms,
+        memory_bytes_max: l.memory_bytes_max,
+        fuel_per_call: l.fuel_per_call,
+    }
 }
 
 fn registry_error(e: RegistryError) -> Response {
@@ -258,10 +233,10 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
             let limits = p.active_version().limits;
             PluginInfo {
                 version: p.active.clone(),
-                kind: p.kind.clone(),
-                status: p.status,
+                kind: p.kind.to_string(),
+                status: api_status(p.status),
                 paused_reason: p.paused_reason.clone(),
-                policy: p.policy,
+                policy: api_policy(p.policy),
                 events_in: s.events_in,
                 events_out: s.events_out,
                 dropped: s.dropped,
@@ -270,7 +245,7 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                 last_error: s.last_error.clone(),
                 slowest_call_ms: s.slowest_call_ms,
                 lag,
-                limits,
+                limits: api_limits(limits),
                 versions: p
                     .versions
                     .iter()
@@ -305,7 +280,7 @@ fn parse_deploy(
     ceilings: PluginLimits,
     capabilities_allowed: &[String],
 ) -> Result<Deploy, String> {
-    registry::check_name(name)?;
+    plugins::check_name(name)?;
     let mut req = Deploy {
         name: name.to_string(),
         version: None,
@@ -313,7 +288,7 @@ fn parse_deploy(
         params: Vec::new(),
         limits: ceilings,
         capabilities: Vec::new(),
-        kind: "enrich".into(),
+        kind: plugins::PluginKind::Enrich,
     };
     let num = |k: &str, v: &str| {
         v.parse::<u64>()
@@ -322,7 +297,7 @@ fn parse_deploy(
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "version" => {
-                registry::check_version(&v)?;
+                plugins::check_version(&v)?;
                 req.version = Some(v.into_owned());
             }
             "policy" => req.policy = Some(v.parse()?),
@@ -391,7 +366,7 @@ async fn deploy_plugin(
     };
     let a2 = a.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let sha = registry::sha256_hex(&body);
+        let sha = plugins::sha256_hex(&body);
         // Load it exactly as the pipeline will: a component that fails here is refused.
         let limits = pipeline::host_limits(&req.limits, &req.capabilities, a2.isolation);
         let mut req = req;
@@ -399,7 +374,7 @@ async fn deploy_plugin(
             .runtime
             .load_enricher(&req.name, &body, req.params.clone(), limits.clone())
         {
-            Ok(_) => req.kind = "enrich".into(),
+            Ok(_) => req.kind = plugins::PluginKind::Enrich,
             Err(e @ runnel_host::LoadError::Invalid(_)) => {
                 // Not an enricher: perhaps an aggregator. If it is one that fails to load
                 // (its init refuses, its schema is invalid), that is the error to show.
@@ -407,7 +382,7 @@ async fn deploy_plugin(
                     .runtime
                     .load_aggregator(&req.name, &body, req.params.clone(), limits)
                 {
-                    Ok(_) => req.kind = "aggregate".into(),
+                    Ok(_) => req.kind = plugins::PluginKind::Aggregate,
                     Err(runnel_host::LoadError::Invalid(_)) => {
                         return Err(bad_request(format!("component: {e}")));
                     }
@@ -492,8 +467,8 @@ async fn remove_plugin(
     }
 }
 
-fn read_error(e: crate::aggregate::ReadError) -> Response {
-    use crate::aggregate::ReadError;
+fn read_error(e: crate::pipeline::aggregates::ReadError) -> Response {
+    use crate::pipeline::aggregates::ReadError;
     let status = match &e {
         ReadError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ReadError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -508,7 +483,7 @@ fn read_error(e: crate::aggregate::ReadError) -> Response {
 
 /// `GET /v1/aggregates`: every running aggregate (name, window, columns, watermark, lag).
 async fn list_aggregates(State(a): State<Arc<Admin>>) -> Response {
-    match crate::aggregate::list(&a.pipeline).await {
+    match crate::pipeline::aggregates::list(&a.pipeline).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(e) => read_error(e),
     }
@@ -559,15 +534,26 @@ async fn aggregate_rows(
             a.read_limit_max
         ));
     }
-    let (meta, rows) =
-        match crate::aggregate::read_rows(&a.pipeline, &a.registry, &name, from, to, limit).await {
-            Ok(v) => v,
-            Err(e) => return read_error(e),
-        };
+    let (meta, rows) = match crate::pipeline::aggregates::read_rows(
+        &a.pipeline,
+        &a.registry,
+        &name,
+        from,
+        to,
+        limit,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return read_error(e),
+    };
     let mut out = Vec::new();
     for (r, is_final) in &rows {
-        serde_json::to_writer(&mut out, &crate::aggregate::row_json(&meta, r, *is_final))
-            .expect("serializing to memory");
+        serde_json::to_writer(
+            &mut out,
+            &crate::pipeline::aggregates::row_json(&meta, r, *is_final),
+        )
+        .expect("serializing to memory");
         out.push(b'\n');
     }
     ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()

@@ -1,6 +1,8 @@
-//! Side topics of the log: `dead_letters` (events a plugin failed on, or a window limit
-//! refused, with the reason) and `late_events` (events whose rows all fell in final windows,
-//! with the aggregates and watermarks).
+//! # topics: the side topics of the log
+//!
+//! `dead_letters` (events a plugin failed on, a window limit refused, or an agent dead-lettered
+//! for their time, with the reason) and `late_events` (events whose rows all fell in final
+//! windows, with the aggregates and watermarks). Their entries are typed ([`entries`]).
 //!
 //! A topic is a [`runnel_segment`] log in `DATA_DIR/topics/NAME/`: one record per entry, the
 //! entry as a JSON object, so it has the same checksums, recovery and offsets as the event log.
@@ -8,6 +10,10 @@
 //! commits its offset. Every entry names the log offset of its event (`source_offset`); after a
 //! crash the pipeline replays from its committed offset and skips entries for source offsets
 //! the topic already holds, so an entry is written once.
+//!
+//! May call: nothing else of the broker (the pipeline writes, the admin API and Flight read).
+
+pub mod entries;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +21,8 @@ use std::sync::Arc;
 use runnel_segment::{LogError, LogOptions, LogReader, SegmentLog, Storage};
 use serde::Deserialize;
 
-/// Names of the topics `runnel log read --topic` accepts.
-pub const TOPICS: &[&str] = &["events", "dead_letters", "late_events"];
+/// Names of the topics `runnel log read --topic` accepts (the log itself and its side topics).
+pub use runnel_client::api::TOPICS;
 
 /// Largest entry, in bytes (an event at its largest plus the reason).
 pub const ENTRY_BYTES_MAX: u32 = 64 << 20;
@@ -80,14 +86,19 @@ pub fn open(
 }
 
 impl TopicWriter {
-    /// Appends one entry (a JSON object with a `source_offset`) unless the topic already has
-    /// an entry for that source offset or a later one; entries must come in source-offset
-    /// order. Not durable until [`Self::sync`].
-    pub fn append(&mut self, source_offset: u64, entry: &[u8]) -> Result<bool, LogError> {
+    /// Appends one entry unless the topic already has an entry for its source offset or a
+    /// later one; entries must come in source-offset order. Not durable until [`Self::sync`].
+    pub fn append(&mut self, entry: &impl entries::Entry) -> Result<bool, LogError> {
+        let source_offset = entry.source_offset();
+        debug_assert!(
+            self.pending_high.is_none_or(|h| source_offset > h),
+            "entries come in source-offset order"
+        );
         if self.durable_high.is_some_and(|h| source_offset <= h) {
             return Ok(false);
         }
-        self.log.append(entry, 1, now_ms())?;
+        self.log
+            .append(&entry.encode(), 1, runnel_event::now_ms())?;
         self.pending_high = Some(source_offset);
         Ok(true)
     }
@@ -102,12 +113,6 @@ impl TopicWriter {
         self.pending_high = None;
         result
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Calls `f` with up to `limit` entries from offset `from`, each as a JSON object that starts

@@ -1,0 +1,404 @@
+//! # log: the broker log, every accepted batch appended once, durable before it is acknowledged
+//!
+//! ## Layout
+//! `DATA_DIR/log/` is a [`runnel_segment`] log (segment format, CRC32C per record, sparse
+//! offset and time index, torn-tail recovery and quarantine are described there). Each record's
+//! payload is a wire frame exactly as an agent sent it ([`runnel_event::wire`]): a batch of
+//! chunks from one agent spool, `(agent_id, epoch, first_seq)`. A record covers one offset per
+//! event, so every event has its own log offset; the record timestamp is the broker's append
+//! time (milliseconds), which the time index and the pipeline's receive time use.
+//!
+//! ## Write path ([`writer`])
+//! QUIC tasks check a batch ([`check_batch`]: frame CRC, size limits, rkyv validation of the
+//! batch and every chunk) in parallel and hand it to the single writer thread, which appends
+//! what the producer table ([`producers`]) says is new, group-commits, and answers.
+//!
+//! ## Read path ([`walk`])
+//! Every reader (`runnel log read`, the pipeline, recovery, Flight's `events`) goes through one
+//! record-to-event walk, which skips and counts a record that does not decode.
+//!
+//! ## Recovery ([`checkpoint`])
+//! After segment recovery the checkpoint is loaded (if it is readable and its offset lies within
+//! the log) and the records from its offset on are scanned: each batch header advances the
+//! producer table, so a batch appended before a crash is recognised when its agent sends it
+//! again, and its events advance the per-type counts of `runnel log stats`. Without a usable
+//! checkpoint the whole log is scanned. Start-up work is thus bounded by
+//! `checkpoint_interval_bytes`, not by the size of the log.
+//!
+//! May call: nothing else of the broker (it is the bottom of the broker's stack).
+
+mod checkpoint;
+pub mod producers;
+pub mod walk;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use runnel_event::fields::{self, EventView};
+use runnel_event::wire::{access_batch, aligned, decode_frame};
+use runnel_event::{AckStatus, BatchAck, Chunk};
+use runnel_segment::{LogError, LogOptions, LogReader, RecoveryReport, SegmentLog, Storage};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use checkpoint::{Checkpoint, Checkpointer};
+use producers::Producers;
+use walk::{ReadSize, walk};
+use writer::Append;
+
+/// A batch that passed every check, ready for the writer.
+#[derive(Debug)]
+pub struct CheckedBatch {
+    /// Sending agent.
+    pub agent_id: String,
+    /// Its spool epoch.
+    pub epoch: u64,
+    /// Spool sequence number of the first chunk.
+    pub first_seq: u64,
+    /// The frame as received.
+    pub frame: Vec<u8>,
+    /// Events in each chunk.
+    pub chunk_events: Vec<u32>,
+    /// Events per type in each chunk.
+    pub chunk_types: Vec<Vec<(String, u64)>>,
+}
+
+/// Most bytes of an `agent_id`.
+pub const AGENT_ID_BYTES_MAX: usize = 256;
+
+/// Checks a received frame. The error says what is wrong; the agent will not fix it by resending.
+pub fn check_batch(frame: Vec<u8>, max: usize) -> Result<CheckedBatch, String> {
+    let body = decode_frame(&frame, max).map_err(|e| e.to_string())?;
+    let (batch, chunk_events) = access_batch(&body).map_err(|e| e.to_string())?;
+    if batch.agent_id.is_empty() || batch.agent_id.len() > AGENT_ID_BYTES_MAX {
+        return Err(format!("agent_id must be 1 to {AGENT_ID_BYTES_MAX} bytes"));
+    }
+    if batch.chunks.is_empty() {
+        return Err("batch holds no chunks".into());
+    }
+    if batch
+        .first_seq
+        .to_native()
+        .checked_add(batch.chunks.len() as u64)
+        .is_none()
+    {
+        return Err(format!(
+            "first_seq {} overflows with {} chunks",
+            batch.first_seq,
+            batch.chunks.len()
+        ));
+    }
+    if let Some(i) = chunk_events.iter().position(|n| *n == 0) {
+        return Err(format!("chunk {i} holds no events"));
+    }
+    let total: u64 = chunk_events.iter().map(|n| u64::from(*n)).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(format!(
+            "batch holds {total} events, more than {}",
+            u32::MAX
+        ));
+    }
+    let chunk_types = batch
+        .chunks
+        .iter()
+        .map(|c| {
+            let a = aligned(c.as_slice());
+            let chunk = Chunk::access(&a).expect("validated by access_batch");
+            let mut types: HashMap<&str, u64> = HashMap::new();
+            for ev in chunk.events.iter() {
+                *types.entry(ev.event_type.as_str()).or_default() += 1;
+            }
+            types.into_iter().map(|(t, n)| (t.to_string(), n)).collect()
+        })
+        .collect();
+    Ok(CheckedBatch {
+        agent_id: batch.agent_id.to_string(),
+        epoch: batch.epoch.to_native(),
+        first_seq: batch.first_seq.to_native(),
+        chunk_events,
+        chunk_types,
+        frame,
+    })
+}
+
+/// Figures of `runnel log stats` (the admin API's type).
+pub type Stats = runnel_client::api::LogStats;
+
+/// The counts `runnel log stats` shows, kept by the writer and in the checkpoint.
+#[derive(Default, Clone, Serialize, serde::Deserialize)]
+struct Counts {
+    events: u64,
+    by_type: BTreeMap<String, u64>,
+    producers: usize,
+}
+
+/// Handle to the broker log; cheap to clone.
+#[derive(Clone)]
+pub struct BrokerLog {
+    tx: mpsc::Sender<Append>,
+    reader: LogReader,
+    counts: Arc<Mutex<Counts>>,
+    failed: Arc<Mutex<Option<String>>>,
+    scanned_at_open: u64,
+}
+
+/// Batches waiting for the writer before QUIC tasks wait.
+pub const WRITER_QUEUE_MAX: usize = 4096;
+pub use writer::GROUP_COMMIT_MAX;
+
+impl BrokerLog {
+    /// Opens (recovering) the log in `dir` and starts its writer thread.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        segment_bytes_max: u64,
+        batch_bytes_max: usize,
+        checkpoint_interval_bytes: u64,
+    ) -> anyhow::Result<(Self, RecoveryReport)> {
+        let opts = LogOptions {
+            segment_bytes_max,
+            record_bytes_max: u32::try_from(batch_bytes_max + 64).unwrap_or(u32::MAX),
+            ..LogOptions::default()
+        };
+        let (log, report) = SegmentLog::open(storage.clone(), dir, opts, 0)?;
+        let reader = log.reader();
+        let started = Instant::now();
+        let checkpoint_path = dir.join("state.checkpoint");
+        let stats = reader.stats();
+        let state = match storage.read_file(&checkpoint_path) {
+            Ok(bytes) => match Checkpoint::decode(&bytes) {
+                Ok(c) if c.end_offset <= stats.end_offset => Some(c),
+                Ok(c) => {
+                    tracing::warn!(
+                        checkpoint = c.end_offset,
+                        log_end = stats.end_offset,
+                        "checkpoint is past the end of the log; scanning the whole log"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkpoint unreadable; scanning the whole log");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let (from, mut producers, mut counts) = match state {
+            Some(c) => (c.end_offset, Producers::from_entries(c.producers), c.counts),
+            None => (0, Producers::default(), Counts::default()),
+        };
+        let scanned = scan(&reader, from, &mut producers, &mut counts)?;
+        tracing::info!(
+            events = counts.events,
+            producers = producers.len(),
+            from_offset = from,
+            scanned_records = scanned,
+            ms = started.elapsed().as_millis() as u64,
+            "log state recovered"
+        );
+        metrics::gauge!("runnel_broker_recovery_scanned_records").set(scanned as f64);
+        let checkpointer = Checkpointer {
+            storage,
+            path: checkpoint_path,
+            interval_bytes: checkpoint_interval_bytes,
+            since_bytes: 0,
+        };
+        let counts = Arc::new(Mutex::new(counts));
+        let failed = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
+        let (c, f) = (counts.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer::writer(log, producers, rx, c, f, checkpointer))?;
+        Ok((
+            Self {
+                tx,
+                reader,
+                counts,
+                failed,
+                scanned_at_open: scanned,
+            },
+            report,
+        ))
+    }
+
+    /// Appends a checked batch (the new chunks of it) and resolves after the fsync.
+    pub async fn append(&self, batch: CheckedBatch) -> BatchAck {
+        let (reply, rx) = oneshot::channel();
+        let unavailable = |m: &str| BatchAck {
+            status: AckStatus::Unavailable,
+            base_offset: 0,
+            appended_events: 0,
+            duplicate_chunks: 0,
+            message: m.to_string(),
+        };
+        if self.tx.send(Append { batch, reply }).await.is_err() {
+            return unavailable("log writer stopped");
+        }
+        rx.await
+            .unwrap_or_else(|_| unavailable("log writer stopped"))
+    }
+
+    /// Records scanned at open to recover the producer table and counts (those after the
+    /// checkpoint).
+    pub fn scanned_at_open(&self) -> u64 {
+        self.scanned_at_open
+    }
+
+    /// Why the log stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("lock poisoned").clone()
+    }
+
+    /// The figures of `runnel log stats`.
+    pub fn stats(&self) -> Stats {
+        let s = self.reader.stats();
+        let c = self.counts.lock().expect("lock poisoned");
+        Stats {
+            records: c.events,
+            segments: s.segments,
+            bytes: s.bytes,
+            start_offset: s.start_offset,
+            end_offset: s.end_offset,
+            by_event_type: c.by_type.clone(),
+            producers: c.producers,
+        }
+    }
+
+    /// Calls `f` for up to `limit` events from offset `from`, in offset order.
+    pub fn read_events(
+        &self,
+        from: u64,
+        limit: usize,
+        mut f: impl FnMut(EventView<'_>),
+    ) -> Result<usize, LogError> {
+        let mut done = 0;
+        if limit == 0 {
+            return Ok(0);
+        }
+        walk(&self.reader, from, READ_SIZE, |w| {
+            f(EventView::new(
+                w.event,
+                w.offset,
+                &w.batch.agent_id,
+                &w.batch.host,
+            ));
+            done += 1;
+            if done < limit {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })?;
+        Ok(done)
+    }
+}
+
+/// A run of events read for the pipeline, in the plugin batch encoding.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// The events ([`runnel_batch`] encoding).
+    pub batch: Vec<u8>,
+    /// Log offset of each event.
+    pub offsets: Vec<u64>,
+    /// For each event, its index in `origins`.
+    pub origin: Vec<u32>,
+    /// `(agent_id, host)` of the batches the events came in.
+    pub origins: Vec<(String, String)>,
+    /// For each of `origins`, when the broker appended that batch (its record's time, ms).
+    pub appended_ms: Vec<i64>,
+    /// The first offset after the events read.
+    pub next: u64,
+}
+
+impl BrokerLog {
+    /// One past the last durable offset: the pipeline reads no further.
+    pub fn durable_end(&self) -> u64 {
+        self.reader.end_offset()
+    }
+
+    /// Reads up to `max_events` durable events from offset `from` for the pipeline, stopping
+    /// early once their fields exceed `max_bytes` (at least one event is read).
+    pub fn read_batch(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<SourceBatch, LogError> {
+        let mut out = SourceBatch::default();
+        let mut w = runnel_batch::BatchWriter::with_capacity(max_events.min(4096), 256);
+        let mut bytes = 0usize;
+        // The origin of the last event: a new one starts with each record.
+        let mut last: Option<(u64, u32)> = None;
+        let next = walk(&self.reader, from, READ_SIZE, |e| {
+            if out.offsets.len() >= max_events || (!out.offsets.is_empty() && bytes >= max_bytes) {
+                return ControlFlow::Break(());
+            }
+            bytes += e.event.event_id.len()
+                + e.event.event_type.len()
+                + e.event.properties.as_ref().map_or(0, |p| p.len())
+                + 128;
+            let record = e.record;
+            let o = match last {
+                Some((r, o)) if r == record => o,
+                _ => {
+                    out.origins
+                        .push((e.batch.agent_id.to_string(), e.batch.host.to_string()));
+                    out.appended_ms.push(e.appended_ms);
+                    let o = (out.origins.len() - 1) as u32;
+                    last = Some((record, o));
+                    o
+                }
+            };
+            fields::push(&mut w, e.event);
+            out.offsets.push(e.offset);
+            out.origin.push(o);
+            ControlFlow::Continue(())
+        })?;
+        debug_assert!(next >= from, "offsets only grow");
+        out.next = next;
+        out.batch = w.finish();
+        Ok(out)
+    }
+}
+
+/// Advances the producer table and counts over the events from offset `from` (a record
+/// boundary) on; returns how many records were scanned.
+fn scan(
+    reader: &LogReader,
+    from: u64,
+    producers: &mut Producers,
+    counts: &mut Counts,
+) -> Result<u64, LogError> {
+    let mut scanned = 0u64;
+    let size = ReadSize {
+        records: 256,
+        bytes: 32 << 20,
+    };
+    walk(reader, from, size, |e| {
+        if e.offset == e.record {
+            scanned += 1;
+            let b = e.batch;
+            let end = b.first_seq.to_native() + b.chunks.len() as u64;
+            producers.advance(&b.agent_id, b.epoch.to_native(), end);
+        }
+        counts.events += 1;
+        *counts
+            .by_type
+            .entry(e.event.event_type.to_string())
+            .or_default() += 1;
+        ControlFlow::Continue(())
+    })?;
+    counts.producers = producers.len();
+    Ok(scanned)
+}
+
+/// One read of the log: records and bytes.
+const READ_SIZE: ReadSize = ReadSize {
+    records: 64,
+    bytes: 8 << 20,
+};

@@ -1,0 +1,149 @@
+//! # state: every redb table of the broker, in one place
+//!
+//! `DATA_DIR/state.redb` holds what is small and must be transactional. This module lists every
+//! table with its typed key and value; the services that own them ([`crate::plugins`] for the
+//! plugin registry, the pipeline's commit through it) read and write them only through these
+//! definitions and [`to_json`] / [`from_json`]. This is where erasure and tenancy look for
+//! everything the broker keeps about an event or a user.
+//!
+//! | table | key | value | written by |
+//! | --- | --- | --- | --- |
+//! | [`PLUGINS`] | plugin name | [`crate::plugins::PluginRecord`] (every version, the active one, status, policy, order) | deploy, pause, resume, remove |
+//! | [`STATS`] | plugin name | [`crate::plugins::PluginStats`] | the pipeline's commit (with its offset) |
+//! | [`META`] | `pipeline_offset`, `next_position` | u64 | the pipeline's commit; deploy |
+//! | [`AGG_STATE`] | aggregate name | a `runnel-window` snapshot (its own checksummed format) | the pipeline's commit |
+//! | [`AGG_META`] | aggregate name | [`crate::plugins::AggregateMeta`] | the pipeline's commit |
+//! | [`AGG_ROWS`] | (aggregate, window start, window end, dimensions as JSON) | measure values as JSON | the pipeline's commit |
+//!
+//! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
+//! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
+//! first byte `{`) reads as version 0, the same shape. [`AGG_ROWS`] keys and values are plain
+//! JSON arrays whose shape is the aggregate's schema in [`AGG_META`].
+//!
+//! Component bytes live beside the database in `DATA_DIR/plugins/NAME/SHA256.wasm`, written
+//! through the storage seam before the registry names them; compiled components are cached in
+//! `DATA_DIR/plugins/.compiled/`.
+//!
+//! May call: nothing else of the broker.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// Plugin records, by name.
+pub const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+/// Plugin counts, by name (committed with the pipeline offset).
+pub const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_stats");
+/// `pipeline_offset` (the first log offset the pipeline has not processed), `next_position`
+/// (deploy order).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Window-engine snapshots of the aggregators, by name (committed with the pipeline offset).
+pub const AGG_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_state");
+/// Each aggregator's schema and identity, by name.
+pub const AGG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_meta");
+/// Final rows: (aggregate, window start, window end, dimension values as a JSON array) to the
+/// measure values as a JSON array.
+pub const AGG_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
+    TableDefinition::new("aggregate_rows");
+
+/// The version of the values this build writes.
+pub const VALUE_VERSION: u8 = 1;
+
+/// A value as stored: [`VALUE_VERSION`], then its JSON.
+pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_VERSION];
+    serde_json::to_writer(&mut out, v).expect("serializing to memory");
+    out
+}
+
+/// A stored value (`what` names it in the error): versioned, or plain JSON from before versions.
+pub fn from_json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    let json = match bytes.first() {
+        Some(b'{' | b'[' | b'"') => bytes,
+        Some(&VALUE_VERSION) => &bytes[1..],
+        Some(v) => anyhow::bail!(
+            "state.redb: {what} has value version {v}; this build reads {VALUE_VERSION} (is the broker older than its data?)"
+        ),
+        None => anyhow::bail!("state.redb: {what} is empty"),
+    };
+    serde_json::from_slice(json).with_context(|| format!("state.redb: unreadable {what}"))
+}
+
+/// A redb storage backend that fails on command: the seam through which tests inject an fsync
+/// or write failure into the registry and the pipeline's commits.
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: redb::backends::FileBackend,
+    faults: Arc<runnel_segment::fault::Faults>,
+}
+
+impl FaultyBackend {
+    /// Wraps the file backend of `path`; `faults.fail_sync` makes every sync and write fail.
+    pub fn open(path: &Path, faults: Arc<runnel_segment::fault::Faults>) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(Self {
+            inner: redb::backends::FileBackend::new(file)?,
+            faults,
+        })
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            self.faults.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(std::io::Error::other("injected storage failure"));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FaultyBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_versioned_and_old_ones_still_read() {
+        let v = serde_json::json!({"a": 1});
+        let stored = to_json(&v);
+        assert_eq!(stored[0], VALUE_VERSION);
+        assert_eq!(from_json::<serde_json::Value>("x", &stored).unwrap(), v);
+        assert_eq!(
+            from_json::<serde_json::Value>("x", br#"{"a":1}"#).unwrap(),
+            v
+        );
+        let err = from_json::<serde_json::Value>("plugin p", &[9, b'{', b'}']).unwrap_err();
+        assert!(err.to_string().contains("value version 9"), "{err}");
+    }
+}
