@@ -192,11 +192,21 @@ impl Shipper {
         }
         tracing::error!(first_seq, reason = %ack.message, "broker rejected a batch; isolating it");
         // Find the chunks the broker refuses by sending them one at a time; keep those aside.
-        for (i, chunk) in batch.chunks.iter().enumerate() {
+        // Each one-chunk batch takes its chunk from the batch: nothing else is copied.
+        let Batch {
+            agent_id,
+            host,
+            epoch,
+            chunks,
+            ..
+        } = batch;
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let single = Batch {
+                agent_id: agent_id.clone(),
+                host: host.clone(),
+                epoch,
                 first_seq: first_seq + i as u64,
-                chunks: vec![chunk.clone()],
-                ..batch.clone()
+                chunks: vec![chunk],
             };
             let ack = self.send_until_answered(&single, shutdown).await?;
             if ack.status == AckStatus::Rejected {

@@ -395,3 +395,43 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
     assert_eq!(open[0].values, vec![runnel_window::Value::Count(201)]);
     assert_eq!(registry.stats("per_type").unwrap().events_in, total);
 }
+
+/// A component is written through the storage seam: when storage fails, the deploy fails and
+/// leaves no component file behind (it was once written around the seam).
+#[test]
+fn a_deploy_whose_component_cannot_be_stored_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let faults = Faults::new();
+    let registry = Registry::open_with(d, Some(faults.clone())).unwrap();
+    let bytes = wasm("noop");
+    let sha = runnel_broker::plugins::sha256_hex(&bytes);
+    faults.set_fail_sync(true);
+    let result = registry.deploy(
+        Deploy {
+            name: "noop".into(),
+            version: None,
+            policy: None,
+            kind: runnel_broker::plugins::PluginKind::Enrich,
+            params: Vec::new(),
+            limits: PluginLimits {
+                deadline_ms: 200,
+                memory_bytes_max: 64 << 20,
+                fuel_per_call: None,
+            },
+            capabilities: Vec::new(),
+        },
+        &bytes,
+        &sha,
+    );
+    assert!(result.is_err(), "the deploy succeeded with failing storage");
+    assert!(faults.injected() > 0);
+    let path = registry.wasm_path("noop", &sha);
+    assert!(
+        !path.exists(),
+        "{} was written around the seam",
+        path.display()
+    );
+    faults.set_fail_sync(false);
+    assert!(registry.plugins().unwrap().is_empty());
+}

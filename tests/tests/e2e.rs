@@ -414,3 +414,48 @@ async fn pii_redact_at_the_edge_keeps_personal_data_off_the_broker() {
         assert_eq!(props["plan"], "pro");
     }
 }
+
+/// An event an edge plugin fails on is counted once, under `edge_plugin`, and an event the
+/// envelope refused is counted under its field, not again under `edge_plugin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_plugin_rejections_are_counted_once() {
+    let trap = runnel_e2e::plugin("trap_on_event");
+    let mut p = Pipeline::new(&[&format!("--edge-plugin={}", trap.display())]);
+    p.start().await;
+    let client = reqwest::Client::new();
+    let body = json!([
+        event("fine-1", "page.view"),
+        {"event_id": "bad-1", "event_type": "Bad", "timestamp": 1},
+        event("poison-1", "page.view"),
+        event("fine-2", "page.view"),
+    ])
+    .to_string();
+    let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let rejected: Vec<u64> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, [1, 2], "{answer}");
+    let m = reqwest::get(format!("{}/metrics", p.agent_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |field: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "runnel_agent_events_rejected_total{{field=\"{field}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(count("edge_plugin"), Some(1.0), "{m}");
+    assert_eq!(count("event_type"), Some(1.0), "{m}");
+}

@@ -322,3 +322,42 @@ fn new_aggregator_builds_and_tests_with_windows() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("aggregators"));
 }
+
+/// `plugin test` names a quantiles measure's columns as `agg read` does (`amount_p50`, …), so
+/// what an author sees is what an analyst reads.
+#[test]
+fn plugin_test_names_quantile_columns_as_agg_read_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("payments.ndjson");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"event_id":"a","event_type":"deposit.completed","timestamp":"2026-11-21T10:00:01Z","properties":{"amount":10,"currency":"KES","country":"KE"}}"#, "\n",
+            r#"{"event_id":"b","event_type":"deposit.completed","timestamp":"2026-11-21T10:00:02Z","properties":{"amount":30,"currency":"KES","country":"KE"}}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let wasm = plugin("revenue");
+    let out = runnel(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let windows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "window")
+        .collect();
+    assert_eq!(windows.len(), 1, "{out}");
+    let w = &windows[0];
+    for col in ["amount_p50", "amount_p90", "amount_p99"] {
+        assert!(w[col].is_number(), "{col} missing in {w}");
+    }
+    assert!(w.get("amount").is_none(), "{w}");
+    assert_eq!(w["payments"], 2, "{w}");
+}

@@ -116,19 +116,61 @@ pub fn row_json(meta: &AggregateMeta, row: &FinalRow, is_final: bool) -> serde_j
         out.insert(d.clone(), v.into());
     }
     for ((name, kind), v) in meta.measures.iter().zip(values) {
-        if kind == MeasureKind::Quantiles.as_str() {
-            let qs = v.as_array().cloned().unwrap_or_default();
-            for (i, q) in ["p50", "p90", "p99"].iter().enumerate() {
-                out.insert(
-                    format!("{name}_{q}"),
-                    qs.get(i).cloned().unwrap_or(serde_json::Value::Null),
-                );
-            }
-        } else {
-            out.insert(name.clone(), v);
-        }
+        insert_measure(&mut out, name, kind == MeasureKind::Quantiles.as_str(), v);
     }
     serde_json::Value::Object(out)
+}
+
+/// The quantile columns of a `quantiles` measure `m`: `m_p50`, `m_p90`, `m_p99`.
+pub const QUANTILE_SUFFIXES: [&str; 3] = ["p50", "p90", "p99"];
+
+/// Adds a measure's value (as [`value_json`] gives it) to a row object under its column names:
+/// one column, or one per quantile for a `quantiles` measure.
+fn insert_measure(
+    out: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    quantiles: bool,
+    v: serde_json::Value,
+) {
+    if quantiles {
+        let qs = v.as_array().cloned().unwrap_or_default();
+        for (i, q) in QUANTILE_SUFFIXES.iter().enumerate() {
+            out.insert(
+                format!("{name}_{q}"),
+                qs.get(i).cloned().unwrap_or(serde_json::Value::Null),
+            );
+        }
+    } else {
+        out.insert(name.to_string(), v);
+    }
+}
+
+/// A row of the window engine with `schema`'s column names, as `runnel agg read` prints it:
+/// `window_start`, `window_end`, `is_final`, the dimensions, the measures. `runnel plugin test`
+/// prints its windows with this, so the two name columns alike.
+pub fn engine_row_json(schema: &Schema, row: &Row) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "window_start".into(),
+        runnel_event::envelope::rfc3339_ms(row.window.start).into(),
+    );
+    out.insert(
+        "window_end".into(),
+        runnel_event::envelope::rfc3339_ms(row.window.end).into(),
+    );
+    out.insert("is_final".into(), row.is_final.into());
+    for (d, v) in schema.dimensions.iter().zip(&row.key) {
+        out.insert(d.clone(), v.clone().into());
+    }
+    for ((name, kind), v) in schema.measures.iter().zip(&row.values) {
+        insert_measure(
+            &mut out,
+            name,
+            *kind == MeasureKind::Quantiles,
+            value_json(v),
+        );
+    }
+    out
 }
 
 /// One aggregate as `runnel agg list` shows it, and an agent whose clock runs ahead (the admin

@@ -223,11 +223,19 @@ const SDK_FILES: &[SdkFile] = &[
     ),
     (
         "sdk/plugin/Cargo.toml",
-        "[package]\nname = \"runnel-plugin\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\n",
+        "[package]\nname = \"runnel-plugin\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nrunnel-guest = { path = \"../guest\" }\n",
     ),
     (
         "sdk/batch/Cargo.toml",
         "[package]\nname = \"runnel-batch\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n",
+    ),
+    (
+        "sdk/guest/src/lib.rs",
+        include_str!("../../../sdk/guest/src/lib.rs"),
+    ),
+    (
+        "sdk/guest/Cargo.toml",
+        "[package]\nname = \"runnel-guest\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\n",
     ),
 ];
 
@@ -240,7 +248,7 @@ const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
     ),
     (
         "sdk/aggregator/Cargo.toml",
-        "[package]\nname = \"runnel-aggregator\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nserde_json = \"1\"\n",
+        "[package]\nname = \"runnel-aggregator\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nrunnel-guest = { path = \"../guest\" }\nserde_json = \"1\"\n",
     ),
 ];
 
@@ -653,22 +661,6 @@ fn parse_lines(text: &str, now: i64) -> (Lines, Vec<u8>) {
     (rows, w.finish())
 }
 
-fn value_json(v: &runnel_window::Value) -> serde_json::Value {
-    use runnel_window::Value;
-    match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Count(n) => (*n).into(),
-        Value::Num(x) => {
-            serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into)
-        }
-        Value::Quantiles(q) => serde_json::Value::Object(
-            q.iter()
-                .map(|(r, x)| (format!("p{}", (r * 100.0).round()), serde_json::json!(x)))
-                .collect(),
-        ),
-    }
-}
-
 /// `test` for an aggregator: the invalid lines and failed events, every row the plugin mapped,
 /// then the rows of every window as the broker would finalize them (`finish` at the end of the
 /// input; one source, so the watermark follows the input's event times).
@@ -742,21 +734,9 @@ fn test_aggregator(
     for w in windows {
         let mut obj = serde_json::Map::new();
         obj.insert("kind".into(), "window".into());
-        obj.insert(
-            "window_start".into(),
-            runnel_event::envelope::rfc3339_ms(w.window.start).into(),
-        );
-        obj.insert(
-            "window_end".into(),
-            runnel_event::envelope::rfc3339_ms(w.window.end).into(),
-        );
-        obj.insert("is_final".into(), w.is_final.into());
-        for (name, v) in schema.dimensions.iter().zip(&w.key) {
-            obj.insert(name.clone(), v.clone().into());
-        }
-        for ((name, _), v) in schema.measures.iter().zip(&w.values) {
-            obj.insert(name.clone(), value_json(v));
-        }
+        obj.extend(runnel_broker::pipeline::aggregates::engine_row_json(
+            &schema, &w,
+        ));
         serde_json::to_writer(&mut *out, &serde_json::Value::Object(obj))?;
         out.write_all(b"\n")?;
     }

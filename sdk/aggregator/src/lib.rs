@@ -32,7 +32,6 @@
 //! `cargo build --release --target wasm32-wasip2` (or `runnel plugin build`). A plugin has no
 //! filesystem or network, and its clocks and randomness are deterministic unless granted.
 
-use std::sync::OnceLock;
 
 use runnel_batch::BatchView;
 pub use runnel_batch::{EventRef as Event, Field};
@@ -49,38 +48,16 @@ pub mod bindings {
     });
 }
 
-use bindings::runnel::plugin::host;
 use bindings::runnel::plugin::types as wit;
 
-/// A measure the host folds: what it does with a row's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Measure {
-    /// Rows (inputs ignored).
-    Count,
-    /// Sum of numeric inputs.
-    Sum,
-    /// Least numeric input.
-    Min,
-    /// Greatest numeric input.
-    Max,
-    /// Mean of numeric inputs.
-    Avg,
-    /// Distinct inputs (HyperLogLog, about 1.6% relative standard error).
-    Distinct,
-    /// p50, p90 and p99 of numeric inputs (t-digest).
-    Quantiles,
-}
+/// A measure the host folds (the contract's `measure-kind`): count, sum, min, max, avg,
+/// distinct (HyperLogLog, about 1.6% relative standard error), quantiles (p50, p90, p99, by
+/// t-digest).
+pub use wit::MeasureKind as Measure;
 
-/// Calendar window units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CalendarUnit {
-    /// Midnight to midnight.
-    Day,
-    /// Monday 00:00 to Monday 00:00.
-    Week,
-    /// The first of a month at 00:00 to the first of the next.
-    Month,
-}
+/// Calendar window units (the contract's `calendar-unit`): day, week (Monday to Monday),
+/// month.
+pub use wit::CalendarUnit;
 
 /// The windows rows are folded into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,15 +134,7 @@ impl Aggregate {
                 .into_iter()
                 .map(|(name, kind)| wit::Measure {
                     name,
-                    kind: match kind {
-                        Measure::Count => wit::MeasureKind::Count,
-                        Measure::Sum => wit::MeasureKind::Sum,
-                        Measure::Min => wit::MeasureKind::Min,
-                        Measure::Max => wit::MeasureKind::Max,
-                        Measure::Avg => wit::MeasureKind::Avg,
-                        Measure::Distinct => wit::MeasureKind::Distinct,
-                        Measure::Quantiles => wit::MeasureKind::Quantiles,
-                    },
+                    kind,
                 })
                 .collect(),
             window: match self.window {
@@ -177,11 +146,7 @@ impl Aggregate {
                 Window::Session { gap_ms } => wit::Window::Session(gap_ms),
                 Window::Calendar { unit, time_zone } => {
                     wit::Window::Calendar(wit::CalendarWindow {
-                        unit: match unit {
-                            CalendarUnit::Day => wit::CalendarUnit::Day,
-                            CalendarUnit::Week => wit::CalendarUnit::Week,
-                            CalendarUnit::Month => wit::CalendarUnit::Month,
-                        },
+                        unit,
                         time_zone,
                     })
                 }
@@ -293,47 +258,16 @@ impl Props {
     }
 }
 
-/// The plugin's parameters (from its manifest and the deploy command).
-#[derive(Debug, Default)]
-pub struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// The value of parameter `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-static PARAMS: OnceLock<Params> = OnceLock::new();
-
-/// The parameters this instance was started with.
-pub fn params() -> &'static Params {
-    PARAMS.get_or_init(Params::default)
-}
-
-/// Writes a line to the host's log at level info.
-pub fn log(message: &str) {
-    host::log(host::Level::Info, message);
-}
-
-/// Adds `delta` to this plugin's counter `name` on the host.
-pub fn counter_add(name: &str, delta: u64) {
-    host::counter_add(name, delta);
-}
+pub use runnel_guest::{Params, counter_add, log, params};
 
 #[doc(hidden)]
 pub fn __init(
     params: Vec<wit::Param>,
     schema: fn(&Params) -> Result<Aggregate, String>,
 ) -> Result<wit::AggregateSchema, String> {
-    let params = Params(params.into_iter().map(|p| (p.name, p.value)).collect());
+    let params = Params::new(params.into_iter().map(|p| (p.name, p.value)).collect());
     let s = schema(&params)?;
-    PARAMS
-        .set(params)
-        .map_err(|_| "init called twice".to_string())?;
+    runnel_guest::set_params(params)?;
     Ok(s.into_wit())
 }
 

@@ -45,7 +45,6 @@
 //! count through [`counter_add`]. It must not keep state the host relies on: the host may
 //! replace an instance at any time.
 
-use std::sync::OnceLock;
 
 use runnel_batch::{BatchView, BatchWriter};
 pub use runnel_batch::{EventRef as Event, Field, OwnedEvent};
@@ -62,7 +61,6 @@ pub mod bindings {
     });
 }
 
-use bindings::runnel::plugin::host;
 use bindings::runnel::plugin::types::{EnrichResult, Outcome, Param};
 
 /// What becomes of one event.
@@ -76,44 +74,13 @@ pub enum Decision {
     Drop(String),
 }
 
-/// The plugin's parameters (from its manifest and the deploy command).
-#[derive(Debug, Default)]
-pub struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// The value of parameter `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-static PARAMS: OnceLock<Params> = OnceLock::new();
-
-/// The parameters this instance was started with.
-pub fn params() -> &'static Params {
-    PARAMS.get_or_init(Params::default)
-}
-
-/// Writes a line to the host's log at level info.
-pub fn log(message: &str) {
-    host::log(host::Level::Info, message);
-}
-
-/// Adds `delta` to this plugin's counter `name` on the host.
-pub fn counter_add(name: &str, delta: u64) {
-    host::counter_add(name, delta);
-}
+pub use runnel_guest::{Params, counter_add, log, params};
 
 #[doc(hidden)]
 pub fn __init(params: Vec<Param>, check: fn(&Params) -> Result<(), String>) -> Result<(), String> {
-    let params = Params(params.into_iter().map(|p| (p.name, p.value)).collect());
+    let params = Params::new(params.into_iter().map(|p| (p.name, p.value)).collect());
     check(&params)?;
-    PARAMS
-        .set(params)
-        .map_err(|_| "init called twice".to_string())
+    runnel_guest::set_params(params)
 }
 
 #[doc(hidden)]
