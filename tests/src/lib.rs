@@ -280,14 +280,14 @@ impl Pipeline {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// A client of the broker's admin API.
+    pub fn admin(&self) -> runnel_client::admin::Admin {
+        runnel_client::admin::Admin::new(&self.admin_addr)
+    }
+
     /// The broker's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.admin().metrics().await.unwrap()
     }
 
     /// `runnel plugin list`, parsed.
@@ -330,13 +330,12 @@ impl Pipeline {
     /// Waits until the log holds `n` events (panics with both logs after `timeout`).
     pub async fn wait_for_records(&self, n: u64, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
+        let admin = self.admin();
         loop {
-            let url = format!("http://{}/v1/log/stats", self.admin_addr);
-            if let Ok(resp) = reqwest::get(&url).await
-                && let Ok(v) = resp.json::<serde_json::Value>().await
-                && v["records"].as_u64() >= Some(n)
+            if let Ok(stats) = admin.log_stats().await
+                && stats.records >= n
             {
-                return v;
+                return serde_json::to_value(stats).expect("stats serialize");
             }
             if Instant::now() > deadline {
                 panic!(

@@ -316,20 +316,19 @@ async fn nothing_lost_or_doubled_under_kill_9() {
         .await;
     // Let anything still in flight land, then check nothing extra arrived.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let url = format!("http://{}/v1/log/read?from=0&limit=100000", p.admin_addr);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let mut body = Vec::new();
+    p.admin()
+        .log_read_to("events", 0, 100_000, &mut body)
+        .await
+        .unwrap();
+    let body = String::from_utf8(body).unwrap();
     let mut counts: HashMap<&str, u32> = HashMap::new();
     for line in body.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         let id = v["event_id"].as_str().unwrap();
         *counts.entry(line_id(line, id)).or_default() += 1;
     }
-    let stats: Value = reqwest::get(format!("http://{}/v1/log/stats", p.admin_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = serde_json::to_value(p.admin().log_stats().await.unwrap()).unwrap();
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(
         doubled.is_empty(),
@@ -391,8 +390,12 @@ async fn pii_redact_at_the_edge_keeps_personal_data_off_the_broker() {
         "{answer}"
     );
     p.wait_for_records(200, Duration::from_secs(30)).await;
-    let url = format!("http://{}/v1/log/read?from=0&limit=1000", p.admin_addr);
-    let log = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let mut log = Vec::new();
+    p.admin()
+        .log_read_to("events", 0, 1000, &mut log)
+        .await
+        .unwrap();
+    let log = String::from_utf8(log).unwrap();
     assert_eq!(log.lines().count(), 200);
     assert!(!log.contains("@example.com"), "an email reached the broker");
     assert!(

@@ -334,7 +334,7 @@ impl BrokerLog {
         let mut bytes = 0usize;
         // The origin of the last event: a new one starts with each record.
         let mut last: Option<(u64, u32)> = None;
-        let next = walk(&self.reader, from, READ_SIZE, |e| {
+        let next = walk(&self.reader, from, BATCH_READ_SIZE, |e| {
             if out.offsets.len() >= max_events || (!out.offsets.is_empty() && bytes >= max_bytes) {
                 return ControlFlow::Break(());
             }
@@ -397,8 +397,15 @@ fn scan(
     Ok(scanned)
 }
 
+/// One read of the log for the pipeline: a few records at a time, so a batch that ends inside
+/// the second record does not copy and check dozens more.
+const BATCH_READ_SIZE: ReadSize = ReadSize {
+    records: 4,
+    bytes: 8 << 20,
+};
+
 /// One read of the log: records and bytes.
 const READ_SIZE: ReadSize = ReadSize {
-    records: 64,
+    records: 16,
     bytes: 8 << 20,
 };

@@ -14,7 +14,7 @@
 //! A plugin paused with `hold` during 3 or 4 abandons the batch: nothing of it is kept.
 
 use runnel_batch::{BatchView, BatchWriter, EventRef};
-use runnel_event::event_time::{is_dead_letter, split_dead_letter};
+use runnel_event::event_time::{is_dead_letter_bytes, split_dead_letter};
 use runnel_event::fields::EventView;
 use runnel_host::{AggRow, Fate};
 
@@ -128,9 +128,13 @@ impl Worker {
         let Some(read) = self.read()? else {
             return Ok(Step::Idle);
         };
-        let Read { src, facts, marked } = read;
+        let Read {
+            mut src,
+            facts,
+            marked,
+        } = read;
         let before: Vec<PluginStats> = self.stages.iter().map(|s| s.stats.clone()).collect();
-        let flow = self.split_marked(&src, &marked)?;
+        let flow = self.split_marked(&mut src, &marked)?;
         let through = match self.enrich(&src, flow)? {
             Through::Go(flow) => self.map(&src, flow)?,
             Through::Held(pauses) => Through::Held(pauses),
@@ -206,7 +210,7 @@ impl Worker {
                 let o = src.origin[i] as usize;
                 let (received, appended) = (ev.received_at_ms(), src.appended_ms[o]);
                 ahead_by_origin[o] = ahead_by_origin[o].max(received.saturating_sub(appended));
-                if is_dead_letter(ev.properties()) {
+                if is_dead_letter_bytes(ev.field_bytes(runnel_batch::Field::Properties)) {
                     marked.push(i);
                 }
                 Fact {
@@ -222,10 +226,11 @@ impl Worker {
 
     /// The events an agent marked as dead letters (event time out of its bounds) go to
     /// `dead_letters` and nowhere else; the rest flow on.
-    fn split_marked(&self, src: &SourceBatch, marked: &[usize]) -> anyhow::Result<Flow> {
+    fn split_marked(&self, src: &mut SourceBatch, marked: &[usize]) -> anyhow::Result<Flow> {
         let n = src.offsets.len();
         let mut flow = Flow {
-            batch: src.batch.clone(),
+            // The chain works on the batch from here on; `src` keeps the offsets and origins.
+            batch: std::mem::take(&mut src.batch),
             index: (0..n).collect(),
             dead: Vec::new(),
             pauses: Vec::new(),
@@ -233,7 +238,8 @@ impl Worker {
         if marked.is_empty() {
             return Ok(flow);
         }
-        let view = BatchView::new(&src.batch)?;
+        let batch = std::mem::take(&mut flow.batch);
+        let view = BatchView::new(&batch)?;
         let mut w = BatchWriter::with_capacity(n - marked.len(), 256);
         flow.index.clear();
         for (i, ev) in view.iter().enumerate() {

@@ -285,6 +285,14 @@ impl<'a> EventRef<'a> {
         }
     }
 
+    /// A field's bytes, unchecked for UTF-8; `None` when absent (or out of bounds).
+    pub fn field_bytes(&self, field: Field) -> Option<&'a [u8]> {
+        match self.raw(field) {
+            Raw::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// A field's text; `None` when absent (or malformed).
     pub fn field(&self, field: Field) -> Option<&'a str> {
         match self.raw(field) {

@@ -259,7 +259,12 @@ fn with_dead_letter_marker(properties: Option<&str>, marker: &serde_json::Value)
 /// Whether an agent marked the event with these `properties` as a dead letter: a prefix test,
 /// cheap enough for every event the broker reads.
 pub fn is_dead_letter(properties: Option<&str>) -> bool {
-    properties.is_some_and(|p| p.starts_with(DEAD_LETTER_PREFIX))
+    is_dead_letter_bytes(properties.map(str::as_bytes))
+}
+
+/// [`is_dead_letter`] on the field's bytes, before any UTF-8 check.
+pub fn is_dead_letter_bytes(properties: Option<&[u8]>) -> bool {
+    properties.is_some_and(|p| p.starts_with(DEAD_LETTER_PREFIX.as_bytes()))
 }
 
 /// For a marked event: the marker (`{"kind","bound","error"}`) and the properties without it
