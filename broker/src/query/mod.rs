@@ -1,6 +1,12 @@
-//! Arrow Flight and Flight SQL on `flight_addr` (default `127.0.0.1:8712`): the aggregates,
-//! recent events and the side topics as Arrow record batches, for pyarrow, ADBC, JDBC and any
-//! other Flight or Flight SQL client.
+//! # query: Arrow Flight and Flight SQL
+//!
+//! On `flight_addr` (default `127.0.0.1:8712`): the aggregates, recent events and the side
+//! topics as Arrow record batches, for pyarrow, ADBC, JDBC and any other Flight or Flight SQL
+//! client.
+//!
+//! May call: [`crate::log`] (the `events` table), [`crate::topics`] (side topics),
+//! [`crate::pipeline`] (the aggregates' rows and list), [`crate::plugins`] (final rows). It
+//! reaches them through the [`crate::admin::Admin`] handle the admin API also holds.
 //!
 //! ## Tables
 //! - every running aggregate, by name: `window_start`, `window_end` (timestamps, ms, UTC),
