@@ -32,7 +32,6 @@
 //! `cargo build --release --target wasm32-wasip2` (or `runnel plugin build`). A plugin has no
 //! filesystem or network, and its clocks and randomness are deterministic unless granted.
 
-
 use runnel_batch::BatchView;
 pub use runnel_batch::{EventRef as Event, Field};
 
@@ -132,10 +131,7 @@ impl Aggregate {
             measures: self
                 .measures
                 .into_iter()
-                .map(|(name, kind)| wit::Measure {
-                    name,
-                    kind,
-                })
+                .map(|(name, kind)| wit::Measure { name, kind })
                 .collect(),
             window: match self.window {
                 Window::Tumbling { size_ms } => wit::Window::Tumbling(size_ms),
@@ -145,10 +141,7 @@ impl Aggregate {
                 }),
                 Window::Session { gap_ms } => wit::Window::Session(gap_ms),
                 Window::Calendar { unit, time_zone } => {
-                    wit::Window::Calendar(wit::CalendarWindow {
-                        unit,
-                        time_zone,
-                    })
+                    wit::Window::Calendar(wit::CalendarWindow { unit, time_zone })
                 }
             },
             allowed_lateness_ms: self.lateness_ms,

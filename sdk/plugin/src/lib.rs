@@ -45,7 +45,6 @@
 //! count through [`counter_add`]. It must not keep state the host relies on: the host may
 //! replace an instance at any time.
 
-
 use runnel_batch::{BatchView, BatchWriter};
 pub use runnel_batch::{EventRef as Event, Field, OwnedEvent};
 
