@@ -30,7 +30,8 @@
 //! `DoGet` results are cached by the query's canonical JSON for `flight_cache_ttl_ms` (60 s),
 //! or `flight_cache_final_ttl_ms` (1 h) when every row is final, within
 //! `flight_cache_bytes_max`. Hits and misses are counted in `/metrics`
-//! (`runnel_flight_cache_hits_total`, `runnel_flight_cache_misses_total`).
+//! (`runnel_flight_cache_hits_total`, `runnel_flight_cache_misses_total`). The result cache
+//! and the `events` blocks are the same byte-bounded LRU (`query/lru.rs`) with their own budgets.
 //!
 //! ## Security
 //! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
@@ -44,6 +45,7 @@
 //! `arrow.flight.protocol.sql.*`) goes to [`sql`]: SQL over the same tables, in catalog
 //! `runnel`, schema `public`. JSON queries and path descriptors stay plain Flight.
 
+mod lru;
 mod sql;
 mod tables;
 

@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
+use super::lru::{ByteLru, CacheMetrics};
 use crate::admin::Admin;
 use crate::pipeline::aggregates::{self as aggregate, AggInfo, ReadError};
 
@@ -55,41 +56,33 @@ pub struct CacheSettings {
     pub event_blocks_bytes_max: usize,
 }
 
-struct CacheEntry {
-    at: std::time::Instant,
-    ttl: std::time::Duration,
-    bytes: usize,
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-}
+/// A result: its schema and batches.
+type Answer = (SchemaRef, Vec<RecordBatch>);
 
-/// Results by query fingerprint (the query's canonical JSON).
+/// Results by query fingerprint (the query's canonical JSON), each for `flight_cache_ttl_ms`
+/// or, when every row is final, `flight_cache_final_ttl_ms`; no result over a quarter of
+/// `flight_cache_bytes_max`.
 struct ResultCache {
     settings: CacheSettings,
-    entries: std::sync::Mutex<(std::collections::HashMap<String, CacheEntry>, usize)>,
+    lru: ByteLru<String, Answer>,
 }
 
 impl ResultCache {
-    fn get(&self, key: &str) -> Option<(SchemaRef, Vec<RecordBatch>)> {
-        let mut guard = self.entries.lock().expect("lock poisoned");
-        let (map, held) = &mut *guard;
-        match map.get(key) {
-            Some(e) if e.at.elapsed() < e.ttl => {
-                metrics::counter!("runnel_flight_cache_hits_total").increment(1);
-                Some((e.schema.clone(), e.batches.clone()))
-            }
-            Some(_) => {
-                if let Some(e) = map.remove(key) {
-                    *held -= e.bytes;
-                }
-                metrics::counter!("runnel_flight_cache_misses_total").increment(1);
-                None
-            }
-            None => {
-                metrics::counter!("runnel_flight_cache_misses_total").increment(1);
-                None
-            }
-        }
+    fn new(settings: CacheSettings) -> Self {
+        let lru = ByteLru::new(
+            settings.bytes_max,
+            settings.bytes_max / 4,
+            CacheMetrics {
+                hits: "runnel_flight_cache_hits_total",
+                misses: "runnel_flight_cache_misses_total",
+                bytes: "runnel_flight_cache_bytes",
+            },
+        );
+        Self { settings, lru }
+    }
+
+    fn get(&self, key: &String) -> Option<Answer> {
+        self.lru.get(key)
     }
 
     fn put(&self, key: String, schema: SchemaRef, batches: &[RecordBatch], all_final: bool) {
@@ -98,31 +91,9 @@ impl ResultCache {
             return;
         }
         let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        if bytes > s.bytes_max / 4 {
-            return;
-        }
-        let mut guard = self.entries.lock().expect("lock poisoned");
-        let (map, held) = &mut *guard;
-        while *held + bytes > s.bytes_max {
-            let Some(oldest) = map.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone()) else {
-                break;
-            };
-            if let Some(e) = map.remove(&oldest) {
-                *held -= e.bytes;
-            }
-        }
-        let entry = CacheEntry {
-            at: std::time::Instant::now(),
-            ttl: if all_final { s.final_ttl } else { s.ttl },
-            bytes,
-            schema,
-            batches: batches.to_vec(),
-        };
-        if let Some(old) = map.insert(key, entry) {
-            *held -= old.bytes;
-        }
-        *held += bytes;
-        metrics::gauge!("runnel_flight_cache_bytes").set(*held as f64);
+        let ttl = if all_final { s.final_ttl } else { s.ttl };
+        self.lru
+            .put(key, (schema, batches.to_vec()), bytes, Some(ttl));
     }
 }
 
@@ -148,10 +119,7 @@ impl Tables {
             admin,
             rows_max,
             event_blocks: Arc::new(EventBlocks::new(cache.event_blocks_bytes_max)),
-            cache: ResultCache {
-                settings: cache,
-                entries: std::sync::Mutex::new((std::collections::HashMap::new(), 0)),
-            },
+            cache: ResultCache::new(cache),
         }
     }
 
@@ -606,67 +574,32 @@ impl EventColumns {
 /// first). `runnel_flight_event_blocks_hits_total` / `_misses_total` count lookups and
 /// `runnel_flight_event_blocks_bytes` shows what is held.
 pub struct EventBlocks {
-    bytes_max: usize,
-    blocks: std::sync::Mutex<EventBlockMap>,
-}
-
-/// Block index → (batch, bytes, last use); and the bytes held.
-#[derive(Default)]
-struct EventBlockMap {
-    blocks: BTreeMap<u64, (RecordBatch, usize, std::time::Instant)>,
-    held: usize,
+    lru: ByteLru<u64, RecordBatch>,
 }
 
 impl EventBlocks {
     /// A cache holding at most `bytes_max` bytes of Arrow data (0: none).
     pub fn new(bytes_max: usize) -> Self {
         Self {
-            bytes_max,
-            blocks: std::sync::Mutex::new(EventBlockMap::default()),
+            lru: ByteLru::new(
+                bytes_max,
+                bytes_max,
+                CacheMetrics {
+                    hits: "runnel_flight_event_blocks_hits_total",
+                    misses: "runnel_flight_event_blocks_misses_total",
+                    bytes: "runnel_flight_event_blocks_bytes",
+                },
+            ),
         }
     }
 
     fn get(&self, block: u64) -> Option<RecordBatch> {
-        let mut m = self.blocks.lock().expect("lock poisoned");
-        let hit = m.blocks.get_mut(&block).map(|(b, _, used)| {
-            *used = std::time::Instant::now();
-            b.clone()
-        });
-        if hit.is_some() {
-            metrics::counter!("runnel_flight_event_blocks_hits_total").increment(1);
-        } else {
-            metrics::counter!("runnel_flight_event_blocks_misses_total").increment(1);
-        }
-        hit
+        self.lru.get(&block)
     }
 
     fn put(&self, block: u64, batch: &RecordBatch) {
-        let bytes = batch.get_array_memory_size();
-        if bytes > self.bytes_max {
-            return;
-        }
-        let mut m = self.blocks.lock().expect("lock poisoned");
-        while m.held + bytes > self.bytes_max {
-            let Some(oldest) = m
-                .blocks
-                .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            if let Some((_, b, _)) = m.blocks.remove(&oldest) {
-                m.held -= b;
-            }
-        }
-        if let Some((_, old, _)) = m
-            .blocks
-            .insert(block, (batch.clone(), bytes, std::time::Instant::now()))
-        {
-            m.held -= old;
-        }
-        m.held += bytes;
-        metrics::gauge!("runnel_flight_event_blocks_bytes").set(m.held as f64);
+        self.lru
+            .put(block, batch.clone(), batch.get_array_memory_size(), None);
     }
 }
 
@@ -915,7 +848,7 @@ mod tests {
         let want: Vec<u64> = (0..total).collect();
         assert_eq!(offsets(&all(&blocks)), want);
         // Both full blocks are kept; the partial third is not.
-        assert_eq!(blocks.blocks.lock().unwrap().blocks.len(), 2);
+        assert_eq!(blocks.lru.len(), 2);
         assert_eq!(offsets(&all(&blocks)), want, "from the kept blocks");
         // Without a cache, the same.
         assert_eq!(offsets(&all(&EventBlocks::new(0))), want);
@@ -951,6 +884,6 @@ mod tests {
         // A cache too small for one block keeps none and still answers.
         let tiny = EventBlocks::new(1 << 10);
         assert_eq!(offsets(&all(&tiny)).len(), total as usize);
-        assert!(tiny.blocks.lock().unwrap().blocks.is_empty());
+        assert_eq!(tiny.lru.len(), 0);
     }
 }

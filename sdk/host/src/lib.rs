@@ -268,13 +268,19 @@ pub struct Runtime {
     _ticker: Arc<Ticker>,
 }
 
+/// The epoch ticker thread: stopped and joined when the last clone of the runtime goes.
 struct Ticker {
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // At most one tick away.
+            let _ = t.join();
+        }
     }
 }
 
@@ -308,7 +314,7 @@ impl Runtime {
         aggregator::add_to_linker(&mut agg_linker)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tick_engine, tick_stop) = (engine.clone(), stop.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !tick_stop.load(Ordering::Relaxed) {
@@ -321,7 +327,10 @@ impl Runtime {
             linker: Arc::new(linker),
             agg_linker: Arc::new(agg_linker),
             cache_dir: None,
-            _ticker: Arc::new(Ticker { stop }),
+            _ticker: Arc::new(Ticker {
+                stop,
+                thread: Some(thread),
+            }),
         })
     }
 
