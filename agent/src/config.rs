@@ -110,6 +110,9 @@ settings! {
     retry_after_secs: u64 [u64] = 1;
     /// Most bytes of spool records in one shipped batch.
     ship_batch_bytes_max: usize [usize] = 4 << 20;
+    /// Most batches sent to the broker and not yet answered (1 to 16): the shipper keeps this
+    /// many in flight on one stream, answered in order.
+    ship_in_flight_max: usize [usize] = 8;
     /// How long the shipper waits for a batch to fill before sending a partial one, in ms.
     ship_linger_ms: u64 [u64] = 2;
     /// How long the shipper waits for the broker's answer to one batch, in ms.
@@ -183,6 +186,17 @@ impl AgentConfig {
             return fail(
                 "clock_offset_ms",
                 "must be within ±10 years (315576000000 ms)",
+            );
+        }
+        if self.ship_in_flight_max == 0
+            || self.ship_in_flight_max > runnel_protocol::STREAM_BATCHES_MAX
+        {
+            let max = runnel_protocol::STREAM_BATCHES_MAX;
+            return fail(
+                "ship_in_flight_max",
+                &format!(
+                    "must be between 1 and {max} (the broker answers at most {max} batches of a stream at once)"
+                ),
             );
         }
         if self.ship_backoff_min_ms == 0 || self.ship_backoff_max_ms < self.ship_backoff_min_ms {

@@ -188,6 +188,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
             server_name: cfg.broker_server_name.clone(),
             broker_ca,
             batch_bytes_max: cfg.ship_batch_bytes_max,
+            in_flight_max: cfg.ship_in_flight_max,
             linger: Duration::from_millis(cfg.ship_linger_ms),
             timeout: Duration::from_millis(cfg.ship_timeout_ms),
             backoff_min: Duration::from_millis(cfg.ship_backoff_min_ms),

@@ -1,13 +1,22 @@
 //! The shipper: sends durable spool records to the broker over QUIC and advances the cursor
 //! when the broker acknowledges them.
 //!
-//! One batch is in flight at a time: a run of consecutive spool records (up to
-//! `ship_batch_bytes_max`), framed as a [`Batch`] with `(agent_id, epoch, first_seq)`, on one
-//! bidirectional stream. The broker answers after its own fsync. Until an answer comes the same
-//! batch is sent again, on a new connection if needed, with exponential backoff and jitter
-//! between tries; the broker appends each `(agent_id, epoch, seq)` at most once, so a resend
-//! after a lost answer or an agent restart never duplicates events.
+//! Batches are runs of consecutive spool records (up to `ship_batch_bytes_max`), each framed as
+//! a [`Batch`] with `(agent_id, epoch, first_seq)`. Up to `ship_in_flight_max` of them are in
+//! flight at once, one after another on one bidirectional stream (`runnel/2`); the broker hands
+//! them to its log in that order and answers each, in that order, after its own fsync. The
+//! cursor advances over the answered prefix only, so a crash at any moment leaves every
+//! unanswered batch in the spool to be sent again.
+//!
+//! When the stream or the connection fails, or an answer is late, everything unanswered is
+//! sent again, in order, on a new stream (a new connection if needed), with exponential backoff
+//! and jitter between tries; the broker appends each `(agent_id, epoch, seq)` at most once, so
+//! a resend after a lost answer or an agent restart never duplicates events. When the broker
+//! refuses a batch (`Rejected`) it reads no more of that stream; the shipper finds the refused
+//! chunks by sending that batch's chunks one at a time, keeps them in `rejected/`, and goes on
+//! with the batches behind it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +26,7 @@ use anyhow::Context;
 use backon::BackoffBuilder;
 use runnel_event::{AckStatus, Batch, BatchAck};
 use runnel_segment::StoredRecord;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::spool::Spool;
 
@@ -44,6 +53,8 @@ pub struct ShipperOptions {
     pub broker_ca: PathBuf,
     /// See `AgentConfig::ship_batch_bytes_max`.
     pub batch_bytes_max: usize,
+    /// See `AgentConfig::ship_in_flight_max`.
+    pub in_flight_max: usize,
     /// See `AgentConfig::ship_linger_ms`.
     pub linger: Duration,
     /// See `AgentConfig::ship_timeout_ms`.
@@ -67,6 +78,26 @@ pub struct Shipper {
     conn: Option<quinn::Connection>,
 }
 
+/// A batch sent and not yet answered.
+struct InFlight {
+    first_seq: u64,
+    end: u64,
+    frame: Vec<u8>,
+    sent_at: Instant,
+}
+
+/// How a session (one stream) ended.
+enum SessionEnd {
+    Shutdown,
+    /// The stream, the connection or the broker failed; `progressed`: some batch was answered.
+    Failed {
+        error: SendError,
+        progressed: bool,
+    },
+    /// The broker refused the first unanswered batch.
+    Rejected(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SendError {
     #[error("connect: {0}")]
@@ -77,6 +108,8 @@ enum SendError {
     Timeout,
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    #[error("reading the spool: {0}")]
+    SpoolRead(String),
 }
 
 impl SendError {
@@ -86,6 +119,7 @@ impl SendError {
             Self::Stream(_) => "stream",
             Self::Timeout => "timeout",
             Self::Unavailable(_) => "unavailable",
+            Self::SpoolRead(_) => "spool_read",
         }
     }
 }
@@ -116,97 +150,271 @@ impl Shipper {
 
     /// Ships until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut next = self.spool.acked();
-        let mut durable = self.spool.durable_end();
+        let mut queue: VecDeque<InFlight> = VecDeque::new();
+        let mut next_read = self.spool.acked();
+        let mut delays = self.backoff();
         loop {
-            while *durable.borrow_and_update() <= next {
-                tokio::select! {
-                    r = durable.changed() => if r.is_err() { return },
-                    _ = shutdown.changed() => return,
-                }
-            }
-            if !self.opts.linger.is_zero() {
-                tokio::time::sleep(self.opts.linger).await;
-            }
-            let reader = self.spool.reader().clone();
-            let max = self.opts.batch_bytes_max;
-            let read =
-                tokio::task::spawn_blocking(move || reader.read(next, BATCH_CHUNKS_MAX, max))
-                    .await
-                    .expect("spool read task");
-            let records = match read {
-                Ok(r) if !r.is_empty() => r,
-                Ok(_) => {
-                    tokio::time::sleep(self.opts.backoff_min).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the spool failed");
-                    metrics::counter!("runnel_agent_ship_errors_total", "kind" => "spool_read")
+            match self
+                .session(&mut queue, &mut next_read, &mut shutdown)
+                .await
+            {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Failed { error, progressed } => {
+                    if progressed {
+                        delays = self.backoff();
+                    }
+                    let delay = delays.next().unwrap_or(self.opts.backoff_max);
+                    metrics::counter!("runnel_agent_ship_errors_total", "kind" => error.kind())
                         .increment(1);
+                    if matches!(error, SendError::SpoolRead(_)) {
+                        tracing::error!(error = %error, "reading the spool failed");
+                    } else {
+                        tracing::warn!(error = %error, in_flight = queue.len(), retry_in_ms = delay.as_millis() as u64, "shipping failed; will send the unanswered batches again");
+                    }
+                    if !matches!(error, SendError::Unavailable(_) | SendError::SpoolRead(_)) {
+                        self.conn = None;
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(self.opts.backoff_max) => continue,
+                        _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => return,
                     }
                 }
-            };
-            let records = consecutive(records);
-            let first = records[0].header.base_offset;
-            let end = first + records.len() as u64;
-            let Some(()) = self.ship_records(records, &mut shutdown).await else {
-                return;
-            };
-            let spool = self.spool.clone();
-            match tokio::task::spawn_blocking(move || spool.ack(end))
-                .await
-                .expect("ack task")
-            {
-                Ok(()) => next = end,
-                Err(e) => {
-                    // The broker has the batch; failing to record that only means it is sent
-                    // again later and dropped by the broker as a duplicate.
-                    tracing::error!(error = %e, "writing the spool cursor failed");
-                    next = end;
+                SessionEnd::Rejected(reason) => {
+                    let head = queue.pop_front().expect("a refused batch was in flight");
+                    tracing::error!(first_seq = head.first_seq, reason = %reason, "broker rejected a batch; isolating it");
+                    let Some(()) = self.isolate(&head.frame, &mut shutdown).await else {
+                        return;
+                    };
+                    self.ack(head.end).await;
+                    delays = self.backoff();
                 }
             }
         }
     }
 
-    /// Sends the records until the broker has them; `None` on shutdown.
-    async fn ship_records(
-        &mut self,
-        records: Vec<StoredRecord>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<()> {
-        let first_seq = records[0].header.base_offset;
-        let batch = Batch {
-            agent_id: self.identity.agent_id.clone(),
-            host: self.identity.host.clone(),
-            epoch: self.spool.epoch(),
-            first_seq,
-            chunks: records.into_iter().map(|r| r.payload).collect(),
-        };
-        let ack = self.send_until_answered(&batch, shutdown).await?;
-        if ack.status != AckStatus::Rejected {
-            return Some(());
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.opts.backoff_min)
+            .with_max_delay(self.opts.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Records that the broker has every record below `end`. Failing to write that only
+    /// means the records are sent again later and dropped by the broker as duplicates.
+    async fn ack(&self, end: u64) {
+        let spool = self.spool.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || spool.ack(end))
+            .await
+            .expect("ack task")
+        {
+            tracing::error!(error = %e, "writing the spool cursor failed");
         }
-        tracing::error!(first_seq, reason = %ack.message, "broker rejected a batch; isolating it");
-        // Find the chunks the broker refuses by sending them one at a time; keep those aside.
-        // Each one-chunk batch takes its chunk from the batch: nothing else is copied.
-        let Batch {
-            agent_id,
-            host,
-            epoch,
-            chunks,
-            ..
-        } = batch;
-        for (i, chunk) in chunks.into_iter().enumerate() {
+    }
+
+    /// One stream: sends what `queue` holds again, then keeps up to `in_flight_max` batches in
+    /// flight, reading new ones from `next_read` on, and takes the answers in order.
+    async fn session(
+        &mut self,
+        queue: &mut VecDeque<InFlight>,
+        next_read: &mut u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let failed = |error, progressed| SessionEnd::Failed { error, progressed };
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return failed(e, false),
+        };
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return failed(SendError::Stream(e.to_string()), false),
+        };
+        // Answers are read by their own task, so a half-read answer is never dropped while
+        // this loop waits for something else.
+        let (answers_tx, mut answers) = mpsc::channel(runnel_protocol::STREAM_BATCHES_MAX + 1);
+        let reader = AbortOnDrop(tokio::spawn(read_answers(recv, answers_tx)));
+        let timeout = self.opts.timeout;
+        let mut writable = true;
+        for b in queue.iter_mut() {
+            b.sent_at = Instant::now();
+            if let Err(e) = write(&mut send, &b.frame, timeout).await {
+                tracing::debug!(error = %e, "resending failed");
+                writable = false;
+                break;
+            }
+        }
+        let mut durable = self.spool.durable_end();
+        let mut progressed = false;
+        // After an empty read past the durable end (a quarantined segment), wait a little.
+        let mut read_again_at: Option<tokio::time::Instant> = None;
+        loop {
+            let room = writable && queue.len() < self.opts.in_flight_max;
+            let more = *durable.borrow_and_update() > *next_read
+                && read_again_at.is_none_or(|t| tokio::time::Instant::now() >= t);
+            if room && more {
+                read_again_at = None;
+                if queue.is_empty() && !self.opts.linger.is_zero() {
+                    // Nothing in flight: let the batch fill a little.
+                    tokio::time::sleep(self.opts.linger).await;
+                }
+                match self.read_batch(*next_read).await {
+                    Ok(Some(mut b)) => {
+                        b.sent_at = Instant::now();
+                        let sent = write(&mut send, &b.frame, timeout).await;
+                        *next_read = b.end;
+                        if !queue.is_empty() {
+                            metrics::counter!("runnel_agent_ship_pipelined_total").increment(1);
+                        }
+                        queue.push_back(b);
+                        metrics::gauge!("runnel_agent_ship_in_flight").set(queue.len() as f64);
+                        if let Err(e) = sent {
+                            // Take what the broker still answers (a refusal, say), then fail.
+                            tracing::debug!(error = %e, "sending failed");
+                            writable = false;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {
+                        read_again_at = Some(tokio::time::Instant::now() + self.opts.backoff_min);
+                        continue;
+                    }
+                    Err(e) => return failed(e, progressed),
+                }
+            }
+            if !writable && queue.is_empty() {
+                return failed(SendError::Stream("stream closed".into()), progressed);
+            }
+            let deadline = queue
+                .front()
+                .map(|b| tokio::time::Instant::from_std(b.sent_at + timeout));
+            tokio::select! {
+                answer = answers.recv(), if !queue.is_empty() => {
+                    let ack = match answer {
+                        Some(Ok(ack)) => ack,
+                        Some(Err(e)) => return failed(e, progressed),
+                        None => return failed(SendError::Stream("stream closed".into()), progressed),
+                    };
+                    match ack.status {
+                        AckStatus::Appended | AckStatus::Duplicate => {
+                            let b = queue.pop_front().expect("checked above");
+                            self.answered(&b, &ack);
+                            progressed = true;
+                            // Take every answer already here, then move the cursor once.
+                            let mut end = b.end;
+                            while !queue.is_empty() {
+                                match answers.try_recv() {
+                                    Ok(Ok(ack)) if matches!(ack.status, AckStatus::Appended | AckStatus::Duplicate) => {
+                                        let b = queue.pop_front().expect("checked above");
+                                        self.answered(&b, &ack);
+                                        end = b.end;
+                                    }
+                                    Ok(Ok(ack)) if ack.status == AckStatus::Rejected => {
+                                        self.ack(end).await;
+                                        return SessionEnd::Rejected(ack.message);
+                                    }
+                                    Ok(Ok(ack)) => {
+                                        self.ack(end).await;
+                                        return failed(SendError::Unavailable(ack.message), true);
+                                    }
+                                    Ok(Err(e)) => {
+                                        self.ack(end).await;
+                                        return failed(e, true);
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            metrics::gauge!("runnel_agent_ship_in_flight").set(queue.len() as f64);
+                            self.ack(end).await;
+                        }
+                        AckStatus::Rejected => return SessionEnd::Rejected(ack.message),
+                        AckStatus::Unavailable => {
+                            return failed(SendError::Unavailable(ack.message), progressed);
+                        }
+                    }
+                }
+                r = durable.changed(), if room && !more && read_again_at.is_none() => {
+                    if r.is_err() {
+                        return SessionEnd::Shutdown;
+                    }
+                }
+                _ = tokio::time::sleep_until(read_again_at.unwrap_or_else(tokio::time::Instant::now)), if room && read_again_at.is_some() => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    drop(reader);
+                    return failed(SendError::Timeout, progressed);
+                }
+                _ = shutdown.changed() => return SessionEnd::Shutdown,
+            }
+        }
+    }
+
+    /// Counts an answered batch.
+    fn answered(&self, b: &InFlight, ack: &BatchAck) {
+        metrics::histogram!("runnel_agent_ship_latency_seconds")
+            .record(b.sent_at.elapsed().as_secs_f64());
+        metrics::counter!("runnel_agent_batches_shipped_total").increment(1);
+        metrics::counter!("runnel_agent_events_acked_total")
+            .increment(u64::from(ack.appended_events));
+        metrics::counter!("runnel_agent_bytes_shipped_total").increment(b.frame.len() as u64);
+    }
+
+    /// The next batch from spool sequence `from` on, framed; `None` when there is nothing to
+    /// read there yet.
+    async fn read_batch(&self, from: u64) -> Result<Option<InFlight>, SendError> {
+        let reader = self.spool.reader().clone();
+        let max = self.opts.batch_bytes_max;
+        let (agent_id, host, epoch) = (
+            self.identity.agent_id.clone(),
+            self.identity.host.clone(),
+            self.spool.epoch(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let records = reader
+                .read(from, BATCH_CHUNKS_MAX, max)
+                .map_err(|e| SendError::SpoolRead(e.to_string()))?;
+            if records.is_empty() {
+                return Ok(None);
+            }
+            let records = consecutive(records);
+            let first_seq = records[0].header.base_offset;
+            let end = first_seq + records.len() as u64;
+            let frame = Batch {
+                agent_id,
+                host,
+                epoch,
+                first_seq,
+                chunks: records.into_iter().map(|r| r.payload).collect(),
+            }
+            .encode_frame();
+            Ok(Some(InFlight {
+                first_seq,
+                end,
+                frame,
+                sent_at: Instant::now(),
+            }))
+        })
+        .await
+        .expect("spool read task")
+    }
+
+    /// Finds the chunks of a refused batch that the broker refuses by sending them one at a
+    /// time, and keeps those aside; `None` on shutdown.
+    async fn isolate(&mut self, frame: &[u8], shutdown: &mut watch::Receiver<bool>) -> Option<()> {
+        let body = runnel_event::wire::decode_frame(frame, usize::MAX).expect("a frame we made");
+        let (archived, _) = runnel_event::wire::access_batch(&body).expect("a frame we made");
+        let (agent_id, host, epoch, first_seq) = (
+            archived.agent_id.to_string(),
+            archived.host.to_string(),
+            archived.epoch.to_native(),
+            archived.first_seq.to_native(),
+        );
+        for (i, chunk) in archived.chunks.iter().enumerate() {
             let single = Batch {
                 agent_id: agent_id.clone(),
                 host: host.clone(),
                 epoch,
                 first_seq: first_seq + i as u64,
-                chunks: vec![chunk],
+                chunks: vec![chunk.as_slice().to_vec()],
             };
             let ack = self.send_until_answered(&single, shutdown).await?;
             if ack.status == AckStatus::Rejected {
@@ -249,12 +457,7 @@ impl Shipper {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<BatchAck> {
         let frame = batch.encode_frame();
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(self.opts.backoff_min)
-            .with_max_delay(self.opts.backoff_max)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = self.backoff();
         loop {
             let started = Instant::now();
             let attempt = tokio::select! {
@@ -303,6 +506,13 @@ impl Shipper {
             .await
             .map_err(|_| SendError::Connect("timed out".into()))?
             .map_err(|e| SendError::Connect(e.to_string()))?;
+        if runnel_protocol::negotiated(&conn).as_deref() != Some(runnel_protocol::ALPN) {
+            conn.close(0u32.into(), b"protocol");
+            return Err(SendError::Connect(format!(
+                "the broker at {} speaks only runnel/1 and this agent ships runnel/2: upgrade the broker (it serves agents of both)",
+                self.opts.broker_addr
+            )));
+        }
         tracing::info!(broker = %self.opts.broker_addr, "connected to broker");
         self.conn = Some(conn.clone());
         Ok(conn)
@@ -333,6 +543,66 @@ impl Shipper {
             AckStatus::Unavailable => Err(SendError::Unavailable(ack.message)),
             _ => Ok(ack),
         }
+    }
+}
+
+/// Writes one frame to the stream, within `timeout`.
+async fn write(
+    send: &mut quinn::SendStream,
+    frame: &[u8],
+    timeout: Duration,
+) -> Result<(), SendError> {
+    tokio::time::timeout(timeout, send.write_all(frame))
+        .await
+        .map_err(|_| SendError::Timeout)?
+        .map_err(|e| SendError::Stream(e.to_string()))
+}
+
+/// Reads the broker's answers off a stream, in order, until it ends or fails.
+async fn read_answers(
+    mut recv: quinn::RecvStream,
+    answers: mpsc::Sender<Result<BatchAck, SendError>>,
+) {
+    loop {
+        let answer = read_answer(&mut recv).await;
+        let end = !matches!(answer, Ok(Some(_)));
+        let item = match answer {
+            Ok(Some(ack)) => Ok(ack),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if answers.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// One answer (`BatchAck`, self-delimiting); `None` when the broker finished the stream.
+async fn read_answer(recv: &mut quinn::RecvStream) -> Result<Option<BatchAck>, SendError> {
+    let stream = |e: quinn::ReadExactError| SendError::Stream(e.to_string());
+    let mut fixed = [0u8; runnel_event::wire::ACK_FIXED_BYTES];
+    match recv.read_exact(&mut fixed).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(stream(e)),
+    }
+    let mut ack = fixed.to_vec();
+    let message_len = runnel_event::wire::ack_message_len(&fixed);
+    ack.resize(fixed.len() + message_len, 0);
+    recv.read_exact(&mut ack[fixed.len()..])
+        .await
+        .map_err(stream)?;
+    BatchAck::decode(&ack)
+        .map(Some)
+        .map_err(|e| SendError::Stream(e.to_string()))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -56,7 +56,9 @@ pub struct RunningBroker {
 }
 
 impl RunningBroker {
-    /// Stops accepting and waits for the tasks to finish.
+    /// Stops accepting, then joins what it started: the QUIC, admin and Flight tasks (and
+    /// through them every connection and stream task), the pipeline thread, and last the log
+    /// writer thread once it has answered what was queued.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -64,6 +66,9 @@ impl RunningBroker {
         }
         let pipeline = self.pipeline;
         let _ = tokio::task::spawn_blocking(move || pipeline.stop()).await;
+        // Last: every writer has stopped. (The epoch ticker ends with the last runtime clone,
+        // the pipeline's and the admin API's, dropped above.)
+        self.log.close().await;
     }
 }
 

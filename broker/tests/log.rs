@@ -264,3 +264,73 @@ fn malformed_batches_are_refused_with_a_reason() {
             .contains("batch_bytes_max")
     );
 }
+
+#[tokio::test]
+async fn close_answers_what_is_queued_then_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), Arc::new(FsStorage));
+    let clone = log.clone();
+    // Both appends are queued before the stop (join! polls in order); both are answered.
+    let (a, b, ()) = tokio::join!(
+        send(&log, batch(1, 0, 2)),
+        send(&log, batch(1, 2, 1)),
+        log.close()
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (AckStatus::Appended, AckStatus::Appended)
+    );
+    // After the close, an append through any clone is refused, not lost silently.
+    let late = send(&clone, batch(1, 3, 1)).await;
+    assert_eq!(
+        (late.status, late.message.as_str()),
+        (AckStatus::Unavailable, "log writer stopped")
+    );
+    // A second close is a no-op; reads still work.
+    log.close().await;
+    assert_eq!(ids(&clone), vec!["e-0", "e-1", "e-2"]);
+    drop((log, clone));
+    let log = open(dir.path(), Arc::new(FsStorage));
+    assert_eq!(ids(&log), vec!["e-0", "e-1", "e-2"]);
+    assert_eq!(send(&log, batch(1, 3, 1)).await.status, AckStatus::Appended);
+}
+
+/// Several batches of one agent in flight: when one fails to append (a torn write), the
+/// ones behind it are not appended before it comes again, so none of its chunks can later pass
+/// for a duplicate.
+#[tokio::test]
+async fn batches_behind_a_failed_append_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open(
+        dir.path(),
+        Arc::new(FaultyStorage::new(FsStorage, faults.clone())),
+    );
+    assert_eq!(send(&log, batch(1, 0, 2)).await.status, AckStatus::Appended);
+    // The write of the first fails half-way (and is undone); the one behind it would succeed.
+    let (big, small) = (batch(1, 2, 50), batch(1, 52, 1));
+    faults.tear_next_write();
+    let (a, b) = tokio::join!(send(&log, big.clone()), send(&log, small.clone()));
+    assert_eq!(faults.injected(), 1);
+    assert_eq!(a.status, AckStatus::Unavailable, "{a:?}");
+    assert_eq!(b.status, AckStatus::Unavailable, "{b:?}");
+    assert!(b.message.contains("send again from seq 2"), "{b:?}");
+    assert!(
+        log.failure().is_none(),
+        "a failed write is undone, not fatal"
+    );
+    // Still held while the failed batch has not come again.
+    assert_eq!(
+        send(&log, small.clone()).await.status,
+        AckStatus::Unavailable
+    );
+    // Sent again in order: both land, nothing doubled, nothing skipped.
+    let (a, b) = tokio::join!(send(&log, big), send(&log, small));
+    assert_eq!((a.status, a.appended_events), (AckStatus::Appended, 50));
+    assert_eq!((b.status, b.appended_events), (AckStatus::Appended, 1));
+    let want: Vec<String> = (0..53).map(|s| format!("e-{s}")).collect();
+    assert_eq!(ids(&log), want);
+    drop(log);
+    let log = open(dir.path(), Arc::new(FsStorage));
+    assert_eq!(ids(&log), want);
+}

@@ -206,6 +206,7 @@ async fn nothing_lost_or_doubled_under_kill_9() {
         "--decompressed-bytes-max=524288",
         "--body-bytes-max=524288",
         "--ship-batch-bytes-max=262144",
+        "--ship-in-flight-max=8",
         "--ship-timeout-ms=1000",
         "--ship-backoff-max-ms=200",
     ]);
@@ -345,6 +346,165 @@ async fn nothing_lost_or_doubled_under_kill_9() {
     );
     assert_eq!(stats["records"].as_u64(), Some(EVENTS as u64), "{stats}");
     assert_eq!(counts.len(), EVENTS);
+    p.agent.kill9();
+    p.broker.kill9();
+}
+
+/// Eight batches in flight on one stream: an agent with a backlog ships it pipelined, and
+/// `kill -9` of the agent, then of the broker, while batches are in flight loses nothing and
+/// doubles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_ships_eight_in_flight_exactly_once_across_kill_9() {
+    const REQUESTS: usize = 400;
+    const PER_REQUEST: usize = 50;
+    const EVENTS: u64 = (REQUESTS * PER_REQUEST) as u64;
+    // One request is one spool record of ≈ 8 KiB; batches of at most 16 KiB: hundreds of them.
+    let mut p = Pipeline::new(&[
+        "--ship-in-flight-max=8",
+        "--ship-batch-bytes-max=16384",
+        "--ship-timeout-ms=1000",
+        "--ship-backoff-max-ms=200",
+    ]);
+    p.start().await;
+    // The backlog builds while the broker is down.
+    p.broker.kill9();
+    let client = reqwest::Client::new();
+    for r in 0..REQUESTS {
+        let body = json!(
+            (0..PER_REQUEST)
+                .map(|i| event(&format!("f-{r}-{i}"), "order.placed"))
+                .collect::<Vec<_>>()
+        )
+        .to_string();
+        let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
+        assert_eq!(status, 202, "{answer}");
+    }
+    let metrics_url = format!("{}/metrics", p.agent_url);
+    let agent_metric = |name: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let m = reqwest::get(url).await.unwrap().text().await.unwrap();
+            m.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0.0, |v| v.parse::<f64>().unwrap())
+        }
+    };
+    p.start_broker().await;
+    // Kill each while the backlog is being shipped: some of it in the log, not all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let in_the_log = |p: &Pipeline| {
+        let admin = p.admin();
+        async move { admin.log_stats().await.map(|s| s.records).unwrap_or(0) }
+    };
+    loop {
+        let n = in_the_log(&p).await;
+        if n > 0 {
+            eprintln!("agent killed with {n} of {EVENTS} events in the log");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing shipped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Shipped pipelined: batches were sent while others were unanswered.
+    assert!(agent_metric("runnel_agent_ship_pipelined_total").await > 0.0);
+    p.agent.kill9();
+    p.start_agent().await;
+    let before = in_the_log(&p).await;
+    while in_the_log(&p).await == before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "broker killed with {} of {EVENTS} events in the log",
+        in_the_log(&p).await
+    );
+    p.broker.kill9();
+    p.start_broker().await;
+
+    p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut body = Vec::new();
+    p.admin()
+        .log_read_to("events", 0, EVENTS as usize + 1_000, &mut body)
+        .await
+        .unwrap();
+    let body = String::from_utf8(body).unwrap();
+    let mut counts: HashMap<&str, u32> = HashMap::new();
+    for line in body.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["event_id"].as_str().unwrap();
+        *counts.entry(line_id(line, id)).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(doubled.is_empty(), "appended more than once: {doubled:?}");
+    let missing: Vec<String> = (0..REQUESTS)
+        .flat_map(|r| (0..PER_REQUEST).map(move |i| format!("f-{r}-{i}")))
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "accepted events missing: {missing:?}");
+    assert_eq!(counts.len() as u64, EVENTS);
+    p.agent.kill9();
+    p.broker.kill9();
+}
+
+/// The broker refuses batches in flight (its `batch_bytes_max` is smaller than the agent's
+/// batches): the shipper isolates each refused batch chunk by chunk, keeps the one chunk the
+/// broker refuses on its own in `rejected/`, and every other event lands once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
+    const REQUESTS: usize = 60;
+    const PER_REQUEST: usize = 50;
+    const BIG: usize = 30;
+    let mut p = Pipeline::with_args(
+        &[
+            "--ship-in-flight-max=8",
+            "--ship-batch-bytes-max=262144",
+            "--ship-backoff-max-ms=200",
+        ],
+        &["--batch-bytes-max=32768"],
+    );
+    p.start().await;
+    // A backlog, so that several large batches go out at once.
+    p.broker.kill9();
+    let client = reqwest::Client::new();
+    let mut want = Vec::new();
+    for r in 0..REQUESTS {
+        // Request BIG alone is larger than the broker's limit.
+        let n = if r == BIG { 1_000 } else { PER_REQUEST };
+        let ids: Vec<String> = (0..n).map(|i| format!("g-{r}-{i}")).collect();
+        let body = json!(
+            ids.iter()
+                .map(|id| event(id, "order.placed"))
+                .collect::<Vec<_>>()
+        )
+        .to_string();
+        let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
+        assert_eq!(status, 202, "{answer}");
+        if r != BIG {
+            want.extend(ids);
+        }
+    }
+    p.start_broker().await;
+    p.wait_for_records(want.len() as u64, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<String> = p
+        .log_read(0, 100_000)
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "every other event once, in the order accepted");
+    let rejected = p.dir.path().join("agent/rejected");
+    let kept: Vec<String> = std::fs::read_dir(&rejected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let chunks: Vec<&String> = kept.iter().filter(|n| n.ends_with(".chunk")).collect();
+    assert_eq!(chunks.len(), 1, "{kept:?}");
+    let reason =
+        std::fs::read_to_string(rejected.join(chunks[0]).with_extension("reason")).unwrap();
+    assert!(reason.contains("batch_bytes_max"), "{reason}");
     p.agent.kill9();
     p.broker.kill9();
 }

@@ -1,12 +1,15 @@
-//! The QUIC endpoint agents ship to: one bidirectional stream per batch; the answer is written
-//! after the log's fsync. Every connection and stream task is joined at shutdown.
+//! The QUIC endpoint agents ship to. A bidirectional stream carries one or more batch frames
+//! (`runnel/2`; `runnel/1` agents send one); each is checked and handed to the log writer in
+//! the order it came, and the answers are written in that order, each after its fsync. Every
+//! connection and stream task is joined at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use runnel_event::wire::FRAME_HEADER_BYTES;
+use runnel_event::wire::{FRAME_HEADER_BYTES, WireError, decode_frame_header};
 use runnel_event::{AckStatus, BatchAck};
-use tokio::sync::watch;
+use runnel_protocol::STREAM_BATCHES_MAX;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::log::{BrokerLog, check_batch};
@@ -78,31 +81,107 @@ async fn connection(conn: quinn::Connection, log: BrokerLog, batch_bytes_max: us
     metrics::gauge!("runnel_broker_connections").decrement(1.0);
 }
 
+/// One stream: a reader hands each frame, checked, to the log in order and queues its answer
+/// to come; a writer sends the answers in the same order. A refused frame is answered and ends
+/// the reading (the agent resends what followed it on a new stream).
 async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     log: BrokerLog,
     batch_bytes_max: usize,
 ) -> anyhow::Result<()> {
-    let ack = match recv.read_to_end(batch_bytes_max + FRAME_HEADER_BYTES).await {
-        Err(quinn::ReadToEndError::TooLong) => rejected(format!(
+    let (answers, mut pending) = mpsc::channel::<Answer>(STREAM_BATCHES_MAX);
+    let read = async move {
+        loop {
+            let frame = match read_frame(&mut recv, batch_bytes_max).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(ReadFrame::Refused(reason)) => {
+                    let _ = answers
+                        .send(Box::pin(std::future::ready(rejected(reason))))
+                        .await;
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+                Err(ReadFrame::Stream(e)) => return Err(e),
+            };
+            let answer: Answer = match check_batch(frame, batch_bytes_max) {
+                Ok(batch) => Box::pin(log.submit(batch).await),
+                Err(reason) => {
+                    let _ = answers
+                        .send(Box::pin(std::future::ready(rejected(reason))))
+                        .await;
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+            };
+            if answers.send(answer).await.is_err() {
+                // The writer half failed: the agent is gone.
+                return Ok(());
+            }
+        }
+    };
+    let write = async move {
+        while let Some(answer) = pending.recv().await {
+            let ack = answer.await;
+            if ack.status == AckStatus::Rejected {
+                metrics::counter!("runnel_broker_batches_rejected_total").increment(1);
+                tracing::warn!(reason = %ack.message, "rejected a batch");
+            }
+            send.write_all(&ack.encode()).await?;
+        }
+        send.finish()?;
+        // Wait until the agent has every answer (or is gone) before dropping the stream.
+        let _ = send.stopped().await;
+        anyhow::Ok(())
+    };
+    let (read, write) = tokio::join!(read, write);
+    read.and(write)
+}
+
+/// An answer to come, in a stream's order.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = BatchAck> + Send>>;
+
+enum ReadFrame {
+    /// The frame is refused before it is read whole (its header is wrong or too large).
+    Refused(String),
+    /// The stream broke.
+    Stream(anyhow::Error),
+}
+
+/// The next whole frame of the stream; `None` when the agent finished the stream.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    batch_bytes_max: usize,
+) -> Result<Option<Vec<u8>>, ReadFrame> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadFrame::Refused(format!(
+                "frame truncated: {n} bytes, expected {FRAME_HEADER_BYTES}"
+            )));
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFrame::Stream(e.into())),
+    }
+    let h = decode_frame_header(&header, batch_bytes_max).map_err(|e| match e {
+        WireError::TooLarge { .. } => ReadFrame::Refused(format!(
             "batch exceeds batch_bytes_max ({batch_bytes_max} bytes)"
         )),
-        Err(e) => return Err(e.into()),
-        Ok(frame) => match check_batch(frame, batch_bytes_max) {
-            Ok(batch) => log.append(batch).await,
-            Err(reason) => rejected(reason),
-        },
-    };
-    if ack.status == AckStatus::Rejected {
-        metrics::counter!("runnel_broker_batches_rejected_total").increment(1);
-        tracing::warn!(reason = %ack.message, "rejected a batch");
+        e => ReadFrame::Refused(e.to_string()),
+    })?;
+    let mut frame = vec![0u8; FRAME_HEADER_BYTES + h.body_len];
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+    match recv.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await {
+        Ok(()) => Ok(Some(frame)),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => Err(ReadFrame::Refused(format!(
+            "frame truncated: {} bytes, expected {}",
+            FRAME_HEADER_BYTES + n,
+            frame.len()
+        ))),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(ReadFrame::Stream(e.into())),
     }
-    send.write_all(&ack.encode()).await?;
-    send.finish()?;
-    // Wait until the agent has the whole answer (or gone) before dropping the stream.
-    let _ = send.stopped().await;
-    Ok(())
 }
 
 fn rejected(message: String) -> BatchAck {

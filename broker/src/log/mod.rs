@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use checkpoint::{Checkpoint, Checkpointer};
 use producers::Producers;
 use walk::{ReadSize, walk};
-use writer::Append;
+use writer::{Append, Request};
 
 /// A batch that passed every check, ready for the writer.
 #[derive(Debug)]
@@ -139,7 +139,9 @@ struct Counts {
 /// Handle to the broker log; cheap to clone.
 #[derive(Clone)]
 pub struct BrokerLog {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Request>,
+    /// The writer thread, until [`BrokerLog::close`] joins it.
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     reader: LogReader,
     counts: Arc<Mutex<Counts>>,
     failed: Arc<Mutex<Option<String>>>,
@@ -211,12 +213,13 @@ impl BrokerLog {
         let failed = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let (c, f) = (counts.clone(), failed.clone());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || writer::writer(log, producers, rx, c, f, checkpointer))?;
         Ok((
             Self {
                 tx,
+                writer: Arc::new(Mutex::new(Some(writer))),
                 reader,
                 counts,
                 failed,
@@ -228,19 +231,46 @@ impl BrokerLog {
 
     /// Appends a checked batch (the new chunks of it) and resolves after the fsync.
     pub async fn append(&self, batch: CheckedBatch) -> BatchAck {
+        self.submit(batch).await.await
+    }
+
+    /// Queues a batch for the writer and returns its answer to come. Batches submitted one
+    /// after another (each `submit` awaited before the next) reach the writer in that order,
+    /// which is what lets one stream carry several batches of an agent in flight.
+    pub async fn submit(
+        &self,
+        batch: CheckedBatch,
+    ) -> impl std::future::Future<Output = BatchAck> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let unavailable = |m: &str| BatchAck {
-            status: AckStatus::Unavailable,
-            base_offset: 0,
-            appended_events: 0,
-            duplicate_chunks: 0,
-            message: m.to_string(),
-        };
-        if self.tx.send(Append { batch, reply }).await.is_err() {
-            return unavailable("log writer stopped");
+        let queued = self
+            .tx
+            .send(Request::Append(Append { batch, reply }))
+            .await
+            .is_ok();
+        async move {
+            let stopped = || BatchAck {
+                status: AckStatus::Unavailable,
+                base_offset: 0,
+                appended_events: 0,
+                duplicate_chunks: 0,
+                message: "log writer stopped".to_string(),
+            };
+            if !queued {
+                return stopped();
+            }
+            rx.await.unwrap_or_else(|_| stopped())
         }
-        rx.await
-            .unwrap_or_else(|_| unavailable("log writer stopped"))
+    }
+
+    /// Stops the writer thread once it has answered the batches already queued, and waits
+    /// for it; appends after this (through any clone) answer `Unavailable` ("log writer
+    /// stopped"). Reads still work. The broker's shutdown calls it last.
+    pub async fn close(&self) {
+        let Some(thread) = self.writer.lock().expect("lock poisoned").take() else {
+            return;
+        };
+        let _ = self.tx.send(Request::Stop).await;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 
     /// Records scanned at open to recover the producer table and counts (those after the

@@ -27,6 +27,13 @@ pub(super) struct Append {
     pub reply: oneshot::Sender<BatchAck>,
 }
 
+/// What the writer is asked.
+pub(super) enum Request {
+    Append(Append),
+    /// Answer what is queued, then end: sends after this fail ("log writer stopped").
+    Stop,
+}
+
 /// The frame to store for `batch` without its first `skip` chunks.
 fn trimmed_frame(batch: &CheckedBatch, skip: usize) -> Vec<u8> {
     if skip == 0 {
@@ -64,17 +71,26 @@ fn unavailable(message: String) -> BatchAck {
 pub(super) fn writer(
     mut log: SegmentLog,
     mut producers: Producers,
-    mut rx: mpsc::Receiver<Append>,
+    mut rx: mpsc::Receiver<Request>,
     counts: Arc<Mutex<Counts>>,
     failed: Arc<Mutex<Option<String>>>,
     mut checkpointer: Checkpointer,
 ) {
     let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
     while let Some(first) = rx.blocking_recv() {
-        group.push(first);
+        // After a stop the channel is closed: what was queued is still answered, then the
+        // loop ends.
+        match first {
+            Request::Append(a) => group.push(a),
+            Request::Stop => {
+                rx.close();
+                continue;
+            }
+        }
         while group.len() < GROUP_COMMIT_MAX {
             match rx.try_recv() {
-                Ok(a) => group.push(a),
+                Ok(Request::Append(a)) => group.push(a),
+                Ok(Request::Stop) => rx.close(),
                 Err(_) => break,
             }
         }
@@ -96,6 +112,13 @@ pub(super) fn writer(
                 Admission::Duplicate { chunks } => {
                     metrics::counter!("runnel_broker_batches_duplicate_total").increment(1);
                     duplicates.push((reply, chunks as u32));
+                    continue;
+                }
+                Admission::Hold { resume_at } => {
+                    metrics::counter!("runnel_broker_batches_held_total").increment(1);
+                    let _ = reply.send(unavailable(format!(
+                        "an earlier batch of this spool failed to append: send again from seq {resume_at}"
+                    )));
                     continue;
                 }
                 Admission::Append { skip, gap } => {
@@ -136,6 +159,15 @@ pub(super) fn writer(
                         LogError::RecordTooLarge { .. } => AckStatus::Rejected,
                         _ => AckStatus::Unavailable,
                     };
+                    // Batches of this spool behind this one (in flight on the same stream) must
+                    // wait until it comes again; a single chunk refused for good is kept aside by
+                    // the agent, which then goes on with the next.
+                    let from = batch.first_seq + skip as u64;
+                    if status == AckStatus::Rejected && chunks - skip == 1 {
+                        producers.pass(&batch.agent_id, batch.epoch, from);
+                    } else {
+                        producers.stall(&batch.agent_id, batch.epoch, from);
+                    }
                     let _ = reply.send(BatchAck {
                         status,
                         base_offset: 0,

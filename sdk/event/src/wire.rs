@@ -282,6 +282,15 @@ pub struct BatchAck {
 /// Most bytes of a [`BatchAck`] message.
 pub const ACK_MESSAGE_BYTES_MAX: usize = 4096;
 
+/// Bytes of an ack before its message: `status | base_offset | appended | duplicates | msg_len`.
+pub const ACK_FIXED_BYTES: usize = 19;
+
+/// The message length an ack's fixed part declares (so a reader of a stream of acks knows
+/// where the next one starts).
+pub fn ack_message_len(fixed: &[u8; ACK_FIXED_BYTES]) -> usize {
+    u16::from_le_bytes([fixed[17], fixed[18]]) as usize
+}
+
 impl BatchAck {
     /// `status u8 | base_offset u64 | appended u32 | duplicates u32 | msg_len u16 | msg`.
     pub fn encode(&self) -> Vec<u8> {

@@ -2,10 +2,19 @@
 //!
 //! - **Transport**: QUIC with TLS 1.3 only (rustls, ring), ALPN [`ALPN`]. The broker's
 //!   certificate is checked against a CA the agent is given (the broker's dev CA by default).
-//! - **One bidirectional stream per batch**: the agent writes one wire frame
-//!   (`runnel_event::wire`: a batch of spool records with `(agent_id, epoch, first_seq)`) and
-//!   finishes its side; the broker answers with one `BatchAck` frame of at most
-//!   [`ACK_BYTES_MAX`] bytes, after the batch is fsynced in its log (or refused).
+//! - **Batches on a bidirectional stream, answered in order** ([`ALPN`], `runnel/2`): the agent
+//!   writes wire frames (`runnel_event::wire`: each a batch of spool records with
+//!   `(agent_id, epoch, first_seq)`) one after another on one stream, without waiting, and the
+//!   broker answers each with a `BatchAck` (self-delimiting, at most [`ACK_BYTES_MAX`] bytes) in
+//!   the order the frames came, each after its batch is fsynced in the log (or refused). The
+//!   stream's order is the log's order for that agent: the broker hands the frames of a stream
+//!   to its log writer in order. After a refused frame (`Rejected`) the broker reads no more of
+//!   that stream: it answers what came before, then finishes it. At most
+//!   [`STREAM_BATCHES_MAX`] frames of a stream wait for their answer; the broker reads no more
+//!   until they are answered.
+//! - `runnel/1` ([`ALPN_V1`]), one frame per stream, is the same exchange with one frame: the
+//!   broker serves both, so agents of either version can ship to it. Upgrade brokers first: an
+//!   agent that speaks `runnel/2` refuses a broker that only speaks `runnel/1`, naming it.
 //! - **Liveness**: the agent keeps its connection alive every 5 s and gives up on it after 30 s
 //!   of silence; the broker after 60 s.
 //!
@@ -19,8 +28,13 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// ALPN protocol id of the agent-to-broker protocol.
-pub const ALPN: &[u8] = b"runnel/1";
+/// ALPN protocol id of the agent-to-broker protocol: several batches per stream.
+pub const ALPN: &[u8] = b"runnel/2";
+/// The earlier protocol id: one batch per stream. The broker still serves it.
+pub const ALPN_V1: &[u8] = b"runnel/1";
+/// Most frames of one stream the broker holds unanswered; it reads no more of the stream
+/// until one is answered. An agent's `ship_in_flight_max` is at most this.
+pub const STREAM_BATCHES_MAX: usize = 16;
 /// Largest broker answer to one batch, in bytes.
 pub const ACK_BYTES_MAX: usize = 8 << 10;
 
@@ -58,7 +72,8 @@ pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
         .map_err(|e| TlsError::Quic(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Offering the old id too lets the agent name the problem when a broker speaks only it.
+    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
@@ -86,7 +101,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -100,6 +115,14 @@ pub fn server_config(
     ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
+}
+
+/// The protocol a connection agreed on (`None` when the peer offered none of ours).
+pub fn negotiated(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 #[cfg(test)]
