@@ -99,6 +99,13 @@ pub struct PluginInfo {
     pub last_error: Option<String>,
     /// The longest call, in milliseconds.
     pub slowest_call_ms: f64,
+    /// Mean time in its calls per event passed to it (the host's encoding and decoding around
+    /// the call included), in ns.
+    #[serde(default)]
+    pub ns_per_event: f64,
+    /// Aggregators: mean time folding its rows into windows per event, in ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold_ns_per_event: Option<f64>,
     /// Events in the log the pipeline has not processed yet.
     pub lag: u64,
     /// The active version's limits.

@@ -274,6 +274,29 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
         .find(|l| l.starts_with("runnel_late_events_total{aggregate=\"events_per_type\"}"))
         .unwrap_or_else(|| panic!("no late-events counter in /metrics:\n{metrics}"));
     assert!(line.ends_with(&format!(" {}", beyond.len())), "{line}");
+
+    // Each plugin's cost per event, in `plugin list` and in /metrics; the fold's for
+    // aggregators only.
+    for plugin in p.plugin_list() {
+        let name = plugin["name"].as_str().unwrap();
+        assert!(plugin["events_in"].as_u64().unwrap() > 0, "{plugin}");
+        let ns = plugin["ns_per_event"].as_f64().unwrap();
+        assert!(ns > 0.0 && ns < 1e9, "{plugin}");
+        let fold = plugin.get("fold_ns_per_event").and_then(Value::as_f64);
+        if name == "geo_enrich" {
+            assert_eq!(fold, None, "{plugin}");
+        } else {
+            assert!(fold.is_some_and(|f| f > 0.0), "{plugin}");
+        }
+        let metric = format!("runnel_plugin_ns_per_event{{plugin=\"{name}\"}} ");
+        let shown: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&metric))
+            .unwrap_or_else(|| panic!("no {metric} in /metrics"))
+            .parse()
+            .unwrap();
+        assert!(shown > 0.0, "{metric}{shown}");
+    }
 }
 
 /// A window limit refuses rows, never silently: each refused event goes to `dead_letters`

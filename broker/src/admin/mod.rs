@@ -244,6 +244,9 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                 traps: s.traps,
                 last_error: s.last_error.clone(),
                 slowest_call_ms: s.slowest_call_ms,
+                ns_per_event: s.ns_per_event(),
+                fold_ns_per_event: (p.kind == plugins::PluginKind::Aggregate)
+                    .then(|| s.fold_ns_per_event()),
                 lag,
                 limits: api_limits(limits),
                 versions: p

@@ -275,7 +275,9 @@ impl Worker {
                 continue;
             };
             let n = flow.index.len();
+            let started = std::time::Instant::now();
             let out = enricher.enrich(&flow.batch)?;
+            stage.stats.busy_ns += elapsed_ns(started);
             let failed = out
                 .fates
                 .iter()
@@ -374,7 +376,9 @@ impl Worker {
                 continue;
             }
             let n = flow.index.len();
+            let started = std::time::Instant::now();
             let out = run.plugin.map_batch(&flow.batch)?;
+            stage.stats.busy_ns += elapsed_ns(started);
             stage.stats.traps += u64::from(out.failed_calls);
             let first_failure = out.failed.first().map(|(_, f)| f.to_string());
             let failed = out.failed.len();
@@ -449,7 +453,9 @@ impl Worker {
             let (Some(run), Some(rows)) = (stage.agg.as_mut(), rows) else {
                 continue;
             };
+            let started = std::time::Instant::now();
             let out = fold(&mut run.engine, facts, &agents, marked, index, &rows);
+            stage.stats.fold_ns += elapsed_ns(started);
             stage.stats.rows_folded += out.rows_folded;
             stage.stats.rows_final += out.finals.len() as u64;
             run.pending.extend(out.finals);
@@ -549,4 +555,9 @@ impl Worker {
         self.publish_metrics();
         Ok(())
     }
+}
+
+/// Nanoseconds since `started`, for the per-plugin cost figures.
+fn elapsed_ns(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -371,7 +371,15 @@ impl Worker {
             metrics::gauge!("runnel_plugin_dropped", "plugin" => name.clone())
                 .set(st.dropped as f64);
             metrics::gauge!("runnel_plugin_errors", "plugin" => name.clone()).set(st.errors as f64);
-            metrics::gauge!("runnel_plugin_traps", "plugin" => name).set(st.traps as f64);
+            metrics::gauge!("runnel_plugin_traps", "plugin" => name.clone()).set(st.traps as f64);
+            metrics::gauge!("runnel_plugin_busy_seconds", "plugin" => name.clone())
+                .set(st.busy_ns as f64 / 1e9);
+            metrics::gauge!("runnel_plugin_ns_per_event", "plugin" => name.clone())
+                .set(st.ns_per_event());
+            if s.agg.is_some() {
+                metrics::gauge!("runnel_aggregate_fold_ns_per_event", "aggregate" => name)
+                    .set(st.fold_ns_per_event());
+            }
         }
     }
 }

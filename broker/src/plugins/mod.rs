@@ -183,6 +183,12 @@ pub struct PluginStats {
     /// this stays near `deadline_ms`).
     #[serde(default)]
     pub slowest_call_ms: f64,
+    /// Time in its calls (the host's encoding and decoding around them included), in ns.
+    #[serde(default)]
+    pub busy_ns: u64,
+    /// Aggregators: time folding its rows into windows, in ns.
+    #[serde(default)]
+    pub fold_ns: u64,
     /// Events passed to each version.
     pub events_in_by_version: BTreeMap<String, u64>,
     /// Aggregators: rows folded into windows.
@@ -197,6 +203,26 @@ pub struct PluginStats {
     /// Aggregators: final rows emitted.
     #[serde(default)]
     pub rows_final: u64,
+}
+
+impl PluginStats {
+    /// Mean cost of the plugin per event passed to it, in ns (0 before the first).
+    pub fn ns_per_event(&self) -> f64 {
+        per_event(self.busy_ns, self.events_in)
+    }
+
+    /// Aggregators: mean cost of the fold per event passed to it, in ns.
+    pub fn fold_ns_per_event(&self) -> f64 {
+        per_event(self.fold_ns, self.events_in)
+    }
+}
+
+fn per_event(ns: u64, events: u64) -> f64 {
+    if events == 0 {
+        0.0
+    } else {
+        ns as f64 / events as f64
+    }
 }
 
 /// A deploy request (from the admin API).
