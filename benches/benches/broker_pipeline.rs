@@ -53,7 +53,23 @@ fn component(target: &Path, name: &str) -> Vec<u8> {
 }
 
 /// The example aggregators (the rest are enrichers).
-const AGGREGATORS: &[&str] = &["events_per_type", "revenue", "unique_users"];
+const AGGREGATORS: &[&str] = &[
+    "events_per_type",
+    "revenue",
+    "unique_users",
+    "sessions",
+    "agent_performance",
+];
+
+/// `runnel dev`'s broker set: geo-enrich, then the five example aggregators.
+const DEV_SET: &[&str] = &[
+    "geo_enrich",
+    "events_per_type",
+    "unique_users",
+    "revenue",
+    "sessions",
+    "agent_performance",
+];
 
 fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
     let sha = runnel_broker::plugins::sha256_hex(wasm);
@@ -113,24 +129,34 @@ fn main() {
     });
     println!("log: {EVENTS} events of ~330 bytes, pipeline batches of 1024 events");
     let host = runnel_host::Runtime::new().unwrap();
-    let chains: &[(&str, &[&str])] = &[
-        ("no plugin (read + commit only)", &[]),
-        ("noop", &["noop"]),
-        ("geo-enrich (rewrites every event)", &["geo_enrich"]),
-        ("sampler (keeps every event)", &["sampler"]),
+    // (label, chain, pipeline_aggregator_threads: 0 = one per core)
+    let chains: &[(&str, &[&str], usize)] = &[
+        ("no plugin (read + commit only)", &[], 0),
+        ("noop", &["noop"], 0),
+        ("geo-enrich (rewrites every event)", &["geo_enrich"], 0),
+        ("sampler (keeps every event)", &["sampler"], 0),
         (
             "geo-enrich + sampler + noop",
             &["geo_enrich", "sampler", "noop"],
+            0,
         ),
-        ("events_per_type (aggregator, 1 min)", &["events_per_type"]),
-        ("unique_users (aggregator, distinct)", &["unique_users"]),
+        (
+            "events_per_type (aggregator, 1 min)",
+            &["events_per_type"],
+            0,
+        ),
+        ("unique_users (aggregator, distinct)", &["unique_users"], 0),
         (
             "geo-enrich + revenue (sum, quantiles)",
             &["geo_enrich", "revenue"],
+            0,
         ),
+        ("dev set (geo + 5 aggregators), 1 thread", DEV_SET, 1),
+        ("dev set, aggregators one per core", DEV_SET, 0),
     ];
-    for (i, (label, chain)) in chains.iter().enumerate() {
+    for (i, (label, chain, threads)) in chains.iter().enumerate() {
         let mut rates = Vec::new();
+        let mut costs = Vec::new();
         for run in 0..RUNS {
             let state = dir.path().join(format!("state-{i}-{run}"));
             let registry = Registry::open(&state).unwrap();
@@ -159,6 +185,7 @@ fn main() {
                 Settings {
                     batch_events: 1024,
                     pause_after_failing_batches: 3,
+                    aggregator_threads: *threads,
                     isolation: Isolation {
                         calls_max: 2048,
                         time_max: Duration::from_secs(2),
@@ -181,12 +208,29 @@ fn main() {
             let secs = started.elapsed().as_secs_f64();
             pipeline.stop();
             rates.push((EVENTS - first) as f64 / secs);
+            // Each plugin's cost per event, as `plugin list` shows it (the last run's).
+            costs = registry
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|(p, s)| {
+                    let fold = if p.kind == runnel_broker::plugins::PluginKind::Aggregate {
+                        format!(" + fold {:.0}", s.fold_ns_per_event())
+                    } else {
+                        String::new()
+                    };
+                    format!("{} {:.0}{fold}", p.name, s.ns_per_event())
+                })
+                .collect();
         }
         let spread: Vec<String> = rates.iter().map(|r| format!("{:.0}k", r / 1e3)).collect();
         println!(
-            "{label:<36} median {:>7.0}k events/s  (runs: {})",
+            "{label:<42} median {:>7.0}k events/s  (runs: {})",
             median(rates) / 1e3,
             spread.join(", ")
         );
+        if chain.len() > 1 {
+            println!("{:<42} ns/event: {}", "", costs.join(", "));
+        }
     }
 }

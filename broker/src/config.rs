@@ -63,6 +63,9 @@ settings! {
     log_read_limit_max: usize [usize] = 100_000;
     /// Most events the pipeline passes to its plugins in one batch (one call per plugin).
     pipeline_batch_events: usize [usize] = 1024;
+    /// Threads the aggregators of a batch run on, side by side (each aggregator on one, in log
+    /// order); 0: one per core. At most 64.
+    pipeline_aggregator_threads: usize [usize] = 0;
     /// Longest one plugin call may run, in milliseconds: the default for a deploy and the most
     /// a deploy may ask for.
     plugin_deadline_ms: u64 [u64] = 200;
@@ -146,6 +149,12 @@ impl BrokerConfig {
         }
         if self.pipeline_batch_events == 0 || self.pipeline_batch_events > 1 << 20 {
             return fail("pipeline_batch_events", "must be between 1 and 1048576");
+        }
+        if self.pipeline_aggregator_threads > 64 {
+            return fail(
+                "pipeline_aggregator_threads",
+                "must be between 0 (one per core) and 64",
+            );
         }
         if self.plugin_deadline_ms == 0 {
             return fail("plugin_deadline_ms", "must be > 0");

@@ -133,6 +133,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         pipeline::Settings {
             batch_events: cfg.pipeline_batch_events,
             pause_after_failing_batches: cfg.plugin_pause_after_failing_batches,
+            aggregator_threads: cfg.pipeline_aggregator_threads,
             isolation,
             commit_interval: std::time::Duration::from_millis(cfg.aggregate_commit_interval_ms),
             agent_clock_skew_max_ms: cfg.agent_clock_skew_max_ms,

@@ -79,6 +79,7 @@ fn settings() -> Settings {
     Settings {
         batch_events: 128,
         pause_after_failing_batches: 3,
+        aggregator_threads: 0,
         isolation: Isolation {
             calls_max: 2048,
             time_max: Duration::from_secs(5),

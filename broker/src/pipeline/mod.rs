@@ -38,6 +38,7 @@
 
 pub mod aggregates;
 pub mod fold;
+mod parallel;
 mod stage;
 pub mod step;
 mod worker;
@@ -68,6 +69,9 @@ pub struct Settings {
     pub batch_events: usize,
     /// Consecutive failing batches after which a plugin is paused.
     pub pause_after_failing_batches: u32,
+    /// Threads the aggregators of a batch run on, side by side (`pipeline_aggregator_threads`;
+    /// 0: one per core).
+    pub aggregator_threads: usize,
     /// How much isolating the failing events of one batch may cost.
     pub isolation: Isolation,
     /// How often progress is committed while aggregators run (`aggregate_commit_interval_ms`).

@@ -19,7 +19,9 @@ use runnel_event::fields::EventView;
 use runnel_host::{AggRow, Fate};
 
 use super::PIPELINE_BATCH_BYTES_MAX;
+use super::aggregates::AggRun;
 use super::fold::{Exception, Fact, fold};
+use super::parallel;
 use super::stage::{Stage, Verdict, count_batch};
 use super::worker::Worker;
 use crate::log::SourceBatch;
@@ -363,12 +365,34 @@ impl Worker {
         let pause_after = self.settings.pause_after_failing_batches;
         let mut mapped: Mapped = Vec::new();
         let view = BatchView::new(&flow.batch)?;
+        // The plugin calls, side by side; what they mean is taken below, in deploy order.
+        let mut outputs = if flow.index.is_empty() {
+            Vec::new()
+        } else {
+            let batch = &flow.batch;
+            let runs: Vec<&mut AggRun> = self
+                .stages
+                .iter_mut()
+                .filter(|s| s.record.status == Status::Running)
+                .filter_map(|s| s.agg.as_mut())
+                .collect();
+            parallel::each(
+                runs,
+                parallel::threads(self.settings.aggregator_threads),
+                |run| {
+                    let started = std::time::Instant::now();
+                    let out = run.plugin.map_batch(batch);
+                    (out, elapsed_ns(started))
+                },
+            )
+        }
+        .into_iter();
         for stage in &mut self.stages {
             let running = stage.record.status == Status::Running;
-            let Some(run) = stage.agg.as_mut().filter(|_| running) else {
+            if stage.agg.is_none() || !running {
                 mapped.push(None);
                 continue;
-            };
+            }
             if flow.index.is_empty() {
                 // Nothing to map (every event dropped or dead-lettered): the fold still
                 // observes the events, and the plugin's failure count is not touched.
@@ -376,9 +400,9 @@ impl Worker {
                 continue;
             }
             let n = flow.index.len();
-            let started = std::time::Instant::now();
-            let out = run.plugin.map_batch(&flow.batch)?;
-            stage.stats.busy_ns += elapsed_ns(started);
+            let (out, ns) = outputs.next().expect("one output per running aggregator");
+            let out = out?;
+            stage.stats.busy_ns += ns;
             stage.stats.traps += u64::from(out.failed_calls);
             let first_failure = out.failed.first().map(|(_, f)| f.to_string());
             let failed = out.failed.len();
@@ -449,13 +473,29 @@ impl Worker {
         let mut late: Vec<(usize, LateFor)> = Vec::new();
         // The event of source index `j` in the chain's output.
         let event_of = |j: usize| view.event(index.partition_point(|&x| x < j));
-        for (stage, rows) in self.stages.iter_mut().zip(mapped) {
-            let (Some(run), Some(rows)) = (stage.agg.as_mut(), rows) else {
-                continue;
-            };
-            let started = std::time::Instant::now();
-            let out = fold(&mut run.engine, facts, &agents, marked, index, &rows);
-            stage.stats.fold_ns += elapsed_ns(started);
+        // Each aggregator folds its own rows into its own windows, side by side; the results
+        // are taken in deploy order.
+        let work: Vec<(usize, &mut AggRun, Vec<AggRow>)> = self
+            .stages
+            .iter_mut()
+            .zip(mapped)
+            .enumerate()
+            .filter_map(|(i, (stage, rows))| Some((i, stage.agg.as_mut()?, rows?)))
+            .collect();
+        let agents = &agents;
+        let folded = parallel::each(
+            work,
+            parallel::threads(self.settings.aggregator_threads),
+            |(i, run, rows)| {
+                let started = std::time::Instant::now();
+                let out = fold(&mut run.engine, facts, agents, marked, index, &rows);
+                (i, out, elapsed_ns(started))
+            },
+        );
+        for (i, out, ns) in folded {
+            let stage = &mut self.stages[i];
+            let run = stage.agg.as_mut().expect("an aggregator folded");
+            stage.stats.fold_ns += ns;
             stage.stats.rows_folded += out.rows_folded;
             stage.stats.rows_final += out.finals.len() as u64;
             run.pending.extend(out.finals);
