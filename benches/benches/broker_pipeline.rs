@@ -3,7 +3,8 @@
 //! aggregators, every 100 ms with the window state when aggregators run. No network, no agent.
 //!
 //! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
-//! cargo bench -p runnel-benches --bench broker_pipeline`.
+//! cargo bench -p runnel-benches --bench broker_pipeline [-- FILTER]` (FILTER: only the chains
+//! whose label contains it, e.g. `"dev set"` under a profiler).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -154,7 +155,12 @@ fn main() {
         ("dev set (geo + 5 aggregators), 1 thread", DEV_SET, 1),
         ("dev set, aggregators one per core", DEV_SET, 0),
     ];
+    // `cargo bench` passes `--bench`; the first other argument filters the chains.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for (i, (label, chain, threads)) in chains.iter().enumerate() {
+        if filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+            continue;
+        }
         let mut rates = Vec::new();
         let mut costs = Vec::new();
         for run in 0..RUNS {
