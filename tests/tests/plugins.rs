@@ -62,10 +62,13 @@ fn by_name<'a>(list: &'a [Value], name: &str) -> &'a Value {
 /// batches; the broker keeps serving with bounded RSS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_are_contained_under_load() {
+    // The looper is deployed with a 50 ms deadline; the others get the 2 s ceiling, so that
+    // the hog is stopped by its memory cap however loaded the machine is (on a busy machine
+    // 32 MiB of page faults can take longer than 50 ms).
     let mut p = Pipeline::with_args(
         &[],
         &[
-            "--plugin-deadline-ms=50",
+            "--plugin-deadline-ms=2000",
             "--plugin-memory-bytes-max=33554432",
             "--pipeline-batch-events=256",
         ],
@@ -86,7 +89,10 @@ async fn misbehaving_plugins_are_contained_under_load() {
 
     // Both misbehaving plugins are deployed with `skip`: once paused, events pass them.
     let deployed = Instant::now();
-    for (wasm, name) in [("loop_forever", "looper"), ("alloc_forever", "hog")] {
+    for (wasm, name, deadline_ms) in [
+        ("loop_forever", "looper", "50"),
+        ("alloc_forever", "hog", "2000"),
+    ] {
         p.cli(&[
             "plugin",
             "deploy",
@@ -95,6 +101,8 @@ async fn misbehaving_plugins_are_contained_under_load() {
             name,
             "--policy",
             "skip",
+            "--deadline-ms",
+            deadline_ms,
         ]);
     }
     let mut peak_rss = 0;
