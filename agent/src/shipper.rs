@@ -29,6 +29,7 @@ use runnel_segment::StoredRecord;
 use tokio::sync::{mpsc, watch};
 
 use crate::spool::Spool;
+use runnel_protocol::PREV_END_BYTES;
 
 /// Most spool records in one batch.
 pub const BATCH_CHUNKS_MAX: usize = 65_536;
@@ -76,14 +77,34 @@ pub struct Shipper {
     spool: Spool,
     endpoint: quinn::Endpoint,
     conn: Option<quinn::Connection>,
+    /// The `prev_end` of the next batch read, when it is not where the last one ended: after a
+    /// refused chunk was kept aside at the end of a batch.
+    declared_gap: Option<u64>,
 }
 
 /// A batch sent and not yet answered.
 struct InFlight {
     first_seq: u64,
     end: u64,
-    frame: Vec<u8>,
+    /// What goes on the stream: `prev_end` (8 bytes, little-endian), then the frame.
+    wire: Vec<u8>,
     sent_at: Instant,
+}
+
+impl InFlight {
+    /// Declares that the spool's records from `prev_end` to `first_seq` are gone.
+    fn set_prev_end(&mut self, prev_end: u64) {
+        debug_assert!(prev_end <= self.first_seq);
+        self.wire[..PREV_END_BYTES].copy_from_slice(&prev_end.to_le_bytes());
+    }
+}
+
+/// `prev_end` and the frame, as a `runnel/2` stream carries a batch.
+fn wire(prev_end: u64, frame: &[u8]) -> Vec<u8> {
+    let mut w = Vec::with_capacity(PREV_END_BYTES + frame.len());
+    w.extend_from_slice(&prev_end.to_le_bytes());
+    w.extend_from_slice(frame);
+    w
 }
 
 /// How a session (one stream) ended.
@@ -145,6 +166,7 @@ impl Shipper {
             spool,
             endpoint,
             conn: None,
+            declared_gap: None,
         })
     }
 
@@ -182,10 +204,17 @@ impl Shipper {
                 SessionEnd::Rejected(reason) => {
                     let head = queue.pop_front().expect("a refused batch was in flight");
                     tracing::error!(first_seq = head.first_seq, reason = %reason, "broker rejected a batch; isolating it");
-                    let Some(()) = self.isolate(&head.frame, &mut shutdown).await else {
+                    let Some(prev_end) = self.isolate(&head.wire, &mut shutdown).await else {
                         return;
                     };
                     self.ack(head.end).await;
+                    // A chunk kept aside at the end of the batch is a gap the next batch declares.
+                    if prev_end < head.end {
+                        match queue.front_mut() {
+                            Some(next) => next.set_prev_end(prev_end),
+                            None => self.declared_gap = Some(prev_end),
+                        }
+                    }
                     delays = self.backoff();
                 }
             }
@@ -238,7 +267,7 @@ impl Shipper {
         let mut writable = true;
         for b in queue.iter_mut() {
             b.sent_at = Instant::now();
-            if let Err(e) = write(&mut send, &b.frame, timeout).await {
+            if let Err(e) = write(&mut send, &b.wire, timeout).await {
                 tracing::debug!(error = %e, "resending failed");
                 writable = false;
                 break;
@@ -261,7 +290,7 @@ impl Shipper {
                 match self.read_batch(*next_read).await {
                     Ok(Some(mut b)) => {
                         b.sent_at = Instant::now();
-                        let sent = write(&mut send, &b.frame, timeout).await;
+                        let sent = write(&mut send, &b.wire, timeout).await;
                         *next_read = b.end;
                         if !queue.is_empty() {
                             metrics::counter!("runnel_agent_ship_pipelined_total").increment(1);
@@ -289,6 +318,8 @@ impl Shipper {
                 .front()
                 .map(|b| tokio::time::Instant::from_std(b.sent_at + timeout));
             tokio::select! {
+                // An answer first: it may be the one the deadline below is for.
+                biased;
                 answer = answers.recv(), if !queue.is_empty() => {
                     let ack = match answer {
                         Some(Ok(ack)) => ack,
@@ -355,12 +386,15 @@ impl Shipper {
         metrics::counter!("runnel_agent_batches_shipped_total").increment(1);
         metrics::counter!("runnel_agent_events_acked_total")
             .increment(u64::from(ack.appended_events));
-        metrics::counter!("runnel_agent_bytes_shipped_total").increment(b.frame.len() as u64);
+        metrics::counter!("runnel_agent_bytes_shipped_total").increment(b.wire.len() as u64);
     }
 
     /// The next batch from spool sequence `from` on, framed; `None` when there is nothing to
     /// read there yet.
-    async fn read_batch(&self, from: u64) -> Result<Option<InFlight>, SendError> {
+    async fn read_batch(&mut self, from: u64) -> Result<Option<InFlight>, SendError> {
+        // Where the previous batch ended: records from there to the first one read are gone
+        // from the spool (a quarantined segment) or were kept aside.
+        let prev_end = self.declared_gap.unwrap_or(from);
         let reader = self.spool.reader().clone();
         let max = self.opts.batch_bytes_max;
         let (agent_id, host, epoch) = (
@@ -368,7 +402,7 @@ impl Shipper {
             self.identity.host.clone(),
             self.spool.epoch(),
         );
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let records = reader
                 .read(from, BATCH_CHUNKS_MAX, max)
                 .map_err(|e| SendError::SpoolRead(e.to_string()))?;
@@ -389,17 +423,24 @@ impl Shipper {
             Ok(Some(InFlight {
                 first_seq,
                 end,
-                frame,
+                wire: wire(prev_end, &frame),
                 sent_at: Instant::now(),
             }))
         })
         .await
-        .expect("spool read task")
+        .expect("spool read task");
+        if matches!(read, Ok(Some(_))) {
+            self.declared_gap = None;
+        }
+        read
     }
 
     /// Finds the chunks of a refused batch that the broker refuses by sending them one at a
-    /// time, and keeps those aside; `None` on shutdown.
-    async fn isolate(&mut self, frame: &[u8], shutdown: &mut watch::Receiver<bool>) -> Option<()> {
+    /// time, and keeps those aside. Returns the `prev_end` for what follows (the batch's end,
+    /// or the first of the refused chunks it ends with); `None` on shutdown.
+    async fn isolate(&mut self, wire: &[u8], shutdown: &mut watch::Receiver<bool>) -> Option<u64> {
+        let (prefix, frame) = wire.split_at(PREV_END_BYTES);
+        let mut prev_end = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
         let body = runnel_event::wire::decode_frame(frame, usize::MAX).expect("a frame we made");
         let (archived, _) = runnel_event::wire::access_batch(&body).expect("a frame we made");
         let (agent_id, host, epoch, first_seq) = (
@@ -416,8 +457,13 @@ impl Shipper {
                 first_seq: first_seq + i as u64,
                 chunks: vec![chunk.as_slice().to_vec()],
             };
-            let ack = self.send_until_answered(&single, shutdown).await?;
-            if ack.status == AckStatus::Rejected {
+            let ack = self
+                .send_until_answered(&single, prev_end, shutdown)
+                .await?;
+            if ack.status != AckStatus::Rejected {
+                prev_end = single.first_seq + 1;
+            } else {
+                // Kept aside: the next chunk declares the gap (prev_end stays).
                 metrics::counter!("runnel_agent_chunks_rejected_by_broker_total").increment(1);
                 // Until the chunk is kept on disk the cursor must not pass it.
                 loop {
@@ -437,7 +483,7 @@ impl Shipper {
                 }
             }
         }
-        Some(())
+        Some(prev_end)
     }
 
     /// Keeps a chunk the broker refused in `rejected/`, durably, before the cursor may pass it.
@@ -451,12 +497,14 @@ impl Shipper {
         Ok(path)
     }
 
+    /// Sends one batch on a stream of its own until the broker answers it; `None` on shutdown.
     async fn send_until_answered(
         &mut self,
         batch: &Batch,
+        prev_end: u64,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<BatchAck> {
-        let frame = batch.encode_frame();
+        let frame = wire(prev_end, &batch.encode_frame());
         let mut delays = self.backoff();
         loop {
             let started = Instant::now();
@@ -518,18 +566,22 @@ impl Shipper {
         Ok(conn)
     }
 
-    async fn send_once(&mut self, frame: &[u8]) -> Result<BatchAck, SendError> {
+    async fn send_once(&mut self, wire: &[u8]) -> Result<BatchAck, SendError> {
         let conn = self.connection().await?;
         let exchange = async {
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| SendError::Stream(e.to_string()))?;
-            send.write_all(frame)
-                .await
-                .map_err(|e| SendError::Stream(e.to_string()))?;
-            send.finish()
-                .map_err(|e| SendError::Stream(e.to_string()))?;
+            match send.write_all(wire).await {
+                Ok(()) => send
+                    .finish()
+                    .map_err(|e| SendError::Stream(e.to_string()))?,
+                // The broker stopped reading: it refuses the frame (too large, say) and its
+                // answer follows.
+                Err(quinn::WriteError::Stopped(_)) => {}
+                Err(e) => return Err(SendError::Stream(e.to_string())),
+            }
             let answer = recv
                 .read_to_end(runnel_protocol::ACK_BYTES_MAX)
                 .await

@@ -295,9 +295,18 @@ async fn close_answers_what_is_queued_then_stops_the_writer() {
     assert_eq!(send(&log, batch(1, 3, 1)).await.status, AckStatus::Appended);
 }
 
-/// Several batches of one agent in flight: when one fails to append (a torn write), the
-/// ones behind it are not appended before it comes again, so none of its chunks can later pass
-/// for a duplicate.
+/// As a `runnel/2` agent sends it: with where its previous batch ended.
+async fn send_after(log: &BrokerLog, frame: Vec<u8>, prev_end: u64) -> BatchAck {
+    let batch = check_batch(frame, MAX)
+        .expect("valid batch")
+        .with_prev_end(prev_end)
+        .expect("prev_end within the batch");
+    log.append(batch).await
+}
+
+/// Several batches of one agent in flight: when one fails to append (a torn write), the ones
+/// behind it are not appended before it comes again, so none of its chunks can later pass for
+/// a duplicate; nor is a stale copy from an abandoned stream that arrives after it.
 #[tokio::test]
 async fn batches_behind_a_failed_append_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,11 +315,17 @@ async fn batches_behind_a_failed_append_wait_for_it() {
         dir.path(),
         Arc::new(FaultyStorage::new(FsStorage, faults.clone())),
     );
-    assert_eq!(send(&log, batch(1, 0, 2)).await.status, AckStatus::Appended);
+    assert_eq!(
+        send_after(&log, batch(1, 0, 2), 0).await.status,
+        AckStatus::Appended
+    );
     // The write of the first fails half-way (and is undone); the one behind it would succeed.
-    let (big, small) = (batch(1, 2, 50), batch(1, 52, 1));
+    let (big, small, later) = (batch(1, 2, 50), batch(1, 52, 1), batch(1, 53, 1));
     faults.tear_next_write();
-    let (a, b) = tokio::join!(send(&log, big.clone()), send(&log, small.clone()));
+    let (a, b) = tokio::join!(
+        send_after(&log, big.clone(), 2),
+        send_after(&log, small.clone(), 52)
+    );
     assert_eq!(faults.injected(), 1);
     assert_eq!(a.status, AckStatus::Unavailable, "{a:?}");
     assert_eq!(b.status, AckStatus::Unavailable, "{b:?}");
@@ -319,13 +334,11 @@ async fn batches_behind_a_failed_append_wait_for_it() {
         log.failure().is_none(),
         "a failed write is undone, not fatal"
     );
-    // Still held while the failed batch has not come again.
-    assert_eq!(
-        send(&log, small.clone()).await.status,
-        AckStatus::Unavailable
-    );
     // Sent again in order: both land, nothing doubled, nothing skipped.
-    let (a, b) = tokio::join!(send(&log, big), send(&log, small));
+    let (a, b) = tokio::join!(
+        send_after(&log, big, 2),
+        send_after(&log, small.clone(), 52)
+    );
     assert_eq!((a.status, a.appended_events), (AckStatus::Appended, 50));
     assert_eq!((b.status, b.appended_events), (AckStatus::Appended, 1));
     let want: Vec<String> = (0..53).map(|s| format!("e-{s}")).collect();
@@ -333,4 +346,20 @@ async fn batches_behind_a_failed_append_wait_for_it() {
     drop(log);
     let log = open(dir.path(), Arc::new(FsStorage));
     assert_eq!(ids(&log), want);
+    // A batch that follows one the log does not have is held however late it comes (a stale
+    // frame of an abandoned stream, say)...
+    let far = send_after(&log, batch(1, 60, 1), 60).await;
+    assert_eq!(far.status, AckStatus::Unavailable, "{far:?}");
+    // ... unless the agent declares the records between gone (kept aside, quarantined).
+    let declared = send_after(&log, batch(1, 60, 1), 53).await;
+    assert_eq!(declared.status, AckStatus::Appended, "{declared:?}");
+    // The records it declared gone are not taken for duplicates if they come after all: they
+    // are below the expected number now, so the agent has said it no longer sends them.
+    assert_eq!(send(&log, later).await.status, AckStatus::Duplicate);
+    // A prev_end past the batch's start is refused.
+    let bad = check_batch(batch(1, 61, 1), MAX)
+        .unwrap()
+        .with_prev_end(62)
+        .unwrap_err();
+    assert!(bad.contains("prev_end 62 is past"), "{bad}");
 }

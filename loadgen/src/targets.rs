@@ -211,6 +211,10 @@ impl Target for BrokerQuic {
             chunks: vec![chunk],
         }
         .encode_frame();
+        // `runnel/2`: the batch follows the agent's previous one directly (`prev_end`).
+        let mut wire = agent.next_seq.to_le_bytes().to_vec();
+        wire.extend_from_slice(&frame);
+        let frame = wire;
         let bytes = frame.len() as u64;
         let conn = self.connection(&mut agent).await?;
         let exchange = async {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use runnel_event::wire::{FRAME_HEADER_BYTES, WireError, decode_frame_header};
 use runnel_event::{AckStatus, BatchAck};
-use runnel_protocol::STREAM_BATCHES_MAX;
+use runnel_protocol::{PREV_END_BYTES, STREAM_BATCHES_MAX};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -56,7 +56,9 @@ pub async fn serve(
 
 async fn connection(conn: quinn::Connection, log: BrokerLog, batch_bytes_max: usize) {
     let peer = conn.remote_address();
-    tracing::debug!(%peer, "agent connected");
+    // `runnel/2` agents send a `prev_end` before each frame; `runnel/1` agents do not.
+    let v2 = runnel_protocol::negotiated(&conn).as_deref() == Some(runnel_protocol::ALPN);
+    tracing::debug!(%peer, v2, "agent connected");
     metrics::gauge!("runnel_broker_connections").increment(1.0);
     let mut streams = JoinSet::new();
     loop {
@@ -72,7 +74,7 @@ async fn connection(conn: quinn::Connection, log: BrokerLog, batch_bytes_max: us
         };
         let log = log.clone();
         streams.spawn(async move {
-            if let Err(e) = stream(send, recv, log, batch_bytes_max).await {
+            if let Err(e) = stream(send, recv, log, batch_bytes_max, v2).await {
                 tracing::debug!(error = %e, "batch stream failed");
             }
         });
@@ -89,12 +91,13 @@ async fn stream(
     mut recv: quinn::RecvStream,
     log: BrokerLog,
     batch_bytes_max: usize,
+    v2: bool,
 ) -> anyhow::Result<()> {
     let (answers, mut pending) = mpsc::channel::<Answer>(STREAM_BATCHES_MAX);
     let read = async move {
         loop {
-            let frame = match read_frame(&mut recv, batch_bytes_max).await {
-                Ok(Some(frame)) => frame,
+            let (prev_end, frame) = match read_frame(&mut recv, batch_bytes_max, v2).await {
+                Ok(Some(read)) => read,
                 Ok(None) => return Ok(()),
                 Err(ReadFrame::Refused(reason)) => {
                     let _ = answers
@@ -105,7 +108,11 @@ async fn stream(
                 }
                 Err(ReadFrame::Stream(e)) => return Err(e),
             };
-            let answer: Answer = match check_batch(frame, batch_bytes_max) {
+            let checked = check_batch(frame, batch_bytes_max).and_then(|b| match prev_end {
+                Some(p) => b.with_prev_end(p),
+                None => Ok(b),
+            });
+            let answer: Answer = match checked {
                 Ok(batch) => Box::pin(log.submit(batch).await),
                 Err(reason) => {
                     let _ = answers
@@ -149,32 +156,40 @@ enum ReadFrame {
     Stream(anyhow::Error),
 }
 
-/// The next whole frame of the stream; `None` when the agent finished the stream.
+/// The next `prev_end` (`runnel/2`) and whole frame of the stream; `None` when the agent
+/// finished the stream.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     batch_bytes_max: usize,
-) -> Result<Option<Vec<u8>>, ReadFrame> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    match recv.read_exact(&mut header).await {
+    v2: bool,
+) -> Result<Option<(Option<u64>, Vec<u8>)>, ReadFrame> {
+    // The prefix (`runnel/2`) and the frame header, read as one; a stream that ends before
+    // them is finished.
+    let mut buf = [0u8; PREV_END_BYTES + FRAME_HEADER_BYTES];
+    let head = &mut buf[if v2 { 0 } else { PREV_END_BYTES }..];
+    match recv.read_exact(head).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
             return Err(ReadFrame::Refused(format!(
-                "frame truncated: {n} bytes, expected {FRAME_HEADER_BYTES}"
+                "frame truncated: {n} bytes, expected {}",
+                head.len()
             )));
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFrame::Stream(e.into())),
     }
-    let h = decode_frame_header(&header, batch_bytes_max).map_err(|e| match e {
+    let (prefix, header) = head.split_at(head.len() - FRAME_HEADER_BYTES);
+    let prev_end = v2.then(|| u64::from_le_bytes(prefix.try_into().expect("8 bytes")));
+    let h = decode_frame_header(header, batch_bytes_max).map_err(|e| match e {
         WireError::TooLarge { .. } => ReadFrame::Refused(format!(
             "batch exceeds batch_bytes_max ({batch_bytes_max} bytes)"
         )),
         e => ReadFrame::Refused(e.to_string()),
     })?;
     let mut frame = vec![0u8; FRAME_HEADER_BYTES + h.body_len];
-    frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(header);
     match recv.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await {
-        Ok(()) => Ok(Some(frame)),
+        Ok(()) => Ok(Some((prev_end, frame))),
         Err(quinn::ReadExactError::FinishedEarly(n)) => Err(ReadFrame::Refused(format!(
             "frame truncated: {} bytes, expected {}",
             FRAME_HEADER_BYTES + n,

@@ -65,6 +65,24 @@ pub struct CheckedBatch {
     pub chunk_events: Vec<u32>,
     /// Events per type in each chunk.
     pub chunk_types: Vec<Vec<(String, u64)>>,
+    /// Where the agent's previous batch of this spool ended (`runnel/2`; `None` from a
+    /// `runnel/1` agent): see [`Producers::admit`].
+    pub prev_end: Option<u64>,
+}
+
+impl CheckedBatch {
+    /// Sets the `prev_end` a `runnel/2` agent sent before the frame; it may not be past
+    /// `first_seq`.
+    pub fn with_prev_end(mut self, prev_end: u64) -> Result<Self, String> {
+        if prev_end > self.first_seq {
+            return Err(format!(
+                "prev_end {prev_end} is past the batch's first_seq {}",
+                self.first_seq
+            ));
+        }
+        self.prev_end = Some(prev_end);
+        Ok(self)
+    }
 }
 
 /// Most bytes of an `agent_id`.
@@ -122,6 +140,7 @@ pub fn check_batch(frame: Vec<u8>, max: usize) -> Result<CheckedBatch, String> {
         chunk_events,
         chunk_types,
         frame,
+        prev_end: None,
     })
 }
 

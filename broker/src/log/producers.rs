@@ -6,12 +6,14 @@
 //! [`Producers::note`] while recovery scans the log, so the table never claims a chunk that is
 //! not in the log.
 //!
-//! An agent ships several batches in flight, in order; when the append of one fails
-//! ([`Producers::stall`]) the ones behind it must not be appended before it is sent again, or
-//! its chunks would later look like duplicates and be lost. So a spool whose append failed at
-//! sequence `s` is held: batches that start past `s` are answered `Unavailable` until a batch
-//! that covers `s` is appended. The hold lives in memory only: after a restart the agent
-//! resends from its cursor, in order, on a new connection.
+//! An agent ships several batches in flight, in order, each naming where its previous batch
+//! ended (`prev_end`). A batch that starts past the expected number is appended only when the
+//! agent declares the gap (`prev_end` at most the expected number: the records in between are
+//! gone from its spool); otherwise an earlier batch is missing, because its append failed or
+//! it is still on an abandoned stream, and the batch is held ([`Admission::Hold`]). Appending
+//! it would make the missing chunks look like duplicates later, and they would be lost. The
+//! rule needs no state beyond the expected number. A batch without `prev_end` (a `runnel/1`
+//! agent, one batch in flight) is appended across a gap, and the gap is counted.
 
 use std::collections::HashMap;
 
@@ -19,8 +21,6 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Producers {
     next: HashMap<(String, u64), u64>,
-    /// Spools whose append failed, and the first sequence number that must come again.
-    held: HashMap<(String, u64), u64>,
 }
 
 /// What the log does with a batch of chunks `first_seq .. first_seq + chunks`.
@@ -39,10 +39,10 @@ pub enum Admission {
         /// between never arrived (spool damage at the agent). Appended anyway, and counted.
         gap: Option<(u64, u64)>,
     },
-    /// An earlier batch of this spool failed to append: answer `Unavailable` and append
-    /// nothing until a batch from `resume_at` comes.
+    /// The batch starts past the expected number and the agent declares no gap there: an
+    /// earlier batch is missing. Answer `Unavailable`; append nothing.
     Hold {
-        /// The first sequence number the spool must send again.
+        /// The expected number: the agent must send from here.
         resume_at: u64,
     },
 }
@@ -52,7 +52,6 @@ impl Producers {
     pub fn from_entries(entries: impl IntoIterator<Item = (String, u64, u64)>) -> Self {
         Self {
             next: entries.into_iter().map(|(a, e, n)| ((a, e), n)).collect(),
-            held: HashMap::new(),
         }
     }
 
@@ -75,21 +74,33 @@ impl Producers {
     }
 
     /// Which of the `chunks` chunks starting at `first_seq` of spool `(agent_id, epoch)` are
-    /// new. `chunks` is at least 1 (a checked batch holds chunks).
-    pub fn admit(&self, agent_id: &str, epoch: u64, first_seq: u64, chunks: usize) -> Admission {
+    /// new. `chunks` is at least 1 (a checked batch holds chunks). `prev_end` is where the
+    /// agent's previous batch ended (at most `first_seq`), `None` from a `runnel/1` agent.
+    pub fn admit(
+        &self,
+        agent_id: &str,
+        epoch: u64,
+        first_seq: u64,
+        chunks: usize,
+        prev_end: Option<u64>,
+    ) -> Admission {
         debug_assert!(chunks > 0, "a checked batch holds chunks");
-        let key = (agent_id.to_string(), epoch);
-        if let Some(&resume_at) = self.held.get(&key)
-            && first_seq > resume_at
-        {
-            return Admission::Hold { resume_at };
-        }
-        let expected = self.next.get(&key).copied().unwrap_or(0);
+        debug_assert!(prev_end.is_none_or(|p| p <= first_seq));
+        let expected = self
+            .next
+            .get(&(agent_id.to_string(), epoch))
+            .copied()
+            .unwrap_or(0);
         let skip = usize::try_from(expected.saturating_sub(first_seq))
             .unwrap_or(usize::MAX)
             .min(chunks);
         if skip == chunks {
             return Admission::Duplicate { chunks };
+        }
+        if first_seq > expected && prev_end.is_some_and(|p| p > expected) {
+            return Admission::Hold {
+                resume_at: expected,
+            };
         }
         let gap = (first_seq > expected && expected > 0).then_some((expected, first_seq));
         Admission::Append { skip, gap }
@@ -98,36 +109,8 @@ impl Producers {
     /// Records that chunks up to (not including) `end` of the spool are in the log. The
     /// expected sequence number only grows.
     pub fn advance(&mut self, agent_id: &str, epoch: u64, end: u64) {
-        let key = (agent_id.to_string(), epoch);
-        if self
-            .held
-            .get(&key)
-            .is_some_and(|&resume_at| end > resume_at)
-        {
-            self.held.remove(&key);
-        }
-        let next = self.next.entry(key).or_default();
+        let next = self.next.entry((agent_id.to_string(), epoch)).or_default();
         *next = (*next).max(end);
-    }
-
-    /// Records that the chunk at `seq` was refused for good (the agent keeps it aside and goes
-    /// on with the next): a hold waiting for `seq` now waits for `seq + 1`.
-    pub fn pass(&mut self, agent_id: &str, epoch: u64, seq: u64) {
-        if let Some(resume_at) = self.held.get_mut(&(agent_id.to_string(), epoch))
-            && *resume_at == seq
-        {
-            *resume_at = seq.saturating_add(1);
-        }
-    }
-
-    /// Records that appending the spool's chunks from `seq` failed: batches that start past it
-    /// are held until one from `seq` or earlier is appended.
-    pub fn stall(&mut self, agent_id: &str, epoch: u64, seq: u64) {
-        let resume_at = self
-            .held
-            .entry((agent_id.to_string(), epoch))
-            .or_insert(seq);
-        *resume_at = (*resume_at).min(seq);
     }
 }
 
@@ -139,7 +122,7 @@ mod tests {
     fn a_new_spool_takes_everything() {
         let p = Producers::default();
         assert_eq!(
-            p.admit("a", 1, 0, 3),
+            p.admit("a", 1, 0, 3, None),
             Admission::Append { skip: 0, gap: None }
         );
     }
@@ -148,14 +131,20 @@ mod tests {
     fn a_resend_is_a_duplicate_and_an_overlap_appends_the_new_part() {
         let mut p = Producers::default();
         p.advance("a", 1, 5);
-        assert_eq!(p.admit("a", 1, 0, 5), Admission::Duplicate { chunks: 5 });
-        assert_eq!(p.admit("a", 1, 2, 3), Admission::Duplicate { chunks: 3 });
         assert_eq!(
-            p.admit("a", 1, 3, 4),
+            p.admit("a", 1, 0, 5, None),
+            Admission::Duplicate { chunks: 5 }
+        );
+        assert_eq!(
+            p.admit("a", 1, 2, 3, None),
+            Admission::Duplicate { chunks: 3 }
+        );
+        assert_eq!(
+            p.admit("a", 1, 3, 4, None),
             Admission::Append { skip: 2, gap: None }
         );
         assert_eq!(
-            p.admit("a", 1, 5, 1),
+            p.admit("a", 1, 5, 1, None),
             Admission::Append { skip: 0, gap: None }
         );
     }
@@ -165,11 +154,11 @@ mod tests {
         let mut p = Producers::default();
         p.advance("a", 1, 5);
         assert!(matches!(
-            p.admit("a", 2, 0, 1),
+            p.admit("a", 2, 0, 1, None),
             Admission::Append { skip: 0, .. }
         ));
         assert!(matches!(
-            p.admit("b", 1, 0, 1),
+            p.admit("b", 1, 0, 1, None),
             Admission::Append { skip: 0, .. }
         ));
         assert_eq!(p.len(), 1);
@@ -180,7 +169,7 @@ mod tests {
         let mut p = Producers::default();
         p.advance("a", 1, 5);
         assert_eq!(
-            p.admit("a", 1, 8, 2),
+            p.admit("a", 1, 8, 2, None),
             Admission::Append {
                 skip: 0,
                 gap: Some((5, 8))
@@ -189,73 +178,66 @@ mod tests {
     }
 
     #[test]
-    fn after_a_failed_append_the_batches_behind_it_wait_for_it() {
+    fn a_batch_past_a_missing_one_is_held_until_it_comes() {
         let mut p = Producers::default();
         p.advance("a", 1, 10);
-        // Batches 10..20, 20..30 and 30..40 are in flight; 10..20 fails to append.
-        p.stall("a", 1, 10);
-        assert_eq!(p.admit("a", 1, 20, 10), Admission::Hold { resume_at: 10 });
-        assert_eq!(p.admit("a", 1, 30, 10), Admission::Hold { resume_at: 10 });
+        // 10..20 failed (or is on an abandoned stream); 20..30 follows it directly.
+        assert_eq!(
+            p.admit("a", 1, 20, 10, Some(20)),
+            Admission::Hold { resume_at: 10 }
+        );
+        // However late it comes, and whatever was appended meanwhile.
+        assert_eq!(
+            p.admit("a", 1, 60, 10, Some(60)),
+            Admission::Hold { resume_at: 10 }
+        );
         // Other spools are not held.
         assert_eq!(
-            p.admit("a", 2, 0, 1),
+            p.admit("a", 2, 0, 1, Some(0)),
             Admission::Append { skip: 0, gap: None }
         );
+        // The missing batch, then the rest in order.
         assert_eq!(
-            p.admit("b", 1, 0, 1),
+            p.admit("a", 1, 10, 10, Some(10)),
             Admission::Append { skip: 0, gap: None }
         );
-        // The failed batch comes again (or one that overlaps it) and is admitted ...
-        assert_eq!(
-            p.admit("a", 1, 10, 10),
-            Admission::Append { skip: 0, gap: None }
-        );
-        assert_eq!(
-            p.admit("a", 1, 5, 10),
-            Admission::Append { skip: 5, gap: None }
-        );
-        // ... a failure further on keeps the earliest point ...
-        p.stall("a", 1, 25);
-        assert_eq!(p.admit("a", 1, 20, 10), Admission::Hold { resume_at: 10 });
-        // ... and once it is appended the rest follow in order.
         p.advance("a", 1, 20);
         assert_eq!(
-            p.admit("a", 1, 20, 10),
+            p.admit("a", 1, 20, 10, Some(20)),
             Admission::Append { skip: 0, gap: None }
         );
-        p.advance("a", 1, 30);
+        // An overlap is still trimmed.
         assert_eq!(
-            p.admit("a", 1, 30, 10),
-            Admission::Append { skip: 0, gap: None }
+            p.admit("a", 1, 15, 10, Some(15)),
+            Admission::Append { skip: 5, gap: None }
         );
     }
 
     #[test]
-    fn a_chunk_refused_for_good_moves_the_hold_past_it() {
+    fn a_declared_gap_is_appended_and_counted() {
         let mut p = Producers::default();
-        p.stall("a", 1, 10);
-        p.pass("a", 1, 9);
-        assert_eq!(p.admit("a", 1, 11, 1), Admission::Hold { resume_at: 10 });
-        p.pass("a", 1, 10);
-        assert!(matches!(
-            p.admit("a", 1, 11, 1),
-            Admission::Append { skip: 0, .. }
-        ));
-        assert_eq!(p.admit("a", 1, 12, 1), Admission::Hold { resume_at: 11 });
-    }
-
-    #[test]
-    fn a_hold_clears_only_when_the_failed_sequence_is_in_the_log() {
-        let mut p = Producers::default();
-        p.stall("a", 1, 0);
-        // A duplicate below the hold changes nothing (nothing was appended).
-        assert_eq!(p.admit("a", 1, 1, 1), Admission::Hold { resume_at: 0 });
-        p.advance("a", 1, 0);
-        assert_eq!(p.admit("a", 1, 1, 1), Admission::Hold { resume_at: 0 });
-        p.advance("a", 1, 1);
+        p.advance("a", 1, 10);
+        // Records 10..14 are gone from the agent's spool (quarantined, or a refused chunk
+        // kept aside): it says so with prev_end 10.
         assert_eq!(
-            p.admit("a", 1, 1, 1),
-            Admission::Append { skip: 0, gap: None }
+            p.admit("a", 1, 14, 2, Some(10)),
+            Admission::Append {
+                skip: 0,
+                gap: Some((10, 14))
+            }
+        );
+        // A gap declared from further back covers the same.
+        assert_eq!(
+            p.admit("a", 1, 14, 2, Some(3)),
+            Admission::Append {
+                skip: 0,
+                gap: Some((10, 14))
+            }
+        );
+        // Declared from past what the log has: something between is missing.
+        assert_eq!(
+            p.admit("a", 1, 14, 2, Some(12)),
+            Admission::Hold { resume_at: 10 }
         );
     }
 
@@ -264,7 +246,10 @@ mod tests {
         let mut p = Producers::default();
         p.advance("a", 1, 9);
         p.advance("a", 1, 4);
-        assert_eq!(p.admit("a", 1, 8, 1), Admission::Duplicate { chunks: 1 });
+        assert_eq!(
+            p.admit("a", 1, 8, 1, None),
+            Admission::Duplicate { chunks: 1 }
+        );
         let q = Producers::from_entries(p.entries());
         assert_eq!(q, p);
     }
@@ -273,6 +258,9 @@ mod tests {
     fn sequence_numbers_near_the_top_do_not_overflow() {
         let mut p = Producers::default();
         p.advance("a", 1, u64::MAX);
-        assert_eq!(p.admit("a", 1, 0, 7), Admission::Duplicate { chunks: 7 });
+        assert_eq!(
+            p.admit("a", 1, 0, 7, None),
+            Admission::Duplicate { chunks: 7 }
+        );
     }
 }

@@ -107,8 +107,13 @@ pub(super) fn writer(
                 continue;
             }
             let chunks = batch.chunk_events.len();
-            let skip = match producers.admit(&batch.agent_id, batch.epoch, batch.first_seq, chunks)
-            {
+            let skip = match producers.admit(
+                &batch.agent_id,
+                batch.epoch,
+                batch.first_seq,
+                chunks,
+                batch.prev_end,
+            ) {
                 Admission::Duplicate { chunks } => {
                     metrics::counter!("runnel_broker_batches_duplicate_total").increment(1);
                     duplicates.push((reply, chunks as u32));
@@ -117,7 +122,7 @@ pub(super) fn writer(
                 Admission::Hold { resume_at } => {
                     metrics::counter!("runnel_broker_batches_held_total").increment(1);
                     let _ = reply.send(unavailable(format!(
-                        "an earlier batch of this spool failed to append: send again from seq {resume_at}"
+                        "an earlier batch of this spool is not in the log: send again from seq {resume_at}"
                     )));
                     continue;
                 }
@@ -159,15 +164,9 @@ pub(super) fn writer(
                         LogError::RecordTooLarge { .. } => AckStatus::Rejected,
                         _ => AckStatus::Unavailable,
                     };
-                    // Batches of this spool behind this one (in flight on the same stream) must
-                    // wait until it comes again; a single chunk refused for good is kept aside by
-                    // the agent, which then goes on with the next.
-                    let from = batch.first_seq + skip as u64;
-                    if status == AckStatus::Rejected && chunks - skip == 1 {
-                        producers.pass(&batch.agent_id, batch.epoch, from);
-                    } else {
-                        producers.stall(&batch.agent_id, batch.epoch, from);
-                    }
+                    // Nothing advances: the spool's batches behind this one start past the
+                    // expected number without declaring a gap there, so they are held until
+                    // this one comes again (Producers::admit).
                     let _ = reply.send(BatchAck {
                         status,
                         base_offset: 0,

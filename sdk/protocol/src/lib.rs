@@ -4,7 +4,8 @@
 //!   certificate is checked against a CA the agent is given (the broker's dev CA by default).
 //! - **Batches on a bidirectional stream, answered in order** ([`ALPN`], `runnel/2`): the agent
 //!   writes wire frames (`runnel_event::wire`: each a batch of spool records with
-//!   `(agent_id, epoch, first_seq)`) one after another on one stream, without waiting, and the
+//!   `(agent_id, epoch, first_seq)`), each after an 8-byte little-endian `prev_end`
+//!   ([`PREV_END_BYTES`]), one after another on one stream, without waiting, and the
 //!   broker answers each with a `BatchAck` (self-delimiting, at most [`ACK_BYTES_MAX`] bytes) in
 //!   the order the frames came, each after its batch is fsynced in the log (or refused). The
 //!   stream's order is the log's order for that agent: the broker hands the frames of a stream
@@ -12,8 +13,17 @@
 //!   that stream: it answers what came before, then finishes it. At most
 //!   [`STREAM_BATCHES_MAX`] frames of a stream wait for their answer; the broker reads no more
 //!   until they are answered.
-//! - `runnel/1` ([`ALPN_V1`]), one frame per stream, is the same exchange with one frame: the
-//!   broker serves both, so agents of either version can ship to it. Upgrade brokers first: an
+//! - **`prev_end`: gaps are declared, never guessed.** It is where the agent's previous batch of
+//!   the spool ended (`first_seq` when the batch follows it directly). Sequence numbers from
+//!   `prev_end` to `first_seq` are records the agent no longer has: a quarantined spool segment,
+//!   or a chunk the broker refused that the agent kept aside. The broker appends a batch that
+//!   starts past what it has only when `prev_end` is at most what it has; otherwise an earlier
+//!   batch is missing (it failed, or is still on an abandoned stream) and the batch is answered
+//!   `Unavailable` until that one comes. So no batch can overtake one that failed, and no
+//!   chunk is ever skipped without the agent saying so.
+//! - `runnel/1` ([`ALPN_V1`]), one frame per stream without `prev_end`, is the same exchange with
+//!   one frame (the broker takes a gap as it comes, as it did): the broker serves both, so agents
+//!   of either version can ship to it. Upgrade brokers first: an
 //!   agent that speaks `runnel/2` refuses a broker that only speaks `runnel/1`, naming it.
 //! - **Liveness**: the agent keeps its connection alive every 5 s and gives up on it after 30 s
 //!   of silence; the broker after 60 s.
@@ -32,6 +42,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub const ALPN: &[u8] = b"runnel/2";
 /// The earlier protocol id: one batch per stream. The broker still serves it.
 pub const ALPN_V1: &[u8] = b"runnel/1";
+/// Bytes of the `prev_end` before each frame of a `runnel/2` stream.
+pub const PREV_END_BYTES: usize = 8;
 /// Most frames of one stream the broker holds unanswered; it reads no more of the stream
 /// until one is answered. An agent's `ship_in_flight_max` is at most this.
 pub const STREAM_BATCHES_MAX: usize = 16;
