@@ -33,6 +33,7 @@ debian_packages=(
   "ca-certificates   build  TLS roots for cargo and pip downloads (crates.io, PyPI)"
   "protobuf-compiler build  protoc: datafusion-substrait (Flight SQL) compiles Substrait's .proto files"
   "libprotobuf-dev   build  google/protobuf/*.proto, the well-known types Substrait's files import"
+  "g++               test   the C++ compiler for libfuzzer-sys: test.sh checks that the fuzz targets build"
   "chromium          test   headless Chromium: the tests render runnel bench --report pages"
   "redis-server      peers  Redis Streams with appendfsync always, a peer of benches/peers"
 )
@@ -139,6 +140,9 @@ cc -o "$tmp/probe" "$tmp/probe.c" 2>"$tmp/cc.err" ||
 "$venv/bin/python" -c 'import componentize_py' 2>/dev/null ||
   die "componentize-py does not import in $venv"
 if wants test; then
+  printf 'int main() { return 0; }\n' >"$tmp/probe.cc"
+  c++ -o "$tmp/probe-cc" "$tmp/probe.cc" 2>"$tmp/cxx.err" ||
+    die "the C++ compiler cannot build and link a program (Debian package g++): $(cat "$tmp/cxx.err")"
   [ -x /usr/bin/chromium ] || die "/usr/bin/chromium missing: Debian package chromium"
   /usr/bin/chromium --headless --no-sandbox --version >/dev/null 2>&1 ||
     die "/usr/bin/chromium does not start"
