@@ -77,9 +77,6 @@ pub struct Shipper {
     spool: Spool,
     endpoint: quinn::Endpoint,
     conn: Option<quinn::Connection>,
-    /// The `prev_end` of the next batch read, when it is not where the last one ended: after a
-    /// refused chunk was kept aside at the end of a batch.
-    declared_gap: Option<u64>,
 }
 
 /// A batch sent and not yet answered.
@@ -92,7 +89,7 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Declares that the spool's records from `prev_end` to `first_seq` are gone.
+    /// Declares that the spool's records from `prev_end` to `first_seq` need not come first.
     fn set_prev_end(&mut self, prev_end: u64) {
         debug_assert!(prev_end <= self.first_seq);
         self.wire[..PREV_END_BYTES].copy_from_slice(&prev_end.to_le_bytes());
@@ -166,7 +163,6 @@ impl Shipper {
             spool,
             endpoint,
             conn: None,
-            declared_gap: None,
         })
     }
 
@@ -204,17 +200,10 @@ impl Shipper {
                 SessionEnd::Rejected(reason) => {
                     let head = queue.pop_front().expect("a refused batch was in flight");
                     tracing::error!(first_seq = head.first_seq, reason = %reason, "broker rejected a batch; isolating it");
-                    let Some(prev_end) = self.isolate(&head.wire, &mut shutdown).await else {
+                    let Some(()) = self.isolate(&head.wire, &mut shutdown).await else {
                         return;
                     };
                     self.ack(head.end).await;
-                    // A chunk kept aside at the end of the batch is a gap the next batch declares.
-                    if prev_end < head.end {
-                        match queue.front_mut() {
-                            Some(next) => next.set_prev_end(prev_end),
-                            None => self.declared_gap = Some(prev_end),
-                        }
-                    }
                     delays = self.backoff();
                 }
             }
@@ -265,6 +254,10 @@ impl Shipper {
         let reader = AbortOnDrop(tokio::spawn(read_answers(recv, answers_tx)));
         let timeout = self.opts.timeout;
         let mut writable = true;
+        // The first is now the oldest not yet answered (see `prev_end` below).
+        if let Some(head) = queue.front_mut() {
+            head.set_prev_end(0);
+        }
         for b in queue.iter_mut() {
             b.sent_at = Instant::now();
             if let Err(e) = write(&mut send, &b.wire, timeout).await {
@@ -287,7 +280,12 @@ impl Shipper {
                     // Nothing in flight: let the batch fill a little.
                     tokio::time::sleep(self.opts.linger).await;
                 }
-                match self.read_batch(*next_read).await {
+                // The oldest batch not yet answered declares 0: every record before it was
+                // answered, kept aside or lost to a quarantined spool segment, so the broker
+                // may take it across any gap. A batch behind others declares where the one
+                // before it ended, so it can never pass one that failed.
+                let prev_end = if queue.is_empty() { 0 } else { *next_read };
+                match self.read_batch(*next_read, prev_end).await {
                     Ok(Some(mut b)) => {
                         b.sent_at = Instant::now();
                         let sent = write(&mut send, &b.wire, timeout).await;
@@ -391,10 +389,8 @@ impl Shipper {
 
     /// The next batch from spool sequence `from` on, framed; `None` when there is nothing to
     /// read there yet.
-    async fn read_batch(&mut self, from: u64) -> Result<Option<InFlight>, SendError> {
-        // Where the previous batch ended: records from there to the first one read are gone
-        // from the spool (a quarantined segment) or were kept aside.
-        let prev_end = self.declared_gap.unwrap_or(from);
+    /// `prev_end`: where the batch before it ended, or 0 when nothing older is unanswered.
+    async fn read_batch(&self, from: u64, prev_end: u64) -> Result<Option<InFlight>, SendError> {
         let reader = self.spool.reader().clone();
         let max = self.opts.batch_bytes_max;
         let (agent_id, host, epoch) = (
@@ -402,7 +398,7 @@ impl Shipper {
             self.identity.host.clone(),
             self.spool.epoch(),
         );
-        let read = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let records = reader
                 .read(from, BATCH_CHUNKS_MAX, max)
                 .map_err(|e| SendError::SpoolRead(e.to_string()))?;
@@ -428,19 +424,14 @@ impl Shipper {
             }))
         })
         .await
-        .expect("spool read task");
-        if matches!(read, Ok(Some(_))) {
-            self.declared_gap = None;
-        }
-        read
+        .expect("spool read task")
     }
 
     /// Finds the chunks of a refused batch that the broker refuses by sending them one at a
-    /// time, and keeps those aside. Returns the `prev_end` for what follows (the batch's end,
-    /// or the first of the refused chunks it ends with); `None` on shutdown.
-    async fn isolate(&mut self, wire: &[u8], shutdown: &mut watch::Receiver<bool>) -> Option<u64> {
-        let (prefix, frame) = wire.split_at(PREV_END_BYTES);
-        let mut prev_end = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+    /// time, and keeps those aside; `None` on shutdown. Each single is the oldest record not
+    /// yet answered when it is sent, so it declares `prev_end` 0.
+    async fn isolate(&mut self, wire: &[u8], shutdown: &mut watch::Receiver<bool>) -> Option<()> {
+        let frame = &wire[PREV_END_BYTES..];
         let body = runnel_event::wire::decode_frame(frame, usize::MAX).expect("a frame we made");
         let (archived, _) = runnel_event::wire::access_batch(&body).expect("a frame we made");
         let (agent_id, host, epoch, first_seq) = (
@@ -457,13 +448,8 @@ impl Shipper {
                 first_seq: first_seq + i as u64,
                 chunks: vec![chunk.as_slice().to_vec()],
             };
-            let ack = self
-                .send_until_answered(&single, prev_end, shutdown)
-                .await?;
-            if ack.status != AckStatus::Rejected {
-                prev_end = single.first_seq + 1;
-            } else {
-                // Kept aside: the next chunk declares the gap (prev_end stays).
+            let ack = self.send_until_answered(&single, 0, shutdown).await?;
+            if ack.status == AckStatus::Rejected {
                 metrics::counter!("runnel_agent_chunks_rejected_by_broker_total").increment(1);
                 // Until the chunk is kept on disk the cursor must not pass it.
                 loop {
@@ -483,7 +469,7 @@ impl Shipper {
                 }
             }
         }
-        Some(prev_end)
+        Some(())
     }
 
     /// Keeps a chunk the broker refused in `rejected/`, durably, before the cursor may pass it.

@@ -455,7 +455,8 @@ async fn a_backlog_ships_eight_in_flight_exactly_once_across_kill_9() {
 async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
     const REQUESTS: usize = 60;
     const PER_REQUEST: usize = 50;
-    const BIG: usize = 30;
+    // The last request: the chunk kept aside is the last record the cursor passes.
+    const BIG: usize = REQUESTS - 1;
     let mut p = Pipeline::with_args(
         &[
             "--ship-in-flight-max=8",
@@ -505,6 +506,28 @@ async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
     let reason =
         std::fs::read_to_string(rejected.join(chunks[0]).with_extension("reason")).unwrap();
     assert!(reason.contains("batch_bytes_max"), "{reason}");
+    // After a restart the agent's cursor is past the kept chunk, which the broker never had:
+    // what the agent sends next still lands (it declares that nothing before it must come).
+    p.agent.kill9();
+    p.start_agent().await;
+    let ids: Vec<String> = (0..PER_REQUEST).map(|i| format!("g-after-{i}")).collect();
+    let body = json!(
+        ids.iter()
+            .map(|id| event(id, "order.placed"))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
+    assert_eq!(status, 202, "{answer}");
+    want.extend(ids);
+    p.wait_for_records(want.len() as u64, Duration::from_secs(30))
+        .await;
+    let got: Vec<String> = p
+        .log_read(0, 100_000)
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want);
     p.agent.kill9();
     p.broker.kill9();
 }

@@ -13,11 +13,12 @@
 //!   that stream: it answers what came before, then finishes it. At most
 //!   [`STREAM_BATCHES_MAX`] frames of a stream wait for their answer; the broker reads no more
 //!   until they are answered.
-//! - **`prev_end`: gaps are declared, never guessed.** It is where the agent's previous batch of
-//!   the spool ended (`first_seq` when the batch follows it directly). Sequence numbers from
-//!   `prev_end` to `first_seq` are records the agent no longer has: a quarantined spool segment,
-//!   or a chunk the broker refused that the agent kept aside. The broker appends a batch that
-//!   starts past what it has only when `prev_end` is at most what it has; otherwise an earlier
+//! - **`prev_end`: gaps are declared, never guessed.** A batch sent behind others not yet
+//!   answered carries where the one before it ended. The oldest batch not yet answered carries
+//!   0: every record before it was answered, kept aside (refused by the broker), or lost to a
+//!   quarantined spool segment, so nothing before it has to come first. The broker appends a
+//!   batch that starts past what it has only when `prev_end` is at most what it has; otherwise
+//!   an earlier
 //!   batch is missing (it failed, or is still on an abandoned stream) and the batch is answered
 //!   `Unavailable` until that one comes. So no batch can overtake one that failed, and no
 //!   chunk is ever skipped without the agent saying so.
