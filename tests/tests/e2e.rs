@@ -317,18 +317,8 @@ async fn nothing_lost_or_doubled_under_kill_9() {
         .await;
     // Let anything still in flight land, then check nothing extra arrived.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut body = Vec::new();
-    p.admin()
-        .log_read_to("events", 0, 100_000, &mut body)
-        .await
-        .unwrap();
-    let body = String::from_utf8(body).unwrap();
-    let mut counts: HashMap<&str, u32> = HashMap::new();
-    for line in body.lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let id = v["event_id"].as_str().unwrap();
-        *counts.entry(line_id(line, id)).or_default() += 1;
-    }
+    let body = log_lines(&p, 100_000).await;
+    let counts = count_ids(&body);
     let stats = serde_json::to_value(p.admin().log_stats().await.unwrap()).unwrap();
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(
@@ -423,18 +413,8 @@ async fn a_backlog_ships_eight_in_flight_exactly_once_across_kill_9() {
 
     p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut body = Vec::new();
-    p.admin()
-        .log_read_to("events", 0, EVENTS as usize + 1_000, &mut body)
-        .await
-        .unwrap();
-    let body = String::from_utf8(body).unwrap();
-    let mut counts: HashMap<&str, u32> = HashMap::new();
-    for line in body.lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let id = v["event_id"].as_str().unwrap();
-        *counts.entry(line_id(line, id)).or_default() += 1;
-    }
+    let body = log_lines(&p, EVENTS as usize + 1_000).await;
+    let counts = count_ids(&body);
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(doubled.is_empty(), "appended more than once: {doubled:?}");
     let missing: Vec<String> = (0..REQUESTS)
@@ -530,6 +510,27 @@ async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
     assert_eq!(got, want);
     p.agent.kill9();
     p.broker.kill9();
+}
+
+/// The first `limit` events of the log, one JSON line each.
+async fn log_lines(p: &Pipeline, limit: usize) -> String {
+    let mut body = Vec::new();
+    p.admin()
+        .log_read_to("events", 0, limit, &mut body)
+        .await
+        .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// How many times each event id is in `body` (lines of `log_lines`).
+fn count_ids(body: &str) -> HashMap<&str, u32> {
+    let mut counts: HashMap<&str, u32> = HashMap::new();
+    for line in body.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let id = v["event_id"].as_str().unwrap();
+        *counts.entry(line_id(line, id)).or_default() += 1;
+    }
+    counts
 }
 
 /// The id as a slice of the line (so the map can borrow from `body`).
