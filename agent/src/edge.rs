@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use runnel_batch::{BatchView, BatchWriter, Field};
-use runnel_event::{EnvelopeLimits, Event, parse_event};
+use runnel_event::{EnvelopeLimits, Event, EventParts, validate_parts};
 use runnel_host::{Enricher, Fate, Limits, Runtime};
 
 struct Loaded {
@@ -73,8 +73,8 @@ fn to_batch(events: &[(usize, Event)]) -> Vec<u8> {
     w.finish()
 }
 
-/// Checks a plugin's replacement against the envelope rules by rendering it as JSON and parsing
-/// it like any other event.
+/// Checks a plugin's replacement against the envelope rules, straight from the batch's fields
+/// (the host has checked that they are UTF-8 and that the required ones are there).
 fn from_replacement(
     view: &BatchView<'_>,
     n: usize,
@@ -82,21 +82,22 @@ fn from_replacement(
     received_at: i64,
 ) -> Result<Event, String> {
     let ev = view.event(n);
-    let mut obj = serde_json::Map::new();
-    for f in Field::ALL {
-        if let Some(v) = ev.field(f) {
-            let value = if f == Field::Properties {
-                serde_json::from_str(v).map_err(|e| format!("properties: not JSON: {e}"))?
-            } else {
-                serde_json::Value::String(v.to_string())
-            };
-            obj.insert(f.name().to_string(), value);
-        }
-    }
-    obj.insert("timestamp".into(), ev.timestamp_ms().into());
-    obj.insert("schema_version".into(), ev.schema_version().into());
-    let text = serde_json::Value::Object(obj).to_string();
-    parse_event(&text, limits, received_at).map_err(|e| e.to_string())
+    let parts = EventParts {
+        event_id: ev.field(Field::EventId),
+        event_type: ev.field(Field::EventType),
+        timestamp_ms: ev.timestamp_ms(),
+        schema_version: ev.schema_version(),
+        optional: [
+            Field::UserId,
+            Field::SessionId,
+            Field::DeviceId,
+            Field::Platform,
+            Field::AppVersion,
+        ]
+        .map(|f| ev.field(f)),
+        properties: ev.field(Field::Properties),
+    };
+    validate_parts(parts, limits, received_at).map_err(|e| e.to_string())
 }
 
 impl EdgeChain {
@@ -183,5 +184,52 @@ impl EdgeChain {
         }
         out.events = events;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replacement is checked against the envelope rules like a posted event: what breaks
+    /// one names its field, and a good one comes back as the event it describes.
+    #[test]
+    fn replacements_meet_the_envelope_rules() {
+        let mut w = BatchWriter::new();
+        let push = |w: &mut BatchWriter, event_type: &str, props: &str| {
+            w.push(
+                1_763_726_400_000,
+                5,
+                2,
+                [
+                    Some("e1"),
+                    Some(event_type),
+                    Some("u1"),
+                    None,
+                    None,
+                    Some("ios"),
+                    None,
+                    Some(props),
+                ],
+            );
+        };
+        push(&mut w, "page.view", r#"{"ip":"203.0.113.0"}"#);
+        push(&mut w, "Page View", "{}");
+        push(&mut w, "page.view", r#"{"ip":"#);
+        push(&mut w, "page.view", r#"{"_runnel_dead_letter":{}}"#);
+        let buf = w.finish();
+        let view = BatchView::new(&buf).unwrap();
+        let limits = EnvelopeLimits::default();
+        let ev = from_replacement(&view, 0, &limits, 99).unwrap();
+        assert_eq!(
+            (ev.event_type.as_str(), ev.schema_version, ev.received_at_ms),
+            ("page.view", 2, 99)
+        );
+        assert_eq!(ev.user_id.as_deref(), Some("u1"));
+        assert_eq!(ev.properties.as_deref(), Some(r#"{"ip":"203.0.113.0"}"#));
+        let err = |n| from_replacement(&view, n, &limits, 99).unwrap_err();
+        assert!(err(1).starts_with("event_type: "), "{}", err(1));
+        assert!(err(2).starts_with("properties: not JSON"), "{}", err(2));
+        assert!(err(3).starts_with("properties: must not start"), "{}", err(3));
     }
 }

@@ -395,19 +395,7 @@ impl BatchWriter {
             .extend_from_slice(&schema_version.to_le_bytes());
         self.records.extend_from_slice(&0u32.to_le_bytes());
         for value in fields {
-            match value {
-                Some(s) => {
-                    let off = u32::try_from(self.heap.len()).expect("batch heap under 4 GiB");
-                    self.records.extend_from_slice(&off.to_le_bytes());
-                    self.records
-                        .extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    self.heap.extend_from_slice(s.as_bytes());
-                }
-                None => {
-                    self.records.extend_from_slice(&0u32.to_le_bytes());
-                    self.records.extend_from_slice(&ABSENT.to_le_bytes());
-                }
-            }
+            self.push_field(value.map(str::as_bytes));
         }
         self.count += 1;
     }
@@ -432,6 +420,44 @@ impl BatchWriter {
             ev.schema_version(),
             fields,
         );
+    }
+
+    /// Appends a copy of an event from another batch with its `properties` replaced (`None`:
+    /// removed). The other fields are copied as bytes, unchecked: the reader of this batch
+    /// checks them.
+    pub fn push_with_properties(&mut self, ev: &EventRef<'_>, properties: Option<&str>) {
+        self.records
+            .extend_from_slice(&ev.timestamp_ms().to_le_bytes());
+        self.records
+            .extend_from_slice(&ev.received_at_ms().to_le_bytes());
+        self.records
+            .extend_from_slice(&ev.schema_version().to_le_bytes());
+        self.records.extend_from_slice(&0u32.to_le_bytes());
+        for field in Field::ALL {
+            let value = if field == Field::Properties {
+                properties.map(str::as_bytes)
+            } else {
+                ev.field_bytes(field)
+            };
+            self.push_field(value);
+        }
+        self.count += 1;
+    }
+
+    fn push_field(&mut self, value: Option<&[u8]>) {
+        match value {
+            Some(b) => {
+                let off = u32::try_from(self.heap.len()).expect("batch heap under 4 GiB");
+                self.records.extend_from_slice(&off.to_le_bytes());
+                self.records
+                    .extend_from_slice(&(b.len() as u32).to_le_bytes());
+                self.heap.extend_from_slice(b);
+            }
+            None => {
+                self.records.extend_from_slice(&0u32.to_le_bytes());
+                self.records.extend_from_slice(&ABSENT.to_le_bytes());
+            }
+        }
     }
 
     /// Events so far.
@@ -493,6 +519,27 @@ mod tests {
             prop_assert_eq!(view.len(), events.len());
             for (i, e) in events.iter().enumerate() {
                 prop_assert_eq!(&view.event(i).to_owned_event(), e);
+            }
+        }
+
+        #[test]
+        fn a_copy_with_new_properties_changes_only_them(
+            events in proptest::collection::vec(arb_event(), 1..20),
+            props in proptest::option::of(".{0,12}"),
+        ) {
+            let mut w = BatchWriter::new();
+            for e in &events { w.push_owned(e); }
+            let buf = w.finish();
+            let view = BatchView::new(&buf).unwrap();
+            let mut copy = BatchWriter::new();
+            for ev in view.iter() { copy.push_with_properties(&ev, props.as_deref()); }
+            let copied = copy.finish();
+            let out = BatchView::new(&copied).unwrap();
+            out.validate().unwrap();
+            for (i, e) in events.iter().enumerate() {
+                let mut want = e.clone();
+                want.set(Field::Properties, props.clone());
+                prop_assert_eq!(&out.event(i).to_owned_event(), &want);
             }
         }
 

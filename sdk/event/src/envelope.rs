@@ -265,6 +265,10 @@ fn parse_timestamp(raw: &RawValue) -> Result<i64, EventError> {
             ),
         ));
     };
+    in_range(ms)
+}
+
+fn in_range(ms: i64) -> Result<i64, EventError> {
     if !(0..TIMESTAMP_MS_MAX).contains(&ms) {
         return Err(EventError::new(
             "timestamp",
@@ -285,7 +289,57 @@ pub fn parse_event(
         // Something is off: parse again field by field to say exactly what.
         Err(_) => raw_envelope(json)?.typed()?,
     };
-    validate(fields, limits, received_at_ms)
+    validate(fields, None, limits, received_at_ms)
+}
+
+/// An event's fields as another component hands them over (an edge plugin's replacement
+/// event), before the envelope rules are applied. `properties` is JSON text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventParts<'a> {
+    /// `event_id`.
+    pub event_id: Option<&'a str>,
+    /// `event_type`.
+    pub event_type: Option<&'a str>,
+    /// Event time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// `schema_version`.
+    pub schema_version: u32,
+    /// `user_id`, `session_id`, `device_id`, `platform`, `app_version`, in that order.
+    pub optional: [Option<&'a str>; 5],
+    /// `properties`, as JSON text.
+    pub properties: Option<&'a str>,
+}
+
+/// Applies the envelope rules to an event given as its parts, as [`parse_event`] does to an
+/// event given as JSON, without rendering it as JSON first. `received_at_ms` is stamped on the
+/// result.
+pub fn validate_parts(
+    parts: EventParts<'_>,
+    limits: &EnvelopeLimits,
+    received_at_ms: i64,
+) -> Result<Event, EventError> {
+    let properties = match parts.properties {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<&RawValue>(text)
+                .map_err(|e| EventError::new("properties", format!("not JSON: {e}")))?,
+        ),
+    };
+    let [user_id, session_id, device_id, platform, app_version] =
+        parts.optional.map(|f| f.map(Cow::Borrowed));
+    let fields = FastEnvelope {
+        event_id: parts.event_id.map(Cow::Borrowed),
+        event_type: parts.event_type.map(Cow::Borrowed),
+        timestamp: None,
+        user_id,
+        session_id,
+        device_id,
+        platform,
+        app_version,
+        schema_version: Some(parts.schema_version),
+        properties,
+    };
+    validate(fields, Some(parts.timestamp_ms), limits, received_at_ms)
 }
 
 fn raw_envelope(json: &str) -> Result<RawEnvelope<'_>, EventError> {
@@ -323,8 +377,11 @@ fn bounded(
 }
 
 /// Applies the envelope rules to fields of the right JSON types.
+/// `timestamp_ms`, when given, is the event time already as a number (`f.timestamp` is then
+/// ignored).
 fn validate(
     f: FastEnvelope<'_>,
+    timestamp_ms: Option<i64>,
     limits: &EnvelopeLimits,
     received_at_ms: i64,
 ) -> Result<Event, EventError> {
@@ -350,9 +407,10 @@ fn validate(
             format!("must match [a-z][a-z0-9_.]{{0,63}}, got {event_type:?}"),
         ));
     }
-    let timestamp_ms = match f.timestamp {
-        None => return Err(EventError::new("timestamp", "is required")),
-        Some(r) => parse_timestamp(r)?,
+    let timestamp_ms = match (timestamp_ms, f.timestamp) {
+        (Some(ms), _) => in_range(ms)?,
+        (None, None) => return Err(EventError::new("timestamp", "is required")),
+        (None, Some(r)) => parse_timestamp(r)?,
     };
     let properties = match f.properties {
         None => None,

@@ -15,7 +15,8 @@ pub mod fields;
 pub mod wire;
 
 pub use envelope::{
-    BodyFormat, EnvelopeLimits, Event, EventError, ParsedBody, parse_body, parse_event,
+    BodyFormat, EnvelopeLimits, Event, EventError, EventParts, ParsedBody, parse_body, parse_event,
+    validate_parts,
 };
 pub use wire::{AckStatus, Batch, BatchAck, Chunk, WireError};
 

@@ -225,3 +225,62 @@ fn the_dead_letter_marker_is_reserved() {
     )
     .unwrap();
 }
+
+/// An event handed over as parts (an edge plugin's replacement) meets the same rules as one
+/// parsed from JSON, and comes out the same.
+#[test]
+fn parts_meet_the_same_rules_as_json() {
+    use runnel_event::{EventParts, validate_parts};
+    let good = EventParts {
+        event_id: Some("e1"),
+        event_type: Some("checkout.completed"),
+        timestamp_ms: 1_763_726_400_000,
+        schema_version: 3,
+        optional: [Some("u1"), None, None, Some("ios"), None],
+        properties: Some(r#"{"amount":12.5,"ip":"203.0.113.0"}"#),
+    };
+    let from_json = parse_event(
+        r#"{"event_id":"e1","event_type":"checkout.completed","timestamp":1763726400000,
+            "user_id":"u1","platform":"ios","schema_version":3,
+            "properties":{"amount":12.5,"ip":"203.0.113.0"}}"#,
+        &limits(),
+        7,
+    )
+    .unwrap();
+    assert_eq!(validate_parts(good, &limits(), 7).unwrap(), from_json);
+
+    let field_of = |parts: EventParts<'_>| validate_parts(parts, &limits(), 0).unwrap_err();
+    let e = field_of(EventParts {
+        event_type: Some("Checkout"),
+        ..good
+    });
+    assert_eq!(e.field, "event_type", "{e}");
+    let e = field_of(EventParts {
+        properties: Some(r#"{"amount":"#),
+        ..good
+    });
+    assert_eq!(e.field, "properties", "{e}");
+    assert!(e.rule.contains("not JSON"), "{e}");
+    let e = field_of(EventParts {
+        properties: Some("[1,2]"),
+        ..good
+    });
+    assert!(e.rule.contains("must be a JSON object"), "{e}");
+    let e = field_of(EventParts {
+        timestamp_ms: -1,
+        ..good
+    });
+    assert_eq!(e.field, "timestamp", "{e}");
+    let long = "x".repeat(300);
+    let e = field_of(EventParts {
+        optional: [Some(&long), None, None, None, None],
+        ..good
+    });
+    assert_eq!(e.field, "user_id", "{e}");
+    assert!(e.rule.contains("field_bytes_max"), "{e}");
+    let e = field_of(EventParts {
+        event_id: None,
+        ..good
+    });
+    assert_eq!(e.field, "event_id", "{e}");
+}

@@ -69,6 +69,10 @@ pub enum Decision {
     Keep,
     /// Pass this event on instead.
     Replace(OwnedEvent),
+    /// Pass the event on with its `properties` replaced by this JSON text (`None`: removed),
+    /// every other field as it was. Cheaper than [`Decision::Replace`] when only `properties`
+    /// changes: no field is copied into an [`OwnedEvent`] first.
+    ReplaceProperties(Option<String>),
     /// Drop it; the reason is counted by the host.
     Drop(String),
 }
@@ -93,6 +97,10 @@ pub fn __enrich(batch: &[u8], decide: fn(&Event<'_>) -> Decision) -> Result<Enri
             Decision::Drop(reason) => Outcome::Drop(reason),
             Decision::Replace(new) => {
                 replacements.push_owned(&new);
+                Outcome::Replace(replacements.len() as u32 - 1)
+            }
+            Decision::ReplaceProperties(properties) => {
+                replacements.push_with_properties(&event, properties.as_deref());
                 Outcome::Replace(replacements.len() as u32 - 1)
             }
         });
