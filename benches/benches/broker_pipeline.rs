@@ -197,7 +197,9 @@ fn main() {
                         time_max: Duration::from_secs(2),
                     },
                     commit_interval: Duration::from_millis(100),
-                    window: runnel_window::Settings::default(),
+                    // The broker's defaults (`aggregate_open_windows_max` 100,000: room for a
+                    // session per user of the log's 50,000).
+                    window: runnel_broker::BrokerConfig::default().window_settings(),
                     agent_clock_skew_max_ms: 60_000,
                 },
             )
@@ -225,7 +227,17 @@ fn main() {
                     } else {
                         String::new()
                     };
-                    format!("{} {:.0}{fold}", p.name, s.ns_per_event())
+                    // What went to the side topics instead, when anything did.
+                    let side = [
+                        ("failed", s.errors),
+                        ("refused", s.rows_refused),
+                        ("late", s.late_events),
+                    ]
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(what, n)| format!(" {what} {n}"))
+                    .collect::<String>();
+                    format!("{} {:.0}{fold}{side}", p.name, s.ns_per_event())
                 })
                 .collect();
         }

@@ -117,6 +117,18 @@ settings! {
 }
 
 impl BrokerConfig {
+    /// The watermark and state limits every aggregate's window engine runs with.
+    pub fn window_settings(&self) -> runnel_window::Settings {
+        runnel_window::Settings {
+            out_of_orderness_ms: self.watermark_out_of_orderness_ms,
+            source_idle_ms: self.watermark_source_idle_ms,
+            clock_allowance_ms: self.watermark_clock_allowance_ms,
+            keys_per_window_max: self.aggregate_keys_per_window_max,
+            open_windows_max: self.aggregate_open_windows_max,
+            state_bytes_max: self.aggregate_state_bytes_max,
+        }
+    }
+
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |field: &str, rule: &str| Err(ConfigError::new(field, rule));

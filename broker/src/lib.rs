@@ -137,14 +137,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             isolation,
             commit_interval: std::time::Duration::from_millis(cfg.aggregate_commit_interval_ms),
             agent_clock_skew_max_ms: cfg.agent_clock_skew_max_ms,
-            window: runnel_window::Settings {
-                out_of_orderness_ms: cfg.watermark_out_of_orderness_ms,
-                source_idle_ms: cfg.watermark_source_idle_ms,
-                clock_allowance_ms: cfg.watermark_clock_allowance_ms,
-                keys_per_window_max: cfg.aggregate_keys_per_window_max,
-                open_windows_max: cfg.aggregate_open_windows_max,
-                state_bytes_max: cfg.aggregate_state_bytes_max,
-            },
+            window: cfg.window_settings(),
         },
     )?;
 

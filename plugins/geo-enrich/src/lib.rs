@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use runnel_plugin::{Decision, Event, Field, Params};
+use runnel_plugin::{Decision, Event, Params};
 use serde_json::{Map, Value};
 
 /// The table: `prefix,country,region` lines; `#` starts a comment.
@@ -25,6 +25,24 @@ pub struct Place {
     pub country: String,
     /// Region name.
     pub region: String,
+    /// `"country":…,"region":…`, the members spliced into an event's properties.
+    json: String,
+}
+
+impl Place {
+    /// A place, with the JSON members it adds written once.
+    pub fn new(country: &str, region: &str) -> Self {
+        let json = format!(
+            "\"country\":{},\"region\":{}",
+            Value::String(country.into()),
+            Value::String(region.into())
+        );
+        Self {
+            country: country.into(),
+            region: region.into(),
+            json,
+        }
+    }
 }
 
 /// Prefixes by length, for longest-prefix match: `v4[len]` maps a masked address to its place.
@@ -32,6 +50,9 @@ pub struct Place {
 pub struct Table {
     v4: Vec<std::collections::HashMap<u32, Place>>,
     v6: Vec<std::collections::HashMap<u128, Place>>,
+    /// The lengths that have prefixes, longest first: only these are looked up.
+    v4_lens: Vec<usize>,
+    v6_lens: Vec<usize>,
 }
 
 fn mask4(len: usize) -> u32 {
@@ -52,6 +73,7 @@ impl Table {
         let mut t = Table {
             v4: vec![Default::default(); 33],
             v6: vec![Default::default(); 129],
+            ..Table::default()
         };
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -69,10 +91,7 @@ impl Table {
                 .split_once('/')
                 .ok_or_else(|| bad("prefix without /len"))?;
             let len: usize = len.parse().map_err(|_| bad("bad prefix length"))?;
-            let place = Place {
-                country: country.trim().to_string(),
-                region: region.trim().to_string(),
-            };
+            let place = Place::new(country.trim(), region.trim());
             match addr.parse::<IpAddr>().map_err(|_| bad("bad address"))? {
                 IpAddr::V4(a) if len <= 32 => {
                     t.v4[len].insert(u32::from(a) & mask4(len), place);
@@ -83,6 +102,8 @@ impl Table {
                 _ => return Err(bad("prefix length too long")),
             }
         }
+        t.v4_lens = (0..=32).rev().filter(|&l| !t.v4[l].is_empty()).collect();
+        t.v6_lens = (0..=128).rev().filter(|&l| !t.v6[l].is_empty()).collect();
         Ok(t)
     }
 
@@ -91,15 +112,15 @@ impl Table {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                (0..=32)
-                    .rev()
-                    .find_map(|len| self.v4[len].get(&(a & mask4(len))))
+                self.v4_lens
+                    .iter()
+                    .find_map(|&len| self.v4[len].get(&(a & mask4(len))))
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                (0..=128)
-                    .rev()
-                    .find_map(|len| self.v6[len].get(&(a & mask6(len))))
+                self.v6_lens
+                    .iter()
+                    .find_map(|&len| self.v6[len].get(&(a & mask6(len))))
             }
         }
     }
@@ -150,15 +171,12 @@ struct Keys<'a> {
 pub fn splice(props: &str, place: &Place) -> Option<String> {
     let body = props.trim_end().strip_suffix('}')?;
     let empty = body.trim_end().ends_with('{');
-    let mut out = String::with_capacity(props.len() + 48);
+    let mut out = String::with_capacity(body.len() + place.json.len() + 2);
     out.push_str(body);
     if !empty {
         out.push(',');
     }
-    out.push_str("\"country\":");
-    out.push_str(&Value::String(place.country.clone()).to_string());
-    out.push_str(",\"region\":");
-    out.push_str(&Value::String(place.region.clone()).to_string());
+    out.push_str(&place.json);
     out.push('}');
     Some(out)
 }
@@ -196,9 +214,7 @@ fn decide(event: &Event<'_>) -> Decision {
         }
         Value::Object(props).to_string()
     };
-    let mut out = event.to_owned_event();
-    out.set(Field::Properties, Some(new_props));
-    Decision::Replace(out)
+    Decision::ReplaceProperties(Some(new_props))
 }
 
 fn init(params: &Params) -> Result<(), String> {
@@ -245,10 +261,7 @@ mod tests {
 
     #[test]
     fn splice_adds_both_keys_and_keeps_the_json_valid() {
-        let place = Place {
-            country: "KE".into(),
-            region: "Nai\"robi".into(),
-        };
+        let place = Place::new("KE", "Nai\"robi");
         for props in [r#"{"ip":"192.0.2.1"}"#, "{ }", r#"{"a":{"b":[1,2]} }"#] {
             let out = splice(props, &place).unwrap();
             let v: Value = serde_json::from_str(&out).unwrap();

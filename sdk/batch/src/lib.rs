@@ -411,21 +411,20 @@ impl BatchWriter {
         );
     }
 
-    /// Appends a copy of an event from another batch.
+    /// Appends a copy of an event from another batch. Its fields are copied as bytes,
+    /// unchecked: the reader of this batch checks them.
     pub fn push_ref(&mut self, ev: &EventRef<'_>) {
-        let fields = Field::ALL.map(|f| ev.field(f));
-        self.push(
-            ev.timestamp_ms(),
-            ev.received_at_ms(),
-            ev.schema_version(),
-            fields,
-        );
+        self.push_copy(ev, ev.field_bytes(Field::Properties));
     }
 
     /// Appends a copy of an event from another batch with its `properties` replaced (`None`:
     /// removed). The other fields are copied as bytes, unchecked: the reader of this batch
     /// checks them.
     pub fn push_with_properties(&mut self, ev: &EventRef<'_>, properties: Option<&str>) {
+        self.push_copy(ev, properties.map(str::as_bytes));
+    }
+
+    fn push_copy(&mut self, ev: &EventRef<'_>, properties: Option<&[u8]>) {
         self.records
             .extend_from_slice(&ev.timestamp_ms().to_le_bytes());
         self.records
@@ -435,7 +434,7 @@ impl BatchWriter {
         self.records.extend_from_slice(&0u32.to_le_bytes());
         for field in Field::ALL {
             let value = if field == Field::Properties {
-                properties.map(str::as_bytes)
+                properties
             } else {
                 ev.field_bytes(field)
             };

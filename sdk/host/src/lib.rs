@@ -700,6 +700,7 @@ impl Enricher {
         let mut out = Run {
             fates: vec![Fate::Keep; view.len()],
             replacements: BatchWriter::new(),
+            whole: None,
             calls: 0,
             failed_calls: 0,
             last_failure: None,
@@ -709,9 +710,13 @@ impl Enricher {
         if !view.is_empty() {
             self.run_range(&view, batch, 0, view.len(), &mut out);
         }
+        let replacements = match out.whole {
+            Some(whole) => whole,
+            None => out.replacements.finish(),
+        };
         Ok(EnrichOutput {
             fates: out.fates,
-            replacements: out.replacements.finish(),
+            replacements,
             calls: out.calls,
             failed_calls: out.failed_calls,
             slowest_call: out.slowest_call,
@@ -762,6 +767,22 @@ impl Enricher {
         metrics::histogram!("runnel_plugin_call_seconds", "plugin" => self.name.clone())
             .record(took.as_secs_f64());
         match result {
+            Ok((outcomes, replacements)) if start == 0 && end == view.len() => {
+                // One call for the whole batch: its answer is the answer.
+                let mut any = false;
+                for (fate, outcome) in out.fates.iter_mut().zip(outcomes) {
+                    *fate = match outcome {
+                        Outcome::Keep => Fate::Keep,
+                        Outcome::Drop(reason) => Fate::Drop(reason),
+                        Outcome::Replace(n) => {
+                            any = true;
+                            Fate::Replace(n)
+                        }
+                    };
+                }
+                // Checked by `check_answer` when a replacement is referenced; else not passed on.
+                out.whole = any.then_some(replacements);
+            }
             Ok((outcomes, replacements)) => {
                 let repl = BatchView::new(&replacements).ok();
                 for (i, outcome) in outcomes.into_iter().enumerate() {
@@ -797,6 +818,9 @@ impl Enricher {
 struct Run {
     fates: Vec<Fate>,
     replacements: BatchWriter,
+    /// The plugin's own replacements batch, when one call answered for the whole batch (the
+    /// common case): passed on as it is, not copied event by event into `replacements`.
+    whole: Option<Vec<u8>>,
     calls: u32,
     failed_calls: u32,
     last_failure: Option<Failure>,
