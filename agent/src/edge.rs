@@ -230,6 +230,10 @@ mod tests {
         let err = |n| from_replacement(&view, n, &limits, 99).unwrap_err();
         assert!(err(1).starts_with("event_type: "), "{}", err(1));
         assert!(err(2).starts_with("properties: not JSON"), "{}", err(2));
-        assert!(err(3).starts_with("properties: must not start"), "{}", err(3));
+        assert!(
+            err(3).starts_with("properties: must not start"),
+            "{}",
+            err(3)
+        );
     }
 }

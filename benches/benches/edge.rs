@@ -103,7 +103,9 @@ fn main() {
         std::hint::black_box(parsed[i % parsed.len()].clone());
     });
 
-    println!("pii-redact at the edge, fintech events of 300 bytes, batches of {BATCH}, median of {SAMPLES} samples:");
+    println!(
+        "pii-redact at the edge, fintech events of 300 bytes, batches of {BATCH}, median of {SAMPLES} samples:"
+    );
     println!("  parse + validate (no plugin):   {parse:>8.0} ns/event");
     println!("  plugin call alone:              {call:>8.0} ns/event");
     println!(

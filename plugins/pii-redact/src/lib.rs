@@ -214,6 +214,9 @@ mod tests {
         // Not an address (removed), not a string, a key twice: the general path decides.
         assert_eq!(redact_in_place(r#"{"ip":"nope"}"#, "s"), None);
         assert_eq!(redact_in_place(r#"{"email":42}"#, "s"), None);
-        assert_eq!(redact_in_place(r#"{"ip":"10.0.0.1","ip":"10.0.0.2"}"#, "s"), None);
+        assert_eq!(
+            redact_in_place(r#"{"ip":"10.0.0.1","ip":"10.0.0.2"}"#, "s"),
+            None
+        );
     }
 }
