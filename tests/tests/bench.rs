@@ -119,11 +119,8 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
         "ingest",
         "--url",
         &url,
-        // A fixed rate the example pipeline keeps up with: at `max` the agent accepts more
-        // than the broker's plugins take, the aggregate falls behind, and the probes (each
-        // waits until it is visible) become too few to test the report with.
         "--rate",
-        "10000",
+        "max",
         "--duration",
         "4s",
         "--batch",
@@ -192,7 +189,10 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
     assert!(dups > events / 40 && rejected > events / 80, "{j}");
     let visible = &j["visible"];
     let probes = visible["probes"].as_u64().unwrap();
-    assert!(probes >= 10, "{visible}");
+    // A probe waits until it is visible in the aggregate before the next is sent. At `max`
+    // the agent may accept more than the example pipeline aggregates, so the aggregate trails
+    // and fewer probes than 4 s / 200 ms come back.
+    assert!(probes >= 3, "{visible}");
     assert!(visible["log"]["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(visible["in_aggregate"]["p50_ms"].as_f64() >= visible["log"]["p50_ms"].as_f64());
     assert_eq!(visible["errors"], serde_json::json!({}));
