@@ -6,12 +6,11 @@
 //! cargo bench -p runnel-benches --bench broker_pipeline [-- FILTER]` (FILTER: only the chains
 //! whose label contains it, e.g. `"dev set"` under a profiler).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use runnel_benches::{machine, median};
+use runnel_benches::{component, machine, median};
 use runnel_broker::log::{BrokerLog, check_batch};
 use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
 use runnel_broker::plugins::{Deploy, PluginLimits, Registry};
@@ -45,12 +44,6 @@ fn event(n: u64) -> Event {
             n % 250
         )),
     }
-}
-
-fn component(target: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(target.join("wasm32-wasip2/release").join(format!("{name}.wasm"))).expect(
-        "build the plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
-    )
 }
 
 /// The example aggregators (the rest are enrichers).
@@ -100,8 +93,6 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
 }
 
 fn main() {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     println!("machine: {}", machine(dir.path()));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -172,7 +163,7 @@ fn main() {
                 } else {
                     name.replace('_', "-")
                 };
-                deploy(&registry, &deployed, &component(&target, name));
+                deploy(&registry, &deployed, &component(name));
             }
             let topic = |name: &str| {
                 runnel_broker::topics::open(Arc::new(FsStorage), &state.join(name), 128 << 20)

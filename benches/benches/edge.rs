@@ -25,20 +25,12 @@ const SAMPLES: usize = 7;
 const CALLS: usize = 20;
 
 fn main() {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .unwrap();
     // RUNNEL_BENCH_EDGE_WASM: another build of the plugin, to compare two in one session.
     let path = std::env::var_os("RUNNEL_BENCH_EDGE_WASM").map_or_else(
-        || target.join("wasm32-wasip2/release/pii_redact.wasm"),
+        || runnel_benches::component_path("pii_redact"),
         std::path::PathBuf::from,
     );
-    let wasm = std::fs::read(&path).expect(
-        "build the plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
-    );
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     println!("machine: {}", machine(&std::env::temp_dir()));
     let workload = Workload::new(Spec {
         scenario: Scenario::Fintech,

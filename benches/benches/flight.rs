@@ -168,14 +168,7 @@ fn main() {
             ..Default::default()
         };
         let broker = runnel_broker::start(cfg, Arc::new(FsStorage)).await.unwrap();
-        let exe = std::env::current_exe().unwrap();
-        let wasm = std::fs::read(
-            exe.ancestors()
-                .nth(3)
-                .unwrap()
-                .join("wasm32-wasip2/release/events_per_type.wasm"),
-        )
-        .expect("build the plugins first");
+        let wasm = runnel_benches::component("events_per_type");
         broker
             .registry
             .deploy(

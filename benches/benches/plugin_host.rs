@@ -34,14 +34,7 @@ fn batch(n: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .and_then(|p| p.parent())
-        .unwrap();
-    let wasm = std::fs::read(target.join("wasm32-wasip2/release/noop.wasm"))
-        .expect("build the plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml");
+    let wasm = runnel_benches::component("noop");
     println!("machine: {}", machine(&std::env::temp_dir()));
     let rt = Runtime::new().unwrap();
     let started = Instant::now();

@@ -50,6 +50,29 @@ pub fn machine(dir: &Path) -> String {
     runnel_loadgen::machine::Machine::probe(dir).to_string()
 }
 
+/// Where an example or test plugin's component is: the plugins' build
+/// (`cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`) in the
+/// target dir of this benchmark executable (`target/release/deps/…`).
+pub fn component_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("target dir")
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// The component of an example or test plugin (see [`component_path`]).
+pub fn component(name: &str) -> Vec<u8> {
+    let path = component_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins first: cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
+            path.display()
+        )
+    })
+}
+
 /// A release binary of the workspace, next to the benchmark executable.
 pub fn release_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

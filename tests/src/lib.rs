@@ -402,6 +402,11 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A request body: one [`event`] of type `event_type` per id, as a JSON array.
+pub fn events_body(ids: &[String], event_type: &str) -> String {
+    serde_json::Value::Array(ids.iter().map(|id| event(id, event_type)).collect()).to_string()
+}
+
 /// A valid event of about 300 bytes of JSON.
 pub fn event(id: &str, event_type: &str) -> serde_json::Value {
     serde_json::json!({

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use runnel_e2e::{Pipeline, event};
+use runnel_e2e::{Pipeline, event, events_body};
 use serde_json::{Value, json};
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> reqwest::Result<(u16, Value)> {
@@ -229,12 +229,7 @@ async fn nothing_lost_or_doubled_under_kill_9() {
             let mut retries = 0u64;
             for r in (c..requests).step_by(CLIENTS) {
                 let ids: Vec<String> = (0..PER_REQUEST).map(|i| format!("c-{r}-{i}")).collect();
-                let body = json!(
-                    ids.iter()
-                        .map(|id| event(id, "order.placed"))
-                        .collect::<Vec<_>>()
-                )
-                .to_string();
+                let body = events_body(&ids, "order.placed");
                 loop {
                     match post(&client, &url, body.clone()).await {
                         Ok((202, answer)) => {
@@ -454,12 +449,7 @@ async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
         // Request BIG alone is larger than the broker's limit.
         let n = if r == BIG { 1_000 } else { PER_REQUEST };
         let ids: Vec<String> = (0..n).map(|i| format!("g-{r}-{i}")).collect();
-        let body = json!(
-            ids.iter()
-                .map(|id| event(id, "order.placed"))
-                .collect::<Vec<_>>()
-        )
-        .to_string();
+        let body = events_body(&ids, "order.placed");
         let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
         assert_eq!(status, 202, "{answer}");
         if r != BIG {
@@ -491,12 +481,7 @@ async fn refused_batches_in_flight_are_isolated_and_the_rest_lands_once() {
     p.agent.kill9();
     p.start_agent().await;
     let ids: Vec<String> = (0..PER_REQUEST).map(|i| format!("g-after-{i}")).collect();
-    let body = json!(
-        ids.iter()
-            .map(|id| event(id, "order.placed"))
-            .collect::<Vec<_>>()
-    )
-    .to_string();
+    let body = events_body(&ids, "order.placed");
     let (status, answer) = post(&client, &p.agent_url, body).await.unwrap();
     assert_eq!(status, 202, "{answer}");
     want.extend(ids);
