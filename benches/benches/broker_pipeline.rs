@@ -99,9 +99,10 @@ fn main() {
     let log = BrokerLog::open(
         Arc::new(FsStorage),
         &dir.path().join("log"),
-        128 << 20,
-        64 << 20,
-        u64::MAX,
+        &runnel_broker::log::LogSettings {
+            checkpoint_interval_bytes: u64::MAX,
+            ..Default::default()
+        },
     )
     .unwrap()
     .0;
@@ -166,9 +167,13 @@ fn main() {
                 deploy(&registry, &deployed, &component(name));
             }
             let topic = |name: &str| {
-                runnel_broker::topics::open(Arc::new(FsStorage), &state.join(name), 128 << 20)
-                    .unwrap()
-                    .0
+                runnel_broker::topics::open(
+                    Arc::new(FsStorage),
+                    &state.join(name),
+                    &Default::default(),
+                )
+                .unwrap()
+                .0
             };
             let topics = Topics {
                 dead_letters: topic("dead_letters"),

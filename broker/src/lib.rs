@@ -89,18 +89,15 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let server_config = ingest::tls::server_config(&files, cfg.streams_per_connection_max)?;
     let (log, report) = {
         let (storage, dir) = (storage.clone(), cfg.data_dir.join("log"));
-        let (seg, batch, ckpt) = (
-            cfg.segment_bytes_max,
-            cfg.batch_bytes_max,
-            cfg.checkpoint_interval_bytes,
-        );
-        tokio::task::spawn_blocking(move || log::BrokerLog::open(storage, &dir, seg, batch, ckpt))
+        let settings = cfg.log_settings();
+        tokio::task::spawn_blocking(move || log::BrokerLog::open(storage, &dir, &settings))
             .await??
     };
     if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
         tracing::warn!(truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "log recovered from damage");
     }
     metrics::counter!("runnel_broker_log_truncated_bytes_total").increment(report.truncated_bytes);
+    metrics::gauge!("runnel_broker_log_indexed_segments").set(report.indexed_segments as f64);
     metrics::counter!("runnel_broker_log_quarantined_segments_total")
         .increment(report.quarantined_segments.len() as u64);
 
@@ -111,12 +108,12 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let (dead_letters, dead_letters_reader) = topics::open(
         storage.clone(),
         &cfg.data_dir.join("topics").join("dead_letters"),
-        cfg.segment_bytes_max,
+        &cfg.log_settings(),
     )?;
     let (late_events, late_events_reader) = topics::open(
         storage.clone(),
         &cfg.data_dir.join("topics").join("late_events"),
-        cfg.segment_bytes_max,
+        &cfg.log_settings(),
     )?;
     let isolation = pipeline::Isolation {
         calls_max: cfg.plugin_isolation_calls_max,

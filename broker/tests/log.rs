@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use runnel_broker::log::{BrokerLog, check_batch};
+use runnel_broker::log::{BrokerLog, LogSettings, check_batch};
 use runnel_event::{AckStatus, Batch, BatchAck, Chunk, Event};
 use runnel_segment::fault::{Faults, FaultyStorage};
 use runnel_segment::{FsStorage, Storage};
@@ -51,8 +51,18 @@ async fn send(log: &BrokerLog, frame: Vec<u8>) -> BatchAck {
         .await
 }
 
+/// Small segments; checkpoints every `checkpoint_interval_bytes`.
+fn settings(checkpoint_interval_bytes: u64) -> LogSettings {
+    LogSettings {
+        segment_bytes_max: 1 << 20,
+        batch_bytes_max: MAX,
+        checkpoint_interval_bytes,
+        scan_sealed_at_open: false,
+    }
+}
+
 fn open(dir: &Path, storage: Arc<dyn Storage>) -> BrokerLog {
-    BrokerLog::open(storage, &dir.join("log"), 1 << 20, MAX, u64::MAX)
+    BrokerLog::open(storage, &dir.join("log"), &settings(u64::MAX))
         .unwrap()
         .0
 }
@@ -61,9 +71,7 @@ fn open_checkpointing(dir: &Path, interval_bytes: u64) -> BrokerLog {
     BrokerLog::open(
         Arc::new(FsStorage),
         &dir.join("log"),
-        1 << 20,
-        MAX,
-        interval_bytes,
+        &settings(interval_bytes),
     )
     .unwrap()
     .0
@@ -204,9 +212,10 @@ async fn a_smaller_batch_limit_after_a_restart_still_reads_everything() {
     let small = BrokerLog::open(
         Arc::new(FsStorage),
         &dir.path().join("log"),
-        1 << 20,
-        2048,
-        u64::MAX,
+        &LogSettings {
+            batch_bytes_max: 2048,
+            ..settings(u64::MAX)
+        },
     )
     .unwrap()
     .0;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use runnel_broker::log::{BrokerLog, check_batch};
+use runnel_broker::log::{BrokerLog, LogSettings, check_batch};
 use runnel_broker::pipeline::{Isolation, Pipeline, Settings, Topics};
 use runnel_broker::plugins::{Deploy, PluginLimits, Registry};
 use runnel_broker::topics;
@@ -117,20 +117,25 @@ fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &st
         .unwrap();
 }
 
+/// Small segments, no checkpoints.
+fn log_settings() -> LogSettings {
+    LogSettings {
+        segment_bytes_max: 1 << 20,
+        batch_bytes_max: MAX,
+        checkpoint_interval_bytes: u64::MAX,
+        scan_sealed_at_open: false,
+    }
+}
+
 fn open_log(dir: &Path) -> BrokerLog {
-    BrokerLog::open(
-        Arc::new(FsStorage),
-        &dir.join("log"),
-        1 << 20,
-        MAX,
-        u64::MAX,
-    )
-    .unwrap()
-    .0
+    BrokerLog::open(Arc::new(FsStorage), &dir.join("log"), &log_settings())
+        .unwrap()
+        .0
 }
 
 fn start(dir: &Path, registry: &Registry, log: &BrokerLog, storage: Arc<dyn Storage>) -> Pipeline {
-    let (dead, _) = topics::open(storage, &dir.join("topics/dead_letters"), 1 << 20).unwrap();
+    let (dead, _) =
+        topics::open(storage, &dir.join("topics/dead_letters"), &log_settings()).unwrap();
     start_with(dir, registry, log, dead)
 }
 
@@ -143,7 +148,7 @@ fn start_with(
     let (late_events, _) = topics::open(
         Arc::new(FsStorage),
         &dir.join("topics/late_events"),
-        1 << 20,
+        &log_settings(),
     )
     .unwrap();
     Pipeline::start(
@@ -171,7 +176,7 @@ fn dead_letter_ids(dir: &Path) -> Vec<String> {
     let (_, reader) = topics::open(
         Arc::new(FsStorage),
         &dir.join("topics/dead_letters"),
-        1 << 20,
+        &log_settings(),
     )
     .unwrap();
     let mut ids = Vec::new();
@@ -241,7 +246,7 @@ async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_writt
 
     let faults = Faults::new();
     let faulty: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
-    let (dead, _) = topics::open(faulty, &d.join("topics/dead_letters"), 1 << 20).unwrap();
+    let (dead, _) = topics::open(faulty, &d.join("topics/dead_letters"), &log_settings()).unwrap();
     faults.set_fail_sync(true);
     let pipeline = start_with(d, &registry, &log, dead);
     let shared = pipeline.shared.clone();

@@ -199,17 +199,23 @@ async fn nothing_lost_or_doubled_under_kill_9() {
         .unwrap_or_else(rand::random);
     eprintln!("chaos seed {seed} (set RUNNEL_CHAOS_SEED to replay)");
     // Small spool segments so acknowledged segments are deleted (mark, then delete) during the
-    // run, and a short ship timeout so the agent notices a killed broker quickly.
-    let mut p = Pipeline::new(&[
-        "--spool-segment-bytes-max=1048576",
-        "--spool-bytes-max=268435456",
-        "--decompressed-bytes-max=524288",
-        "--body-bytes-max=524288",
-        "--ship-batch-bytes-max=262144",
-        "--ship-in-flight-max=8",
-        "--ship-timeout-ms=1000",
-        "--ship-backoff-max-ms=200",
-    ]);
+    // run, and a short ship timeout so the agent notices a killed broker quickly. Small broker
+    // log segments too, so that segments are sealed (and their index files written) during the
+    // run and each restart opens the sealed ones from their indexes.
+    let mut p = Pipeline::with_args(
+        &[
+            "--spool-segment-bytes-max=1048576",
+            "--spool-bytes-max=268435456",
+            "--decompressed-bytes-max=524288",
+            "--body-bytes-max=524288",
+            "--ship-batch-bytes-max=262144",
+            "--ship-in-flight-max=8",
+            "--ship-timeout-ms=1000",
+            "--ship-backoff-max-ms=200",
+        ],
+        // The smallest segments the broker allows with these batches (twice their size).
+        &["--batch-bytes-max=524288", "--segment-bytes-max=1048576"],
+    );
     p.start().await;
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -331,7 +337,21 @@ async fn nothing_lost_or_doubled_under_kill_9() {
     );
     assert_eq!(stats["records"].as_u64(), Some(EVENTS as u64), "{stats}");
     assert_eq!(counts.len(), EVENTS);
+    let segments = stats["segments"].as_u64().unwrap();
+    assert!(segments >= 2, "the log rolled during the run: {stats}");
     p.agent.kill9();
+    p.broker.kill9();
+    // One more start, from the index files of every sealed segment, sees the same log.
+    p.start_broker().await;
+    let metrics = p.metrics().await;
+    let want = format!("runnel_broker_log_indexed_segments {}", segments - 1);
+    assert!(
+        metrics.lines().any(|l| l == want),
+        "every sealed segment opened from its index ({want}):\n{metrics}"
+    );
+    let again = serde_json::to_value(p.admin().log_stats().await.unwrap()).unwrap();
+    assert_eq!(again, stats);
+    assert_eq!(count_ids(&log_lines(&p, 100_000).await), counts);
     p.broker.kill9();
 }
 

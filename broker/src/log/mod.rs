@@ -171,20 +171,48 @@ pub struct BrokerLog {
 pub const WRITER_QUEUE_MAX: usize = 4096;
 pub use writer::GROUP_COMMIT_MAX;
 
+/// How the broker's logs (the event log and its side topics) are sized and recovered; the
+/// broker takes them from its configuration ([`crate::BrokerConfig::log_settings`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    /// A segment is sealed before it grows past this.
+    pub segment_bytes_max: u64,
+    /// Largest batch (record) appended.
+    pub batch_bytes_max: usize,
+    /// The recovery checkpoint is rewritten after this many appended bytes.
+    pub checkpoint_interval_bytes: u64,
+    /// Scan every sealed segment at open instead of trusting its index file.
+    pub scan_sealed_at_open: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        crate::BrokerConfig::default().log_settings()
+    }
+}
+
+impl LogSettings {
+    /// The segment log's options for records of up to `record_bytes_max`.
+    pub(crate) fn options(&self, record_bytes_max: u32) -> LogOptions {
+        LogOptions {
+            segment_bytes_max: self.segment_bytes_max,
+            record_bytes_max,
+            trust_sealed_indexes: !self.scan_sealed_at_open,
+            ..LogOptions::default()
+        }
+    }
+}
+
 impl BrokerLog {
     /// Opens (recovering) the log in `dir` and starts its writer thread.
     pub fn open(
         storage: Arc<dyn Storage>,
         dir: &Path,
-        segment_bytes_max: u64,
-        batch_bytes_max: usize,
-        checkpoint_interval_bytes: u64,
+        settings: &LogSettings,
     ) -> anyhow::Result<(Self, RecoveryReport)> {
-        let opts = LogOptions {
-            segment_bytes_max,
-            record_bytes_max: u32::try_from(batch_bytes_max + 64).unwrap_or(u32::MAX),
-            ..LogOptions::default()
-        };
+        let checkpoint_interval_bytes = settings.checkpoint_interval_bytes;
+        let opts =
+            settings.options(u32::try_from(settings.batch_bytes_max + 64).unwrap_or(u32::MAX));
         let (log, report) = SegmentLog::open(storage.clone(), dir, opts, 0)?;
         let reader = log.reader();
         let started = Instant::now();
@@ -259,7 +287,7 @@ impl BrokerLog {
     pub async fn submit(
         &self,
         batch: CheckedBatch,
-    ) -> impl std::future::Future<Output = BatchAck> + Send + 'static {
+    ) -> impl std::future::Future<Output = BatchAck> + Send + use<> {
         let (reply, rx) = oneshot::channel();
         let queued = self
             .tx
@@ -436,10 +464,12 @@ fn scan(
             producers.advance(&b.agent_id, b.epoch.to_native(), end);
         }
         counts.events += 1;
-        *counts
-            .by_type
-            .entry(e.event.event_type.to_string())
-            .or_default() += 1;
+        match counts.by_type.get_mut(e.event.event_type.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                counts.by_type.insert(e.event.event_type.to_string(), 1);
+            }
+        }
         ControlFlow::Continue(())
     })?;
     counts.producers = producers.len();

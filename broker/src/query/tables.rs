@@ -808,9 +808,12 @@ mod tests {
         let (log, _) = crate::log::BrokerLog::open(
             Arc::new(runnel_segment::FsStorage),
             dir.path(),
-            64 << 20,
-            16 << 20,
-            u64::MAX,
+            &crate::log::LogSettings {
+                segment_bytes_max: 64 << 20,
+                batch_bytes_max: 16 << 20,
+                checkpoint_interval_bytes: u64::MAX,
+                scan_sealed_at_open: false,
+            },
         )
         .unwrap();
         // Two full blocks and part of a third.

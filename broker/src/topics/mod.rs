@@ -18,7 +18,7 @@ pub mod entries;
 use std::path::Path;
 use std::sync::Arc;
 
-use runnel_segment::{LogError, LogOptions, LogReader, SegmentLog, Storage};
+use runnel_segment::{LogError, LogReader, SegmentLog, Storage};
 use serde::Deserialize;
 
 /// Names of the topics `runnel log read --topic` accepts (the log itself and its side topics).
@@ -53,13 +53,9 @@ struct SourceOffset {
 pub fn open(
     storage: Arc<dyn Storage>,
     dir: &Path,
-    segment_bytes_max: u64,
+    settings: &crate::log::LogSettings,
 ) -> anyhow::Result<(TopicWriter, LogReader)> {
-    let opts = LogOptions {
-        segment_bytes_max,
-        record_bytes_max: ENTRY_BYTES_MAX,
-        ..LogOptions::default()
-    };
+    let opts = settings.options(ENTRY_BYTES_MAX);
     let (log, report) = SegmentLog::open(storage, dir, opts, 0)?;
     if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
         tracing::warn!(topic = %dir.display(), truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "topic recovered from damage");

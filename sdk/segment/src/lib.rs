@@ -15,7 +15,8 @@
 //!
 //! ## Layout
 //! A directory of segment files named by the first offset they hold, zero-padded to 20 digits
-//! (`00000000000000001234.seg`), plus `quarantine/` for bytes recovery refused to trust.
+//! (`00000000000000001234.seg`), an index file next to each sealed one (`…1234.idx`), plus
+//! `quarantine/` for bytes recovery refused to trust.
 //!
 //! ```text
 //! segment file  = header record*
@@ -43,7 +44,11 @@
 //! CRC and offset are checked again when it is read back.
 //!
 //! ## Recovery
-//! [`SegmentLog::open`] scans every segment in offset order and rebuilds the indexes.
+//! [`SegmentLog::open`] scans every segment in offset order and rebuilds the indexes. With
+//! [`LogOptions::trust_sealed_indexes`] it scans only the last (active) segment and takes each
+//! sealed one's figures from its index file (`NAME.idx`, written when it was sealed; format in
+//! `index.rs`), unless that file is missing or does not match the segment; a reader that meets a
+//! bad record in a sealed segment removes its index, so the next open scans it.
 //! - In the last segment, the first record that is incomplete or fails its check marks a torn
 //!   tail: the bytes from there on are copied to `quarantine/NAME.tail-POS` and the file is
 //!   truncated to the last good record. Nothing after that point was ever acknowledged unless the
@@ -52,6 +57,7 @@
 //!   moved whole to `quarantine/` and counted in [`RecoveryReport::quarantined_segments`]; the log
 //!   goes on with a gap in its offsets instead of refusing to start.
 
+mod index;
 mod log;
 mod record;
 

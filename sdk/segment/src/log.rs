@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::index::SegmentIndex;
 use crate::record::{
     Decoded, RECORD_HEADER_BYTES, RecordFault, RecordHeader, SEGMENT_HEADER_BYTES,
     check_segment_header, decode_record, encode_record, segment_header,
@@ -22,6 +23,12 @@ pub struct LogOptions {
     pub record_bytes_max: u32,
     /// One sparse index entry per this many bytes of a segment.
     pub index_interval_bytes: u64,
+    /// At open, take a sealed segment's figures from its index file (`NAME.idx`, written when it
+    /// was sealed) instead of scanning it, so a restart reads only the active segment. Its
+    /// records' CRCs are then checked when they are read, not at open; a reader that meets a bad
+    /// record in a sealed segment removes that segment's index, so the next open scans it and
+    /// quarantines it. Off: every segment is scanned at open, as without index files.
+    pub trust_sealed_indexes: bool,
 }
 
 impl Default for LogOptions {
@@ -30,6 +37,7 @@ impl Default for LogOptions {
             segment_bytes_max: 64 << 20,
             record_bytes_max: 32 << 20,
             index_interval_bytes: 64 << 10,
+            trust_sealed_indexes: false,
         }
     }
 }
@@ -56,12 +64,14 @@ pub enum LogError {
     /// The record is larger than `record_bytes_max`.
     #[error("record of {len} bytes exceeds record_bytes_max ({max} bytes)")]
     RecordTooLarge { len: usize, max: u32 },
-    /// A durable record failed its check when read back.
-    #[error("corrupt record in {path} at byte {pos}: {fault}")]
+    /// A durable record failed its check when read back. In a sealed segment its index file
+    /// is removed, so that the next open scans the segment and quarantines it (`sealed`).
+    #[error("corrupt record in {path} at byte {pos}: {fault}{}", if *.sealed { "; the segment is sealed: a restart checks it and moves it to quarantine/" } else { "" })]
     Corrupt {
         path: PathBuf,
         pos: u64,
         fault: RecordFault,
+        sealed: bool,
     },
 }
 
@@ -90,6 +100,9 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Bytes cut off the tail of the last segment (copied to `quarantine/` first).
     pub truncated_bytes: u64,
+    /// Sealed segments taken from their index files, not scanned
+    /// ([`LogOptions::trust_sealed_indexes`]).
+    pub indexed_segments: usize,
     /// Segments moved to `quarantine/`, with the reason.
     pub quarantined_segments: Vec<(PathBuf, String)>,
     /// The offset the next append gets.
@@ -136,6 +149,8 @@ struct SegmentInfo {
     durable_len: u64,
     index: Vec<IndexEntry>,
     max_ts: i64,
+    /// Durable records.
+    records: u64,
 }
 
 impl SegmentInfo {
@@ -143,9 +158,45 @@ impl SegmentInfo {
         self.end_offset > self.base
     }
 
+    fn to_index(&self) -> SegmentIndex {
+        SegmentIndex {
+            base: self.base,
+            end_offset: self.end_offset,
+            durable_len: self.durable_len,
+            max_ts: self.max_ts,
+            records: self.records,
+            entries: self
+                .index
+                .iter()
+                .map(|e| (e.offset, e.pos, e.max_ts_before))
+                .collect(),
+        }
+    }
+
+    fn from_index(ix: SegmentIndex, path: PathBuf, file: Arc<dyn ReadableFile>) -> Self {
+        Self {
+            base: ix.base,
+            path,
+            file,
+            end_offset: ix.end_offset,
+            durable_len: ix.durable_len,
+            index: ix
+                .entries
+                .into_iter()
+                .map(|(offset, pos, max_ts_before)| IndexEntry {
+                    offset,
+                    pos,
+                    max_ts_before,
+                })
+                .collect(),
+            max_ts: ix.max_ts,
+            records: ix.records,
+        }
+    }
+
     /// A scan of this segment's durable bytes from the last index entry for which `before`
     /// holds (index entries are in file order), or from the first record.
-    fn plan_from(&self, before: impl Fn(&IndexEntry) -> bool) -> ScanPlan {
+    fn plan_from(&self, before: impl Fn(&IndexEntry) -> bool, sealed: bool) -> ScanPlan {
         let start = self
             .index
             .iter()
@@ -157,11 +208,13 @@ impl SegmentInfo {
             path: self.path.clone(),
             start,
             end: self.durable_len,
+            sealed,
         }
     }
 }
 
 struct Shared {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     segments: RwLock<Vec<SegmentInfo>>,
 }
@@ -275,9 +328,18 @@ fn segment_name(base: u64) -> String {
     format!("{base:020}.seg")
 }
 
+/// The index file of the segment at `path`.
+fn index_path(path: &Path) -> PathBuf {
+    path.with_extension("idx")
+}
+
 fn parse_segment_name(path: &Path) -> Option<u64> {
+    parse_name(path, ".seg")
+}
+
+fn parse_name(path: &Path, suffix: &str) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    let digits = name.strip_suffix(".seg")?;
+    let digits = name.strip_suffix(suffix)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -297,6 +359,8 @@ pub struct SegmentLog {
     next_offset: u64,
     /// Index entries of the active segment not yet published (not yet durable).
     pending_index: Vec<IndexEntry>,
+    /// Records appended to the active segment and not yet published.
+    pending_records: u64,
     /// Largest timestamp in the active segment, durable or not.
     active_max_ts: i64,
     last_index_pos: u64,
@@ -347,11 +411,26 @@ impl SegmentLog {
                 quarantine_segment(&*storage, dir, &path, why, &mut report)?;
                 continue;
             }
+            if !is_last
+                && opts.trust_sealed_indexes
+                && let Some(info) = indexed_segment(&*storage, &path, base)
+            {
+                report.indexed_segments += 1;
+                report.records += info.records;
+                segments.push(info);
+                continue;
+            }
             match recover_segment(&*storage, dir, &path, base, is_last, opts, &mut report)? {
-                Some(info) => segments.push(info),
+                Some(info) => {
+                    if !is_last {
+                        write_index(&*storage, &info, true);
+                    }
+                    segments.push(info);
+                }
                 None => continue,
             }
         }
+        remove_orphan_indexes(&*storage, dir, &segments);
 
         let mut next_offset = segments
             .last()
@@ -372,6 +451,8 @@ impl SegmentLog {
             segments.push(create_segment(&*storage, dir, next_offset)?);
         }
         let last = segments.last().expect("at least one segment");
+        // The active segment grows again: an index written when it was sealed would be stale.
+        let _ = storage.remove_file(&index_path(&last.path));
         let active_path = last.path.clone();
         let active_len = last.durable_len;
         let active_max_ts = last.max_ts;
@@ -382,6 +463,7 @@ impl SegmentLog {
         report.segments = segments.len();
         report.next_offset = next_offset;
         let shared = Arc::new(Shared {
+            storage: storage.clone(),
             dir: dir.to_path_buf(),
             segments: RwLock::new(segments),
         });
@@ -394,6 +476,7 @@ impl SegmentLog {
             active_len,
             next_offset,
             pending_index: Vec::new(),
+            pending_records: 0,
             active_max_ts,
             last_index_pos,
             poisoned: None,
@@ -469,6 +552,7 @@ impl SegmentLog {
             self.last_index_pos = pos;
         }
         self.active_len += size;
+        self.pending_records += 1;
         self.active_max_ts = self.active_max_ts.max(ts_ms);
         self.next_offset = base + u64::from(count);
         Ok(base)
@@ -496,6 +580,7 @@ impl SegmentLog {
         last.durable_len = self.active_len;
         last.max_ts = self.active_max_ts;
         last.index.append(&mut self.pending_index);
+        last.records += std::mem::take(&mut self.pending_records);
     }
 
     fn check_poisoned(&self) -> Result<(), LogError> {
@@ -519,6 +604,10 @@ impl SegmentLog {
     /// Seals the active segment (durably) and starts a new one at `next_offset`.
     fn roll(&mut self) -> Result<(), LogError> {
         self.sync()?;
+        {
+            let segs = self.shared.segments.read().expect("lock poisoned");
+            write_index(&*self.storage, segs.last().expect("active segment"), false);
+        }
         // If the new segment cannot be made (a full disk, say), nothing has changed: the active
         // segment stays active and complete, the append that wanted the roll fails, and a later
         // one tries again.
@@ -582,6 +671,7 @@ impl SegmentLog {
             self.storage
                 .remove_file(path)
                 .map_err(io_err("remove segment", path))?;
+            let _ = self.storage.remove_file(&index_path(path));
             bytes += len;
         }
         self.storage
@@ -614,7 +704,47 @@ fn create_segment(storage: &dyn Storage, dir: &Path, base: u64) -> Result<Segmen
         durable_len: SEGMENT_HEADER_BYTES as u64,
         index: Vec::new(),
         max_ts: i64::MIN,
+        records: 0,
     })
+}
+
+/// A sealed segment described by its index file, if that file is there and matches the segment
+/// (see [`SegmentIndex::decode`]); `None` means scan it.
+fn indexed_segment(storage: &dyn Storage, path: &Path, base: u64) -> Option<SegmentInfo> {
+    let bytes = storage.read_file(&index_path(path)).ok()?;
+    let file: Arc<dyn ReadableFile> = Arc::from(storage.open_readable(path).ok()?);
+    let len = file.size().ok()?;
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    let got = file.read_at(&mut header, 0).ok()?;
+    check_segment_header(&header[..got]).ok()?;
+    let ix = SegmentIndex::decode(&bytes, base, len).ok()?;
+    Some(SegmentInfo::from_index(ix, path.to_path_buf(), file))
+}
+
+/// Writes the index file of a sealed segment. Best effort: without it the next open scans the
+/// segment, as it would without index files. With `if_changed`, an index file that already
+/// says the same is left as it is.
+fn write_index(storage: &dyn Storage, info: &SegmentInfo, if_changed: bool) {
+    let bytes = info.to_index().encode();
+    let path = index_path(&info.path);
+    if if_changed && storage.read_file(&path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    let _ = storage.write_atomic(&path, &bytes);
+}
+
+/// Removes index files whose segment is gone (deleted or quarantined before its index was).
+fn remove_orphan_indexes(storage: &dyn Storage, dir: &Path, segments: &[SegmentInfo]) {
+    let Ok(files) = storage.list_dir(dir) else {
+        return;
+    };
+    for p in files {
+        if let Some(base) = parse_name(&p, ".idx")
+            && !segments.iter().any(|s| s.base == base)
+        {
+            let _ = storage.remove_file(&p);
+        }
+    }
 }
 
 fn quarantine_dir(dir: &Path) -> PathBuf {
@@ -636,6 +766,7 @@ fn quarantine_segment(
     storage
         .rename(path, &to)
         .map_err(io_err("quarantine segment", path))?;
+    let _ = storage.remove_file(&index_path(path));
     storage
         .sync_dir(dir)
         .map_err(io_err("fsync directory", dir))?;
@@ -670,6 +801,7 @@ fn recover_segment(
         durable_len: SEGMENT_HEADER_BYTES as u64,
         index: Vec::new(),
         max_ts: i64::MIN,
+        records: 0,
     };
     let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES as u64, len, RECORD_FORMAT_MAX);
     let mut last_index_pos = 0u64;
@@ -694,6 +826,7 @@ fn recover_segment(
                 info.end_offset = header.base_offset + u64::from(header.count);
                 info.durable_len = pos + size as u64;
                 info.max_ts = info.max_ts.max(header.ts_ms);
+                info.records += 1;
                 report.records += 1;
             }
             Scan::End => break None,
@@ -753,6 +886,8 @@ struct ScanPlan {
     path: PathBuf,
     start: u64,
     end: u64,
+    /// Not the active segment.
+    sealed: bool,
 }
 
 /// Reads durable records; cheap to clone, safe to use from many threads.
@@ -770,6 +905,20 @@ impl std::fmt::Debug for LogReader {
 }
 
 impl LogReader {
+    /// The error for a bad record met by a reader. In a sealed segment, its index file goes, so
+    /// the next open scans the segment (and quarantines it) rather than trusting the index.
+    fn corrupt(&self, path: PathBuf, pos: u64, fault: RecordFault, sealed: bool) -> LogError {
+        if sealed {
+            let _ = self.shared.storage.remove_file(&index_path(&path));
+        }
+        LogError::Corrupt {
+            path,
+            pos,
+            fault,
+            sealed,
+        }
+    }
+
     /// Sizes and offsets of what is durable now.
     pub fn stats(&self) -> LogStats {
         let segs = self.shared.segments.read().expect("lock poisoned");
@@ -808,10 +957,12 @@ impl LogReader {
         let plan: Vec<ScanPlan> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
             let first = segs.partition_point(|s| s.end_offset <= from);
-            segs[first..]
-                .iter()
-                .filter(|s| s.has_records())
-                .map(|s| s.plan_from(|e| e.offset <= from))
+            let active = segs.len() - 1;
+            segs.iter()
+                .enumerate()
+                .skip(first)
+                .filter(|(_, s)| s.has_records())
+                .map(|(i, s)| s.plan_from(|e| e.offset <= from, i < active))
                 .collect()
         };
         let mut out = Vec::new();
@@ -821,6 +972,7 @@ impl LogReader {
             path,
             start,
             end,
+            sealed,
         } in plan
         {
             let mut scanner = Scanner::new(&*file, start, end, RECORD_FORMAT_MAX);
@@ -846,14 +998,10 @@ impl LogReader {
                     }
                     Scan::End => break,
                     Scan::Torn { pos } => {
-                        return Err(LogError::Corrupt {
-                            path,
-                            pos,
-                            fault: RecordFault::Truncated,
-                        });
+                        return Err(self.corrupt(path, pos, RecordFault::Truncated, sealed));
                     }
                     Scan::Fault { pos, fault } => {
-                        return Err(LogError::Corrupt { path, pos, fault });
+                        return Err(self.corrupt(path, pos, fault, sealed));
                     }
                 }
             }
@@ -866,9 +1014,11 @@ impl LogReader {
     pub fn offset_for_time(&self, ts_ms: i64) -> Result<u64, LogError> {
         let candidates: Vec<ScanPlan> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
+            let active = segs.len() - 1;
             segs.iter()
-                .filter(|s| s.has_records() && s.max_ts >= ts_ms)
-                .map(|s| s.plan_from(|e| e.max_ts_before < ts_ms))
+                .enumerate()
+                .filter(|(_, s)| s.has_records() && s.max_ts >= ts_ms)
+                .map(|(i, s)| s.plan_from(|e| e.max_ts_before < ts_ms, i < active))
                 .collect()
         };
         for ScanPlan {
@@ -876,6 +1026,7 @@ impl LogReader {
             path,
             start,
             end,
+            sealed,
         } in candidates
         {
             let mut scanner = Scanner::new(&*file, start, end, RECORD_FORMAT_MAX);
@@ -887,7 +1038,7 @@ impl LogReader {
                     Scan::Record { .. } => {}
                     Scan::End | Scan::Torn { .. } => break,
                     Scan::Fault { pos, fault } => {
-                        return Err(LogError::Corrupt { path, pos, fault });
+                        return Err(self.corrupt(path, pos, fault, sealed));
                     }
                 }
             }

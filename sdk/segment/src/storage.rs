@@ -67,12 +67,16 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = path.with_extension("tmp");
         let _ = self.remove_file(&tmp);
-        let mut file = self.open_writable(&tmp, true)?;
-        file.set_len(0)?;
-        file.append(bytes)?;
-        file.sync_data()?;
-        drop(file);
-        self.rename(&tmp, path)?;
+        let written = self.open_writable(&tmp, true).and_then(|mut file| {
+            file.set_len(0)?;
+            file.append(bytes)?;
+            file.sync_data()
+        });
+        if let Err(e) = written.and_then(|()| self.rename(&tmp, path)) {
+            // A full disk, say: leave no half-written temp file behind.
+            let _ = self.remove_file(&tmp);
+            return Err(e);
+        }
         self.sync_dir(dir)
     }
 }

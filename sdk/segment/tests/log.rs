@@ -13,7 +13,26 @@ fn small() -> LogOptions {
         segment_bytes_max: 512,
         record_bytes_max: 4096,
         index_interval_bytes: 64,
+        trust_sealed_indexes: false,
     }
+}
+
+/// `small()`, with sealed segments opened from their index files.
+fn indexed() -> LogOptions {
+    LogOptions {
+        trust_sealed_indexes: true,
+        ..small()
+    }
+}
+
+fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut ixs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    ixs.sort();
+    ixs
 }
 
 fn open(dir: &Path, opts: LogOptions) -> (SegmentLog, RecoveryReport) {
@@ -229,13 +248,38 @@ fn torn_write_then_crash_recovers_every_synced_record() {
     assert_eq!(payloads(&log, 0).len(), 5);
 }
 
+type Op = (u8, u32, Vec<u8>);
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        (
+            0u8..4,
+            1u32..4,
+            proptest::collection::vec(any::<u8>(), 0..120),
+        ),
+        1..80,
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
     /// The log behaves like a `Vec` of records across appends, syncs and reopens.
     #[test]
-    fn model(ops in proptest::collection::vec((0u8..4, 1u32..4, proptest::collection::vec(any::<u8>(), 0..120)), 1..80)) {
+    fn model(ops in ops()) {
+        run_model(ops, small())?;
+    }
+
+    /// The same with sealed segments reopened from their index files.
+    #[test]
+    fn model_with_indexes(ops in ops()) {
+        run_model(ops, indexed())?;
+    }
+}
+
+fn run_model(ops: Vec<Op>, opts: LogOptions) -> Result<(), TestCaseError> {
+    {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = open(dir.path(), small());
+        let (mut log, _) = open(dir.path(), opts);
         let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut unsynced: Vec<(u64, Vec<u8>)> = Vec::new();
         for (op, count, payload) in ops {
@@ -252,7 +296,7 @@ proptest! {
                     log.sync().unwrap();
                     model.append(&mut unsynced);
                     drop(log);
-                    log = open(dir.path(), small()).0;
+                    log = open(dir.path(), opts).0;
                 }
             }
             // Readers see a prefix of what was appended that covers at least every synced
@@ -263,6 +307,162 @@ proptest! {
             prop_assert_eq!(&seen[..], &all[..seen.len()]);
         }
     }
+    Ok(())
+}
+
+/// What a reader sees of a log: every record and a few time lookups.
+fn view(log: &SegmentLog) -> (Vec<(u64, Vec<u8>)>, Vec<u64>) {
+    let r = log.reader();
+    let times = [0, 7, 42, 99, 1000]
+        .iter()
+        .map(|&t| r.offset_for_time(t).unwrap())
+        .collect();
+    (payloads(log, 0), times)
+}
+
+fn hundred_records(dir: &Path) {
+    let (mut log, _) = open(dir, indexed());
+    for i in 0..100u64 {
+        log.append(format!("record-{i}").as_bytes(), 2, i as i64)
+            .unwrap();
+    }
+    log.sync().unwrap();
+}
+
+#[test]
+fn sealed_segments_open_from_their_indexes_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let sealed = segment_files(dir.path()).len() - 1;
+    assert_eq!(
+        index_files(dir.path()).len(),
+        sealed,
+        "one per sealed segment"
+    );
+    let (scanned, scan_report) = open(dir.path(), small());
+    let want = view(&scanned);
+    drop(scanned);
+    let (mut log, report) = open(dir.path(), indexed());
+    assert_eq!(report.indexed_segments, sealed);
+    assert_eq!(scan_report.indexed_segments, 0);
+    assert_eq!(
+        (report.records, report.segments, report.next_offset),
+        (100, scan_report.segments, 200)
+    );
+    assert_eq!(view(&log), want);
+    assert_eq!(log.reader().stats(), {
+        let (l, _) = open(dir.path(), small());
+        l.reader().stats()
+    });
+    // Appends go on where the log ended, across more rolls and reopens.
+    assert_eq!(log.append(b"next", 1, 500).unwrap(), 200);
+    for _ in 0..20 {
+        log.append(&[5; 60], 1, 600).unwrap();
+    }
+    log.sync().unwrap();
+    let after = view(&log);
+    drop(log);
+    let (log, report) = open(dir.path(), indexed());
+    assert_eq!(view(&log), after);
+    assert_eq!(report.indexed_segments, segment_files(dir.path()).len() - 1);
+}
+
+#[test]
+fn an_index_that_does_not_match_its_segment_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let want = view(&open(dir.path(), small()).0);
+    let ixs = index_files(dir.path());
+    assert!(ixs.len() >= 4);
+    // One flipped byte, one cut short, one gone, and one whose segment grew after it.
+    let mut bytes = std::fs::read(&ixs[0]).unwrap();
+    bytes[30] ^= 1;
+    std::fs::write(&ixs[0], bytes).unwrap();
+    let bytes = std::fs::read(&ixs[1]).unwrap();
+    std::fs::write(&ixs[1], &bytes[..bytes.len() - 7]).unwrap();
+    std::fs::remove_file(&ixs[2]).unwrap();
+    let seg3 = ixs[3].with_extension("seg");
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg3)
+            .unwrap(),
+        &[0],
+    )
+    .unwrap();
+    let (log, report) = open(dir.path(), indexed());
+    assert_eq!(report.indexed_segments, ixs.len() - 4);
+    // The segment that grew is scanned: its extra byte is a bad record in a sealed segment.
+    assert_eq!(report.quarantined_segments.len(), 1, "{report:?}");
+    assert_eq!(
+        report.quarantined_segments[0].0.file_name(),
+        seg3.file_name()
+    );
+    let (records, _) = view(&log);
+    let lost: Vec<_> = want.0.iter().filter(|r| !records.contains(r)).collect();
+    assert!(
+        lost.iter().all(|(off, _)| {
+            let base: u64 = seg3.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            *off >= base
+        }),
+        "only the quarantined segment's records are gone"
+    );
+    drop(log);
+    // The scans wrote the indexes again, and the quarantined segment's went with it.
+    let (_, report) = open(dir.path(), indexed());
+    assert_eq!(report.indexed_segments, segment_files(dir.path()).len() - 1);
+    assert_eq!(
+        index_files(dir.path()).len(),
+        segment_files(dir.path()).len() - 1
+    );
+}
+
+#[test]
+fn a_bad_record_behind_an_index_fails_its_read_then_the_next_open_quarantines_it() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let segs = segment_files(dir.path());
+    let mut bytes = std::fs::read(&segs[1]).unwrap();
+    bytes[16 + 28 + 3] ^= 0xFF;
+    std::fs::write(&segs[1], &bytes).unwrap();
+    let (log, report) = open(dir.path(), indexed());
+    assert!(
+        report.quarantined_segments.is_empty(),
+        "not scanned at open"
+    );
+    let err = log.reader().read(0, usize::MAX, usize::MAX).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("crc32c") && msg.contains("a restart checks it"),
+        "{msg}"
+    );
+    assert!(!segs[1].with_extension("idx").exists(), "its index is gone");
+    drop(log);
+    let (log, report) = open(dir.path(), indexed());
+    assert_eq!(report.quarantined_segments.len(), 1, "{report:?}");
+    assert!(report.quarantined_segments[0].1.contains("crc32c"));
+    let lost = 100 - payloads(&log, 0).len();
+    assert!(lost > 0 && lost < 100);
+}
+
+#[test]
+fn deleted_segments_take_their_indexes_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let (mut log, _) = open(dir.path(), indexed());
+    let (deleted, _) = log.delete_before(100).unwrap();
+    assert!(deleted > 0);
+    assert_eq!(
+        index_files(dir.path()).len(),
+        segment_files(dir.path()).len() - 1
+    );
+    drop(log);
+    // An index whose segment is gone (removed by hand, say) is removed at open.
+    let orphan = dir.path().join(format!("{:020}.idx", 0));
+    std::fs::write(&orphan, b"left over").unwrap();
+    let (_, report) = open(dir.path(), indexed());
+    assert!(!orphan.exists());
+    assert_eq!(report.indexed_segments, segment_files(dir.path()).len() - 1);
 }
 
 #[test]
