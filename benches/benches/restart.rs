@@ -8,8 +8,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p runnel-benches --bench restart`.
 //! `RUNNEL_BENCH_RESTART_BINS=A:B` times other `runnel` binaries on the same log, interleaved
 //! (before and after a change); `RUNNEL_BENCH_RESTART_RUNS` (3) starts of each;
-//! `RUNNEL_BENCH_RESTART_DIR=DIR` keeps the data dir there and reuses a log already in it;
-//! `RUNNEL_BENCH_RESTART_CHECKPOINT_BYTES` fills the log with another checkpoint interval.
+//! `RUNNEL_BENCH_RESTART_DIR=DIR` keeps the data dir there and reuses a log already in it.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -65,13 +64,7 @@ fn fill(dir: &Path, bytes: u64) -> (u64, Duration) {
     let log = BrokerLog::open(
         Arc::new(FsStorage),
         dir,
-        &runnel_broker::log::LogSettings {
-            checkpoint_interval_bytes: env(
-                "RUNNEL_BENCH_RESTART_CHECKPOINT_BYTES",
-                runnel_broker::BrokerConfig::default().checkpoint_interval_bytes,
-            ),
-            ..Default::default()
-        },
+        &runnel_broker::BrokerConfig::default().log_settings(),
     )
     .unwrap()
     .0;

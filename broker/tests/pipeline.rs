@@ -384,7 +384,7 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
             (120_000, "[600]".to_string())
         ]
     );
-    let (meta, state) = registry.aggregate_state("per_type").unwrap().unwrap();
+    let (meta, snapshot) = registry.aggregate_state("per_type").unwrap().unwrap();
     assert_eq!(meta.window, "tumbling 1m");
     let schema = runnel_window::Schema {
         dimensions: vec!["event_type".into()],
@@ -392,9 +392,9 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
         window: runnel_window::WindowSpec::Tumbling { size_ms: 60_000 },
         allowed_lateness_ms: 5_000,
     };
-    let engine = state
-        .restore(schema, runnel_window::Settings::default())
-        .unwrap();
+    let engine =
+        runnel_window::Engine::restore(schema, runnel_window::Settings::default(), &snapshot)
+            .unwrap();
     let open = engine.rows();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].window.start, 180_000);

@@ -292,8 +292,8 @@ impl Worker {
                 .aggregate_state(&record.name)
                 .map_err(|e| format!("{e:#}"))?
             {
-                Some((meta, state)) if meta.position == record.position => {
-                    match state.restore(schema.clone(), self.settings.window.clone()) {
+                Some((meta, snap)) if meta.position == record.position => {
+                    match Engine::restore(schema.clone(), self.settings.window.clone(), &snap) {
                         Ok(e) => e,
                         Err(e) => {
                             tracing::warn!(plugin = %record.name, error = %e, "committed windows do not fit this version's schema; starting empty");
@@ -337,7 +337,7 @@ impl Worker {
                 Some(AggregateCommit {
                     name: s.record.name.clone(),
                     meta: aggregates::meta_of(&s.record, run.engine.schema()),
-                    state: run.engine.delta(),
+                    snapshot: run.engine.snapshot(),
                     rows: run.pending.iter().map(aggregates::to_final).collect(),
                 })
             })
@@ -349,7 +349,6 @@ impl Worker {
                 metrics::counter!("runnel_aggregate_rows_final_total", "aggregate" => s.record.name.clone())
                     .increment(run.pending.len() as u64);
                 run.pending.clear();
-                run.engine.delta_stored();
             }
         }
         self.pending_pauses.clear();

@@ -22,8 +22,7 @@ use runnel_segment::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    AGG_HEADER, AGG_META, AGG_PANES, AGG_ROWS, AGG_SESSIONS, AGG_STATE, FaultyBackend, META,
-    PLUGINS, STATS, from_json, to_json,
+    AGG_META, AGG_ROWS, AGG_STATE, FaultyBackend, META, PLUGINS, STATS, from_json, to_json,
 };
 
 /// What a plugin is: which world of the contract it implements, and where the pipeline runs it.
@@ -269,52 +268,10 @@ pub struct AggregateCommit {
     pub name: String,
     /// Its schema and identity.
     pub meta: AggregateMeta,
-    /// What changed in its window engine's state since the last commit.
-    pub state: runnel_window::StateDelta,
+    /// Its window engine's snapshot.
+    pub snapshot: Vec<u8>,
     /// Rows that became final since the last commit.
     pub rows: Vec<FinalRow>,
-}
-
-/// An aggregator's committed window state.
-#[derive(Debug, Clone)]
-pub enum StoredState {
-    /// A whole snapshot, as builds before the parts wrote it.
-    Whole(Vec<u8>),
-    /// The header, the panes and the session keys.
-    Parts {
-        /// The header part.
-        header: Vec<u8>,
-        /// Pane parts by window.
-        panes: Vec<(runnel_window::Window, Vec<u8>)>,
-        /// Session parts by encoded key.
-        sessions: Vec<(Vec<u8>, Vec<u8>)>,
-    },
-}
-
-impl StoredState {
-    /// The engine this state restores, for `schema`.
-    pub fn restore(
-        &self,
-        schema: runnel_window::Schema,
-        settings: runnel_window::Settings,
-    ) -> Result<runnel_window::Engine, runnel_window::RestoreError> {
-        match self {
-            Self::Whole(bytes) => runnel_window::Engine::restore(schema, settings, bytes),
-            Self::Parts {
-                header,
-                panes,
-                sessions,
-            } => runnel_window::Engine::restore_parts(
-                schema,
-                settings,
-                runnel_window::StoredParts {
-                    header,
-                    panes,
-                    sessions,
-                },
-            ),
-        }
-    }
 }
 
 /// A final row as stored.
@@ -694,37 +651,14 @@ impl Registry {
                     table.insert(name.as_str(), to_json(s).as_slice())?;
                 }
             }
-            let mut whole = txn.open_table(AGG_STATE)?;
-            let mut headers = txn.open_table(AGG_HEADER)?;
-            let mut panes = txn.open_table(AGG_PANES)?;
-            let mut sessions = txn.open_table(AGG_SESSIONS)?;
+            let mut state = txn.open_table(AGG_STATE)?;
             let mut metas = txn.open_table(AGG_META)?;
             let mut rows = txn.open_table(AGG_ROWS)?;
             for a in aggregates {
                 if !same(&plugins, &a.name, a.meta.position)? {
                     continue;
                 }
-                let name = a.name.as_str();
-                let d = &a.state;
-                if d.full {
-                    whole.remove(name)?;
-                    panes.retain_in(pane_range(name), |_, _| false)?;
-                    let after = name_after(name);
-                    sessions.retain_in(session_range(name, &after), |_, _| false)?;
-                }
-                headers.insert(name, d.header.as_slice())?;
-                for (w, part) in &d.panes {
-                    match part {
-                        Some(b) => panes.insert((name, w.start, w.end), b.as_slice())?,
-                        None => panes.remove((name, w.start, w.end))?,
-                    };
-                }
-                for (k, part) in &d.sessions {
-                    match part {
-                        Some(b) => sessions.insert((name, &k[..]), b.as_slice())?,
-                        None => sessions.remove((name, &k[..]))?,
-                    };
-                }
+                state.insert(a.name.as_str(), a.snapshot.as_slice())?;
                 metas.insert(a.name.as_str(), to_json(&a.meta).as_slice())?;
                 for r in &a.rows {
                     rows.insert(
@@ -744,51 +678,19 @@ impl Registry {
         Ok(())
     }
 
-    /// An aggregator's committed window state and schema, if it has committed any.
-    pub fn aggregate_state(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<Option<(AggregateMeta, StoredState)>> {
+    /// An aggregator's committed engine snapshot and schema, if it has committed any.
+    pub fn aggregate_state(&self, name: &str) -> anyhow::Result<Option<(AggregateMeta, Vec<u8>)>> {
         let txn = self.db.begin_read()?;
-        let Ok(metas) = txn.open_table(AGG_META) else {
+        let (Ok(state), Ok(metas)) = (txn.open_table(AGG_STATE), txn.open_table(AGG_META)) else {
             return Ok(None);
         };
-        let Some(m) = metas.get(name)? else {
+        let (Some(s), Some(m)) = (state.get(name)?, metas.get(name)?) else {
             return Ok(None);
         };
-        let meta = from_json("aggregate meta", m.value())?;
-        if let Ok(headers) = txn.open_table(AGG_HEADER)
-            && let Some(h) = headers.get(name)?
-        {
-            let mut panes = Vec::new();
-            if let Ok(t) = txn.open_table(AGG_PANES) {
-                for e in t.range(pane_range(name))? {
-                    let (k, v) = e?;
-                    let (_, start, end) = k.value();
-                    panes.push((runnel_window::Window { start, end }, v.value().to_vec()));
-                }
-            }
-            let mut sessions = Vec::new();
-            if let Ok(t) = txn.open_table(AGG_SESSIONS) {
-                let after = name_after(name);
-                for e in t.range(session_range(name, &after))? {
-                    let (k, v) = e?;
-                    sessions.push((k.value().1.to_vec(), v.value().to_vec()));
-                }
-            }
-            let state = StoredState::Parts {
-                header: h.value().to_vec(),
-                panes,
-                sessions,
-            };
-            return Ok(Some((meta, state)));
-        }
-        let Ok(whole) = txn.open_table(AGG_STATE) else {
-            return Ok(None);
-        };
-        Ok(whole
-            .get(name)?
-            .map(|s| (meta, StoredState::Whole(s.value().to_vec()))))
+        Ok(Some((
+            from_json("aggregate meta", m.value())?,
+            s.value().to_vec(),
+        )))
     }
 
     /// The committed schema of every aggregator that has committed state, by name.
@@ -866,31 +768,9 @@ impl Registry {
     }
 }
 
-/// Every pane key of aggregate `name` in [`AGG_PANES`].
-fn pane_range(name: &str) -> std::ops::RangeInclusive<(&str, i64, i64)> {
-    (name, i64::MIN, i64::MIN)..=(name, i64::MAX, i64::MAX)
-}
-
-/// Every session key of aggregate `name` in [`AGG_SESSIONS`]: from `(name, [])` up to
-/// `(after, [])`, where `after` is [`name_after`]`(name)`.
-fn session_range<'a>(name: &'a str, after: &'a str) -> std::ops::Range<(&'a str, &'a [u8])> {
-    (name, &[][..])..(after, &[][..])
-}
-
-/// The first name after `name` and every key it prefixes: `name` followed by a NUL.
-fn name_after(name: &str) -> String {
-    format!("{name}\0")
-}
-
 /// Deletes an aggregate's state, schema and rows (inside a write transaction).
 fn remove_aggregate(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb::Error> {
     txn.open_table(AGG_STATE)?.remove(name)?;
-    txn.open_table(AGG_HEADER)?.remove(name)?;
-    txn.open_table(AGG_PANES)?
-        .retain_in(pane_range(name), |_, _| false)?;
-    let after = name_after(name);
-    txn.open_table(AGG_SESSIONS)?
-        .retain_in(session_range(name, &after), |_, _| false)?;
     txn.open_table(AGG_META)?.remove(name)?;
     let mut rows = txn.open_table(AGG_ROWS)?;
     let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
@@ -925,185 +805,5 @@ fn pause_in(plugins: &mut redb::Table<'_, &str, &[u8]>, p: &Pause) -> anyhow::Re
             Ok(true)
         }
         _ => Ok(false),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use runnel_window::{Engine, MeasureKind, Schema, Settings, WindowSpec};
-
-    fn schema(window: WindowSpec) -> Schema {
-        Schema {
-            dimensions: vec!["user".into()],
-            measures: vec![("n".into(), MeasureKind::Count)],
-            window,
-            allowed_lateness_ms: 0,
-        }
-    }
-
-    /// The watermark is the latest event time.
-    fn settings() -> Settings {
-        Settings {
-            out_of_orderness_ms: 0,
-            ..Settings::default()
-        }
-    }
-
-    fn deployed(registry: &Registry, name: &str) -> AggregateMeta {
-        let (record, _) = registry
-            .deploy(
-                Deploy {
-                    name: name.into(),
-                    version: None,
-                    policy: None,
-                    params: vec![],
-                    limits: PluginLimits {
-                        deadline_ms: 100,
-                        memory_bytes_max: 1 << 20,
-                        fuel_per_call: None,
-                    },
-                    capabilities: vec![],
-                    kind: PluginKind::Aggregate,
-                },
-                name.as_bytes(),
-                &sha256_hex(name.as_bytes()),
-            )
-            .unwrap();
-        AggregateMeta {
-            position: record.position,
-            version: record.active.clone(),
-            window: "test".into(),
-            allowed_lateness_ms: 0,
-            dimensions: vec!["user".into()],
-            measures: vec![("n".into(), "count".into())],
-        }
-    }
-
-    fn commit(registry: &Registry, name: &str, meta: &AggregateMeta, e: &mut Engine) -> usize {
-        let state = e.delta();
-        let parts = state.parts();
-        registry
-            .commit(
-                0,
-                &[],
-                &[],
-                &[AggregateCommit {
-                    name: name.into(),
-                    meta: meta.clone(),
-                    state,
-                    rows: vec![],
-                }],
-            )
-            .unwrap();
-        e.delta_stored();
-        parts
-    }
-
-    fn restored(registry: &Registry, name: &str, window: WindowSpec) -> Engine {
-        let (_, state) = registry.aggregate_state(name).unwrap().unwrap();
-        assert!(matches!(state, StoredState::Parts { .. }), "{state:?}");
-        state.restore(schema(window), settings()).unwrap()
-    }
-
-    fn count(db: &redb::Database, name: &str) -> (usize, usize) {
-        let txn = db.begin_read().unwrap();
-        let after = name_after(name);
-        let panes = txn.open_table(AGG_PANES).unwrap();
-        let sessions = txn.open_table(AGG_SESSIONS).unwrap();
-        (
-            panes.range(pane_range(name)).unwrap().count(),
-            sessions.range(session_range(name, &after)).unwrap().count(),
-        )
-    }
-
-    /// Commits write what changed; what is stored restores the engine; a removed plugin takes
-    /// every part with it, and another aggregate's parts are left alone.
-    #[test]
-    fn window_state_is_committed_in_parts_and_restores() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path()).unwrap();
-        let meta = deployed(&registry, "sessions");
-        let other_meta = deployed(&registry, "sessions2");
-        let gap = WindowSpec::Session { gap_ms: 1_000 };
-        let mut e = Engine::new(schema(gap.clone()), settings()).unwrap();
-        for u in 0..100 {
-            e.add("a", 10, 0, &[&format!("u{u}")], &[]);
-        }
-        assert_eq!(commit(&registry, "sessions", &meta, &mut e), 100);
-        let mut other = Engine::new(schema(gap.clone()), settings()).unwrap();
-        other.add("a", 10, 0, &["x"], &[]);
-        commit(&registry, "sessions2", &other_meta, &mut other);
-        // Three users active since: three parts written, not a hundred.
-        for u in 0..3 {
-            e.add("a", 500, 0, &[&format!("u{u}")], &[]);
-        }
-        assert_eq!(commit(&registry, "sessions", &meta, &mut e), 3);
-        assert_eq!(
-            restored(&registry, "sessions", gap.clone()).rows(),
-            e.rows()
-        );
-        // Sessions that become final are removed from the store.
-        e.observe("a", 1_200, 0);
-        let finals = e.advance(0);
-        assert_eq!(finals.len(), 97);
-        commit(&registry, "sessions", &meta, &mut e);
-        assert_eq!(count(&registry.db, "sessions"), (0, 3));
-        assert_eq!(
-            restored(&registry, "sessions", gap.clone()).rows(),
-            e.rows()
-        );
-        registry.remove("sessions").unwrap();
-        assert!(registry.aggregate_state("sessions").unwrap().is_none());
-        assert_eq!(count(&registry.db, "sessions"), (0, 0));
-        assert_eq!(count(&registry.db, "sessions2"), (0, 1));
-    }
-
-    /// A whole snapshot from a build before parts restores, and its next commit replaces it.
-    #[test]
-    fn a_whole_snapshot_from_before_parts_restores_then_becomes_parts() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path()).unwrap();
-        let meta = deployed(&registry, "per_minute");
-        let minute = WindowSpec::Tumbling { size_ms: 60_000 };
-        let mut e = Engine::new(schema(minute.clone()), settings()).unwrap();
-        e.add("a", 10, 0, &["u1"], &[]);
-        e.add("a", 70_000, 0, &["u2"], &[]);
-        {
-            let txn = registry.db.begin_write().unwrap();
-            txn.open_table(AGG_STATE)
-                .unwrap()
-                .insert("per_minute", e.snapshot().as_slice())
-                .unwrap();
-            txn.open_table(AGG_META)
-                .unwrap()
-                .insert("per_minute", to_json(&meta).as_slice())
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let (_, state) = registry.aggregate_state("per_minute").unwrap().unwrap();
-        assert!(matches!(state, StoredState::Whole(_)));
-        let mut back = state.restore(schema(minute.clone()), settings()).unwrap();
-        assert_eq!(back.rows(), e.rows());
-        back.add("a", 80_000, 0, &["u3"], &[]);
-        assert!(
-            back.delta().full,
-            "the first commit after it writes everything"
-        );
-        commit(&registry, "per_minute", &meta, &mut back);
-        let txn = registry.db.begin_read().unwrap();
-        assert!(
-            txn.open_table(AGG_STATE)
-                .unwrap()
-                .get("per_minute")
-                .unwrap()
-                .is_none()
-        );
-        drop(txn);
-        assert_eq!(count(&registry.db, "per_minute"), (2, 0));
-        assert_eq!(
-            restored(&registry, "per_minute", minute).rows(),
-            back.rows()
-        );
     }
 }

@@ -11,10 +11,7 @@
 //! | [`PLUGINS`] | plugin name | [`crate::plugins::PluginRecord`] (every version, the active one, status, policy, order) | deploy, pause, resume, remove |
 //! | [`STATS`] | plugin name | [`crate::plugins::PluginStats`] | the pipeline's commit (with its offset) |
 //! | [`META`] | `pipeline_offset`, `next_position` | u64 | the pipeline's commit; deploy |
-//! | [`AGG_STATE`] | aggregate name | a whole `runnel-window` snapshot (its own checksummed format), from a build before [`AGG_HEADER`]; read once, then replaced by parts | the pipeline's commit (removes it) |
-//! | [`AGG_HEADER`] | aggregate name | the header part of its window state (`runnel_window::StateDelta`: watermark, counters, sources) | the pipeline's commit |
-//! | [`AGG_PANES`] | (aggregate, pane start, pane end) | one pane's part of the window state | the pipeline's commit (the panes that changed) |
-//! | [`AGG_SESSIONS`] | (aggregate, encoded key) | one key's open sessions (session windows) | the pipeline's commit (the keys that changed) |
+//! | [`AGG_STATE`] | aggregate name | a `runnel-window` snapshot (its own checksummed format) | the pipeline's commit |
 //! | [`AGG_META`] | aggregate name | [`crate::plugins::AggregateMeta`] | the pipeline's commit |
 //! | [`AGG_ROWS`] | (aggregate, window start, window end, dimensions as JSON) | measure values as JSON | the pipeline's commit |
 //!
@@ -46,15 +43,6 @@ pub const STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_sta
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Window-engine snapshots of the aggregators, by name (committed with the pipeline offset).
 pub const AGG_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_state");
-/// The header part of each aggregator's window state, by name; with [`AGG_PANES`] and
-/// [`AGG_SESSIONS`] the whole state (each commit writes what changed).
-pub const AGG_HEADER: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_state_header");
-/// Pane parts of the window state: (aggregate, pane start, pane end).
-pub const AGG_PANES: TableDefinition<(&str, i64, i64), &[u8]> =
-    TableDefinition::new("aggregate_state_panes");
-/// Session parts of the window state: (aggregate, encoded dimension key).
-pub const AGG_SESSIONS: TableDefinition<(&str, &[u8]), &[u8]> =
-    TableDefinition::new("aggregate_state_sessions");
 /// Each aggregator's schema and identity, by name.
 pub const AGG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_meta");
 /// Final rows: (aggregate, window start, window end, dimension values as a JSON array) to the
