@@ -40,14 +40,12 @@
 //! held is dropped.
 
 pub mod measure;
-pub mod parts;
 pub mod snapshot;
 pub mod window;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use measure::{Acc, Input, MeasureKind, Value};
-pub use parts::{StateDelta, StoredParts};
 pub use snapshot::SnapshotError;
 pub use window::{CalendarUnit, SpecError, Window, WindowSpec, format_duration, parse_duration};
 
@@ -149,8 +147,6 @@ struct Pane {
     /// fast as SipHash on these short keys and still keyed, since dimension values come from
     /// events that anyone who can send events controls.
     accs: HashMap<Box<[u8]>, Vec<Acc>, foldhash::fast::RandomState>,
-    /// Changed since the last [`Engine::delta_stored`].
-    dirty: bool,
 }
 
 /// A dimension tuple as bytes: each value's length (u32 LE) then its bytes, so no value can
@@ -201,12 +197,6 @@ pub struct Engine {
     next_due: i64,
     /// The latest processing time observed.
     clock: i64,
-    /// Panes dropped since the last [`Engine::delta_stored`].
-    removed_panes: Vec<Window>,
-    /// Session keys changed since the last [`Engine::delta_stored`].
-    dirty_sessions: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
-    /// The next [`Engine::delta`] is the whole state (nothing of it is stored in parts yet).
-    whole_dirty: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -264,9 +254,6 @@ impl Engine {
             open_sessions: 0,
             next_due: i64::MIN,
             clock: i64::MIN,
-            removed_panes: Vec::new(),
-            dirty_sessions: HashSet::default(),
-            whole_dirty: true,
         })
     }
 
@@ -364,7 +351,6 @@ impl Engine {
         let keys_max = self.settings.keys_per_window_max;
         encode_key(key, &mut self.scratch);
         let p = self.panes.entry(pane).or_default();
-        p.dirty = true;
         let accs = match p.accs.get_mut(self.scratch.as_slice()) {
             Some(a) => a,
             None => {
@@ -483,10 +469,6 @@ impl Engine {
         {
             acc.add(input);
         }
-        if !self.dirty_sessions.contains(self.scratch.as_slice()) {
-            self.dirty_sessions
-                .insert(self.scratch.clone().into_boxed_slice());
-        }
         Added::Folded
     }
 
@@ -496,9 +478,7 @@ impl Engine {
         let mut rows = Vec::new();
         let mut freed = 0usize;
         let mut closed = 0usize;
-        let dirty = &mut self.dirty_sessions;
         self.sessions.retain(|k, list| {
-            let before = list.len();
             list.retain(|s| {
                 let end = s.last.saturating_add(gap);
                 if end.saturating_add(lat) <= wm {
@@ -518,9 +498,6 @@ impl Engine {
                     true
                 }
             });
-            if list.len() != before && !dirty.contains(k) {
-                dirty.insert(k.clone());
-            }
             !list.is_empty()
         });
         self.open_sessions -= closed;
@@ -533,29 +510,86 @@ impl Engine {
     /// schema to go on exactly where this engine is.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = snapshot::Writer::new();
-        parts::write_header(self, &mut w);
+        w.u8(u8::from(self.applied.is_some()));
+        w.i64(self.applied.unwrap_or(0));
+        let c = &self.counters;
+        for n in [
+            c.late,
+            c.partially_late,
+            c.refused_keys,
+            c.refused_windows,
+            c.refused_bytes,
+        ] {
+            w.u64(n);
+        }
+        let mut sources: Vec<(&String, &Source)> = self.sources.iter().collect();
+        sources.sort_by_key(|(n, _)| *n);
+        w.u32(sources.len() as u32);
+        for (name, s) in sources {
+            w.bytes(name.as_bytes());
+            w.i64(s.max_ts);
+            w.i64(s.last_seen_ms);
+        }
         w.u32(self.panes.len() as u32);
         for (win, pane) in &self.panes {
             w.i64(win.start);
             w.i64(win.end);
-            parts::write_pane(pane, &mut w);
+            let mut keys: Vec<(&Box<[u8]>, &Vec<Acc>)> = pane.accs.iter().collect();
+            keys.sort_by_key(|(k, _)| *k);
+            w.u32(keys.len() as u32);
+            for (k, accs) in keys {
+                w.bytes(k);
+                for a in accs {
+                    w.acc(a);
+                }
+            }
         }
         let mut keys: Vec<(&Box<[u8]>, &Vec<Session>)> = self.sessions.iter().collect();
         keys.sort_by_key(|(k, _)| *k);
         w.u32(keys.len() as u32);
         for (k, list) in keys {
             w.bytes(k);
-            parts::write_sessions(list, &mut w);
+            w.u32(list.len() as u32);
+            for s in list {
+                w.i64(s.start);
+                w.i64(s.last);
+                for a in &s.accs {
+                    w.acc(a);
+                }
+            }
         }
         w.finish()
     }
 
     /// An engine with the state of `bytes` (from [`Engine::snapshot`] with the same schema).
-    /// Its first [`Engine::delta`] is the whole state.
     pub fn restore(schema: Schema, settings: Settings, bytes: &[u8]) -> Result<Self, RestoreError> {
         let mut e = Self::new(schema, settings)?;
         let mut r = snapshot::Reader::new(bytes)?;
-        parts::read_header(&mut e, &mut r)?;
+        let has = r.u8()? == 1;
+        let applied = r.i64()?;
+        e.applied = has.then_some(applied);
+        e.counters = Counters {
+            late: r.u64()?,
+            partially_late: r.u64()?,
+            refused_keys: r.u64()?,
+            refused_windows: r.u64()?,
+            refused_bytes: r.u64()?,
+        };
+        for _ in 0..r.u32()? {
+            let name = String::from_utf8_lossy(r.bytes()?).into_owned();
+            let max_ts = r.i64()?;
+            let last_seen_ms = r.i64()?;
+            e.clock = e.clock.max(last_seen_ms);
+            // A snapshot from a build without the clock cap may hold a source ahead of it.
+            let max_ts = max_ts.min(last_seen_ms.saturating_add(e.settings.clock_allowance_ms));
+            e.sources.insert(
+                name,
+                Source {
+                    max_ts,
+                    last_seen_ms,
+                },
+            );
+        }
         let kinds: Vec<MeasureKind> = e.schema.measures.iter().map(|(_, k)| *k).collect();
         let mut bytes_held = 0usize;
         for _ in 0..r.u32()? {
@@ -563,14 +597,31 @@ impl Engine {
                 start: r.i64()?,
                 end: r.i64()?,
             };
-            let (pane, held) = parts::read_pane(&mut r, &kinds)?;
-            bytes_held += held;
+            let mut pane = Pane::default();
+            for _ in 0..r.u32()? {
+                let k: Box<[u8]> = r.bytes()?.into();
+                let accs = kinds
+                    .iter()
+                    .map(|kind| r.acc(*kind))
+                    .collect::<Result<Vec<_>, _>>()?;
+                bytes_held += accs.iter().map(Acc::bytes).sum::<usize>() + k.len() + 16;
+                pane.accs.insert(k, accs);
+            }
             e.panes.insert(win, pane);
         }
         for _ in 0..r.u32()? {
             let k: Box<[u8]> = r.bytes()?.into();
-            let (list, held) = parts::read_sessions(&mut r, &kinds, k.len())?;
-            bytes_held += held;
+            let mut list = Vec::new();
+            for _ in 0..r.u32()? {
+                let start = r.i64()?;
+                let last = r.i64()?;
+                let accs = kinds
+                    .iter()
+                    .map(|kind| r.acc(*kind))
+                    .collect::<Result<Vec<_>, _>>()?;
+                bytes_held += accs.iter().map(Acc::bytes).sum::<usize>() + k.len() + 32;
+                list.push(Session { start, last, accs });
+            }
             e.open_sessions += list.len();
             e.sessions.insert(k, list);
         }
@@ -672,7 +723,6 @@ impl Engine {
             .collect();
         for p in done {
             if let Some(pane) = self.panes.remove(&p) {
-                self.removed_panes.push(p);
                 let freed: usize = pane
                     .accs
                     .iter()
@@ -709,7 +759,6 @@ impl Engine {
             }
         }
         let rows = due.iter().flat_map(|w| self.merged(*w, true)).collect();
-        self.removed_panes.extend(self.panes.keys().copied());
         self.panes.clear();
         self.state_bytes = 0;
         rows

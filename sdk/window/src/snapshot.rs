@@ -11,9 +11,6 @@ use datasketches::tdigest::TDigestMut;
 use crate::measure::{Acc, MeasureKind};
 
 const MAGIC: &[u8; 4] = b"RNWS";
-/// The magic of one part of a state kept in parts ([`crate::StateDelta`]); a kind byte follows
-/// the version.
-pub(crate) const PART_MAGIC: &[u8; 4] = b"RNWP";
 const VERSION: u8 = 1;
 
 /// Why a snapshot cannot be restored.
@@ -40,14 +37,6 @@ impl Writer {
         let mut w = Self::default();
         w.buf.extend_from_slice(MAGIC);
         w.buf.push(VERSION);
-        w
-    }
-    /// A writer of one part of kind `kind`.
-    pub(crate) fn part(kind: u8) -> Self {
-        let mut w = Self::default();
-        w.buf.extend_from_slice(PART_MAGIC);
-        w.buf.push(VERSION);
-        w.buf.push(kind);
         w
     }
     pub(crate) fn u8(&mut self, v: u8) {
@@ -121,21 +110,7 @@ fn short() -> SnapshotError {
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(all: &'a [u8]) -> Result<Self, SnapshotError> {
-        Self::with_magic(all, MAGIC)
-    }
-    /// A reader of one part, which must be of kind `kind`.
-    pub(crate) fn part(all: &'a [u8], kind: u8) -> Result<Self, SnapshotError> {
-        let mut r = Self::with_magic(all, PART_MAGIC)?;
-        let got = r.u8()?;
-        if got != kind {
-            return Err(SnapshotError::Format(format!(
-                "a part of kind {got}, expected {kind}"
-            )));
-        }
-        Ok(r)
-    }
-    fn with_magic(all: &'a [u8], magic: &[u8; 4]) -> Result<Self, SnapshotError> {
-        if all.len() < 9 || &all[..4] != magic {
+        if all.len() < 9 || &all[..4] != MAGIC {
             return Err(SnapshotError::Format("not a window state".into()));
         }
         if all[4] != VERSION {
