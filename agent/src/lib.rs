@@ -123,10 +123,13 @@ fn rebuild_dedup(
             }
         };
         for rec in &records {
-            if let Ok(chunk) = Chunk::decode(&rec.payload) {
-                for ev in chunk.events {
-                    if now - ev.received_at_ms < window_ms {
-                        dedup.insert(id_hash(&ev.event_id), ev.received_at_ms);
+            // Only the ids and times are needed: read them in place, build no events.
+            let bytes = runnel_event::wire::aligned(&rec.payload);
+            if let Ok(chunk) = Chunk::access(&bytes) {
+                for ev in chunk.events.iter() {
+                    let received = ev.received_at_ms.to_native();
+                    if now - received < window_ms {
+                        dedup.insert(id_hash(ev.event_id.as_str()), received);
                         spool_ids += 1;
                     }
                 }

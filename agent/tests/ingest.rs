@@ -547,3 +547,41 @@ async fn torn_spool_tail_after_a_crash_keeps_every_acknowledged_event() {
         vec!["t0", "t1", "t2", "t3", "t4", "t5"]
     );
 }
+
+/// After a crash that left no dedup snapshot, the ids come back from the spool alone: a resend
+/// of anything spooled is a duplicate, within the window, and only within it.
+#[tokio::test]
+async fn ids_in_the_spool_stay_duplicates_across_a_restart_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (agent, url) = start(cfg.clone(), Arc::new(FsStorage)).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+    for chunk in ids.chunks(100) {
+        let body: Vec<Value> = chunk.iter().map(|id| event(id)).collect();
+        assert_eq!(post(&url, json!(body).to_string()).await.0, 202);
+    }
+    agent.shutdown().await;
+    std::fs::remove_file(cfg.data_dir.join("dedup.snapshot")).unwrap();
+    let (agent, url) = start(cfg.clone(), Arc::new(FsStorage)).await;
+    let again: Vec<Value> = ["s0", "s150", "s299", "new-1"]
+        .iter()
+        .map(|id| event(id))
+        .collect();
+    let (status, answer, _) = post(&url, json!(again).to_string()).await;
+    assert_eq!(
+        (status, &answer["duplicates"], &answer["accepted"]),
+        (202, &json!(3), &json!(1))
+    );
+    agent.shutdown().await;
+    // With a window that has passed since they were received, nothing is remembered.
+    std::fs::remove_file(cfg.data_dir.join("dedup.snapshot")).unwrap();
+    let later = AgentConfig {
+        dedup_window_secs: 1,
+        ..cfg.clone()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (agent, url) = start(later, Arc::new(FsStorage)).await;
+    let (_, answer, _) = post(&url, json!([event("s1")]).to_string()).await;
+    assert_eq!(answer["duplicates"], 0, "{answer}");
+    agent.shutdown().await;
+}
