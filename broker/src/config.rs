@@ -36,6 +36,9 @@ settings! {
     /// Flight calls one token may have running at once; more wait in line (they are not
     /// refused) until one finishes.
     flight_token_concurrency_max: usize [usize] = 4;
+    /// Flight SQL statements kept planned, by their text (least recently used first out; 0
+    /// plans every statement every time).
+    flight_sql_plans_max: usize [usize] = 256;
     /// PEM certificate chain for Flight: set with `flight_tls_key` to serve Flight over TLS
     /// (`grpc+tls://`). Unset: plain gRPC, for a loopback `flight_addr`.
     flight_tls_cert: Option<PathBuf> [PathBuf] = None;

@@ -208,6 +208,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
                         event_blocks_bytes_max: cfg.flight_event_cache_bytes_max,
                     },
                     token_concurrency_max: cfg.flight_token_concurrency_max,
+                    sql_plans_max: cfg.flight_sql_plans_max,
                 },
             ))
             .max_encoding_message_size(usize::MAX);

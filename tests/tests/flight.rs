@@ -451,3 +451,66 @@ async fn flight_is_served_over_tls_when_configured() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n0\n");
     assert!(!query(None).status.success());
 }
+
+/// A statement is planned once and its plan runs again with the data and the watermark as they
+/// are then: the second run sees the events appended since, and the schema metadata names the
+/// watermark of now, not of when it was planned. (The result cache is off here: with it, rows of
+/// open windows may be up to `flight_cache_ttl_ms` old, planned or not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_sql_plan_answers_with_the_data_and_watermark_of_now() {
+    let (p, port, n_events) = pipeline_with_events(&["--flight-cache-ttl-ms=0"]).await;
+    let url = format!("grpc://127.0.0.1:{port}");
+    let sql = "SELECT sum(events) AS n FROM events_per_type";
+    // What the aggregate counts now, as `runnel agg read` prints it.
+    let counted = |p: &Pipeline| cli_rows(p).iter().map(|r| r.5).sum::<i64>();
+    let first = run_python("flight_sql_twice.py", &[&url, TOKEN, sql]);
+    assert_eq!(first["rows"][0]["n"], counted(&p), "{first}");
+    // Later events: more rows, and the watermark moves.
+    let more = runnel_gen::generate(&Config {
+        seed: 12,
+        scenario: Scenario::Ecommerce,
+        events: 1_000,
+        start_ms: 1_795_255_200_000 + 3_600_000,
+        rate_per_sec: 20,
+        sources: 1,
+        ..Config::default()
+    });
+    runnel_e2e::post_generated(&p.agent_url, &more, more.len(), Duration::ZERO).await;
+    let total = n_events + more.len();
+    p.wait_pipeline_caught_up(total as u64, Duration::from_secs(60))
+        .await;
+    let second = run_python("flight_sql_twice.py", &[&url, TOKEN, sql]);
+    assert_eq!(second["rows"][0]["n"], counted(&p), "{second}");
+    assert!(second["rows"][0]["n"].as_i64() > first["rows"][0]["n"].as_i64());
+    let watermark = |v: &Value| {
+        v["metadata"]["runnel.watermark"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let listed = p.admin().aggregates().await.unwrap();
+    let now = listed
+        .iter()
+        .find(|a| a.name == "events_per_type")
+        .and_then(|a| a.watermark.clone())
+        .unwrap();
+    assert_ne!(watermark(&first), watermark(&second));
+    assert_eq!(watermark(&second), now);
+    // Planned once: the DoGet of the first run, and both calls of the second, found the plan.
+    let metrics = p.metrics().await;
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+    };
+    assert_eq!(
+        counter("runnel_flight_sql_plans_misses_total"),
+        1,
+        "{metrics}"
+    );
+    assert!(
+        counter("runnel_flight_sql_plans_hits_total") >= 3,
+        "{metrics}"
+    );
+}

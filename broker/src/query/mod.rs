@@ -62,6 +62,7 @@ use arrow_flight::{
 };
 use arrow_schema::{Schema, SchemaRef};
 use datafusion_flight_sql_server::service::FlightSqlService;
+use datafusion_flight_sql_server::state::{CommandTicket, QueryHandle};
 use futures::stream::{self, BoxStream, StreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -95,6 +96,24 @@ fn sql_command(bytes: &[u8]) -> Option<Command> {
         return None;
     }
     Command::try_from(any).ok()
+}
+
+/// The SQL of a command whose plan the broker keeps ([`Service::planned`]): a statement
+/// outside a transaction, or a prepared statement without parameters (its handle is its SQL,
+/// as `datafusion-flight-sql-server` makes it). Anything else goes to that crate, planned each
+/// time.
+fn kept_plan_sql(cmd: &Command) -> Option<String> {
+    match cmd {
+        Command::CommandStatementQuery(q) if q.transaction_id.is_none() => Some(q.query.clone()),
+        Command::CommandPreparedStatementQuery(p) => {
+            let handle = QueryHandle::try_decode(p.prepared_statement_handle.clone()).ok()?;
+            handle
+                .parameters()
+                .is_none()
+                .then(|| handle.query().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The Flight SQL metadata commands the broker answers itself rather than
@@ -138,6 +157,8 @@ pub struct Service {
     tokens: Arc<Vec<String>>,
     sql: FlightSqlService,
     provider: sql::Provider,
+    /// Planned statements by (SQL text, [`sql::catalog_fingerprint`]).
+    plans: lru::ByteLru<(String, u64), Arc<sql::Planned>>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
     limiter: Limiter,
@@ -154,6 +175,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Calls one token may have running at once; more wait.
     pub token_concurrency_max: usize,
+    /// Statements kept planned (`flight_sql_plans_max`).
+    pub sql_plans_max: usize,
 }
 
 /// At most `per_token` calls of one token run at once; the others wait in line, in order
@@ -214,6 +237,16 @@ impl Service {
             sql: FlightSqlService::new_with_provider(Box::new(provider.clone()))
                 .with_sql_options(sql::read_only()),
             provider,
+            // One "byte" an entry: the budget is a count of plans.
+            plans: lru::ByteLru::new(
+                settings.sql_plans_max,
+                1,
+                lru::CacheMetrics {
+                    hits: "runnel_flight_sql_plans_hits_total",
+                    misses: "runnel_flight_sql_plans_misses_total",
+                    bytes: "runnel_flight_sql_plans",
+                },
+            ),
             sql_info: sql::sql_info(),
             xdbc_types: sql::xdbc_types(),
         }
@@ -300,6 +333,19 @@ impl Service {
                 let batch = self.metadata(cmd).await?;
                 self.metadata_info(request.into_inner(), any, &batch.schema())
             }
+            Route::Sql(cmd) if kept_plan_sql(&cmd).is_some() => {
+                let query = kept_plan_sql(&cmd).expect("checked");
+                let (_, schema) = self.planned(&query).await?;
+                let ticket = CommandTicket::new(cmd)
+                    .try_encode()
+                    .map_err(|e| Status::internal(format!("ticket: {e}")))?;
+                let info = FlightInfo::new()
+                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket { ticket }))
+                    .with_descriptor(request.into_inner())
+                    .try_with_schema(&schema)
+                    .map_err(|e| Status::internal(format!("schema: {e}")))?;
+                Ok(Response::new(info))
+            }
             Route::Sql(Command::CommandStatementQuery(q)) => {
                 match self.sql.get_flight_info(request).await {
                     Ok(info) => Ok(info),
@@ -308,6 +354,25 @@ impl Service {
             }
             Route::Sql(_) => self.sql.get_flight_info(request).await,
         }
+    }
+
+    /// A statement's plan, made once and kept while the aggregates' columns stay as they were
+    /// (`flight_sql_plans_max`), and the schema of its answer now.
+    async fn planned(&self, query: &str) -> Result<(Arc<sql::Planned>, SchemaRef), Status> {
+        let aggregates = self.tables.aggregates().await?;
+        let key = (query.to_string(), sql::catalog_fingerprint(&aggregates));
+        let planned = match self.plans.get(&key) {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(self.provider.plan(query).await?);
+                if p.reusable() {
+                    self.plans.put(key, p.clone(), 1, None);
+                }
+                p
+            }
+        };
+        let schema = planned.schema_now(&aggregates);
+        Ok((planned, schema))
     }
 
     /// The answer to a metadata command the broker answers itself (see [`is_own_metadata`]).
@@ -522,6 +587,23 @@ impl FlightService for Service {
             })?;
             let (schema, batches) = self.tables.cached_batches(q).await?;
             return Ok(Response::new(holding(permit, encode(schema, batches))));
+        }
+        if let Some(query) = CommandTicket::try_decode(bytes::Bytes::copy_from_slice(ticket))
+            .ok()
+            .and_then(|t| kept_plan_sql(&t.command))
+        {
+            let (planned, schema) = self.planned(&query).await?;
+            let batches = planned
+                .run()
+                .await
+                .map_err(|e| Status::internal(format!("{e:?}")))?
+                .map(|r| r.map_err(|e| arrow_flight::error::FlightError::ExternalError(e.into())));
+            let out = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(batches)
+                .map(|r| r.map_err(|e| Status::internal(e.to_string())))
+                .boxed();
+            return Ok(Response::new(holding(permit, out)));
         }
         match sql_command(ticket) {
             Some(cmd) if is_own_metadata(&cmd) => {

@@ -23,14 +23,19 @@ use async_trait::async_trait;
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext, SessionState};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_flight_sql_server::session::SessionStateProvider;
 use tonic::{Request, Status};
+
+use crate::pipeline::aggregates::AggInfo;
 
 use super::tables::{
     FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
@@ -48,6 +53,61 @@ pub fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
+}
+
+/// A statement planned once and run by every `DoGet` of it ([`Provider::plan`]).
+pub struct Planned {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    /// The tables it scans.
+    reads: Vec<String>,
+}
+
+impl Planned {
+    /// Whether a later call may run this plan again: it reads at most one table, so its answer's
+    /// schema metadata is that table's as it is then (see [`Planned::schema_now`]). A plan over
+    /// several tables carries their metadata merged as of planning, and is planned every time.
+    pub fn reusable(&self) -> bool {
+        self.reads.len() <= 1
+    }
+
+    /// The schema of the answer now: the plan's columns with the metadata of the table it
+    /// reads as it is now (an aggregate's `runnel.watermark` moves; a new plan would carry the
+    /// new one).
+    pub fn schema_now(&self, aggregates: &[AggInfo]) -> SchemaRef {
+        let schema = self.plan.schema().as_arrow().clone();
+        match self
+            .reads
+            .first()
+            .and_then(|t| aggregates.iter().find(|a| a.name == *t))
+        {
+            Some(a) if self.reusable() => {
+                Arc::new(schema.with_metadata(aggregate_schema(a).metadata().clone()))
+            }
+            _ => Arc::new(schema),
+        }
+    }
+
+    /// Runs the plan.
+    pub async fn run(&self) -> DfResult<SendableRecordBatchStream> {
+        self.ctx
+            .execute_logical_plan(self.plan.clone())
+            .await?
+            .execute_stream()
+            .await
+    }
+}
+
+/// A fingerprint of the aggregate tables' names and columns (not their metadata): a plan made
+/// under another fingerprint may name columns that are no longer there.
+pub fn catalog_fingerprint(aggregates: &[AggInfo]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for a in aggregates {
+        (&a.name, &a.window, a.allowed_lateness_ms).hash(&mut h);
+        (&a.dimensions, &a.measures).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Sessions over the broker's tables.
@@ -95,6 +155,37 @@ impl Provider {
                 .map_err(|e| Status::internal(format!("registering table {name}: {e}")))?;
         }
         Ok(ctx)
+    }
+
+    /// Plans a statement (read only, as `datafusion-flight-sql-server` would) in a session of
+    /// its own, which it keeps: its tables read their rows when the plan runs, so the plan can
+    /// run again and again with the data as it is then.
+    pub async fn plan(&self, sql: &str) -> Result<Planned, Status> {
+        let ctx = self.context().await?;
+        // The same error as a statement planned by `datafusion-flight-sql-server` and then
+        // explained (see [`Provider::explain`]).
+        let plan = ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .and_then(|plan| {
+                read_only().verify_plan(&plan)?;
+                Ok(plan)
+            })
+            .map_err(|e| Status::invalid_argument(format!("SQL: {}", e.strip_backtrace())))?;
+        let mut tables = std::collections::BTreeSet::new();
+        plan.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                tables.insert(scan.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| Status::internal(format!("{e:?}")))?;
+        Ok(Planned {
+            ctx,
+            plan,
+            reads: tables.into_iter().collect(),
+        })
     }
 
     /// `GetCatalogs`.
