@@ -8,7 +8,8 @@
 //!   pipeline with `events_per_type` keeps up with appends as fast as they go).
 //!
 //! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
-//! cargo bench -p runnel-benches --bench flight`.
+//! cargo bench -p runnel-benches --bench flight`; `RUNNEL_BENCH_FLIGHT_SQL_PLANS_MAX=0` plans every
+//! SQL statement every time (the broker's `flight_sql_plans_max`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,6 +166,9 @@ fn main() {
             flight_rows_max: 2_000_000,
             // Room for every `events` block of the bulk run.
             flight_event_cache_bytes_max: 2 << 30,
+            // 0 plans every SQL statement every time (as before plans were kept).
+            flight_sql_plans_max: runnel_benches::env("RUNNEL_BENCH_FLIGHT_SQL_PLANS_MAX", 256)
+                as usize,
             ..Default::default()
         };
         let broker = runnel_broker::start(cfg, Arc::new(FsStorage)).await.unwrap();
