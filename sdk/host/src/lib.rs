@@ -298,6 +298,11 @@ impl Runtime {
         config.epoch_interruption(true);
         config.consume_fuel(true);
         config.wasm_component_model(true);
+        // `RUNNEL_WASM_PERFMAP=1`: name the plugins' compiled functions for `perf` in
+        // /tmp/perf-PID.map, so a profile shows which plugin function the time is in.
+        if std::env::var_os("RUNNEL_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_component_instances(256)
             .total_core_instances(1024)
