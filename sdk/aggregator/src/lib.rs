@@ -217,36 +217,171 @@ impl Rows {
 }
 
 /// An event's `properties`, parsed (an empty object when it has none or they are not an
-/// object).
+/// object). The members are found in the event's own bytes, and a value is read only when a row
+/// asks for it: no map of owned keys and values is built per event (that was most of an
+/// aggregator's time).
 #[derive(Debug, Default)]
-pub struct Props(serde_json::Map<String, serde_json::Value>);
+pub struct Props<'a>(Members<'a>);
 
-impl Props {
+#[derive(Debug, Default)]
+enum Members<'a> {
+    #[default]
+    None,
+    /// Each member's key and raw value, in order (a repeated key: the last one counts).
+    Borrowed(Vec<(&'a str, &'a serde_json::value::RawValue)>),
+    /// Properties whose keys have escapes, parsed the general way.
+    Owned(serde_json::Map<String, serde_json::Value>),
+}
+
+/// A JSON object's members as borrowed keys and raw values; fails on a key with escapes.
+struct Borrowed<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(entry) =
+                    m.next_entry::<&'de str, &'de serde_json::value::RawValue>()?
+                {
+                    out.push(entry);
+                }
+                Ok(Borrowed(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A property's value, as much of it as `text` and `number` need.
+enum Prop<'v> {
+    Str(std::borrow::Cow<'v, str>),
+    Num(serde_json::Number),
+    Bool(bool),
+    Other,
+}
+
+impl<'a> Props<'a> {
     /// Parses `event`'s properties.
-    pub fn of(event: &Event<'_>) -> Self {
-        event
-            .properties()
-            .and_then(|p| serde_json::from_str(p).ok())
-            .map(Props)
-            .unwrap_or_default()
+    pub fn of(event: &Event<'a>) -> Self {
+        Self::parse(event.properties())
+    }
+
+    fn parse(properties: Option<&'a str>) -> Self {
+        let Some(p) = properties else {
+            return Self::default();
+        };
+        match serde_json::from_str::<Borrowed<'a>>(p) {
+            Ok(b) => Props(Members::Borrowed(b.0)),
+            Err(_) => match serde_json::from_str(p) {
+                Ok(map) => Props(Members::Owned(map)),
+                Err(_) => Self::default(),
+            },
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Prop<'_>> {
+        match &self.0 {
+            Members::None => None,
+            Members::Borrowed(members) => {
+                let (_, raw) = members.iter().rev().find(|(k, _)| *k == name)?;
+                let text = raw.get();
+                Some(match text.as_bytes().first()? {
+                    b'"' => match serde_json::from_str::<&str>(text) {
+                        Ok(s) => Prop::Str(s.into()),
+                        Err(_) => Prop::Str(serde_json::from_str::<String>(text).ok()?.into()),
+                    },
+                    b't' => Prop::Bool(true),
+                    b'f' => Prop::Bool(false),
+                    b'-' | b'0'..=b'9' => Prop::Num(serde_json::from_str(text).ok()?),
+                    _ => Prop::Other,
+                })
+            }
+            Members::Owned(map) => Some(match map.get(name)? {
+                serde_json::Value::String(s) => Prop::Str(s.as_str().into()),
+                serde_json::Value::Number(n) => Prop::Num(n.clone()),
+                serde_json::Value::Bool(b) => Prop::Bool(*b),
+                _ => Prop::Other,
+            }),
+        }
     }
 
     /// Property `name` as text (numbers and booleans as written).
     pub fn text(&self, name: &str) -> Option<String> {
-        match self.0.get(name)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Null => None,
-            v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string()),
-            _ => None,
+        match self.get(name)? {
+            Prop::Str(s) => Some(s.into_owned()),
+            Prop::Num(n) => Some(n.to_string()),
+            Prop::Bool(b) => Some(b.to_string()),
+            Prop::Other => None,
         }
     }
 
     /// Property `name` as a number (a number, or text that parses as one).
     pub fn number(&self, name: &str) -> Option<f64> {
-        match self.0.get(name)? {
-            serde_json::Value::Number(n) => n.as_f64(),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
+        match self.get(name)? {
+            Prop::Num(n) => n.as_f64(),
+            Prop::Str(s) => s.trim().parse().ok(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The general parse the borrowed one stands in for: what `Props` answered before.
+    fn general(p: Option<&str>, name: &str) -> (Option<String>, Option<f64>) {
+        let map: serde_json::Map<String, serde_json::Value> = p
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default();
+        let text = match map.get(name) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                Some(v.to_string())
+            }
+            _ => None,
+        };
+        let number = match map.get(name) {
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        (text, number)
+    }
+
+    #[test]
+    fn answers_as_the_general_parse() {
+        let cases = [
+            None,
+            Some(r#"{}"#),
+            Some(r#"{"amount":129.5,"currency":"KES","n":"  42 ","ok":true,"no":false,"z":null}"#),
+            Some(r#"{"amount":1e2,"big":18446744073709551616,"neg":-0.0,"int":-7}"#),
+            Some(r#"{"amount":1,"amount":"2.5"}"#),
+            Some(r#"{"currency":"EUR","amount":"3"}"#),
+            Some(r#"{"currency":"KéS "x"","nested":{"a":1},"list":[1,2]}"#),
+            Some(r#"[1,2,3]"#),
+            Some(r#"not json"#),
+            Some(r#"{"amount": 12 , "currency" : "USD" }"#),
+        ];
+        for p in cases {
+            let got = super::Props::parse(p);
+            for name in [
+                "amount", "currency", "n", "ok", "no", "z", "big", "neg", "int", "nested", "list",
+                "missing",
+            ] {
+                assert_eq!(
+                    (got.text(name), got.number(name)),
+                    general(p, name),
+                    "{p:?} {name}"
+                );
+            }
         }
     }
 }
