@@ -248,7 +248,7 @@ const AGGREGATOR_SDK_FILES: &[SdkFile] = &[
     ),
     (
         "sdk/aggregator/Cargo.toml",
-        "[package]\nname = \"runnel-aggregator\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nrunnel-guest = { path = \"../guest\" }\nserde_json = \"1\"\n",
+        "[package]\nname = \"runnel-aggregator\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nwit-bindgen = \"0.57\"\nrunnel-batch = { path = \"../batch\" }\nrunnel-guest = { path = \"../guest\" }\nserde_json = { version = \"1\", features = [\"raw_value\"] }\nserde = \"1\"\n",
     ),
 ];
 
@@ -745,6 +745,39 @@ fn test_aggregator(
 
 #[cfg(test)]
 mod tests {
+
+    /// The vendored SDK crates depend on what the real ones do: a project made by `new`
+    /// builds with the SDK's sources as they are in this tree.
+    #[test]
+    fn vendored_sdk_manifests_have_the_real_dependencies() {
+        let real = |dir: &str| -> toml::Table {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../sdk")
+                .join(dir)
+                .join("Cargo.toml");
+            let t: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            t.get("dependencies")
+                .and_then(|d| d.as_table())
+                .cloned()
+                .unwrap_or_default()
+        };
+        for (path, text) in super::SDK_FILES.iter().chain(super::AGGREGATOR_SDK_FILES) {
+            let Some(dir) = path
+                .strip_prefix("sdk/")
+                .and_then(|p| p.strip_suffix("/Cargo.toml"))
+            else {
+                continue;
+            };
+            let t: toml::Table = toml::from_str(text).unwrap();
+            let vendored = t
+                .get("dependencies")
+                .and_then(|d| d.as_table())
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(vendored, real(dir), "{path}");
+        }
+    }
+
     /// The SDK's crate doc example is `plugins/tag-team`, which CI builds.
     #[test]
     fn the_sdk_doc_example_is_the_built_plugin() {
