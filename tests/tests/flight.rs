@@ -56,6 +56,14 @@ async fn pipeline_with_events(broker_args: &[&str]) -> (Pipeline, u16, usize) {
     (p, port, events.len())
 }
 
+/// The value of counter `name` in a `/metrics` text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+}
+
 /// Runs a script of `tests/python` with the venv's Python and returns its JSON output.
 fn run_python(script: &str, args: &[&str]) -> Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -122,12 +130,7 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
     // The same queries again come from the result cache.
     run_python("flight_check.py", &[&url, TOKEN, "events_per_type"]);
     let metrics = p.metrics().await;
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics"))
-    };
+    let counter = |name: &str| counter(&metrics, name);
     assert!(counter("runnel_flight_cache_hits_total") >= 4, "{metrics}");
     assert!(
         counter("runnel_flight_cache_misses_total") >= 4,
@@ -498,12 +501,7 @@ async fn a_kept_sql_plan_answers_with_the_data_and_watermark_of_now() {
     assert_eq!(watermark(&second), now);
     // Planned once: the DoGet of the first run, and both calls of the second, found the plan.
     let metrics = p.metrics().await;
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
-    };
+    let counter = |name: &str| counter(&metrics, name);
     assert_eq!(
         counter("runnel_flight_sql_plans_misses_total"),
         1,

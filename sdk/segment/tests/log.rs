@@ -26,13 +26,7 @@ fn indexed() -> LogOptions {
 }
 
 fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut ixs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    ixs.sort();
-    ixs
+    files_ending(dir, "idx")
 }
 
 fn open(dir: &Path, opts: LogOptions) -> (SegmentLog, RecoveryReport) {
@@ -56,13 +50,18 @@ fn payloads(log: &SegmentLog, from: u64) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut segs: Vec<_> = std::fs::read_dir(dir)
+    files_ending(dir, "seg")
+}
+
+/// The files in `dir` with extension `ext`, sorted.
+fn files_ending(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
-    segs.sort();
-    segs
+    files.sort();
+    files
 }
 
 #[test]
