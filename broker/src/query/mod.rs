@@ -333,8 +333,7 @@ impl Service {
                 let batch = self.metadata(cmd).await?;
                 self.metadata_info(request.into_inner(), any, &batch.schema())
             }
-            Route::Sql(cmd) if kept_plan_sql(&cmd).is_some() => {
-                let query = kept_plan_sql(&cmd).expect("checked");
+            Route::Sql(cmd) if let Some(query) = kept_plan_sql(&cmd) => {
                 let (_, schema) = self.planned(&query).await?;
                 let ticket = CommandTicket::new(cmd)
                     .try_encode()
@@ -598,12 +597,10 @@ impl FlightService for Service {
                 .await
                 .map_err(|e| Status::internal(format!("{e:?}")))?
                 .map(|r| r.map_err(|e| arrow_flight::error::FlightError::ExternalError(e.into())));
-            let out = FlightDataEncoderBuilder::new()
-                .with_schema(schema)
-                .build(batches)
-                .map(|r| r.map_err(|e| Status::internal(e.to_string())))
-                .boxed();
-            return Ok(Response::new(holding(permit, out)));
+            return Ok(Response::new(holding(
+                permit,
+                encode_stream(schema, batches),
+            )));
         }
         match sql_command(ticket) {
             Some(cmd) if is_own_metadata(&cmd) => {
@@ -686,9 +683,20 @@ fn holding(permit: Permit, stream: Boxed<FlightData>) -> Boxed<FlightData> {
 
 /// Record batches as a `DoGet` stream.
 fn encode(schema: SchemaRef, batches: Vec<arrow_array::RecordBatch>) -> Boxed<FlightData> {
+    encode_stream(schema, stream::iter(batches.into_iter().map(Ok)))
+}
+
+/// Flight data of `batches` as they come, announced with `schema`.
+fn encode_stream(
+    schema: SchemaRef,
+    batches: impl futures::Stream<
+        Item = Result<arrow_array::RecordBatch, arrow_flight::error::FlightError>,
+    > + Send
+    + 'static,
+) -> Boxed<FlightData> {
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
-        .build(stream::iter(batches.into_iter().map(Ok)))
+        .build(batches)
         .map(|r| r.map_err(|e| Status::internal(e.to_string())))
         .boxed()
 }

@@ -110,6 +110,19 @@ pub fn catalog_fingerprint(aggregates: &[AggInfo]) -> u64 {
     h.finish()
 }
 
+/// `sql` planned in `ctx`, and checked to read only.
+async fn logical_plan(ctx: &SessionContext, sql: &str) -> DfResult<LogicalPlan> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan)?;
+    Ok(plan)
+}
+
+/// A planner error as the client sees it: `InvalidArgument` with the planner's message (which
+/// names the unknown table or column).
+fn sql_error(e: DataFusionError) -> Status {
+    Status::invalid_argument(format!("SQL: {}", e.strip_backtrace()))
+}
+
 /// Sessions over the broker's tables.
 #[derive(Clone)]
 pub struct Provider {
@@ -162,17 +175,7 @@ impl Provider {
     /// run again and again with the data as it is then.
     pub async fn plan(&self, sql: &str) -> Result<Planned, Status> {
         let ctx = self.context().await?;
-        // The same error as a statement planned by `datafusion-flight-sql-server` and then
-        // explained (see [`Provider::explain`]).
-        let plan = ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .and_then(|plan| {
-                read_only().verify_plan(&plan)?;
-                Ok(plan)
-            })
-            .map_err(|e| Status::invalid_argument(format!("SQL: {}", e.strip_backtrace())))?;
+        let plan = logical_plan(&ctx, sql).await.map_err(sql_error)?;
         let mut tables = std::collections::BTreeSet::new();
         plan.apply(|node| {
             if let LogicalPlan::TableScan(scan) = node {
@@ -254,12 +257,8 @@ impl Provider {
             Ok(ctx) => ctx,
             Err(_) => return failed,
         };
-        let plan = ctx.state().create_logical_plan(sql).await.and_then(|plan| {
-            read_only().verify_plan(&plan)?;
-            Ok(plan)
-        });
-        match plan {
-            Err(e) => Status::invalid_argument(format!("SQL: {}", e.strip_backtrace())),
+        match logical_plan(&ctx, sql).await {
+            Err(e) => sql_error(e),
             Ok(_) => failed,
         }
     }
