@@ -86,6 +86,11 @@ settings! {
     edge_plugin_memory_bytes_max: usize [usize] = 64 << 20;
     /// Size at which a spool segment is sealed and a new one started, in bytes.
     spool_segment_bytes_max: u64 [u64] = 64 << 20;
+    /// Scan every sealed spool segment at start (checking each record's CRC) instead of taking
+    /// its figures from the index file written when it was sealed. Off, a start reads only the
+    /// active segment, and a sealed record is checked when the shipper reads it; a bad one fails
+    /// that read and makes the next start scan its segment.
+    spool_scan_sealed_at_open: bool [bool] = false;
     /// What to do when the spool is full.
     spool_full_policy: SpoolFullPolicy [SpoolFullPolicy] = SpoolFullPolicy::Block;
     /// With `block`, how long a request waits for spool space before it gets 503, in ms.

@@ -90,6 +90,11 @@ fn agent_identity(storage: &dyn Storage, cfg: &AgentConfig) -> anyhow::Result<Id
     Ok(Identity { agent_id, host })
 }
 
+/// Ids the dedup rebuild's reader hands over at a time.
+const REBUILD_BATCH_IDS: usize = 64 << 10;
+/// Batches of ids waiting for the inserting thread during a dedup rebuild.
+const REBUILD_QUEUE_BATCHES: usize = 4;
+
 /// Loads the dedup snapshot and adds every event still in the spool.
 fn rebuild_dedup(
     storage: &dyn Storage,
@@ -111,31 +116,54 @@ fn rebuild_dedup(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(error = %e, "dedup snapshot unreadable"),
     }
-    let mut from = 0;
+    // A second thread reads the spool (CRC, archive check, id hash) while this one inserts:
+    // the two halves cost about the same, and a restart with a full spool waits for both.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, i64)>>(REBUILD_QUEUE_BATCHES);
+    let reader = spool.reader();
     let mut spool_ids = 0usize;
-    loop {
-        let records = match spool.reader().read(from, 4096, 16 << 20) {
-            Ok(r) if !r.is_empty() => r,
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the spool to rebuild dedup stopped early");
-                break;
-            }
-        };
-        for rec in &records {
-            // Only the ids and times are needed: read them in place, build no events.
-            let bytes = runnel_event::wire::aligned(&rec.payload);
-            if let Ok(chunk) = Chunk::access(&bytes) {
-                for ev in chunk.events.iter() {
-                    let received = ev.received_at_ms.to_native();
-                    if now - received < window_ms {
-                        dedup.insert(id_hash(ev.event_id.as_str()), received);
-                        spool_ids += 1;
+    let scanned = std::thread::scope(|scope| {
+        let scan = std::thread::Builder::new()
+            .name("dedup-rebuild".into())
+            .spawn_scoped(scope, move || {
+                let mut aligned = runnel_event::wire::AlignedVec::<16>::new();
+                let mut found = Vec::with_capacity(REBUILD_BATCH_IDS);
+                let result = reader.scan(0, |_, payload| {
+                    // Only the ids and times are needed: read them in place, build no events.
+                    aligned.clear();
+                    aligned.extend_from_slice(payload);
+                    if let Ok(chunk) = Chunk::access(&aligned) {
+                        for ev in chunk.events.iter() {
+                            let received = ev.received_at_ms.to_native();
+                            if now - received < window_ms {
+                                found.push((id_hash(ev.event_id.as_str()), received));
+                            }
+                        }
                     }
+                    if found.len() >= REBUILD_BATCH_IDS {
+                        let full =
+                            std::mem::replace(&mut found, Vec::with_capacity(REBUILD_BATCH_IDS));
+                        if tx.send(full).is_err() {
+                            return std::ops::ControlFlow::Break(());
+                        }
+                    }
+                    std::ops::ControlFlow::Continue(())
+                });
+                if !found.is_empty() {
+                    let _ = tx.send(found);
                 }
+                result
+            })
+            .expect("spawning the dedup rebuild thread");
+        for found in rx {
+            for (hash, received) in found {
+                dedup.insert(hash, received);
+                spool_ids += 1;
             }
         }
-        from = records.last().expect("non-empty").header.base_offset + 1;
+        scan.join().expect("dedup rebuild thread")
+    });
+    if let Err(e) = scanned {
+        tracing::warn!(error = %e, "reading the spool to rebuild dedup stopped early");
     }
     dedup.expire(now);
     tracing::info!(ids = dedup.len(), from_spool = spool_ids, "dedup rebuilt");
@@ -160,6 +188,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         bytes_max: cfg.spool_bytes_max,
         segment_bytes_max: cfg.spool_segment_bytes_max,
         record_bytes_max,
+        scan_sealed_at_open: cfg.spool_scan_sealed_at_open,
     };
     let (spool, report) = {
         let storage = storage.clone();

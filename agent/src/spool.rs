@@ -24,9 +24,11 @@
 //! remembered id is lost with them).
 //!
 //! ## Recovery
-//! Segment recovery as in `runnel_segment`; the cursor gives the floor for new sequence numbers
-//! so they never go back, and the shipper resumes from it (anything sent but not acknowledged
-//! is sent again; the broker drops what it already has).
+//! Segment recovery as in `runnel_segment`: sealed segments are opened from their index files
+//! and checked record by record as the shipper reads them (`spool_scan_sealed_at_open` scans
+//! them all at start instead), so a start reads only the active segment. The cursor gives the
+//! floor for new sequence numbers so they never go back, and the shipper resumes from it
+//! (anything sent but not acknowledged is sent again; the broker drops what it already has).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +96,8 @@ pub struct SpoolOptions {
     pub segment_bytes_max: u64,
     /// Largest record (one request's accepted events, encoded).
     pub record_bytes_max: u32,
+    /// See `AgentConfig::spool_scan_sealed_at_open`.
+    pub scan_sealed_at_open: bool,
 }
 
 /// Most commands the writer takes into one group commit.
@@ -137,6 +141,7 @@ impl Spool {
         let log_opts = LogOptions {
             segment_bytes_max: opts.segment_bytes_max,
             record_bytes_max: opts.record_bytes_max,
+            trust_sealed_indexes: !opts.scan_sealed_at_open,
             ..LogOptions::default()
         };
         let (log, report) = SegmentLog::open(storage.clone(), dir, log_opts, acked)?;

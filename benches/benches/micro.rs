@@ -88,6 +88,7 @@ fn benches(c: &mut Criterion) {
             bytes_max: 64 << 30,
             segment_bytes_max: 256 << 20,
             record_bytes_max: 64 << 20,
+            scan_sealed_at_open: false,
         },
     )
     .unwrap();

@@ -2,6 +2,7 @@
 //! The format and its rules are described in the crate documentation.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -954,6 +955,38 @@ impl LogReader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, LogError> {
+        let mut out = Vec::new();
+        if max_records == 0 {
+            return Ok(out);
+        }
+        let mut bytes = 0usize;
+        self.scan(from, |header, payload| {
+            if !out.is_empty() && bytes + payload.len() > max_bytes {
+                return ControlFlow::Break(());
+            }
+            bytes += payload.len();
+            out.push(StoredRecord {
+                header: *header,
+                payload: payload.to_vec(),
+            });
+            if out.len() >= max_records {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Hands `visit` every durable record that holds offsets at or after `from`, in order, until
+    /// it breaks or the log ends, without copying payloads out of the read buffer (the slice is
+    /// valid for the call only). Each record's CRC is checked first; a bad one ends the scan with
+    /// [`LogError::Corrupt`], as [`LogReader::read`] does.
+    pub fn scan(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(&RecordHeader, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), LogError> {
         let plan: Vec<ScanPlan> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
             let first = segs.partition_point(|s| s.end_offset <= from);
@@ -965,8 +998,6 @@ impl LogReader {
                 .map(|(i, s)| s.plan_from(|e| e.offset <= from, i < active))
                 .collect()
         };
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
         for ScanPlan {
             file,
             path,
@@ -977,9 +1008,6 @@ impl LogReader {
         {
             let mut scanner = Scanner::new(&*file, start, end, RECORD_FORMAT_MAX);
             loop {
-                if out.len() >= max_records {
-                    return Ok(out);
-                }
                 match scanner.next(None).map_err(io_err("read", &path))? {
                     Scan::Record {
                         header, payload, ..
@@ -987,14 +1015,9 @@ impl LogReader {
                         if header.base_offset + u64::from(header.count) <= from {
                             continue;
                         }
-                        if !out.is_empty() && bytes + payload.len() > max_bytes {
-                            return Ok(out);
+                        if visit(&header, payload).is_break() {
+                            return Ok(());
                         }
-                        bytes += payload.len();
-                        out.push(StoredRecord {
-                            header,
-                            payload: payload.to_vec(),
-                        });
                     }
                     Scan::End => break,
                     Scan::Torn { pos } => {
@@ -1006,7 +1029,7 @@ impl LogReader {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The offset of the first durable record whose timestamp is at least `ts_ms` (records are
