@@ -13,8 +13,16 @@
 //! Restart: [`Dedup::snapshot`] is written before any spool segment is deleted, and on clean
 //! shutdown; after a restart the snapshot is loaded and every event still in the spool is added
 //! again, so every id accepted within the window is remembered.
+//!
+//! Reservations: a request's new ids are inserted before its events are spooled, so that a
+//! concurrent request with the same ids sees them. Until the spool answers, they are held
+//! ([`Dedup::hold`]) and a snapshot leaves them out: a snapshot taken while a request is in flight
+//! must not remember ids whose events may never become durable, or the client's retry after a
+//! crash would be answered "duplicate" and its events lost. Those that do become durable are in
+//! the spool, which the rebuild reads; [`Snapshot::spool_floor`] says below which sequence
+//! number the spool may be deleted without losing them.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// The window is split into this many buckets; ids are forgotten a bucket at a time.
@@ -55,6 +63,19 @@ pub struct Dedup {
     /// (bucket start, hashes inserted in it), oldest first.
     buckets: VecDeque<(i64, Vec<u64>)>,
     evicted_early: u64,
+    /// Held reservations: ticket → (spool floor, hashes).
+    held: HashMap<u64, (u64, Vec<u64>)>,
+    next_ticket: u64,
+}
+
+/// A serialized [`Dedup`] and what it does not cover.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Magic, count, (hash, bucket start) pairs, CRC32C.
+    pub bytes: Vec<u8>,
+    /// Spool records at or after this sequence number may hold ids of requests that were in
+    /// flight and left out; only segments wholly below it may be deleted.
+    pub spool_floor: u64,
 }
 
 /// Magic and version of a snapshot.
@@ -69,6 +90,8 @@ impl Dedup {
             seen: IdSet::default(),
             buckets: VecDeque::new(),
             evicted_early: 0,
+            held: HashMap::new(),
+            next_ticket: 0,
         }
     }
 
@@ -146,21 +169,61 @@ impl Dedup {
         }
     }
 
-    /// Serializes the remembered ids: magic, count, then (hash, bucket start) pairs, then a
-    /// CRC32C of everything before it.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Holds `hashes` (just inserted for one request) out of snapshots until [`Dedup::release`]
+    /// of the returned ticket. `spool_floor` is at most the sequence number the request's record
+    /// will get (the spool's durable end when the ids were reserved).
+    pub fn hold(&mut self, spool_floor: u64, hashes: &[u64]) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.held.insert(ticket, (spool_floor, hashes.to_vec()));
+        ticket
+    }
+
+    /// Ends a hold: the request's events are durable, or its ids were removed.
+    pub fn release(&mut self, ticket: u64) {
+        self.held.remove(&ticket);
+    }
+
+    /// Requests held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Serializes the remembered ids except those held: magic, count, then (hash, bucket start)
+    /// pairs, then a CRC32C of everything before it.
+    pub fn snapshot(&self) -> Snapshot {
+        let held: HashSet<u64> = self
+            .held
+            .values()
+            .flat_map(|(_, hashes)| hashes.iter().copied())
+            .collect();
+        let spool_floor = self
+            .held
+            .values()
+            .map(|(floor, _)| *floor)
+            .min()
+            .unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(20 + self.seen.len() * 16);
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&(self.seen.len() as u64).to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        let mut n = 0u64;
         for (start, hashes) in &self.buckets {
             for h in hashes {
+                if held.contains(h) {
+                    continue;
+                }
                 out.extend_from_slice(&h.to_le_bytes());
                 out.extend_from_slice(&start.to_le_bytes());
+                n += 1;
             }
         }
+        out[8..16].copy_from_slice(&n.to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Snapshot {
+            bytes: out,
+            spool_floor,
+        }
     }
 
     /// Adds the ids of a snapshot; ids already outside the window at `now_ms` are skipped.
@@ -246,7 +309,7 @@ mod tests {
         // Removed from the old bucket too: ageing that bucket out keeps the new insert.
         d.expire(HOUR + HOUR / BUCKETS);
         assert!(!d.insert(7, HOUR + HOUR / BUCKETS));
-        assert_eq!(d.snapshot().len(), 8 + 8 + 16 + 4);
+        assert_eq!(d.snapshot().bytes.len(), 8 + 8 + 16 + 4);
     }
 
     #[test]
@@ -255,7 +318,7 @@ mod tests {
         for i in 0..100u64 {
             d.insert(i, i as i64 * 1000);
         }
-        let snap = d.snapshot();
+        let snap = d.snapshot().bytes;
         let mut e = Dedup::new(HOUR, 1000);
         assert_eq!(e.restore(&snap, 100_000).unwrap(), 100);
         for i in 0..100u64 {
@@ -268,5 +331,35 @@ mod tests {
         let mut late = Dedup::new(HOUR, 1000);
         late.restore(&snap, 10 * HOUR).unwrap();
         assert!(late.is_empty());
+    }
+
+    /// Ids held for a request in flight stay duplicates for concurrent requests but are left
+    /// out of a snapshot until released; the snapshot says from where the spool must be kept.
+    #[test]
+    fn held_ids_are_left_out_of_snapshots_until_released() {
+        let mut d = Dedup::new(HOUR, 1000);
+        d.insert(1, 0);
+        d.insert(2, 0);
+        d.insert(3, 0);
+        let early = d.hold(40, &[2]);
+        let late = d.hold(45, &[3]);
+        assert!(!d.insert(2, 0), "a concurrent request sees held ids");
+        let restored = |snap: &Snapshot| {
+            let mut e = Dedup::new(HOUR, 1000);
+            e.restore(&snap.bytes, 0).unwrap();
+            [1, 2, 3].map(|h| !e.insert(h, 0))
+        };
+        let snap = d.snapshot();
+        assert_eq!(restored(&snap), [true, false, false]);
+        assert_eq!(snap.spool_floor, 40);
+        d.release(early);
+        let snap = d.snapshot();
+        assert_eq!(restored(&snap), [true, true, false]);
+        assert_eq!(snap.spool_floor, 45);
+        d.release(late);
+        let snap = d.snapshot();
+        assert_eq!(restored(&snap), [true, true, true]);
+        assert_eq!(snap.spool_floor, u64::MAX);
+        assert_eq!(d.held(), 0);
     }
 }

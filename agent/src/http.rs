@@ -270,7 +270,9 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     let mut hashes = Vec::with_capacity(parsed.events.len());
     let mut indices = Vec::with_capacity(parsed.events.len());
     let mut events = Vec::with_capacity(parsed.events.len());
-    {
+    // The events' record gets a sequence number at or after the durable end now.
+    let spool_floor = *app.spool.durable_end().borrow();
+    let hold = {
         let mut dedup = app.dedup.lock().expect("lock poisoned");
         dedup.expire(received_at);
         for (index, ev) in parsed.events {
@@ -283,7 +285,11 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
                 out.duplicates += 1;
             }
         }
-    }
+        Hold {
+            ticket: dedup.hold(spool_floor, &hashes),
+            dedup: app.dedup.clone(),
+        }
+    };
     metrics::counter!("runnel_agent_events_duplicate_total").increment(out.duplicates as u64);
     if events.is_empty() {
         return answer(StatusCode::ACCEPTED, &out, None);
@@ -296,6 +302,8 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
     let task_app = app.clone();
     let (result, edge, mut time) = tokio::spawn(async move {
         let app = task_app;
+        // Released when this task ends, after any undo below.
+        let _hold = hold;
         let mut edge = EdgeOutcome::default();
         let mut events = events;
         if let Some(chain) = app.edge.clone() {
@@ -403,6 +411,23 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             ));
             answer(status, &out, retry)
         }
+    }
+}
+
+/// A request's hold on the ids it reserved ([`Dedup::hold`]), ended when dropped, however the
+/// ingest task ends (a panic included: a hold that outlived its request would keep its ids out of
+/// every snapshot and stop spool deletion).
+struct Hold {
+    dedup: Arc<Mutex<Dedup>>,
+    ticket: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.dedup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release(self.ticket);
     }
 }
 

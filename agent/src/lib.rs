@@ -56,7 +56,7 @@ impl RunningAgent {
             let _ = t.await;
         }
         let snap = self.dedup.lock().expect("lock poisoned").snapshot();
-        if let Err(e) = self.storage.write_atomic(&self.snapshot_path, &snap) {
+        if let Err(e) = self.storage.write_atomic(&self.snapshot_path, &snap.bytes) {
             tracing::warn!(error = %e, "could not write the dedup snapshot at shutdown");
         }
         drop(self.spool);
@@ -323,8 +323,9 @@ async fn maintenance(
             continue;
         }
         let snap = dedup.lock().expect("lock poisoned").snapshot();
+        let spool_floor = snap.spool_floor;
         let (st, path) = (storage.clone(), snapshot_path.clone());
-        match tokio::task::spawn_blocking(move || st.write_atomic(&path, &snap)).await {
+        match tokio::task::spawn_blocking(move || st.write_atomic(&path, &snap.bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "dedup snapshot failed; keeping acknowledged segments");
@@ -332,7 +333,8 @@ async fn maintenance(
             }
             Err(_) => continue,
         }
-        match spool.delete_acked().await {
+        // Ids of requests in flight at the snapshot are not in it; their records are kept.
+        match spool.delete_acked(spool_floor).await {
             Ok((segments, bytes)) => {
                 tracing::debug!(segments, bytes, "deleted acknowledged spool segments");
             }

@@ -240,10 +240,12 @@ impl Spool {
         self.reader.sealed_segments_below(self.acked())
     }
 
-    /// Deletes segments wholly below the durable cursor; returns (segments, bytes) removed.
-    pub async fn delete_acked(&self) -> Result<(usize, u64), String> {
+    /// Deletes segments wholly below the durable cursor and below `keep_from` (records from it on
+    /// are still needed, e.g. for ids a dedup snapshot left out); returns (segments, bytes)
+    /// removed.
+    pub async fn delete_acked(&self, keep_from: u64) -> Result<(usize, u64), String> {
         let (reply, rx) = oneshot::channel();
-        let offset = self.acked();
+        let offset = self.acked().min(keep_from);
         self.tx
             .send(Cmd::DeleteBefore { offset, reply })
             .await
