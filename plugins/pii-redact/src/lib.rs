@@ -38,6 +38,51 @@ pub fn hash(salt: &str, value: &str) -> String {
     out
 }
 
+/// True if `text` has `"email"`, `"phone"` or `"ip"` anywhere: one pass over its quotes, instead
+/// of a substring search per key.
+pub fn mentions_a_key(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut at = 0;
+    while let Some(q) = b[at..].iter().position(|&c| c == b'"') {
+        let rest = &b[at + q + 1..];
+        if rest.starts_with(b"ip\"") || rest.starts_with(b"email\"") || rest.starts_with(b"phone\"")
+        {
+            return true;
+        }
+        at += q + 1;
+    }
+    false
+}
+
+/// `truncate_ip` of `ip` as a JSON string (quoted), written without the formatting machinery
+/// for an IPv4 address.
+fn truncated_ip_json(ip: &str) -> Option<String> {
+    match ip.trim().parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            let mut out = String::with_capacity(17);
+            out.push('"');
+            for octet in [a, b, c] {
+                push_decimal(&mut out, octet);
+                out.push('.');
+            }
+            out.push_str("0\"");
+            Some(out)
+        }
+        std::net::IpAddr::V6(_) => Some(Value::String(truncate_ip(ip)?).to_string()),
+    }
+}
+
+fn push_decimal(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + n / 10 % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
+}
+
 /// The /24 (IPv4) or /48 (IPv6) network of `ip`, or `None` if it is not an address.
 pub fn truncate_ip(ip: &str) -> Option<String> {
     match ip.trim().parse::<std::net::IpAddr>().ok()? {
@@ -110,8 +155,7 @@ pub fn redact_in_place(text: &str, salt: &str) -> Option<Option<String>> {
         edits.push((raw, Value::String(hash(salt, &string_of(raw)?)).to_string()));
     }
     if let Some(raw) = keys.ip {
-        let net = truncate_ip(&string_of(raw)?)?;
-        edits.push((raw, Value::String(net).to_string()));
+        edits.push((raw, truncated_ip_json(&string_of(raw)?)?));
     }
     if edits.is_empty() {
         return Some(None);
@@ -136,10 +180,7 @@ fn decide(event: &Event<'_>) -> Decision {
         return Decision::Keep;
     };
     // Cheap pre-check: no key of interest in the text, nothing to parse.
-    if !["\"email\"", "\"phone\"", "\"ip\""]
-        .iter()
-        .any(|k| text.contains(k))
-    {
+    if !mentions_a_key(text) {
         return Decision::Keep;
     }
     let salt = runnel_plugin::params().get("salt").unwrap_or("");
@@ -171,6 +212,47 @@ mod tests {
             Some("2001:db8:85a3::")
         );
         assert_eq!(truncate_ip("not an ip"), None);
+    }
+
+    #[test]
+    fn ipv4_networks_are_written_as_the_general_path_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.8.7.6",
+            "10.1.2.3",
+            "99.100.255.1",
+            " 203.0.113.77 ",
+            "2001:db8::1",
+        ] {
+            assert_eq!(
+                truncated_ip_json(ip),
+                truncate_ip(ip).map(|n| Value::String(n).to_string()),
+                "{ip}"
+            );
+        }
+        assert_eq!(truncated_ip_json("300.1.1.1"), None);
+    }
+
+    #[test]
+    fn the_pre_check_finds_each_key_and_nothing_else() {
+        for text in [
+            r#"{"ip":"1"}"#,
+            r#"{"x":1,"email":"a"}"#,
+            r#"{"phone":null}"#,
+            r#"{"a":"ip"}"#,
+        ] {
+            assert!(mentions_a_key(text), "{text}");
+        }
+        for text in [
+            r#"{"x":1}"#,
+            r#"{"zip":"1"}"#,
+            r#"{"ipv6":"1"}"#,
+            r#"{"emails":"a"}"#,
+            "",
+            "\"",
+        ] {
+            assert!(!mentions_a_key(text), "{text}");
+        }
     }
 
     #[test]
