@@ -45,11 +45,41 @@ impl Place {
     }
 }
 
+/// A hasher for masked addresses: one multiply (the table is built into the plugin, so there is
+/// no adversary to defend against with SipHash, which cost more than the rest of a lookup).
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        // The product's high half depends on every bit of the key; its low half would not on
+        // the key's high bits, and masked addresses differ only in those.
+        self.0 ^ (self.0 >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u32(n as u32);
+        for part in [(n >> 32) as u32, (n >> 64) as u32, (n >> 96) as u32] {
+            self.0 = self.0.rotate_left(29);
+            self.write_u32(part);
+        }
+    }
+}
+
+type AddrMap<K> = std::collections::HashMap<K, Place, std::hash::BuildHasherDefault<AddrHasher>>;
+
 /// Prefixes by length, for longest-prefix match: `v4[len]` maps a masked address to its place.
 #[derive(Debug, Default)]
 pub struct Table {
-    v4: Vec<std::collections::HashMap<u32, Place>>,
-    v6: Vec<std::collections::HashMap<u128, Place>>,
+    v4: Vec<AddrMap<u32>>,
+    v6: Vec<AddrMap<u128>>,
     /// The lengths that have prefixes, longest first: only these are looked up.
     v4_lens: Vec<usize>,
     v6_lens: Vec<usize>,
@@ -157,6 +187,20 @@ pub fn enrich(props: &mut Map<String, Value>, table: &Table, overwrite: bool) ->
     changed
 }
 
+/// True if `text` has `"ip"` anywhere: a pass over its quotes (cheaper in the sandbox than a
+/// substring search, which sets up its searcher at every call).
+pub fn mentions_ip(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut at = 0;
+    while let Some(q) = b[at..].iter().position(|&c| c == b'"') {
+        if b[at + q + 1..].starts_with(b"ip\"") {
+            return true;
+        }
+        at += q + 1;
+    }
+    false
+}
+
 /// The keys `decide` looks at; every other key is skipped without being built.
 #[derive(serde::Deserialize)]
 struct Keys<'a> {
@@ -185,7 +229,7 @@ fn decide(event: &Event<'_>) -> Decision {
     let Some(text) = event.properties() else {
         return Decision::Keep;
     };
-    if !text.contains("\"ip\"") {
+    if !mentions_ip(text) {
         return Decision::Keep;
     }
     let overwrite = *OVERWRITE.get().unwrap_or(&false);
@@ -233,6 +277,39 @@ runnel_plugin::enricher!(decide, init = init);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Masked addresses (zero low bits) spread over the low bits of the hash, where the map's
+    /// buckets are chosen.
+    #[test]
+    fn masked_addresses_spread_over_the_low_bits() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<AddrHasher>::default();
+        let low: std::collections::HashSet<u64> = (0..1024u32)
+            .map(|i| build.hash_one(i << 16) & 1023)
+            .collect();
+        assert!(low.len() > 500, "{} distinct low bits of 1024", low.len());
+        let low6: std::collections::HashSet<u64> = (0..1024u128)
+            .map(|i| build.hash_one(i << 80) & 1023)
+            .collect();
+        assert!(low6.len() > 500, "{} distinct low bits of 1024", low6.len());
+    }
+
+    #[test]
+    fn the_pre_check_finds_the_key_and_nothing_else() {
+        for text in [r#"{"ip":"1"}"#, r#"{"x":1, "ip" :"a"}"#, r#"{"a":"ip"}"#] {
+            assert!(mentions_ip(text), "{text}");
+        }
+        for text in [
+            r#"{"x":1}"#,
+            r#"{"zip":"1"}"#,
+            r#"{"ipv6":"1"}"#,
+            "",
+            "\"",
+            "\"ip",
+        ] {
+            assert!(!mentions_ip(text), "{text}");
+        }
+    }
 
     #[test]
     fn longest_prefix_wins_for_v4_and_v6() {
