@@ -358,3 +358,69 @@ fn writer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_segment::FsStorage;
+
+    fn opts(scan_sealed_at_open: bool) -> SpoolOptions {
+        SpoolOptions {
+            bytes_max: 64 << 20,
+            segment_bytes_max: 64 << 10,
+            record_bytes_max: 16 << 10,
+            scan_sealed_at_open,
+        }
+    }
+
+    /// By default a start trusts the sealed segments' index files: a bad sealed record is found
+    /// by the read that meets it, which says a restart checks it, and that restart moves the
+    /// segment to quarantine. With `spool_scan_sealed_at_open` the start itself finds it.
+    #[tokio::test]
+    async fn a_bad_sealed_record_is_found_by_its_read_then_quarantined_at_the_next_start() {
+        for scan in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+            {
+                let (spool, _) = Spool::open(storage.clone(), dir.path(), opts(scan)).unwrap();
+                for i in 0..40 {
+                    spool.append(vec![i as u8; 8 << 10], i).await.unwrap();
+                }
+            }
+            let mut segs: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .collect();
+            segs.sort();
+            assert!(segs.len() >= 3, "{segs:?}");
+            let mut bytes = std::fs::read(&segs[1]).unwrap();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0xFF;
+            std::fs::write(&segs[1], &bytes).unwrap();
+
+            let (spool, report) = Spool::open(storage.clone(), dir.path(), opts(scan)).unwrap();
+            if scan {
+                assert_eq!(report.quarantined_segments.len(), 1, "{report:?}");
+                continue;
+            }
+            assert!(report.quarantined_segments.is_empty(), "{report:?}");
+            assert!(report.indexed_segments >= 2, "{report:?}");
+            let err = spool
+                .reader()
+                .read(0, usize::MAX, usize::MAX)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a restart checks it"), "{err}");
+            drop(spool);
+            let (spool, report) = Spool::open(storage.clone(), dir.path(), opts(scan)).unwrap();
+            assert_eq!(report.quarantined_segments.len(), 1, "{report:?}");
+            let left = spool.reader().read(0, usize::MAX, usize::MAX).unwrap();
+            assert!(
+                !left.is_empty() && left.len() < 40,
+                "{} records left",
+                left.len()
+            );
+        }
+    }
+}
