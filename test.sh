@@ -25,6 +25,8 @@ cargo test --workspace --locked
 cargo test --locked --manifest-path plugins/Cargo.toml -p pii-redact -p geo-enrich -p sampler
 # The aggregator SDK's own tests (a dependency of the plugins, not a member: one -p at a time).
 cargo test --locked --manifest-path plugins/Cargo.toml -p runnel-aggregator
+# The Python SDK's own tests, with the venv's Python (the one componentize-py builds with).
+(cd sdk/python && "$HOME/.cache/runnel-py/bin/python" -m unittest -q)
 # The fuzz targets (run by scripts/fuzz.sh on nightly) must keep compiling.
 env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS cargo check --locked --manifest-path sdk/event/fuzz/Cargo.toml
 echo "test.sh: all checks passed in $(( $(date +%s) - started ))s"

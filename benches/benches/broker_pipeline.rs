@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml &&
 //! cargo bench -p runnel-benches --bench broker_pipeline [-- FILTER]` (FILTER: only the chains
-//! whose label contains it, e.g. `"dev set"` under a profiler).
+//! whose label contains it, e.g. `"dev set"` under a profiler). The Python chain builds
+//! `benches/python/large-amount` with the release `runnel plugin build` (componentize-py) first
+//! (`RUNNEL_BENCH_PYTHON_WASM=FILE` runs FILE instead).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,6 +57,31 @@ const AGGREGATORS: &[&str] = &[
     "agent_performance",
 ];
 
+/// The bench's Python enricher (`benches/python/large-amount`): drops `debug.*`, adds
+/// `"large": true` where `amount` > 100.
+const PYTHON_ENRICHER: &str = "large-amount";
+
+/// Builds the Python enricher with the release `runnel plugin build` and reads its component;
+/// `RUNNEL_BENCH_PYTHON_WASM=FILE` reads FILE instead (to compare builds of the SDK).
+fn python_component() -> Vec<u8> {
+    if let Some(file) = std::env::var_os("RUNNEL_BENCH_PYTHON_WASM") {
+        return std::fs::read(&file).expect("RUNNEL_BENCH_PYTHON_WASM");
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/large-amount");
+    let status = std::process::Command::new(runnel_benches::release_bin("runnel"))
+        .args(["plugin", "build"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running runnel plugin build");
+    assert!(
+        status.success(),
+        "runnel plugin build {}: {status}",
+        dir.display()
+    );
+    std::fs::read(dir.join("target/large-amount.wasm")).expect("the built component")
+}
+
 /// `runnel dev`'s broker set: geo-enrich, then the five example aggregators.
 const DEV_SET: &[&str] = &[
     "geo_enrich",
@@ -76,7 +103,8 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
                 params: vec![],
                 limits: PluginLimits {
                     deadline_ms: 500,
-                    memory_bytes_max: 64 << 20,
+                    // CPython needs more than the Rust plugins.
+                    memory_bytes_max: if name == PYTHON_ENRICHER { 128 } else { 64 } << 20,
                     fuel_per_call: None,
                 },
                 capabilities: vec![],
@@ -144,6 +172,7 @@ fn main() {
             &["geo_enrich", "revenue"],
             0,
         ),
+        ("python large-amount (rewrites 90%)", &[PYTHON_ENRICHER], 0),
         ("dev set (geo + 5 aggregators), 1 thread", DEV_SET, 1),
         ("dev set, aggregators one per core", DEV_SET, 0),
     ];
@@ -159,6 +188,10 @@ fn main() {
             let state = dir.path().join(format!("state-{i}-{run}"));
             let registry = Registry::open(&state).unwrap();
             for name in *chain {
+                if *name == PYTHON_ENRICHER {
+                    deploy(&registry, name, &python_component());
+                    continue;
+                }
                 let deployed = if AGGREGATORS.contains(name) {
                     name.to_string()
                 } else {

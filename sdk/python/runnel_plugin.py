@@ -30,11 +30,46 @@ FIELDS = (
     "app_version",
     "properties",
 )
+_FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
 _HEADER = struct.Struct("<4sHHII")
-_RECORD = struct.Struct("<qqII16I")
+_RECORD_BYTES = 88
+_WORDS = _RECORD_BYTES // 4  # u32 words per record; field f's span at words 6 + 2f, 7 + 2f
+_TIMES = struct.Struct("<qqI")
+_SPAN = struct.Struct("<II")
 _ABSENT = 0xFFFFFFFF
 _MAGIC = b"RNPB"
 _VERSION = 1
+# One encoder and one decoder for every event: `json.dumps` with arguments and `JSONEncoder.encode`
+# build the C encoder at each call, `json.loads` runs two regular expressions around the parse.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+try:
+    from _json import make_encoder as _make_encoder
+
+    _C_ENCODE = _make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+except ImportError:
+    _C_ENCODE = None
+_SCAN = json.JSONDecoder().scan_once
+
+
+def _dumps(value) -> str:
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
+def _loads(text: str):
+    # Properties as the agent stores them start with "{" and end at the object's end; anything
+    # else (spaces around it) takes json.loads, which also makes its errors.
+    if text[:1] == "{":
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            value, end = None, -1
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 class Keep:
@@ -55,65 +90,124 @@ class Replace:
         self.event = event
 
 
+class _Batch:
+    """The bytes of one input batch, shared by its events."""
+
+    __slots__ = ("buf", "words", "times", "heap", "records_end")
+
+    def __init__(self, buf, count, records_end):
+        self.buf = buf
+        records = memoryview(buf)[_HEADER.size : records_end]
+        self.words = records.cast("I")
+        self.times = records.cast("q")
+        self.heap = memoryview(buf)[records_end:]
+        self.records_end = records_end
+
+    def text(self, i, f):
+        k = i * _WORDS + 6 + 2 * f
+        words = self.words
+        length = words[k + 1]
+        if length == _ABSENT:
+            return None
+        off = words[k]
+        return str(self.heap[off : off + length], "utf-8")
+
+
 class Event:
     """One event of a batch, read lazily from the batch bytes."""
 
-    __slots__ = ("timestamp_ms", "received_at_ms", "schema_version", "_spans", "_heap")
+    __slots__ = ("_batch", "_i")
 
-    def __init__(self, timestamp_ms, received_at_ms, schema_version, spans, heap):
-        self.timestamp_ms = timestamp_ms
-        self.received_at_ms = received_at_ms
-        self.schema_version = schema_version
-        self._spans = spans
-        self._heap = heap
+    def __init__(self, batch, i):
+        self._batch = batch
+        self._i = i
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self._batch.times[self._i * (_WORDS // 2)]
+
+    @property
+    def received_at_ms(self) -> int:
+        return self._batch.times[self._i * (_WORDS // 2) + 1]
+
+    @property
+    def schema_version(self) -> int:
+        return self._batch.words[self._i * _WORDS + 4]
 
     def field(self, name: str):
         """The text of envelope field ``name``, or None when absent."""
-        i = FIELDS.index(name)
-        off, length = self._spans[2 * i], self._spans[2 * i + 1]
-        if length == _ABSENT:
-            return None
-        return bytes(self._heap[off : off + length]).decode("utf-8")
+        try:
+            f = _FIELD_INDEX[name]
+        except KeyError:
+            raise KeyError(f"{name} is not an envelope field") from None
+        return self._batch.text(self._i, f)
 
     @property
     def event_id(self) -> str:
-        return self.field("event_id") or ""
+        return self._batch.text(self._i, 0) or ""
 
     @property
     def event_type(self) -> str:
-        return self.field("event_type") or ""
+        return self._batch.text(self._i, 1) or ""
 
     @property
     def properties(self):
         """``properties`` parsed (a dict), or None."""
-        text = self.field("properties")
-        return None if text is None else json.loads(text)
+        text = self._batch.text(self._i, 7)
+        return None if text is None else _loads(text)
 
     def to_owned(self) -> "OwnedEvent":
         """A copy that can be changed and passed to ``Replace``."""
-        return OwnedEvent(
-            self.timestamp_ms,
-            self.received_at_ms,
-            self.schema_version,
-            {name: self.field(name) for name in FIELDS},
-        )
+        return OwnedEvent._of(self)
 
 
 class OwnedEvent:
-    """An event with fields that can be set (``properties`` as a dict or JSON text)."""
+    """An event with fields that can be set (``properties`` as a dict or JSON text).
+
+    A copy made by ``Event.to_owned`` keeps pointing at its source's bytes for the fields that
+    were not set, so passing it on copies only what changed."""
+
+    __slots__ = ("timestamp_ms", "received_at_ms", "schema_version", "_fields", "_source", "_set")
 
     def __init__(self, timestamp_ms, received_at_ms, schema_version, fields):
         self.timestamp_ms = timestamp_ms
         self.received_at_ms = received_at_ms
         self.schema_version = schema_version
-        self.fields = fields
+        self._fields = dict(fields)
+        self._source = None
+        self._set = None
+
+    @classmethod
+    def _of(cls, event):
+        out = cls.__new__(cls)
+        out.timestamp_ms = event.timestamp_ms
+        out.received_at_ms = event.received_at_ms
+        out.schema_version = event.schema_version
+        out._fields = None
+        out._source = event
+        out._set = {}
+        return out
+
+    @property
+    def fields(self) -> dict:
+        """Every field by name (text, or None when absent)."""
+        if self._fields is None:
+            src = self._source
+            self._fields = {name: src._batch.text(src._i, f) for name, f in _FIELD_INDEX.items()}
+            self._fields.update((FIELDS[f], v) for f, v in self._set.items())
+            self._source = None
+        return self._fields
 
     def set(self, name: str, value):
-        if name not in FIELDS:
+        f = _FIELD_INDEX.get(name)
+        if f is None:
             raise KeyError(f"{name} is not an envelope field")
-        if name == "properties" and isinstance(value, dict):
-            value = json.dumps(value, separators=(",", ":"))
-        self.fields[name] = value
+        if f == 7 and isinstance(value, dict):
+            value = _dumps(value)
+        if self._fields is None:
+            self._set[f] = value
+        else:
+            self._fields[name] = value
 
 
 def read_batch(buf: bytes):
@@ -123,33 +217,50 @@ def read_batch(buf: bytes):
     magic, version, _, count, heap_len = _HEADER.unpack_from(buf, 0)
     if magic != _MAGIC or version != _VERSION:
         raise ValueError("not a version 1 RNPB batch")
-    records_end = _HEADER.size + count * _RECORD.size
+    records_end = _HEADER.size + count * _RECORD_BYTES
     if len(buf) != records_end + heap_len:
         raise ValueError(f"batch is {len(buf)} bytes, its header implies {records_end + heap_len}")
-    heap = memoryview(buf)[records_end:]
-    events = []
-    for i in range(count):
-        rec = _RECORD.unpack_from(buf, _HEADER.size + i * _RECORD.size)
-        events.append(Event(rec[0], rec[1], rec[2], rec[4:], heap))
-    return events
+    batch = _Batch(buf, count, records_end)
+    return [Event(batch, i) for i in range(count)]
 
 
 def write_batch(events) -> bytes:
-    """A batch buffer holding ``events`` (``OwnedEvent``s)."""
-    records = bytearray()
+    """A batch buffer holding ``events`` (``OwnedEvent``s).
+
+    Copies made by ``Event.to_owned`` from one input batch share it: the output's heap starts
+    with the input's heap, their unchanged fields keep pointing into it and only the fields
+    set are added (the encoding lets fields point anywhere in the heap)."""
+    records = bytearray(_RECORD_BYTES * len(events))
     heap = bytearray()
-    for ev in events:
-        spans = []
-        for name in FIELDS:
-            value = ev.fields.get(name)
-            if value is None:
-                spans += [0, _ABSENT]
-            else:
-                data = value.encode("utf-8")
-                spans += [len(heap), len(data)]
-                heap += data
-        records += _RECORD.pack(ev.timestamp_ms, ev.received_at_ms, ev.schema_version, 0, *spans)
-    return _HEADER.pack(_MAGIC, _VERSION, 0, len(events), len(heap)) + bytes(records) + bytes(heap)
+    shared = None
+    for j, ev in enumerate(events):
+        at = j * _RECORD_BYTES
+        src = ev._source if ev._fields is None else None
+        if src is not None and (shared is None or src._batch is shared):
+            if shared is None:
+                shared = src._batch
+                heap += shared.heap
+            k = _HEADER.size + src._i * _RECORD_BYTES
+            records[at : at + _RECORD_BYTES] = shared.buf[k : k + _RECORD_BYTES]
+            for f, value in ev._set.items():
+                if value is None:
+                    _SPAN.pack_into(records, at + 24 + 8 * f, 0, _ABSENT)
+                else:
+                    data = value.encode("utf-8")
+                    _SPAN.pack_into(records, at + 24 + 8 * f, len(heap), len(data))
+                    heap += data
+        else:
+            fields = ev.fields
+            for f, name in enumerate(FIELDS):
+                value = fields.get(name)
+                if value is None:
+                    _SPAN.pack_into(records, at + 24 + 8 * f, 0, _ABSENT)
+                else:
+                    data = value.encode("utf-8")
+                    _SPAN.pack_into(records, at + 24 + 8 * f, len(heap), len(data))
+                    heap += data
+        _TIMES.pack_into(records, at, ev.timestamp_ms, ev.received_at_ms, ev.schema_version)
+    return _HEADER.pack(_MAGIC, _VERSION, 0, len(events), len(heap)) + records + heap
 
 
 class Params(dict):
@@ -185,6 +296,8 @@ def enricher(decide, init=None):
     from wit_world.imports import types
     from componentize_py_types import Err
 
+    keep = types.Outcome_Keep()
+
     class WitWorld(wit_world.WitWorld):
         def init(self, params):
             _params.clear()
@@ -202,18 +315,20 @@ def enricher(decide, init=None):
                 raise Err(str(e))
             outcomes = []
             replacements = []
+            kept = 0
             for ev in events:
                 d = decide(ev)
-                if isinstance(d, Keep) or d is None:
-                    outcomes.append(types.Outcome_Keep())
-                elif isinstance(d, Drop):
-                    outcomes.append(types.Outcome_Drop(d.reason))
+                if d is None or type(d) is Keep or isinstance(d, Keep):
+                    outcomes.append(keep)
+                    kept += 1
                 elif isinstance(d, Replace):
                     outcomes.append(types.Outcome_Replace(len(replacements)))
                     replacements.append(d.event)
+                elif isinstance(d, Drop):
+                    outcomes.append(types.Outcome_Drop(d.reason))
                 else:
                     raise Err(f"decide returned {d!r}, not Keep, Replace or Drop")
-            if not replacements and all(isinstance(o, types.Outcome_Keep) for o in outcomes):
+            if kept == len(outcomes):
                 # The contract's short form of "keep every event".
                 return types.EnrichResult([], b"")
             return types.EnrichResult(outcomes, write_batch(replacements) if replacements else b"")
