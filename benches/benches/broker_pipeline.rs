@@ -150,6 +150,8 @@ fn main() {
     });
     println!("log: {EVENTS} events of ~330 bytes, pipeline batches of 1024 events");
     let host = runnel_host::Runtime::new().unwrap();
+    // Built once, when a chain first needs it.
+    let python = std::cell::OnceCell::new();
     // (label, chain, pipeline_aggregator_threads: 0 = one per core)
     let chains: &[(&str, &[&str], usize)] = &[
         ("no plugin (read + commit only)", &[], 0),
@@ -189,7 +191,7 @@ fn main() {
             let registry = Registry::open(&state).unwrap();
             for name in *chain {
                 if *name == PYTHON_ENRICHER {
-                    deploy(&registry, name, &python_component());
+                    deploy(&registry, name, python.get_or_init(python_component));
                     continue;
                 }
                 let deployed = if AGGREGATORS.contains(name) {

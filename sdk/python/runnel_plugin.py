@@ -31,10 +31,12 @@ FIELDS = (
     "properties",
 )
 _FIELD_INDEX = {name: i for i, name in enumerate(FIELDS)}
+_EVENT_ID, _EVENT_TYPE, _PROPERTIES = 0, 1, 7
 _HEADER = struct.Struct("<4sHHII")
 _RECORD_BYTES = 88
 _WORDS = _RECORD_BYTES // 4  # u32 words per record; field f's span at words 6 + 2f, 7 + 2f
 _TIMES = struct.Struct("<qqI")
+_SPANS_AT = 24  # bytes into a record where the fields' (offset, len) pairs start
 _SPAN = struct.Struct("<II")
 _ABSENT = 0xFFFFFFFF
 _MAGIC = b"RNPB"
@@ -45,6 +47,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 try:
     from _json import make_encoder as _make_encoder
 
+    # markers None: no circular-reference check, as `check_circular=False` (a cycle ends in a
+    # RecursionError); a markers dict kept across calls could keep stale entries after an error.
     _C_ENCODE = _make_encoder(
         None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
     )
@@ -95,7 +99,7 @@ class _Batch:
 
     __slots__ = ("buf", "words", "times", "heap", "records_end")
 
-    def __init__(self, buf, count, records_end):
+    def __init__(self, buf, records_end):
         self.buf = buf
         records = memoryview(buf)[_HEADER.size : records_end]
         self.words = records.cast("I")
@@ -144,16 +148,16 @@ class Event:
 
     @property
     def event_id(self) -> str:
-        return self._batch.text(self._i, 0) or ""
+        return self._batch.text(self._i, _EVENT_ID) or ""
 
     @property
     def event_type(self) -> str:
-        return self._batch.text(self._i, 1) or ""
+        return self._batch.text(self._i, _EVENT_TYPE) or ""
 
     @property
     def properties(self):
         """``properties`` parsed (a dict), or None."""
-        text = self._batch.text(self._i, 7)
+        text = self._batch.text(self._i, _PROPERTIES)
         return None if text is None else _loads(text)
 
     def to_owned(self) -> "OwnedEvent":
@@ -202,7 +206,7 @@ class OwnedEvent:
         f = _FIELD_INDEX.get(name)
         if f is None:
             raise KeyError(f"{name} is not an envelope field")
-        if f == 7 and isinstance(value, dict):
+        if f == _PROPERTIES and isinstance(value, dict):
             value = _dumps(value)
         if self._fields is None:
             self._set[f] = value
@@ -220,45 +224,42 @@ def read_batch(buf: bytes):
     records_end = _HEADER.size + count * _RECORD_BYTES
     if len(buf) != records_end + heap_len:
         raise ValueError(f"batch is {len(buf)} bytes, its header implies {records_end + heap_len}")
-    batch = _Batch(buf, count, records_end)
+    batch = _Batch(buf, records_end)
     return [Event(batch, i) for i in range(count)]
+
+
+def _put(records, heap, at, f, value):
+    """Writes field ``f`` of the record at ``at``: its text added to ``heap``, or absent."""
+    span = at + _SPANS_AT + 8 * f
+    if value is None:
+        _SPAN.pack_into(records, span, 0, _ABSENT)
+    else:
+        data = value.encode("utf-8")
+        _SPAN.pack_into(records, span, len(heap), len(data))
+        heap += data
 
 
 def write_batch(events) -> bytes:
     """A batch buffer holding ``events`` (``OwnedEvent``s).
 
-    Copies made by ``Event.to_owned`` from one input batch share it: the output's heap starts
-    with the input's heap, their unchanged fields keep pointing into it and only the fields
-    set are added (the encoding lets fields point anywhere in the heap)."""
+    Copies made by ``Event.to_owned`` share their input batch: the output's heap starts with the
+    input's heap (that of the first copy's batch), their unchanged fields keep pointing into it
+    and only the fields set are added (the encoding lets fields point anywhere in the heap).
+    Any other event is written field by field."""
+    shared = next((ev._source._batch for ev in events if ev._fields is None), None)
     records = bytearray(_RECORD_BYTES * len(events))
-    heap = bytearray()
-    shared = None
+    heap = bytearray() if shared is None else bytearray(shared.heap)
     for j, ev in enumerate(events):
         at = j * _RECORD_BYTES
-        src = ev._source if ev._fields is None else None
-        if src is not None and (shared is None or src._batch is shared):
-            if shared is None:
-                shared = src._batch
-                heap += shared.heap
-            k = _HEADER.size + src._i * _RECORD_BYTES
+        if ev._fields is None and ev._source._batch is shared:
+            k = _HEADER.size + ev._source._i * _RECORD_BYTES
             records[at : at + _RECORD_BYTES] = shared.buf[k : k + _RECORD_BYTES]
             for f, value in ev._set.items():
-                if value is None:
-                    _SPAN.pack_into(records, at + 24 + 8 * f, 0, _ABSENT)
-                else:
-                    data = value.encode("utf-8")
-                    _SPAN.pack_into(records, at + 24 + 8 * f, len(heap), len(data))
-                    heap += data
+                _put(records, heap, at, f, value)
         else:
             fields = ev.fields
             for f, name in enumerate(FIELDS):
-                value = fields.get(name)
-                if value is None:
-                    _SPAN.pack_into(records, at + 24 + 8 * f, 0, _ABSENT)
-                else:
-                    data = value.encode("utf-8")
-                    _SPAN.pack_into(records, at + 24 + 8 * f, len(heap), len(data))
-                    heap += data
+                _put(records, heap, at, f, fields.get(name))
         _TIMES.pack_into(records, at, ev.timestamp_ms, ev.received_at_ms, ev.schema_version)
     return _HEADER.pack(_MAGIC, _VERSION, 0, len(events), len(heap)) + records + heap
 
@@ -318,7 +319,7 @@ def enricher(decide, init=None):
             kept = 0
             for ev in events:
                 d = decide(ev)
-                if d is None or type(d) is Keep or isinstance(d, Keep):
+                if d is None or isinstance(d, Keep):
                     outcomes.append(keep)
                     kept += 1
                 elif isinstance(d, Replace):

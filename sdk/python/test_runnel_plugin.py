@@ -78,6 +78,31 @@ class Batches(unittest.TestCase):
         self.assertEqual(got[1][3], dict(owned(3).fields, event_type="refund.issued"))
         self.assertEqual(got[2][3], made.fields)
 
+    def test_a_copy_after_an_event_written_field_by_field_reads_back(self):
+        events = rp.read_batch(rp.write_batch([owned(n) for n in range(3)]))
+        made = owned(7, user_id="someone-else")
+        copy = events[2].to_owned()
+        copy.set("platform", "android")
+        read_first = events[1].to_owned()
+        read_first.fields  # now written field by field
+        got = as_dicts(rp.read_batch(rp.write_batch([made, read_first, copy])))
+        self.assertEqual(got[0][3], made.fields)
+        self.assertEqual(got[1][3], owned(1).fields)
+        self.assertEqual(got[2][3], dict(owned(2).fields, platform="android"))
+
+    def test_properties_are_written_as_json_dumps_writes_them(self):
+        value = {"a": [1, 2.5, None, True, "é\"\n"], "b": {"c": -1e300}, "d": ""}
+        want = __import__("json").dumps(value, separators=(",", ":"))
+        self.assertEqual(rp._dumps(value), want)
+        c_encode, rp._C_ENCODE = rp._C_ENCODE, None
+        try:
+            self.assertEqual(rp._dumps(value), want)
+        finally:
+            rp._C_ENCODE = c_encode
+        with self.assertRaises(TypeError):
+            rp._dumps({"a": object()})
+        self.assertEqual(rp._dumps(value), want)
+
     def test_fields_of_a_copy_include_what_was_set_and_stay_settable(self):
         ev = rp.read_batch(rp.write_batch([owned(4)]))[0]
         out = ev.to_owned()
