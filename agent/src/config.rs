@@ -87,9 +87,9 @@ settings! {
     /// Size at which a spool segment is sealed and a new one started, in bytes.
     spool_segment_bytes_max: u64 [u64] = 64 << 20;
     /// Scan every sealed spool segment at start (checking each record's CRC) instead of taking
-    /// its figures from the index file written when it was sealed. Off, a start reads only the
-    /// active segment, and a sealed record is checked when the shipper reads it; a bad one fails
-    /// that read and makes the next start scan its segment.
+    /// its figures from the index file written when it was sealed. Off, the records are checked
+    /// by the dedup rebuild that follows (it reads the whole spool), and a bad one makes the
+    /// start open the spool again, which scans that segment and quarantines it.
     spool_scan_sealed_at_open: bool [bool] = false;
     /// What to do when the spool is full.
     spool_full_policy: SpoolFullPolicy [SpoolFullPolicy] = SpoolFullPolicy::Block;

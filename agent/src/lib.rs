@@ -95,13 +95,18 @@ const REBUILD_BATCH_IDS: usize = 64 << 10;
 /// Batches of ids waiting for the inserting thread during a dedup rebuild.
 const REBUILD_QUEUE_BATCHES: usize = 4;
 
-/// Loads the dedup snapshot and adds every event still in the spool.
+/// How many times a start opens the spool again after the dedup rebuild met a bad record in a
+/// sealed segment (each open moves one such segment to quarantine).
+const SPOOL_REOPENS_MAX: usize = 8;
+
+/// Loads the dedup snapshot and adds every event still in the spool; also returns how the read
+/// of the spool ended (a bad record stops it).
 fn rebuild_dedup(
     storage: &dyn Storage,
     cfg: &AgentConfig,
     spool: &Spool,
     snapshot: &Path,
-) -> Dedup {
+) -> (Dedup, Result<(), runnel_segment::LogError>) {
     let window_ms = (cfg.dedup_window_secs * 1000) as i64;
     let mut dedup = Dedup::new(window_ms, cfg.dedup_ids_max);
     let now = clock_ms(cfg);
@@ -162,12 +167,9 @@ fn rebuild_dedup(
         }
         scan.join().expect("dedup rebuild thread")
     });
-    if let Err(e) = scanned {
-        tracing::warn!(error = %e, "reading the spool to rebuild dedup stopped early");
-    }
     dedup.expire(now);
     tracing::info!(ids = dedup.len(), from_spool = spool_ids, "dedup rebuilt");
-    dedup
+    (dedup, scanned)
 }
 
 /// Starts an agent: recovers the spool and dedup, binds HTTP, starts the shipper.
@@ -190,26 +192,47 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         record_bytes_max,
         scan_sealed_at_open: cfg.spool_scan_sealed_at_open,
     };
-    let (spool, report) = {
-        let storage = storage.clone();
-        let dir = spool_dir.clone();
-        tokio::task::spawn_blocking(move || Spool::open(storage, &dir, opts)).await??
-    };
-    if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
-        tracing::warn!(truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "spool recovered from damage");
-    }
-    metrics::counter!("runnel_agent_spool_truncated_bytes_total").increment(report.truncated_bytes);
-    metrics::counter!("runnel_agent_spool_quarantined_segments_total")
-        .increment(report.quarantined_segments.len() as u64);
     let snapshot_path = cfg.data_dir.join("dedup.snapshot");
-    let dedup = {
-        let (storage, cfg, spool, path) = (
-            storage.clone(),
-            cfg.clone(),
-            spool.clone(),
-            snapshot_path.clone(),
-        );
-        tokio::task::spawn_blocking(move || rebuild_dedup(&*storage, &cfg, &spool, &path)).await?
+    // Sealed segments open from their index files, so the dedup rebuild is the first to read
+    // their records. When it meets a bad one (its index file is gone then), the spool is opened
+    // again: that open scans the segment and quarantines it, and the rebuild runs again.
+    let mut reopens = 0;
+    let (spool, dedup) = loop {
+        let (spool, report) = {
+            let storage = storage.clone();
+            let dir = spool_dir.clone();
+            tokio::task::spawn_blocking(move || Spool::open(storage, &dir, opts)).await??
+        };
+        if report.truncated_bytes > 0 || !report.quarantined_segments.is_empty() {
+            tracing::warn!(truncated_bytes = report.truncated_bytes, quarantined = ?report.quarantined_segments, "spool recovered from damage");
+        }
+        metrics::counter!("runnel_agent_spool_truncated_bytes_total")
+            .increment(report.truncated_bytes);
+        metrics::counter!("runnel_agent_spool_quarantined_segments_total")
+            .increment(report.quarantined_segments.len() as u64);
+        let (dedup, scanned) = {
+            let (storage, cfg, spool, path) = (
+                storage.clone(),
+                cfg.clone(),
+                spool.clone(),
+                snapshot_path.clone(),
+            );
+            tokio::task::spawn_blocking(move || rebuild_dedup(&*storage, &cfg, &spool, &path))
+                .await?
+        };
+        match scanned {
+            Err(e @ runnel_segment::LogError::Corrupt { sealed: true, .. })
+                if reopens < SPOOL_REOPENS_MAX =>
+            {
+                reopens += 1;
+                tracing::warn!(error = %e, "a sealed spool segment is damaged; opening the spool again to quarantine it");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the spool to rebuild dedup stopped early");
+                break (spool, dedup);
+            }
+            Ok(()) => break (spool, dedup),
+        }
     };
     let dedup = Arc::new(Mutex::new(dedup));
 

@@ -25,8 +25,10 @@
 //!
 //! ## Recovery
 //! Segment recovery as in `runnel_segment`: sealed segments are opened from their index files
-//! and checked record by record as the shipper reads them (`spool_scan_sealed_at_open` scans
-//! them all at start instead), so a start reads only the active segment. The cursor gives the
+//! (`spool_scan_sealed_at_open` scans them all at open instead). Their records are checked by
+//! the first read: the agent's dedup rebuild at start, which reads the whole spool, and when it
+//! meets a bad record the agent opens the spool again, and that open quarantines the segment.
+//! A record that goes bad later fails the shipper's read until the next start. The cursor gives the
 //! floor for new sequence numbers so they never go back, and the shipper resumes from it
 //! (anything sent but not acknowledged is sent again; the broker drops what it already has).
 

@@ -585,3 +585,63 @@ async fn ids_in_the_spool_stay_duplicates_across_a_restart_without_a_snapshot() 
     assert_eq!(answer["duplicates"], 0, "{answer}");
     agent.shutdown().await;
 }
+
+/// A bad record in a sealed spool segment is met first by the dedup rebuild at start (sealed
+/// segments open from their index files). The start opens the spool again, which moves that
+/// segment to quarantine, and rebuilds dedup from the rest: the ids of every other segment stay
+/// duplicates, and the agent takes new events.
+#[tokio::test]
+async fn a_bad_sealed_spool_record_found_at_start_is_quarantined_and_dedup_covers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig {
+        spool_segment_bytes_max: 64 << 10,
+        spool_bytes_max: 4 << 20,
+        decompressed_bytes_max: 16 << 10,
+        body_bytes_max: 16 << 10,
+        ship_batch_bytes_max: 32 << 10,
+        ..config(dir.path())
+    };
+    let (agent, url) = start(cfg.clone(), Arc::new(FsStorage)).await;
+    // 40 requests of about 7 KiB: several sealed segments.
+    let pad = "x".repeat(7000);
+    for i in 0..40 {
+        let body = json!({"event_id": format!("b{i}"), "event_type": "page.view",
+            "timestamp": 1_700_000_000_000i64, "properties": {"pad": pad}});
+        assert_eq!(post(&url, body.to_string()).await.0, 202);
+    }
+    agent.shutdown().await;
+    std::fs::remove_file(cfg.data_dir.join("dedup.snapshot")).unwrap();
+    let spool = cfg.data_dir.join("spool");
+    let mut segs: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4, "{segs:?}");
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&segs[0], &bytes).unwrap();
+
+    let (agent, url) = start(cfg.clone(), Arc::new(FsStorage)).await;
+    let quarantined: Vec<_> = std::fs::read_dir(spool.join("quarantine"))
+        .expect("a quarantine folder")
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    // Events of the later segments (the last request's among them) are still known.
+    let later: Vec<String> = spool_ids(&cfg.data_dir);
+    assert!(
+        later.len() < 40 && later.contains(&"b39".to_string()),
+        "{later:?}"
+    );
+    let resend: Vec<Value> = later.iter().map(|id| event(id)).collect();
+    let (status, answer, _) = post(&url, json!(resend).to_string()).await;
+    assert_eq!(
+        (status, &answer["duplicates"]),
+        (202, &json!(later.len())),
+        "{answer}"
+    );
+    assert_eq!(post(&url, json!([event("new")]).to_string()).await.0, 202);
+    agent.shutdown().await;
+}
