@@ -63,9 +63,20 @@ pub struct Dedup {
     /// (bucket start, hashes inserted in it), oldest first.
     buckets: VecDeque<(i64, Vec<u64>)>,
     evicted_early: u64,
-    /// Held reservations: ticket → (spool floor, hashes).
-    held: HashMap<u64, (u64, Vec<u64>)>,
+    /// Held reservations by ticket.
+    held: HashMap<u64, Held>,
     next_ticket: u64,
+}
+
+/// One request's reservation ([`Dedup::hold`]).
+#[derive(Debug)]
+struct Held {
+    spool_floor: u64,
+    /// The request's ids, in its order.
+    hashes: Vec<u64>,
+    /// Positions in `hashes` already given back ([`Dedup::unreserve`]): an undo of the whole hold
+    /// must not remove them again, since another request may have reserved the id since.
+    given_back: Vec<usize>,
 }
 
 /// A serialized [`Dedup`] and what it does not cover.
@@ -172,16 +183,48 @@ impl Dedup {
     /// Holds `hashes` (just inserted for one request) out of snapshots until [`Dedup::release`]
     /// of the returned ticket. `spool_floor` is at most the sequence number the request's record
     /// will get (the spool's durable end when the ids were reserved).
-    pub fn hold(&mut self, spool_floor: u64, hashes: &[u64]) -> u64 {
+    pub fn hold(&mut self, spool_floor: u64, hashes: Vec<u64>) -> u64 {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.held.insert(ticket, (spool_floor, hashes.to_vec()));
+        self.held.insert(
+            ticket,
+            Held {
+                spool_floor,
+                hashes,
+                given_back: Vec::new(),
+            },
+        );
         ticket
     }
 
-    /// Ends a hold: the request's events are durable, or its ids were removed.
-    pub fn release(&mut self, ticket: u64) {
-        self.held.remove(&ticket);
+    /// Forgets the id at `pos` of a hold (its event was refused, so a retry must be accepted).
+    pub fn unreserve(&mut self, ticket: u64, pos: usize) {
+        let Some(held) = self.held.get_mut(&ticket) else {
+            return;
+        };
+        let Some(&hash) = held.hashes.get(pos) else {
+            return;
+        };
+        if held.given_back.contains(&pos) {
+            return;
+        }
+        held.given_back.push(pos);
+        self.remove(hash);
+    }
+
+    /// Ends a hold. With `undo` its events were not stored, so its ids (those not given back
+    /// already) are forgotten; without, they are durable and stay remembered.
+    pub fn release(&mut self, ticket: u64, undo: bool) {
+        let Some(held) = self.held.remove(&ticket) else {
+            return;
+        };
+        if undo {
+            for (pos, hash) in held.hashes.into_iter().enumerate() {
+                if !held.given_back.contains(&pos) {
+                    self.remove(hash);
+                }
+            }
+        }
     }
 
     /// Requests held now.
@@ -195,12 +238,12 @@ impl Dedup {
         let held: HashSet<u64> = self
             .held
             .values()
-            .flat_map(|(_, hashes)| hashes.iter().copied())
+            .flat_map(|held| held.hashes.iter().copied())
             .collect();
         let spool_floor = self
             .held
             .values()
-            .map(|(floor, _)| *floor)
+            .map(|held| held.spool_floor)
             .min()
             .unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(20 + self.seen.len() * 16);
@@ -341,8 +384,8 @@ mod tests {
         d.insert(1, 0);
         d.insert(2, 0);
         d.insert(3, 0);
-        let early = d.hold(40, &[2]);
-        let late = d.hold(45, &[3]);
+        let early = d.hold(40, vec![2]);
+        let late = d.hold(45, vec![3]);
         assert!(!d.insert(2, 0), "a concurrent request sees held ids");
         let restored = |snap: &Snapshot| {
             let mut e = Dedup::new(HOUR, 1000);
@@ -352,14 +395,38 @@ mod tests {
         let snap = d.snapshot();
         assert_eq!(restored(&snap), [true, false, false]);
         assert_eq!(snap.spool_floor, 40);
-        d.release(early);
+        d.release(early, false);
         let snap = d.snapshot();
         assert_eq!(restored(&snap), [true, true, false]);
         assert_eq!(snap.spool_floor, 45);
-        d.release(late);
+        d.release(late, false);
         let snap = d.snapshot();
         assert_eq!(restored(&snap), [true, true, true]);
         assert_eq!(snap.spool_floor, u64::MAX);
         assert_eq!(d.held(), 0);
+    }
+
+    /// An undone hold forgets its ids, except one given back earlier and reserved since by
+    /// another request (its event must stay a duplicate).
+    #[test]
+    fn an_undone_hold_forgets_its_ids_but_not_those_reserved_again() {
+        let mut d = Dedup::new(HOUR, 1000);
+        for h in [1, 2, 3] {
+            assert!(d.insert(h, 0));
+        }
+        let first = d.hold(0, vec![1, 2, 3]);
+        d.unreserve(first, 1);
+        d.unreserve(first, 1);
+        assert!(d.insert(2, 0), "an id given back may be reserved again");
+        let second = d.hold(0, vec![2]);
+        d.release(first, true);
+        assert!(
+            d.insert(1, 0) && d.insert(3, 0),
+            "the undone hold's ids are forgotten"
+        );
+        assert!(!d.insert(2, 0), "the other request's reservation stands");
+        d.release(second, false);
+        assert_eq!(d.held(), 0);
+        assert!(!d.insert(2, 0));
     }
 }

@@ -266,7 +266,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         return answer(StatusCode::BAD_REQUEST, &out, None);
     }
 
-    // Dedup: reserve the ids now so concurrent requests see them; undo if the spool refuses.
+    // Dedup: reserve the ids now so concurrent requests see them; undone if they are not stored.
     let mut hashes = Vec::with_capacity(parsed.events.len());
     let mut indices = Vec::with_capacity(parsed.events.len());
     let mut events = Vec::with_capacity(parsed.events.len());
@@ -285,25 +285,25 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
                 out.duplicates += 1;
             }
         }
-        Hold {
-            ticket: dedup.hold(spool_floor, &hashes),
+        (!hashes.is_empty()).then(|| Hold {
+            ticket: dedup.hold(spool_floor, hashes),
             dedup: app.dedup.clone(),
-        }
+            stored: false,
+        })
     };
     metrics::counter!("runnel_agent_events_duplicate_total").increment(out.duplicates as u64);
-    if events.is_empty() {
+    let Some(mut hold) = hold else {
         return answer(StatusCode::ACCEPTED, &out, None);
-    }
-    // Edge plugins, the spool append and the undo of the reservations run to completion even
-    // if the client goes away and this handler is dropped: otherwise a dropped request could
-    // leave ids reserved whose events were never stored (a retry would then be answered
-    // "duplicate"), or release ids whose events the spool did store.
+    };
+    // Edge plugins, the spool append and the end of the hold run to completion even if the
+    // client goes away and this handler is dropped: otherwise a dropped request could leave ids
+    // reserved whose events were never stored (a retry would then be answered "duplicate"), or
+    // release ids whose events the spool did store. A panic in the task drops the hold unstored,
+    // which forgets its ids.
     let attempted = indices.len();
     let task_app = app.clone();
     let (result, edge, mut time) = tokio::spawn(async move {
         let app = task_app;
-        // Released when this task ends, after any undo below.
-        let _hold = hold;
         let mut edge = EdgeOutcome::default();
         let mut events = events;
         if let Some(chain) = app.edge.clone() {
@@ -320,17 +320,16 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         // Event time against the agent's clock, after the edge plugins (which may set it).
         let mut time = TimeOutcome::default();
         events.retain_mut(|(index, ev)| time.judge(&app.event_time, *index, ev));
-        if !edge.rejected.is_empty() || !time.rejected.is_empty() {
-            // Rejected events were not stored: a retry must not be told "duplicate".
-            let mut dedup = app.dedup.lock().expect("lock poisoned");
-            for (index, _) in edge.rejected.iter().chain(&time.rejected) {
-                // `indices` is in body order.
-                if let Ok(pos) = indices.binary_search(index) {
-                    dedup.remove(hashes[pos]);
-                }
+        // Rejected events were not stored: a retry must not be told "duplicate".
+        for (index, _) in edge.rejected.iter().chain(&time.rejected) {
+            // `indices` is in body order.
+            if let Ok(pos) = indices.binary_search(index) {
+                hold.unreserve(pos);
             }
         }
         if events.is_empty() {
+            // Every event was dropped or rejected by an edge plugin or refused for its time.
+            hold.stored();
             return (Ok(0), edge, time);
         }
         let n = events.len();
@@ -341,11 +340,8 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         let result = append_with_policy(&app, payload, received_at)
             .await
             .map(|_| n);
-        if result.is_err() {
-            let mut dedup = app.dedup.lock().expect("lock poisoned");
-            for h in hashes {
-                dedup.remove(h);
-            }
+        if result.is_ok() {
+            hold.stored();
         }
         (result, edge, time)
     })
@@ -416,10 +412,27 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
 
 /// A request's hold on the ids it reserved ([`Dedup::hold`]), ended when dropped, however the
 /// ingest task ends (a panic included: a hold that outlived its request would keep its ids out of
-/// every snapshot and stop spool deletion).
+/// every snapshot and stop spool deletion). Unless [`Hold::stored`] was called, the end forgets
+/// the ids: their events were not stored, so a retry must be accepted.
 struct Hold {
     dedup: Arc<Mutex<Dedup>>,
     ticket: u64,
+    stored: bool,
+}
+
+impl Hold {
+    /// Forgets the id at `pos` of the request's reserved ids (its event was refused).
+    fn unreserve(&mut self, pos: usize) {
+        self.dedup
+            .lock()
+            .expect("lock poisoned")
+            .unreserve(self.ticket, pos);
+    }
+
+    /// The request's events are durable: its ids stay remembered.
+    fn stored(&mut self) {
+        self.stored = true;
+    }
 }
 
 impl Drop for Hold {
@@ -427,7 +440,7 @@ impl Drop for Hold {
         self.dedup
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .release(self.ticket);
+            .release(self.ticket, !self.stored);
     }
 }
 
@@ -522,4 +535,46 @@ fn field_label(field: &str) -> &'static str {
         .find(|k| **k == field)
         .copied()
         .unwrap_or("unknown_field")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn hold_of(dedup: &Arc<Mutex<Dedup>>, hashes: &[u64]) -> Hold {
+        let mut d = dedup.lock().unwrap();
+        for h in hashes {
+            assert!(d.insert(*h, 0));
+        }
+        Hold {
+            ticket: d.hold(0, hashes.to_vec()),
+            dedup: dedup.clone(),
+            stored: false,
+        }
+    }
+
+    /// A task that panics while it holds a request's ids forgets them (a retry is accepted);
+    /// one that stored the events keeps them.
+    #[tokio::test]
+    async fn a_hold_dropped_by_a_panic_forgets_its_ids() {
+        let dedup = Arc::new(Mutex::new(Dedup::new(HOUR, 1000)));
+        let hold = hold_of(&dedup, &[1, 2]);
+        let task = tokio::spawn(async move {
+            let _hold = hold;
+            panic!("the ingest task fails");
+        });
+        assert!(task.await.is_err());
+        let mut stored = hold_of(&dedup, &[3]);
+        stored.stored();
+        drop(stored);
+        let mut d = dedup.lock().unwrap();
+        assert_eq!(d.held(), 0);
+        assert!(
+            d.insert(1, 0) && d.insert(2, 0),
+            "ids of the failed task are free again"
+        );
+        assert!(!d.insert(3, 0), "ids of stored events stay duplicates");
+    }
 }
