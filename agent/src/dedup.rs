@@ -227,6 +227,15 @@ impl Dedup {
         }
     }
 
+    /// The lowest spool floor of the holds now ([`Dedup::hold`]); `u64::MAX` when none.
+    pub fn spool_floor(&self) -> u64 {
+        self.held
+            .values()
+            .map(|held| held.spool_floor)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// Requests held now.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -240,12 +249,7 @@ impl Dedup {
             .values()
             .flat_map(|held| held.hashes.iter().copied())
             .collect();
-        let spool_floor = self
-            .held
-            .values()
-            .map(|held| held.spool_floor)
-            .min()
-            .unwrap_or(u64::MAX);
+        let spool_floor = self.spool_floor();
         let mut out = Vec::with_capacity(20 + self.seen.len() * 16);
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&0u64.to_le_bytes());

@@ -342,7 +342,10 @@ async fn maintenance(
         };
         metrics::counter!("runnel_agent_dedup_evicted_early_total").absolute(evicted);
         metrics::gauge!("runnel_agent_spool_bytes").set(spool.bytes() as f64);
-        if spool.deletable_segments() == 0 {
+        // While a request in flight holds ids below the cursor, the snapshot would keep its
+        // segments anyway: no snapshot until something can be deleted.
+        let floor = dedup.lock().expect("lock poisoned").spool_floor();
+        if spool.deletable_segments(floor) == 0 {
             continue;
         }
         let snap = dedup.lock().expect("lock poisoned").snapshot();

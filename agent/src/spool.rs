@@ -237,9 +237,10 @@ impl Spool {
         Ok(())
     }
 
-    /// Sealed segments that the cursor allows deleting.
-    pub fn deletable_segments(&self) -> usize {
-        self.reader.sealed_segments_below(self.acked())
+    /// Sealed segments that the cursor and `keep_from` allow deleting ([`Spool::delete_acked`]).
+    pub fn deletable_segments(&self, keep_from: u64) -> usize {
+        self.reader
+            .sealed_segments_below(self.acked().min(keep_from))
     }
 
     /// Deletes segments wholly below the durable cursor and below `keep_from` (records from it on
@@ -424,5 +425,45 @@ mod tests {
                 left.len()
             );
         }
+    }
+
+    /// Only segments wholly below both the cursor and `keep_from` are deleted; the records from
+    /// the lower of the two on stay readable.
+    #[tokio::test]
+    async fn delete_acked_keeps_segments_from_the_cursor_or_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(Arc::new(FsStorage), dir.path(), opts(false)).unwrap();
+        for i in 0..40 {
+            spool.append(vec![i as u8; 8 << 10], i).await.unwrap();
+        }
+        let first_seq = |spool: &Spool| {
+            spool.reader().read(0, 1, usize::MAX).unwrap()[0]
+                .header
+                .base_offset
+        };
+        assert_eq!(
+            spool.deletable_segments(u64::MAX),
+            0,
+            "nothing acknowledged"
+        );
+        assert_eq!(spool.delete_acked(u64::MAX).await.unwrap().0, 0);
+        spool.ack(30).unwrap();
+        // A floor at 12 (a request in flight when the dedup snapshot was taken) keeps record 12.
+        let below_floor = spool.deletable_segments(12);
+        assert!(below_floor >= 1, "a segment is wholly below 12");
+        assert!(below_floor < spool.deletable_segments(u64::MAX));
+        let (deleted, bytes) = spool.delete_acked(12).await.unwrap();
+        assert_eq!(deleted, below_floor);
+        assert!(bytes > 0);
+        let first = first_seq(&spool);
+        assert!(first > 0 && first <= 12, "first kept record {first}");
+        assert_eq!(spool.deletable_segments(12), 0);
+        // Without a floor the cursor decides: record 30 and what follows stay.
+        spool.delete_acked(u64::MAX).await.unwrap();
+        let first = first_seq(&spool);
+        assert!(first > 12 && first <= 30, "first kept record {first}");
+        let left = spool.reader().read(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(left.last().unwrap().header.base_offset, 39);
+        assert_eq!(left.len() as u64, 40 - first);
     }
 }
