@@ -23,8 +23,10 @@ cargo build --release --locked --target wasm32-wasip2 --manifest-path plugins/Ca
 cargo test --workspace --locked
 # The example plugins' own unit tests (native target).
 cargo test --locked --manifest-path plugins/Cargo.toml -p pii-redact -p geo-enrich -p sampler
-# The aggregator SDK's own tests (a dependency of the plugins, not a member: one -p at a time).
+# The aggregator and enricher SDKs' own tests (dependencies of the plugins, not members: one -p
+# at a time).
 cargo test --locked --manifest-path plugins/Cargo.toml -p runnel-aggregator
+cargo test --locked --manifest-path plugins/Cargo.toml -p runnel-plugin
 # The Python SDK's own tests, with the venv's Python (the one componentize-py builds with).
 (cd sdk/python && "$HOME/.cache/runnel-py/bin/python" -m unittest -q)
 # The fuzz targets (run by scripts/fuzz.sh on nightly) must keep compiling.

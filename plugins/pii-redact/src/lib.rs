@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use runnel_plugin::{Decision, Event};
+use runnel_plugin::{Decision, Event, mentions_key};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -38,26 +38,15 @@ pub fn hash(salt: &str, value: &str) -> String {
     out
 }
 
-/// True if `text` has `"email"`, `"phone"` or `"ip"` anywhere: one pass over its quotes, instead
-/// of a substring search per key.
+/// True if `text` has `"email"`, `"phone"` or `"ip"` anywhere (see [`mentions_key`]).
 pub fn mentions_a_key(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut at = 0;
-    while let Some(q) = b[at..].iter().position(|&c| c == b'"') {
-        let rest = &b[at + q + 1..];
-        if rest.starts_with(b"ip\"") || rest.starts_with(b"email\"") || rest.starts_with(b"phone\"")
-        {
-            return true;
-        }
-        at += q + 1;
-    }
-    false
+    mentions_key(text, [IP, HASHED[0], HASHED[1]])
 }
 
 /// `truncate_ip` of `ip` as a JSON string (quoted), written without the formatting machinery
 /// for an IPv4 address.
 fn truncated_ip_json(ip: &str) -> Option<String> {
-    match ip.trim().parse::<std::net::IpAddr>().ok()? {
+    match network(ip)? {
         std::net::IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
             let mut out = String::with_capacity(17);
@@ -69,7 +58,7 @@ fn truncated_ip_json(ip: &str) -> Option<String> {
             out.push_str("0\"");
             Some(out)
         }
-        std::net::IpAddr::V6(_) => Some(Value::String(truncate_ip(ip)?).to_string()),
+        v6 => Some(Value::String(v6.to_string()).to_string()),
     }
 }
 
@@ -84,17 +73,22 @@ fn push_decimal(out: &mut String, n: u8) {
 }
 
 /// The /24 (IPv4) or /48 (IPv6) network of `ip`, or `None` if it is not an address.
-pub fn truncate_ip(ip: &str) -> Option<String> {
-    match ip.trim().parse::<std::net::IpAddr>().ok()? {
+fn network(ip: &str) -> Option<std::net::IpAddr> {
+    Some(match ip.trim().parse::<std::net::IpAddr>().ok()? {
         std::net::IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
-            Some(std::net::Ipv4Addr::new(a, b, c, 0).to_string())
+            std::net::Ipv4Addr::new(a, b, c, 0).into()
         }
         std::net::IpAddr::V6(v6) => {
             let s = v6.segments();
-            Some(std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string())
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).into()
         }
-    }
+    })
+}
+
+/// The /24 (IPv4) or /48 (IPv6) network of `ip` as text, or `None` if it is not an address.
+pub fn truncate_ip(ip: &str) -> Option<String> {
+    network(ip).map(|n| n.to_string())
 }
 
 /// Redacts a properties object in place; true if anything changed.
