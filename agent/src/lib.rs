@@ -133,7 +133,9 @@ fn rebuild_dedup(
                 let mut aligned = runnel_event::wire::AlignedVec::<16>::new();
                 let mut found = Vec::with_capacity(REBUILD_BATCH_IDS);
                 let result = reader.scan(0, |_, payload| {
-                    // Only the ids and times are needed: read them in place, build no events.
+                    // Only the ids and times are needed: the payload is copied into one reused
+                    // aligned buffer (the archive wants 16-byte alignment) and read there; no
+                    // events are built.
                     aligned.clear();
                     aligned.extend_from_slice(payload);
                     if let Ok(chunk) = Chunk::access(&aligned) {
