@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// The benchmarks run the broker and the agent in process with the allocator their binaries use.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A valid event whose JSON is close to `bytes` long (at least ~200).
 pub fn event_json(id: u64, bytes: usize) -> String {
     let base = format!(

@@ -65,6 +65,11 @@ enum Cmd {
     Query(query::QueryArgs),
 }
 
+/// The allocator: mimalloc keeps freed buffers for reuse instead of giving multi-megabyte ones
+/// back to the kernel and faulting them in again (docs/DECISIONS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Err(e) = try_main() {
         eprintln!("runnel: error: {e:#}");
