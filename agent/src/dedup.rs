@@ -74,9 +74,21 @@ struct Held {
     spool_floor: u64,
     /// The request's ids, in its order.
     hashes: Vec<u64>,
-    /// Positions in `hashes` already given back ([`Dedup::unreserve`]): an undo of the whole hold
-    /// must not remove them again, since another request may have reserved the id since.
-    given_back: Vec<usize>,
+    /// Which positions of `hashes` were given back ([`Dedup::unreserve`]; empty until one is):
+    /// an undo of the whole hold must not remove them again, since another request may have
+    /// reserved the id since.
+    given_back: Vec<bool>,
+}
+
+/// Keeps "every remembered hash is in exactly one bucket list" after `hash` is forgotten: it was
+/// inserted moments ago, so it is near the end of the newest list; the search starts there.
+fn remove_from_buckets(buckets: &mut VecDeque<(i64, Vec<u64>)>, hash: u64) {
+    for (_, hashes) in buckets.iter_mut().rev() {
+        if let Some(i) = hashes.iter().rposition(|h| *h == hash) {
+            hashes.swap_remove(i);
+            return;
+        }
+    }
 }
 
 /// A serialized [`Dedup`] and what it does not cover.
@@ -167,16 +179,8 @@ impl Dedup {
 
     /// Forgets `hash` again (used when the events it belongs to could not be made durable).
     pub fn remove(&mut self, hash: u64) {
-        if !self.seen.remove(&hash) {
-            return;
-        }
-        // Keep "every hash is in exactly one bucket list": it was inserted moments ago, so it is
-        // near the end of the newest list; search from there.
-        for (_, hashes) in self.buckets.iter_mut().rev() {
-            if let Some(i) = hashes.iter().rposition(|h| *h == hash) {
-                hashes.swap_remove(i);
-                return;
-            }
+        if self.seen.remove(&hash) {
+            remove_from_buckets(&mut self.buckets, hash);
         }
     }
 
@@ -197,19 +201,26 @@ impl Dedup {
         ticket
     }
 
-    /// Forgets the id at `pos` of a hold (its event was refused, so a retry must be accepted).
-    pub fn unreserve(&mut self, ticket: u64, pos: usize) {
+    /// Forgets the ids at `positions` of a hold (their events were refused, so a retry must be
+    /// accepted).
+    pub fn unreserve(&mut self, ticket: u64, positions: impl IntoIterator<Item = usize>) {
         let Some(held) = self.held.get_mut(&ticket) else {
             return;
         };
-        let Some(&hash) = held.hashes.get(pos) else {
-            return;
-        };
-        if held.given_back.contains(&pos) {
-            return;
+        for pos in positions {
+            let Some(&hash) = held.hashes.get(pos) else {
+                continue;
+            };
+            if held.given_back.is_empty() {
+                held.given_back = vec![false; held.hashes.len()];
+            }
+            if std::mem::replace(&mut held.given_back[pos], true) {
+                continue;
+            }
+            if self.seen.remove(&hash) {
+                remove_from_buckets(&mut self.buckets, hash);
+            }
         }
-        held.given_back.push(pos);
-        self.remove(hash);
     }
 
     /// Ends a hold. With `undo` its events were not stored, so its ids (those not given back
@@ -220,7 +231,7 @@ impl Dedup {
         };
         if undo {
             for (pos, hash) in held.hashes.into_iter().enumerate() {
-                if !held.given_back.contains(&pos) {
+                if !held.given_back.get(pos).copied().unwrap_or(false) {
                     self.remove(hash);
                 }
             }
@@ -419,8 +430,8 @@ mod tests {
             assert!(d.insert(h, 0));
         }
         let first = d.hold(0, vec![1, 2, 3]);
-        d.unreserve(first, 1);
-        d.unreserve(first, 1);
+        d.unreserve(first, [1]);
+        d.unreserve(first, [1]);
         assert!(d.insert(2, 0), "an id given back may be reserved again");
         let second = d.hold(0, vec![2]);
         d.release(first, true);

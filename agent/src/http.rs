@@ -321,11 +321,14 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         let mut time = TimeOutcome::default();
         events.retain_mut(|(index, ev)| time.judge(&app.event_time, *index, ev));
         // Rejected events were not stored: a retry must not be told "duplicate".
-        for (index, _) in edge.rejected.iter().chain(&time.rejected) {
+        if !edge.rejected.is_empty() || !time.rejected.is_empty() {
             // `indices` is in body order.
-            if let Ok(pos) = indices.binary_search(index) {
-                hold.unreserve(pos);
-            }
+            hold.unreserve(
+                edge.rejected
+                    .iter()
+                    .chain(&time.rejected)
+                    .filter_map(|(index, _)| indices.binary_search(index).ok()),
+            );
         }
         if events.is_empty() {
             // Every event was dropped or rejected by an edge plugin or refused for its time.
@@ -421,12 +424,13 @@ struct Hold {
 }
 
 impl Hold {
-    /// Forgets the id at `pos` of the request's reserved ids (its event was refused).
-    fn unreserve(&mut self, pos: usize) {
+    /// Forgets the ids at `positions` of the request's reserved ids (their events were refused),
+    /// under one lock.
+    fn unreserve(&mut self, positions: impl IntoIterator<Item = usize>) {
         self.dedup
             .lock()
             .expect("lock poisoned")
-            .unreserve(self.ticket, pos);
+            .unreserve(self.ticket, positions);
     }
 
     /// The request's events are durable: its ids stay remembered.
