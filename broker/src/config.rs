@@ -123,6 +123,29 @@ settings! {
     /// Most bytes of window state of one aggregate (approximate); rows past it are refused
     /// likewise.
     aggregate_state_bytes_max: usize [usize] = 1 << 30;
+    /// Copy the log into the archive's Delta tables (`docs/archive.md`). Off, the log stays
+    /// on local disk only.
+    archive_enabled: bool [bool] = true;
+    /// Where the archive's tables live: a local folder (a path or `file:///path`),
+    /// `s3://bucket/prefix` (S3 or an S3-compatible server), or `memory:///` (gone at exit).
+    /// Unset: `DATA_DIR/archive`. Each table is a folder under it (`…/events/`).
+    archive_url: Option<String> [String] = None;
+    /// Time between archive passes, in milliseconds; each pass archives everything durable,
+    /// so the archive lags the log by about this much whatever the volume.
+    archive_interval_ms: u64 [u64] = 300_000;
+    /// Most events one archive commit takes (bounds the memory of a pass: about 300 bytes an
+    /// event); a larger backlog takes several commits.
+    archive_commit_events_max: usize [usize] = 250_000;
+    /// S3 endpoint for an `s3://` archive_url (an S3-compatible server, e.g.
+    /// `http://127.0.0.1:9000`; `http://` allows plain HTTP). Unset: `AWS_ENDPOINT_URL`, else
+    /// AWS.
+    archive_s3_endpoint: Option<String> [String] = None;
+    /// S3 region. Unset: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    archive_s3_region: Option<String> [String] = None;
+    /// S3 access key id. Unset: `AWS_ACCESS_KEY_ID` (or the instance's credentials).
+    archive_s3_access_key_id: Option<String> [String] = None;
+    /// S3 secret access key. Unset: `AWS_SECRET_ACCESS_KEY`.
+    archive_s3_secret_access_key: Option<String> [String] = None;
 }
 
 impl BrokerConfig {
@@ -145,6 +168,24 @@ impl BrokerConfig {
             keys_per_window_max: self.aggregate_keys_per_window_max,
             open_windows_max: self.aggregate_open_windows_max,
             state_bytes_max: self.aggregate_state_bytes_max,
+        }
+    }
+
+    /// The archiver's settings.
+    pub fn archive_settings(&self) -> crate::archive::Settings {
+        crate::archive::Settings {
+            url: self
+                .archive_url
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("archive").to_string_lossy().into_owned()),
+            s3: crate::archive::store::S3Settings {
+                endpoint: self.archive_s3_endpoint.clone(),
+                region: self.archive_s3_region.clone(),
+                access_key_id: self.archive_s3_access_key_id.clone(),
+                secret_access_key: self.archive_s3_secret_access_key.clone(),
+            },
+            interval: std::time::Duration::from_millis(self.archive_interval_ms),
+            commit_events_max: self.archive_commit_events_max,
         }
     }
 
@@ -252,6 +293,15 @@ impl BrokerConfig {
         }
         if self.aggregate_state_bytes_max == 0 {
             return fail("aggregate_state_bytes_max", "must be > 0");
+        }
+        if self.archive_interval_ms == 0 {
+            return fail("archive_interval_ms", "must be > 0");
+        }
+        if self.archive_commit_events_max == 0 || self.archive_commit_events_max > 10_000_000 {
+            return fail(
+                "archive_commit_events_max",
+                "must be between 1 and 10000000",
+            );
         }
         Ok(())
     }

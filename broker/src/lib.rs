@@ -11,6 +11,7 @@
 //! | [`plugins`] | the plugin registry and its deploy service |
 //! | [`state`] | every redb table, listed in one place |
 //! | [`query`] | Arrow Flight and Flight SQL over the aggregates, events and side topics |
+//! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
 //!
 //! [`config`] holds every setting; [`start`] wires the subsystems together and
@@ -18,6 +19,7 @@
 //! `runnel` binary (`cli/`) is the only program around it.
 
 pub mod admin;
+pub mod archive;
 pub mod config;
 pub mod ingest;
 pub mod log;
@@ -147,6 +149,15 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let admin_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let archive = if cfg.archive_enabled {
+        let (status, task) =
+            archive::start(log.clone(), cfg.archive_settings(), shutdown_rx.clone())
+                .map_err(|e| anyhow::anyhow!("archive_url: {e}"))?;
+        tasks.push(task);
+        Some(status)
+    } else {
+        None
+    };
     tasks.push(tokio::spawn(ingest::quic::serve(
         endpoint,
         log.clone(),
@@ -170,6 +181,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         },
         isolation,
         capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
+        archive,
     });
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let flight_admin = admin.clone();

@@ -4,6 +4,7 @@
 //! (the admin API and Flight SQL), never through the broker's internals.
 
 mod agg;
+mod archive;
 mod dev;
 mod log;
 mod plugin;
@@ -53,6 +54,11 @@ enum Cmd {
     Agg {
         #[command(subcommand)]
         cmd: agg::AggCmd,
+    },
+    /// The archive: its Delta tables and how far behind the log they are.
+    Archive {
+        #[command(subcommand)]
+        cmd: archive::ArchiveCmd,
     },
     /// Load benchmark: offer a fixed rate (open loop) or as much as it takes (closed loop) to
     /// an agent (`ingest`) or a broker (`broker`); prints percentiles, writes JSON and an HTML
@@ -114,6 +120,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Log { cmd } => block_on(log::run(cmd)),
         Cmd::Plugin { cmd } => plugin::run(cmd),
         Cmd::Agg { cmd } => block_on(agg::run(cmd)),
+        Cmd::Archive { cmd } => block_on(archive::run(cmd)),
         Cmd::Bench { cmd } => block_on(runnel_loadgen::main(cmd)),
         Cmd::Query(args) => block_on(query::run(args, &mut std::io::stdout().lock())),
     }

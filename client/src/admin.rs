@@ -100,6 +100,12 @@ impl Admin {
             .collect()
     }
 
+    /// `GET /v1/archive`.
+    pub async fn archive_status(&self) -> Result<crate::api::ArchiveStatus, Error> {
+        self.json(self.http.get(format!("{}/v1/archive", self.base)))
+            .await
+    }
+
     /// `GET /v1/log/stats`.
     pub async fn log_stats(&self) -> Result<LogStats, Error> {
         self.json(self.http.get(format!("{}/v1/log/stats", self.base)))

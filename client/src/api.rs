@@ -10,6 +10,7 @@
 //! | `DELETE /v1/plugins/NAME` | `204` |
 //! | `GET /v1/aggregates` | `[`[`AggInfo`]`]` |
 //! | `GET /v1/aggregates/NAME/rows?from&to&limit` | NDJSON rows |
+//! | `GET /v1/archive` | [`ArchiveStatus`] (404 when the archive is off) |
 //!
 //! A refusal is a 4xx/5xx with `{"error": "…"}`.
 
@@ -206,4 +207,48 @@ pub struct RowRange {
     pub to: Option<String>,
     /// Most rows.
     pub limit: Option<usize>,
+}
+
+/// `GET /v1/archive`: the archive and each of its tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveStatus {
+    /// The archive's URL.
+    pub url: String,
+    /// `archive_interval_ms`.
+    pub interval_ms: u64,
+    /// Each table.
+    pub tables: Vec<ArchiveTableStatus>,
+}
+
+/// One archive table, as `runnel archive status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTableStatus {
+    /// The table.
+    pub name: String,
+    /// Its folder's URL.
+    pub url: String,
+    /// Its Delta version (`None` before it is opened).
+    pub version: Option<i64>,
+    /// Active data files.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Their rows.
+    pub rows: u64,
+    /// The oldest `date` partition.
+    pub oldest_date: Option<String>,
+    /// The newest `date` partition.
+    pub newest_date: Option<String>,
+    /// The first log offset not archived.
+    pub archived_end: u64,
+    /// The log's durable end at the last pass.
+    pub log_end: u64,
+    /// Events of the log not archived yet at the last pass.
+    pub lag_events: u64,
+    /// When the last commit was made (ms since the epoch).
+    pub last_commit_ms: Option<i64>,
+    /// The last error, until a pass succeeds.
+    pub last_error: Option<String>,
+    /// Files deleted because no commit referenced them, since start.
+    pub orphans_swept: u64,
 }

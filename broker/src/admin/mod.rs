@@ -56,6 +56,8 @@ pub struct Admin {
     pub read_limit_max: usize,
     /// Prometheus renderer.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The archiver's status (`None`: `archive_enabled` is off).
+    pub archive: Option<crate::archive::Shared>,
 }
 
 /// The admin router.
@@ -78,6 +80,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/v1/aggregates", get(list_aggregates))
         .route("/v1/aggregates/{name}/rows", get(aggregate_rows))
+        .route("/v1/archive", get(archive_status))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -86,6 +89,21 @@ pub fn router(admin: Arc<Admin>) -> Router {
 
 async fn stats(State(a): State<Arc<Admin>>) -> Response {
     axum::Json(a.log.stats()).into_response()
+}
+
+/// `GET /v1/archive`: each archive table's version, files, bytes, partitions and lag; 404 when
+/// the archive is off.
+async fn archive_status(State(a): State<Arc<Admin>>) -> Response {
+    match &a.archive {
+        Some(s) => axum::Json(s.lock().expect("lock poisoned").clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                serde_json::json!({ "error": "the archive is off (archive_enabled = false)" }),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Deserialize)]

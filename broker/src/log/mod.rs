@@ -375,6 +375,28 @@ impl BrokerLog {
     }
 }
 
+impl BrokerLog {
+    /// Calls `f` for up to `limit` durable events from offset `from` on, in offset order, and
+    /// returns the first offset not read: where the next read resumes (past a skipped,
+    /// unreadable record too).
+    pub fn walk_events(
+        &self,
+        from: u64,
+        limit: usize,
+        mut f: impl FnMut(&walk::Walked<'_>),
+    ) -> Result<u64, LogError> {
+        let mut done = 0usize;
+        walk(&self.reader, from, READ_SIZE, |w| {
+            if done >= limit {
+                return ControlFlow::Break(());
+            }
+            f(w);
+            done += 1;
+            ControlFlow::Continue(())
+        })
+    }
+}
+
 /// A run of events read for the pipeline, in the plugin batch encoding.
 #[derive(Debug, Default)]
 pub struct SourceBatch {
