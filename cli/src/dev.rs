@@ -220,6 +220,7 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
          \n  runnel agg list --admin-addr {admin}\
          \n  runnel agg read events_per_type --admin-addr {admin}\
          \n  runnel log read --topic late_events --admin-addr {admin}\
+         \n  runnel archive status --admin-addr {admin}   (the log as a Delta Lake table: docs/archive.md)\
          \n  runnel query \"SELECT event_type, SUM(events) AS events FROM events_per_type GROUP BY event_type ORDER BY events DESC\"{query_args}\
          \n\nFrom Python (pip install pyarrow):\
          \n  import pyarrow.flight as fl\
