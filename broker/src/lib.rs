@@ -77,6 +77,10 @@ impl RunningBroker {
 /// Starts a broker: recovers the log, binds QUIC and admin.
 pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Result<RunningBroker> {
     cfg.validate()?;
+    // rustls picks its process-wide provider itself only when one is compiled in; `deltalake`
+    // compiles `aws-lc-rs` in too, so ring (the provider of the workspace) is installed here for
+    // what asks for the default (tonic's TLS for Flight). An error means one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = runnel_config::telemetry::prometheus();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
