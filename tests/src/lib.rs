@@ -421,6 +421,29 @@ pub fn event(id: &str, event_type: &str) -> serde_json::Value {
     })
 }
 
+/// Posts `body` (a JSON array of events) to the agent at `agent_url`, retrying until it is
+/// accepted (202); panics after 120 s without.
+pub async fn post_until_accepted(client: &reqwest::Client, agent_url: &str, body: String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = client
+            .post(format!("{agent_url}/v1/events"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent at {agent_url} did not accept a request in 120 s: {:?}",
+            r.map(|r| r.status())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Posts generated events to an agent in order, `batch` events per request, retrying each
 /// request until it is accepted (202), waiting `pace` between requests.
 pub async fn post_generated(
@@ -439,24 +462,7 @@ pub async fn post_generated(
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let r = client
-                .post(format!("{agent_url}/v1/events"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent at {agent_url} did not accept a request in 120 s: {:?}",
-                r.map(|r| r.status())
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        post_until_accepted(&client, agent_url, body).await;
         tokio::time::sleep(pace).await;
     }
 }

@@ -62,24 +62,99 @@ async fn post_all(url: &str, range: std::ops::Range<u64>, per: u64) {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut n = range.start;
-    while n < range.end {
-        let hi = (n + per).min(range.end);
-        let body = Value::Array((n..hi).map(event).collect()).to_string();
-        loop {
-            let r = client
-                .post(format!("{url}/v1/events"))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        n = hi;
+    for lo in range.clone().step_by(per as usize) {
+        let hi = (lo + per).min(range.end);
+        let body = Value::Array((lo..hi).map(event).collect()).to_string();
+        runnel_e2e::post_until_accepted(&client, url, body).await;
     }
+}
+
+/// The Flight token of these tests' brokers.
+const TOKEN: &str = "archive-test-token";
+
+/// Broker arguments serving Flight on a free loopback port, and that address.
+fn flight_args() -> (Vec<String>, String) {
+    let addr = format!("127.0.0.1:{}", runnel_e2e::free_tcp_port());
+    (
+        vec![
+            format!("--flight-addr={addr}"),
+            format!("--flight-token={TOKEN}"),
+        ],
+        addr,
+    )
+}
+
+/// `runnel query SQL --format json` against the broker's Flight at `addr`: the rows.
+fn query(addr: &str, sql: &str) -> Vec<Value> {
+    let out = std::process::Command::new(bin("runnel"))
+        .args(["query", sql, "--format", "json"])
+        .arg(format!("--flight-addr={addr}"))
+        .arg(format!("--flight-token={TOKEN}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runnel query {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `events` in SQL (log and archive together) holds events `0..n`, per partition, each offset
+/// once; a query bounded in `timestamp` (pruned to one day's partitions) counts that day.
+fn assert_sql_events_are_the_log(addr: &str, n: u64) {
+    let rows = query(
+        addr,
+        "SELECT count(*) AS n, count(DISTINCT \"offset\") AS d, min(\"offset\") AS lo, \
+         max(\"offset\") AS hi FROM events",
+    );
+    assert_eq!(
+        rows[0],
+        serde_json::json!({"n": n, "d": n, "lo": 0, "hi": n - 1}),
+        "runnel query over events"
+    );
+    let rows = query(
+        addr,
+        "SELECT event_type || '|' || to_char(\"timestamp\", '%Y-%m-%d') AS p, count(*) AS n \
+         FROM events GROUP BY 1",
+    );
+    let got: BTreeMap<String, u64> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["p"].as_str().unwrap().to_string(),
+                r["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..n {
+        *want.entry(partition_of(i)).or_default() += 1;
+    }
+    assert_eq!(got, want, "runnel query per partition");
+    // The second day, by event time.
+    let from = 1_764_000_000_000i64 + 86_400_000;
+    let day = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let sql = format!(
+        "SELECT count(*) AS n FROM events WHERE \"timestamp\" >= '{}' AND \"timestamp\" < '{}'",
+        day(from),
+        day(from + 86_400_000)
+    );
+    let want = (0..n)
+        .filter(|i| {
+            let ms = event(*i)["timestamp"].as_i64().unwrap();
+            ms >= from && ms < from + 86_400_000
+        })
+        .count() as u64;
+    assert_eq!(query(addr, &sql)[0]["n"], want, "{sql}");
 }
 
 /// `runnel archive status`, parsed.
@@ -132,12 +207,15 @@ fn assert_archive_is_the_log(got: &Value, n: u64) {
 async fn archive_holds_every_offset_once_across_kill_9() {
     const EVENTS: u64 = 60_000;
     const KILLS: u32 = 20;
+    let (mut broker_args, flight) = flight_args();
+    broker_args.extend([
+        "--archive-interval-ms=100".to_string(),
+        "--archive-commit-events-max=2000".to_string(),
+    ]);
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
     let mut p = Pipeline::with_args(
         &["--ship-timeout-ms=1000", "--ship-backoff-max-ms=200"],
-        &[
-            "--archive-interval-ms=100",
-            "--archive-commit-events-max=2000",
-        ],
+        &broker_args,
     );
     p.start().await;
     let url = p.agent_url.clone();
@@ -167,6 +245,7 @@ async fn archive_holds_every_offset_once_across_kill_9() {
     let uri = p.dir.path().join("broker/archive/events");
     let got = check(uri.to_str().unwrap(), None);
     assert_archive_is_the_log(&got, EVENTS);
+    assert_sql_events_are_the_log(&flight, EVENTS);
     let cols = got["deltalake"]["columns"].as_array().unwrap();
     for c in [
         "offset",
@@ -236,19 +315,26 @@ async fn archive_in_s3_reads_back_exactly() {
     const EVENTS: u64 = 20_000;
     let moto = Moto::start().await;
     moto.bucket("runnel-archive").await;
-    let endpoint = format!("--archive-s3-endpoint={}", moto.endpoint);
-    let mut p = Pipeline::with_args(
-        &[],
-        &[
-            "--archive-url=s3://runnel-archive/prod",
-            &endpoint,
-            "--archive-s3-region=us-east-1",
-            "--archive-s3-access-key-id=testing",
-            "--archive-s3-secret-access-key=testing",
-            "--archive-interval-ms=200",
-            "--archive-commit-events-max=3000",
-        ],
+    let (mut broker_args, flight) = flight_args();
+    broker_args.extend(
+        [
+            "--archive-url=s3://runnel-archive/prod".to_string(),
+            format!("--archive-s3-endpoint={}", moto.endpoint),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "--archive-s3-region=us-east-1",
+                "--archive-s3-access-key-id=testing",
+                "--archive-s3-secret-access-key=testing",
+                "--archive-interval-ms=200",
+                "--archive-commit-events-max=3000",
+            ]
+            .map(String::from),
+        ),
     );
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(&[], &broker_args);
     p.start().await;
     post_all(&p.agent_url, 0..EVENTS / 2, 500).await;
     p.broker.kill9();
@@ -269,6 +355,7 @@ async fn archive_in_s3_reads_back_exactly() {
     });
     let got = check("s3://runnel-archive/prod/events", Some(&options));
     assert_archive_is_the_log(&got, EVENTS);
+    assert_sql_events_are_the_log(&flight, EVENTS);
 }
 
 /// A bad `archive_url` stops the broker at start with a message naming the setting.

@@ -57,7 +57,7 @@ pub struct Admin {
     /// Prometheus renderer.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The archiver's status (`None`: `archive_enabled` is off).
-    pub archive: Option<crate::archive::Shared>,
+    pub archive: Option<Arc<crate::archive::Shared>>,
 }
 
 /// The admin router.
@@ -95,7 +95,7 @@ async fn stats(State(a): State<Arc<Admin>>) -> Response {
 /// the archive is off.
 async fn archive_status(State(a): State<Arc<Admin>>) -> Response {
     match &a.archive {
-        Some(s) => axum::Json(s.lock().expect("lock poisoned").clone()).into_response(),
+        Some(s) => axum::Json(s.status.lock().expect("lock poisoned").clone()).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             axum::Json(

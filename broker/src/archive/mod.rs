@@ -53,25 +53,55 @@ pub struct Settings {
 
 pub use runnel_client::api::{ArchiveStatus as Status, ArchiveTableStatus as TableStatus};
 
-/// The archiver's status, shared with the admin API.
-pub type Shared = Arc<Mutex<Status>>;
+/// What the archiver shares with the admin API and the query layer.
+#[derive(Debug)]
+pub struct Shared {
+    /// `GET /v1/archive`.
+    pub status: Mutex<Status>,
+    /// The `events` table as last committed, for queries (`None` before the first open).
+    view: Mutex<Option<View>>,
+}
+
+/// A committed version of the `events` table and the first offset it lacks: a query reads
+/// the table below that offset and the log from it on.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The table at that version.
+    pub table: deltalake::DeltaTable,
+    /// Its transaction version: every offset below it is in the table, none at or after it.
+    pub archived_end: u64,
+}
+
+impl Shared {
+    /// The last committed view of `events` (`None` until the archiver has opened it).
+    pub fn view(&self) -> Option<View> {
+        self.view.lock().expect("lock poisoned").clone()
+    }
+
+    fn publish(&self, view: View) {
+        *self.view.lock().expect("lock poisoned") = Some(view);
+    }
+}
 
 /// Starts the archiver task: it runs until `shutdown` turns true.
 pub fn start(
     log: BrokerLog,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
-) -> Result<(Shared, tokio::task::JoinHandle<()>), String> {
+) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), String> {
     let location = store::open(&settings.url, &settings.s3)?;
-    let shared = Arc::new(Mutex::new(Status {
-        url: location.url.to_string(),
-        interval_ms: settings.interval.as_millis() as u64,
-        tables: vec![TableStatus {
-            name: events::TABLE.into(),
-            url: location.table_url(events::TABLE).to_string(),
-            ..Default::default()
-        }],
-    }));
+    let shared = Arc::new(Shared {
+        status: Mutex::new(Status {
+            url: location.url.to_string(),
+            interval_ms: settings.interval.as_millis() as u64,
+            tables: vec![TableStatus {
+                name: events::TABLE.into(),
+                url: location.table_url(events::TABLE).to_string(),
+                ..Default::default()
+            }],
+        }),
+        view: Mutex::new(None),
+    });
     let archiver = Archiver {
         log,
         settings,
@@ -85,7 +115,7 @@ struct Archiver {
     log: BrokerLog,
     settings: Settings,
     location: store::Location,
-    shared: Shared,
+    shared: Arc<Shared>,
 }
 
 /// The opened `events` table and the first offset it lacks.
@@ -127,7 +157,7 @@ impl Archiver {
     }
 
     fn table_status(&self, f: impl FnOnce(&mut TableStatus)) {
-        let mut s = self.shared.lock().expect("lock poisoned");
+        let mut s = self.shared.status.lock().expect("lock poisoned");
         f(&mut s.tables[0]);
     }
 
@@ -153,6 +183,10 @@ impl Archiver {
                 .increment(swept);
             self.table_status(|s| s.orphans_swept += swept);
             tracing::info!(table = events::TABLE, url = %table.url(), version = table.version(), archived_end, swept, "archive table opened");
+            self.shared.publish(View {
+                table: table.delta().clone(),
+                archived_end,
+            });
             *events = Some(Events {
                 table,
                 archived_end,
@@ -208,6 +242,10 @@ impl Archiver {
             .append(adds, Transaction::new(events::APP_ID, range.next as i64))
             .await?;
         ev.archived_end = range.next;
+        self.shared.publish(View {
+            table: ev.table.delta().clone(),
+            archived_end: range.next,
+        });
         let t = events::TABLE;
         metrics::counter!("runnel_archive_commits_total", "table" => t).increment(1);
         metrics::counter!("runnel_archive_events_total", "table" => t).increment(range.events);

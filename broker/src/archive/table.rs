@@ -83,6 +83,11 @@ impl Table {
         self.table.table_url().to_string()
     }
 
+    /// The Delta table at its current version.
+    pub fn delta(&self) -> &DeltaTable {
+        &self.table
+    }
+
     fn log_store(&self) -> LogStoreRef {
         self.table.log_store()
     }
@@ -256,6 +261,18 @@ mod tests {
         }
     }
 
+    /// An in-memory store behind the fault seam, and its location.
+    fn faulty_memory() -> (Arc<FaultyStore>, Location) {
+        let faulty = Arc::new(FaultyStore::new(Arc::new(
+            object_store::memory::InMemory::new(),
+        )));
+        let loc = Location {
+            root: faulty.clone(),
+            url: url::Url::parse("memory:///archive/").unwrap(),
+        };
+        (faulty, loc)
+    }
+
     async fn open(loc: &Location) -> Table {
         Table::open(
             loc,
@@ -272,13 +289,7 @@ mod tests {
     /// once.
     #[tokio::test]
     async fn a_failed_commit_leaves_orphans_that_are_swept_and_a_retry_commits_once() {
-        let faulty = Arc::new(FaultyStore::new(Arc::new(
-            object_store::memory::InMemory::new(),
-        )));
-        let loc = Location {
-            root: faulty.clone(),
-            url: url::Url::parse("memory:///archive/").unwrap(),
-        };
+        let (faulty, loc) = faulty_memory();
         let mut t = open(&loc).await;
         assert_eq!(t.txn_version(events::APP_ID).await.unwrap(), None);
         let (a, b) = (
@@ -330,13 +341,7 @@ mod tests {
     /// (same name: same range), and a failed data upload commits nothing.
     #[tokio::test]
     async fn an_uncommitted_file_is_replaced_and_a_failed_upload_commits_nothing() {
-        let faulty = Arc::new(FaultyStore::new(Arc::new(
-            object_store::memory::InMemory::new(),
-        )));
-        let loc = Location {
-            root: faulty.clone(),
-            url: url::Url::parse("memory:///archive/").unwrap(),
-        };
+        let (faulty, loc) = faulty_memory();
         let mut t = open(&loc).await;
         let a = "event_type=page.view/date=2026-11-30/part-0-9.zstd.parquet";
         t.put_new(a, bytes::Bytes::from_static(b"first try"))

@@ -45,6 +45,7 @@
 //! `arrow.flight.protocol.sql.*`) goes to [`sql`]: SQL over the same tables, in catalog
 //! `runnel`, schema `public`. JSON queries and path descriptors stay plain Flight.
 
+mod history;
 mod lru;
 mod sql;
 mod tables;

@@ -37,6 +37,7 @@ use tonic::{Request, Status};
 
 use crate::pipeline::aggregates::AggInfo;
 
+use super::history::History;
 use super::tables::{
     FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
 };
@@ -159,12 +160,16 @@ impl Provider {
             tables.push((a.name, schema));
         }
         for (name, schema) in tables {
-            let table = Table {
-                tables: self.tables.clone(),
-                name: name.clone(),
-                schema,
+            let table: Arc<dyn TableProvider> = if name == "events" {
+                Arc::new(History::new(self.tables.clone()))
+            } else {
+                Arc::new(Table {
+                    tables: self.tables.clone(),
+                    name: name.clone(),
+                    schema,
+                })
             };
-            ctx.register_table(name.as_str(), Arc::new(table))
+            ctx.register_table(name.as_str(), table)
                 .map_err(|e| Status::internal(format!("registering table {name}: {e}")))?;
         }
         Ok(ctx)
@@ -279,32 +284,28 @@ struct Table {
     schema: SchemaRef,
 }
 
-impl Table {
-    /// `column = 'text'` on a text column, which the table's query can filter on.
-    fn text_equality<'a>(&self, e: &'a Expr) -> Option<(&'a str, &'a str)> {
-        let Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) = e
-        else {
-            return None;
-        };
-        let (column, value) = match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
-                (c, v)
-            }
-            _ => return None,
-        };
-        let value = match value {
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)) => s.as_str(),
-            _ => return None,
-        };
-        let field = self.schema.field_with_name(&column.name).ok()?;
-        (field.data_type() == &DataType::Utf8).then_some((column.name.as_str(), value))
-    }
+/// `column = 'text'` on a text column of `schema`, which a table's read can filter on.
+pub(super) fn text_equality<'a>(schema: &SchemaRef, e: &'a Expr) -> Option<(&'a str, &'a str)> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = e
+    else {
+        return None;
+    };
+    let (column, value) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
+        _ => return None,
+    };
+    let value = match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.as_str(),
+        _ => return None,
+    };
+    let field = schema.field_with_name(&column.name).ok()?;
+    (field.data_type() == &DataType::Utf8).then_some((column.name.as_str(), value))
 }
 
 #[async_trait]
@@ -324,7 +325,7 @@ impl TableProvider for Table {
         // Text equalities narrow the read; DataFusion still applies every filter itself.
         Ok(filters
             .iter()
-            .map(|f| match self.text_equality(f) {
+            .map(|f| match text_equality(&self.schema, f) {
                 Some(_) => TableProviderFilterPushDown::Inexact,
                 None => TableProviderFilterPushDown::Unsupported,
             })
@@ -344,7 +345,7 @@ impl TableProvider for Table {
             ..TableQuery::default()
         };
         for f in filters {
-            if let Some((column, value)) = self.text_equality(f) {
+            if let Some((column, value)) = text_equality(&self.schema, f) {
                 // Two different values for one column match nothing; the query keeps one and
                 // DataFusion's own filter removes the rest.
                 query

@@ -232,6 +232,40 @@ impl Tables {
         Ok((schema, batches))
     }
 
+    /// The log's events from offset `start` on (what the archive lacks) with `timestamp` in
+    /// `[from, to)` and the text `filters`, every column; and the log's first offset after
+    /// the read, which a caller checks is not past `start` (the archiver deletes segments it
+    /// has committed).
+    pub(super) async fn hot_events(
+        &self,
+        start: u64,
+        (from, to): (i64, i64),
+        filters: BTreeMap<String, String>,
+    ) -> Result<(Vec<RecordBatch>, u64), Status> {
+        let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
+        tokio::task::spawn_blocking(move || {
+            let schema = events_schema();
+            let batches = events_batches(
+                &log,
+                &blocks,
+                &schema,
+                from,
+                to,
+                &filters,
+                usize::MAX,
+                start,
+            )?;
+            Ok((batches, log.stats().start_offset))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    /// The archive's last committed view of `events`, when the archive is on.
+    pub(super) fn archive(&self) -> Option<&crate::archive::Shared> {
+        self.admin.archive.as_deref()
+    }
+
     /// The record batches a query returns.
     async fn batches(&self, q: TableQuery) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let (schema, info) = self.schema_of(&q).await?;
@@ -256,7 +290,8 @@ impl Tables {
                 let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
                 let (schema, filters, scan) = (schema.clone(), q.filters.clone(), self.rows_max);
                 tokio::task::spawn_blocking(move || {
-                    events_batches(&log, &blocks, &schema, from, to, &filters, limit, scan)
+                    let start = log.durable_end().saturating_sub(scan as u64);
+                    events_batches(&log, &blocks, &schema, from, to, &filters, limit, start)
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
@@ -634,8 +669,8 @@ fn build_events(
     cols.finish(schema)
 }
 
-/// The events with `timestamp` in `[from, to)` and the text `filters` among the last `scan`
-/// of the log, at most `limit`, oldest first.
+/// The events with `timestamp` in `[from, to)` and the text `filters` among the log's from
+/// offset `start` on, at most `limit`, oldest first.
 #[allow(clippy::too_many_arguments)]
 fn events_batches(
     log: &crate::log::BrokerLog,
@@ -645,12 +680,11 @@ fn events_batches(
     to: i64,
     filters: &BTreeMap<String, String>,
     limit: usize,
-    scan: usize,
+    start: u64,
 ) -> Result<Vec<RecordBatch>, Status> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{TimestampMillisecondType, UInt64Type};
     let end = log.durable_end();
-    let start = end.saturating_sub(scan as u64);
     let block_rows = BATCH_ROWS as u64;
     let filtered = from != i64::MIN || to != i64::MAX || !filters.is_empty();
     let mut out = Vec::new();
@@ -844,7 +878,7 @@ mod tests {
                 i64::MAX,
                 &none,
                 usize::MAX,
-                usize::MAX,
+                0,
             )
             .unwrap()
         };
@@ -863,7 +897,8 @@ mod tests {
             1_000_000 + total as i64 - 68_000,
             1_000_000 + total as i64 - 10,
         );
-        let got = events_batches(&log, &blocks, &schema, from, to, &ios, 5_000, scan).unwrap();
+        let start = total - scan as u64;
+        let got = events_batches(&log, &blocks, &schema, from, to, &ios, 5_000, start).unwrap();
         let want: Vec<u64> = (total - scan as u64..total)
             .filter(|n| {
                 let ts = 1_000_000 + *n as i64;

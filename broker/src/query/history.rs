@@ -1,0 +1,293 @@
+//! `events` in SQL over every tier: the archive's `events` table below the offset it has
+//! archived to, the log from that offset on. A query over the last hour and one over last year
+//! read the same table, and every event is in it once, whatever the archiver is doing.
+//!
+//! ## One split offset
+//! The archiver publishes each committed version of its table with that version's transaction
+//! version, the first offset it lacks ([`crate::archive::View`]). A scan takes one such view:
+//! the table's files give the offsets below it, the log the offsets from it on. The log keeps
+//! every segment the archive lacks (the archiver deletes only what it has committed), so the
+//! two parts meet; a scan that finds the log already starting past its split (the view was
+//! replaced and segments deleted while it read) takes the new view and reads again.
+//!
+//! ## Pruning
+//! Every filter is passed in (as inexact: DataFusion applies them all again above the scan).
+//! From bounds on `timestamp` the scan derives bounds on the archive's `date` partitions and on
+//! its `timestamp` column in the archive's own type, so Delta skips partitions and files by
+//! their statistics; equality on a text column goes to both parts as it is. The log part is
+//! read only from the split on (about `archive_interval_ms` of events) and filtered as it is
+//! read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::memory::MemTable;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, LogicalPlanBuilder, Operator, TableProviderFilterPushDown, TableType, cast,
+    col, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use tonic::Status;
+
+use super::sql::text_equality;
+use super::tables::{Tables, events_schema};
+
+/// Reads of the log that found it starting past the split before a scan gives up.
+const SPLIT_RETRIES: usize = 3;
+
+/// The `events` table of SQL.
+#[derive(Debug)]
+pub struct History {
+    tables: Arc<Tables>,
+    schema: SchemaRef,
+}
+
+impl History {
+    /// `events` over the archive (when it is on) and the log.
+    pub fn new(tables: Arc<Tables>) -> Self {
+        Self {
+            tables,
+            schema: events_schema(),
+        }
+    }
+}
+
+fn external(s: Status) -> DataFusionError {
+    DataFusionError::External(Box::new(s))
+}
+
+/// The bounds on `timestamp` (milliseconds, `[from, to)`) that `filters` imply.
+fn time_bounds(filters: &[Expr]) -> (i64, i64) {
+    let (mut from, mut to) = (i64::MIN, i64::MAX);
+    for f in filters {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else {
+            continue;
+        };
+        let (op, v) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) if c.name == "timestamp" => (*op, v),
+            (Expr::Literal(v, _), Expr::Column(c)) if c.name == "timestamp" => {
+                let Some(op) = op.swap() else { continue };
+                (op, v)
+            }
+            _ => continue,
+        };
+        let Some(ms) = timestamp_ms(v) else { continue };
+        match op {
+            Operator::GtEq => from = from.max(ms),
+            Operator::Gt => from = from.max(ms.saturating_add(1)),
+            Operator::Lt => to = to.min(ms),
+            Operator::LtEq => to = to.min(ms.saturating_add(1)),
+            Operator::Eq => {
+                from = from.max(ms);
+                to = to.min(ms.saturating_add(1));
+            }
+            _ => {}
+        }
+    }
+    (from, to)
+}
+
+/// A timestamp literal in milliseconds (rounded down).
+fn timestamp_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(ms), _) => Some(*ms),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => Some(us.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(ns), _) => Some(ns.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+/// The UTC day of `ms` (days since 1970-01-01).
+fn day_of(ms: i64) -> i32 {
+    ms.div_euclid(86_400_000)
+        .clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+/// The filters on the archive's own columns that keep every row of `[from, to)`, the text
+/// equalities and the offsets below `split`.
+fn archive_filters(
+    (from, to): (i64, i64),
+    texts: &BTreeMap<String, String>,
+    split: u64,
+) -> Vec<Expr> {
+    let utc = Some(Arc::from("UTC"));
+    let mut out = vec![col("offset").lt(lit(i64::try_from(split).unwrap_or(i64::MAX)))];
+    if from != i64::MIN {
+        out.push(col("date").gt_eq(lit(ScalarValue::Date32(Some(day_of(from))))));
+        if let Some(us) = from.checked_mul(1000) {
+            out.push(
+                col("timestamp").gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                    Some(us),
+                    utc.clone(),
+                ))),
+            );
+        }
+    }
+    if to != i64::MAX {
+        out.push(col("date").lt_eq(lit(ScalarValue::Date32(Some(day_of(to - 1))))));
+        if let Some(us) = to.checked_mul(1000) {
+            out.push(col("timestamp").lt(lit(ScalarValue::TimestampMicrosecond(Some(us), utc))));
+        }
+    }
+    for (c, v) in texts {
+        out.push(col(c.as_str()).eq(lit(v.as_str())));
+    }
+    out
+}
+
+#[async_trait]
+impl TableProvider for History {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let bounds = time_bounds(filters);
+        let mut texts = BTreeMap::new();
+        for f in filters {
+            if let Some((c, v)) = text_equality(&self.schema, f) {
+                texts.entry(c.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+        let mut tries = 0;
+        let (view, hot) = loop {
+            let view = match self.tables.archive() {
+                Some(a) => match a.view() {
+                    Some(v) => Some(v),
+                    None if self.tables.admin.log.stats().start_offset > 0 => {
+                        return Err(external(Status::unavailable(
+                            "events: the archive is not open yet, and the log no longer holds \
+                             its oldest events; try again in a moment",
+                        )));
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let split = view.as_ref().map_or(0, |v| v.archived_end);
+            let (hot, log_start) = self
+                .tables
+                .hot_events(split, bounds, texts.clone())
+                .await
+                .map_err(external)?;
+            if log_start <= split {
+                break (view, hot);
+            }
+            tries += 1;
+            if tries >= SPLIT_RETRIES {
+                return Err(external(Status::unavailable(format!(
+                    "events: the log starts at offset {log_start}, past the archive's \
+                     {split}, after {tries} reads; try again"
+                ))));
+            }
+        };
+        let hot = MemTable::try_new(self.schema.clone(), vec![hot])?;
+        let hot = LogicalPlanBuilder::scan("hot", provider_as_source(Arc::new(hot)), None)?;
+        let mut plan = match view {
+            Some(view) => {
+                view.table
+                    .update_datafusion_session(state)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let provider: Arc<dyn TableProvider> = view
+                    .table
+                    .table_provider()
+                    .await
+                    .map_err(|e| DataFusionError::Plan(format!("events archive: {e}")))?;
+                let mut b =
+                    LogicalPlanBuilder::scan("archive", provider_as_source(provider), None)?;
+                for f in archive_filters(bounds, &texts, view.archived_end) {
+                    b = b.filter(f)?;
+                }
+                let columns: Vec<Expr> = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+                    .collect();
+                b.project(columns)?.union(hot.build()?)?
+            }
+            None => hot,
+        };
+        if let Some(p) = projection {
+            let names: Vec<Expr> = p
+                .iter()
+                .map(|i| col(self.schema.field(*i).name().as_str()))
+                .collect();
+            plan = plan.project(names)?;
+        }
+        if limit.is_some() && filters.is_empty() {
+            plan = plan.limit(0, limit)?;
+        }
+        state.create_physical_plan(&plan.build()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(ms: i64) -> Expr {
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_bounds_come_from_comparisons_either_way_round() {
+        let f = vec![
+            col("timestamp").gt_eq(ts(1_000)),
+            ts(5_000).gt(col("timestamp")),
+            col("timestamp").gt(ts(1_500)),
+            col("platform").eq(lit("ios")),
+        ];
+        assert_eq!(time_bounds(&f), (1_501, 5_000));
+        assert_eq!(
+            time_bounds(&[col("timestamp").lt_eq(ts(9))]),
+            (i64::MIN, 10)
+        );
+        assert_eq!(time_bounds(&[]), (i64::MIN, i64::MAX));
+    }
+
+    #[test]
+    fn archive_filters_bound_days_inclusively() {
+        let day = 86_400_000;
+        let f = archive_filters((day * 3 + 5, day * 5), &BTreeMap::new(), 42);
+        let text: Vec<String> = f.iter().map(|e| e.to_string()).collect();
+        assert!(text[0].contains("offset < Int64(42)"), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("date >= Date32(\"1970-01-04\")")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("date <= Date32(\"1970-01-05\")")),
+            "{text:?}"
+        );
+    }
+}
