@@ -130,6 +130,10 @@ settings! {
     /// `s3://bucket/prefix` (S3 or an S3-compatible server), or `memory:///` (gone at exit).
     /// Unset: `DATA_DIR/archive`. Each table is a folder under it (`…/events/`).
     archive_url: Option<String> [String] = None;
+    /// A sealed log segment (the hot tier) is deleted once every offset in it is committed to
+    /// the archive and read by the pipeline, and its newest record was appended more than this
+    /// long ago, in milliseconds. Never while the archive is off or behind.
+    log_retention_ms: u64 [u64] = 604_800_000;
     /// Time between archive passes, in milliseconds; each pass archives everything durable,
     /// so the archive lags the log by about this much whatever the volume.
     archive_interval_ms: u64 [u64] = 300_000;
@@ -186,6 +190,7 @@ impl BrokerConfig {
             },
             interval: std::time::Duration::from_millis(self.archive_interval_ms),
             commit_events_max: self.archive_commit_events_max,
+            log_retention: std::time::Duration::from_millis(self.log_retention_ms),
         }
     }
 

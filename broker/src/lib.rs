@@ -153,10 +153,17 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let admin_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let consumed = pipeline.shared.clone();
+    let readers_floor: archive::ReadersFloor =
+        Arc::new(move || consumed.offset.load(std::sync::atomic::Ordering::Acquire));
     let archive = if cfg.archive_enabled {
-        let (status, task) =
-            archive::start(log.clone(), cfg.archive_settings(), shutdown_rx.clone())
-                .map_err(|e| anyhow::anyhow!("archive_url: {e}"))?;
+        let (status, task) = archive::start(
+            log.clone(),
+            readers_floor,
+            cfg.archive_settings(),
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("archive_url: {e}"))?;
         tasks.push(task);
         Some(status)
     } else {

@@ -375,3 +375,101 @@ fn a_bad_archive_url_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// `runnel log stats`: (first offset, segments).
+fn hot_tier(p: &Pipeline) -> (u64, u64) {
+    let s = p.log_stats();
+    (
+        s["start_offset"].as_u64().unwrap(),
+        s["segments"].as_u64().unwrap(),
+    )
+}
+
+/// Must-show 3 (the hot tier): with `log_retention_ms=0` the log keeps only what the archive
+/// lacks, and `events` in SQL still counts everything; with the archive unable to commit (its
+/// folder replaced by a file) not one segment is deleted while the log grows, and once it can
+/// again it catches up and the hot tier shrinks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_tier_is_deleted_only_once_archived() {
+    const EVENTS: u64 = 20_000;
+    let (mut broker_args, flight) = flight_args();
+    // Requests of 10 events, batches of at most 1 KiB compressed (about 50 events, 17 KiB
+    // decompressed): a segment holds about 1,500 events.
+    broker_args.extend(
+        [
+            "--batch-bytes-max=32768",
+            "--segment-bytes-max=65536",
+            "--log-retention-ms=0",
+            "--archive-interval-ms=200",
+        ]
+        .map(String::from),
+    );
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(&["--ship-batch-bytes-max=1024"], &broker_args);
+    p.start().await;
+    post_all(&p.agent_url, 0..EVENTS / 2, 10).await;
+    p.wait_for_records(EVENTS / 2, Duration::from_secs(60))
+        .await;
+    wait_archived(&p, EVENTS / 2, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hot_tier(&p).0 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no segment was deleted: {:?}\n{}\n{}",
+            p.log_stats(),
+            archive_status(&p),
+            p.broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (start, segments) = hot_tier(&p);
+    eprintln!("hot tier after archiving: from offset {start}, {segments} segments");
+    assert_sql_events_are_the_log(&flight, EVENTS / 2);
+    assert!(
+        p.metrics()
+            .await
+            .contains("runnel_log_segments_deleted_total")
+    );
+
+    // The archive cannot commit: its folder is a file now.
+    let archive = p.dir.path().join("broker/archive");
+    let away = p.dir.path().join("archive.away");
+    std::fs::rename(&archive, &away).unwrap();
+    std::fs::write(&archive, b"not a folder").unwrap();
+    post_all(&p.agent_url, EVENTS / 2..EVENTS, 10).await;
+    p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (start_stopped, segments_stopped) = hot_tier(&p);
+    assert_eq!(
+        start_stopped, start,
+        "a segment the archive lacks was deleted"
+    );
+    assert!(
+        segments_stopped >= segments + 5,
+        "the log grew: {segments} → {segments_stopped} segments"
+    );
+    let status = archive_status(&p);
+    assert!(
+        status["tables"][0]["last_error"].is_string(),
+        "the archive reports its failure: {status}"
+    );
+    let held = p.log_read(start, EVENTS as usize);
+    assert_eq!(
+        held.len() as u64,
+        EVENTS - start,
+        "every unarchived event is held"
+    );
+
+    // Back: it catches up, then deletes.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::rename(&away, &archive).unwrap();
+    wait_archived(&p, EVENTS, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hot_tier(&p).1 >= segments_stopped {
+        assert!(Instant::now() < deadline, "the hot tier did not shrink");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_sql_events_are_the_log(&flight, EVENTS);
+    let got = check(archive.join("events").to_str().unwrap(), None);
+    assert_archive_is_the_log(&got, EVENTS);
+}

@@ -21,6 +21,13 @@
 //! Every `archive_interval_ms` the archiver archives everything durable, whatever the volume
 //! (a segment need not fill first): the archive lags the log by about that interval.
 //!
+//! ## The hot tier: mark, then delete
+//! The commit's transaction version is the mark. After a pass has caught up, the archiver asks
+//! the log writer to delete the sealed segments wholly below it, below the pipeline's committed
+//! offset too ([`ReadersFloor`]), whose newest record is older than `log_retention_ms`. A
+//! segment the archive lacks is never deleted: with the archiver failing or off the log only
+//! grows, bounded by the disk-full policy.
+//!
 //! May call: [`crate::log`] (reads).
 
 pub mod events;
@@ -49,7 +56,13 @@ pub struct Settings {
     pub interval: Duration,
     /// Most events one commit takes.
     pub commit_events_max: usize,
+    /// How long a sealed log segment the archive holds is kept (`log_retention_ms`).
+    pub log_retention: Duration,
 }
+
+/// The lowest log offset another reader still needs (the pipeline's committed offset): no
+/// segment at or past it is deleted.
+pub type ReadersFloor = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 pub use runnel_client::api::{ArchiveStatus as Status, ArchiveTableStatus as TableStatus};
 
@@ -86,6 +99,7 @@ impl Shared {
 /// Starts the archiver task: it runs until `shutdown` turns true.
 pub fn start(
     log: BrokerLog,
+    readers_floor: ReadersFloor,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), String> {
@@ -104,6 +118,7 @@ pub fn start(
     });
     let archiver = Archiver {
         log,
+        readers_floor,
         settings,
         location,
         shared: shared.clone(),
@@ -113,6 +128,7 @@ pub fn start(
 
 struct Archiver {
     log: BrokerLog,
+    readers_floor: ReadersFloor,
     settings: Settings,
     location: store::Location,
     shared: Arc<Shared>,
@@ -197,7 +213,7 @@ impl Archiver {
             let end = self.log.durable_end();
             self.report(ev, end)?;
             if ev.archived_end >= end || *shutdown.borrow() {
-                return Ok(());
+                return self.retire(ev.archived_end).await;
             }
             self.archive_range(ev).await?;
         }
@@ -264,6 +280,21 @@ impl Archiver {
         );
         self.table_status(|s| s.last_commit_ms = Some(now));
         Ok(())
+    }
+
+    /// Deletes the log segments the archive holds (below `archived_end`, the mark committed in
+    /// the table) that the pipeline has read and `log_retention_ms` has passed for.
+    async fn retire(&self, archived_end: u64) -> Result<(), String> {
+        let below = archived_end.min((self.readers_floor)());
+        let retention = i64::try_from(self.settings.log_retention.as_millis()).unwrap_or(i64::MAX);
+        let before = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(retention);
+        self.log
+            .retire(below, before)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("deleting archived log segments: {e}"))
     }
 
     /// Refreshes the status and the lag gauge.

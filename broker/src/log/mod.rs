@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use checkpoint::{Checkpoint, Checkpointer};
 use producers::Producers;
 use walk::{ReadSize, walk};
-use writer::{Append, Request};
+use writer::{Append, Request, Retire};
 
 /// A batch that passed every check, ready for the writer.
 #[derive(Debug)]
@@ -318,6 +318,38 @@ impl BrokerLog {
         };
         let _ = self.tx.send(Request::Stop).await;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+
+    /// Deletes the sealed segments wholly below offset `below` whose records were all appended
+    /// before `appended_before_ms` (the hot tier's retention: the archiver asks with the offset
+    /// it has committed). Returns (segments, bytes) deleted.
+    pub async fn retire(
+        &self,
+        below: u64,
+        appended_before_ms: i64,
+    ) -> Result<(usize, u64), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Retire(Retire {
+                below,
+                appended_before_ms,
+                reply,
+            }))
+            .await
+            .map_err(|_| "log writer stopped".to_string())?;
+        let (segments, bytes) = rx.await.map_err(|_| "log writer stopped".to_string())??;
+        if segments > 0 {
+            metrics::counter!("runnel_log_segments_deleted_total").increment(segments as u64);
+            metrics::counter!("runnel_log_deleted_bytes_total").increment(bytes);
+            tracing::info!(
+                segments,
+                bytes,
+                below,
+                start_offset = self.reader.stats().start_offset,
+                "deleted log segments the archive holds"
+            );
+        }
+        Ok((segments, bytes))
     }
 
     /// Records scanned at open to recover the producer table and counts (those after the

@@ -27,9 +27,27 @@ pub(super) struct Append {
     pub reply: oneshot::Sender<BatchAck>,
 }
 
+/// A retention request: delete the sealed segments wholly below `below` whose records were all
+/// appended before `appended_before_ms`.
+pub(super) struct Retire {
+    pub below: u64,
+    pub appended_before_ms: i64,
+    pub reply: oneshot::Sender<Result<(usize, u64), String>>,
+}
+
+impl Retire {
+    fn run(self, log: &mut SegmentLog) {
+        let done = log
+            .delete_before_appended(self.below, self.appended_before_ms)
+            .map_err(|e| e.to_string());
+        let _ = self.reply.send(done);
+    }
+}
+
 /// What the writer is asked.
 pub(super) enum Request {
     Append(Append),
+    Retire(Retire),
     /// Answer what is queued, then end: sends after this fail ("log writer stopped").
     Stop,
 }
@@ -82,6 +100,10 @@ pub(super) fn writer(
         // loop ends.
         match first {
             Request::Append(a) => group.push(a),
+            Request::Retire(r) => {
+                r.run(&mut log);
+                continue;
+            }
             Request::Stop => {
                 rx.close();
                 continue;
@@ -90,6 +112,7 @@ pub(super) fn writer(
         while group.len() < GROUP_COMMIT_MAX {
             match rx.try_recv() {
                 Ok(Request::Append(a)) => group.push(a),
+                Ok(Request::Retire(r)) => r.run(&mut log),
                 Ok(Request::Stop) => rx.close(),
                 Err(_) => break,
             }

@@ -14,7 +14,8 @@
 //!   `quantiles` as three Float64 columns `m_p50`, `m_p90`, `m_p99`). The schema's metadata
 //!   carries `runnel.watermark` (RFC 3339, empty before the first event), `runnel.window` and
 //!   `runnel.allowed_lateness_ms`, so a client knows how complete the data is;
-//! - `events`: the most recent events of the log (at most `flight_rows_max`), every envelope
+//! - `events`: in SQL the whole history, archive and log ([`history`]); in plain Flight the
+//!   most recent events of the log (at most `flight_rows_max`). Every envelope
 //!   field, `properties` as JSON text. Blocks of 65,536 durable offsets are kept as Arrow
 //!   (`flight_event_cache_bytes_max`), so a repeated read builds only the newest block;
 //! - `dead_letters` and `late_events`: `offset`, `source_offset` and the entry as JSON text.

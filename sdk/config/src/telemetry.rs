@@ -28,8 +28,11 @@ pub fn prometheus() -> PrometheusHandle {
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`). Colour only when stderr is
 /// a terminal and `NO_COLOR` is unset or empty, so a log written to a file or a pipe is plain text.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,quinn=warn,rustls=warn,buoyant_kernel=warn,deltalake_core=warn,datafusion=warn",
+        )
+    });
     let colour = use_colour(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),

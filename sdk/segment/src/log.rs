@@ -649,12 +649,23 @@ impl SegmentLog {
     /// Deletes sealed segments whose every offset is below `offset`. Returns (segments, bytes)
     /// removed. The active segment is never deleted.
     pub fn delete_before(&mut self, offset: u64) -> Result<(usize, u64), LogError> {
+        self.delete_before_appended(offset, i64::MAX)
+    }
+
+    /// Deletes the oldest sealed segments whose every offset is below `offset` and whose
+    /// every record was appended before `appended_before_ms` (record timestamps): a retention
+    /// by age. Returns (segments, bytes) removed. The active segment is never deleted.
+    pub fn delete_before_appended(
+        &mut self,
+        offset: u64,
+        appended_before_ms: i64,
+    ) -> Result<(usize, u64), LogError> {
         let doomed: Vec<(PathBuf, u64)> = {
             let segs = self.shared.segments.read().expect("lock poisoned");
             let sealed = &segs[..segs.len() - 1];
             sealed
                 .iter()
-                .take_while(|s| s.end_offset <= offset)
+                .take_while(|s| s.end_offset <= offset && s.max_ts < appended_before_ms)
                 .map(|s| (s.path.clone(), s.durable_len))
                 .collect()
         };

@@ -205,6 +205,33 @@ fn offsets_never_go_back_after_deleting_everything() {
 }
 
 #[test]
+fn retention_by_age_keeps_segments_with_a_newer_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), small());
+    // Record n appended at time n.
+    for n in 0..30i64 {
+        log.append(&[1; 40], 1, n).unwrap();
+    }
+    log.sync().unwrap();
+    let reader = log.reader();
+    let before = reader.stats();
+    assert!(before.segments > 3, "{before:?}");
+    // Nothing is older than 0; nothing is deleted above offset 0.
+    assert_eq!(log.delete_before_appended(30, 0).unwrap().0, 0);
+    assert_eq!(log.delete_before_appended(0, i64::MAX).unwrap().0, 0);
+    // Below offset 30, appended before 12: only whole segments of records 0..12.
+    let (deleted, _) = log.delete_before_appended(30, 12).unwrap();
+    assert!(deleted > 0);
+    let after = reader.stats();
+    assert!(after.start_offset <= 12, "{after:?}");
+    assert_eq!(after.end_offset, 30);
+    assert_eq!(after.segments, before.segments - deleted);
+    // Past the segments' first offsets, the records are all still there.
+    let first = reader.read(after.start_offset, 100, 1 << 20).unwrap();
+    assert_eq!(first.len() as u64, 30 - after.start_offset);
+}
+
+#[test]
 fn failed_fsync_poisons_the_log_and_nothing_becomes_visible() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, faults) = faulty(dir.path());
