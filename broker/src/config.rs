@@ -140,6 +140,15 @@ settings! {
     /// Most events one archive commit takes (bounds the memory of a pass: about 300 bytes an
     /// event); a larger backlog takes several commits.
     archive_commit_events_max: usize [usize] = 250_000;
+    /// Where the cold tier's tables live (a path or URL like `archive_url`: another bucket, a
+    /// NAS path). Unset: no cold tier; days stay warm until `archive_retention_days`.
+    archive_cold_url: Option<String> [String] = None;
+    /// Days of event time after which a day's partitions move to `archive_cold_url` (a day
+    /// moves once it is more than this many days before today, UTC).
+    archive_cold_after_days: u32 [u32] = 365;
+    /// Days of event time after which a day's partitions are deleted from the archive. Unset:
+    /// never.
+    archive_retention_days: Option<u32> [u32] = None;
     /// S3 endpoint for an `s3://` archive_url (an S3-compatible server, e.g.
     /// `http://127.0.0.1:9000`; `http://` allows plain HTTP). Unset: `AWS_ENDPOINT_URL`, else
     /// AWS.
@@ -191,6 +200,14 @@ impl BrokerConfig {
             interval: std::time::Duration::from_millis(self.archive_interval_ms),
             commit_events_max: self.archive_commit_events_max,
             log_retention: std::time::Duration::from_millis(self.log_retention_ms),
+            cold_url: self.archive_cold_url.clone(),
+            policy: crate::archive::lifecycle::Policy {
+                cold_after_days: self.archive_cold_after_days,
+                retention_days: self.archive_retention_days,
+                vacuum_after_ms: i64::try_from(self.archive_interval_ms.saturating_mul(2))
+                    .unwrap_or(i64::MAX),
+            },
+            audit_path: self.data_dir.join("audit").join("archive.jsonl"),
         }
     }
 
@@ -298,6 +315,15 @@ impl BrokerConfig {
         }
         if self.aggregate_state_bytes_max == 0 {
             return fail("aggregate_state_bytes_max", "must be > 0");
+        }
+        if let Some(r) = self.archive_retention_days
+            && self.archive_cold_url.is_some()
+            && r <= self.archive_cold_after_days
+        {
+            return fail(
+                "archive_retention_days",
+                "must be more than archive_cold_after_days when archive_cold_url is set",
+            );
         }
         if self.archive_interval_ms == 0 {
             return fail("archive_interval_ms", "must be > 0");

@@ -225,6 +225,9 @@ pub struct ArchiveStatus {
 pub struct ArchiveTableStatus {
     /// The table.
     pub name: String,
+    /// Its tier: `warm` (under `archive_url`) or `cold` (under `archive_cold_url`).
+    #[serde(default)]
+    pub tier: String,
     /// Its folder's URL.
     pub url: String,
     /// Its Delta version (`None` before it is opened).

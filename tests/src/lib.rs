@@ -64,7 +64,8 @@ pub fn free_udp_port() -> u16 {
 pub struct Proc {
     name: &'static str,
     program: PathBuf,
-    args: Vec<String>,
+    /// Its arguments (a test may change them between runs).
+    pub args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
     /// How many times it was killed.

@@ -33,10 +33,21 @@ fn check(uri: &str, options: Option<&Value>) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Event `n`: one of four types, its event time on one of five days.
+const DAY_MS: u64 = 86_400_000;
+
+/// Midnight (UTC) ten days ago, fixed for the test process: the first of the events' days.
+fn base_ms() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = chrono::Utc::now().timestamp_millis() as u64;
+        (now / DAY_MS - 10) * DAY_MS
+    })
+}
+
+/// Event `n`: one of four types, its event time on one of five days (ten to six days ago).
 fn event(n: u64) -> Value {
     let day = n % DAYS;
-    let ms = 1_764_000_000_000u64 + day * 86_400_000 + (n % 86_400) * 1000;
+    let ms = base_ms() + day * DAY_MS + (n % 86_400) * 1000;
     serde_json::json!({
         "event_id": format!("a-{n}"),
         "event_type": TYPES[(n / 7 % 4) as usize],
@@ -84,24 +95,41 @@ fn flight_args() -> (Vec<String>, String) {
     )
 }
 
-/// `runnel query SQL --format json` against the broker's Flight at `addr`: the rows.
-fn query(addr: &str, sql: &str) -> Vec<Value> {
+/// `runnel query SQL --format json` against the broker's Flight at `addr`: the rows, or the
+/// error it printed.
+fn try_query(addr: &str, sql: &str) -> Result<Vec<Value>, String> {
     let out = std::process::Command::new(bin("runnel"))
         .args(["query", sql, "--format", "json"])
         .arg(format!("--flight-addr={addr}"))
         .arg(format!("--flight-token={TOKEN}"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "runnel query {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .collect())
+}
+
+/// [`try_query`] that must succeed.
+fn query(addr: &str, sql: &str) -> Vec<Value> {
+    try_query(addr, sql).unwrap_or_else(|e| panic!("runnel query {sql:?}: {e}"))
+}
+
+/// `SELECT count(*) FROM events`, once the broker answers it (it is unavailable until the
+/// archive is open after a start).
+fn count_events(addr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match try_query(addr, "SELECT count(*) AS n FROM events") {
+            Ok(rows) => return rows[0]["n"].clone(),
+            Err(e) => assert!(Instant::now() < deadline, "events: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `events` in SQL (log and archive together) holds events `0..n`, per partition, each offset
@@ -137,7 +165,7 @@ fn assert_sql_events_are_the_log(addr: &str, n: u64) {
     }
     assert_eq!(got, want, "runnel query per partition");
     // The second day, by event time.
-    let from = 1_764_000_000_000i64 + 86_400_000;
+    let from = (base_ms() + DAY_MS) as i64;
     let day = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
@@ -472,4 +500,145 @@ async fn the_hot_tier_is_deleted_only_once_archived() {
     assert_sql_events_are_the_log(&flight, EVENTS);
     let got = check(archive.join("events").to_str().unwrap(), None);
     assert_archive_is_the_log(&got, EVENTS);
+}
+
+/// The rows per `event_type|date` that `reader` counts in `got`.
+fn partitions(got: &Value, reader: &str) -> BTreeMap<String, u64> {
+    got[reader]["by_partition"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rows of `events` `0..n` per partition whose day is `days` (0 the first) or later.
+fn want_from_day(n: u64, first_day: u64) -> BTreeMap<String, u64> {
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in (0..n).filter(|i| i % DAYS >= first_day) {
+        *want.entry(partition_of(i)).or_default() += 1;
+    }
+    want
+}
+
+/// Must-show 3 (lifecycle), with the thresholds shortened: the events' five days are ten to
+/// six days old. With `archive_cold_after_days=8` the two oldest move to the cold tier while a
+/// reader counts `events` again and again (it sees every event once every time); `deltalake`
+/// and DuckDB read the warm and the cold table and together count the log; the audit log has
+/// the moves. Then with `archive_retention_days=9` the oldest day is deleted, and `events`
+/// counts the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_move_to_the_cold_tier_and_are_deleted_with_every_count_exact() {
+    const EVENTS: u64 = 10_000;
+    let (mut broker_args, flight) = flight_args();
+    broker_args.push("--archive-interval-ms=200".to_string());
+    let args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(&[], &args);
+    p.start().await;
+    post_all(&p.agent_url, 0..EVENTS, 500).await;
+    p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
+    wait_archived(&p, EVENTS, Duration::from_secs(60)).await;
+    assert_sql_events_are_the_log(&flight, EVENTS);
+
+    // The cold tier: the two oldest days are due.
+    let cold = p.dir.path().join("cold");
+    p.broker.kill9();
+    p.broker.args.extend([
+        format!("--archive-cold-url={}", cold.display()),
+        "--archive-cold-after-days=8".to_string(),
+    ]);
+    p.start_broker().await;
+    let counts = {
+        let flight = flight.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                seen.push(count_events(&flight));
+            }
+            seen
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let s = archive_status(&p);
+        if s["tables"][1]["rows"]
+            == want_from_day(EVENTS, 0).values().sum::<u64>()
+                - want_from_day(EVENTS, 2).values().sum::<u64>()
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the days did not move: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(moved["tables"][1]["tier"], "cold", "{moved}");
+    let seen = counts.join().unwrap();
+    assert!(
+        seen.iter().all(|n| *n == EVENTS),
+        "every count of events during the moves is {EVENTS}: {seen:?}"
+    );
+    eprintln!("{} counts during the moves, all {EVENTS}", seen.len());
+    assert_sql_events_are_the_log(&flight, EVENTS);
+    // Removed warm files are deleted from the store after twice the interval.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let warm = check(
+        p.dir.path().join("broker/archive/events").to_str().unwrap(),
+        None,
+    );
+    let cold_got = check(cold.join("events").to_str().unwrap(), None);
+    for reader in ["deltalake", "duckdb", "parquet"] {
+        assert_eq!(
+            partitions(&warm, reader),
+            want_from_day(EVENTS, 2),
+            "warm, {reader}"
+        );
+        let mut both = partitions(&cold_got, reader);
+        for (k, v) in partitions(&warm, reader) {
+            assert!(both.insert(k, v).is_none(), "a partition in both tiers");
+        }
+        assert_eq!(both, want_from_day(EVENTS, 0), "warm + cold, {reader}");
+    }
+    let audit = std::fs::read_to_string(p.dir.path().join("broker/audit/archive.jsonl")).unwrap();
+    let moves: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["action"] == "move")
+        .collect();
+    assert_eq!(moves.len(), 2, "{audit}");
+    assert!(
+        p.metrics()
+            .await
+            .contains("runnel_archive_moved_files_total")
+    );
+
+    // Retention: the oldest day goes.
+    p.broker.kill9();
+    p.broker.args.push("--archive-retention-days=9".to_string());
+    p.start_broker().await;
+    let want = want_from_day(EVENTS, 1).values().sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_events(&flight) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the oldest day was not deleted: {}",
+            archive_status(&p)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = std::fs::read_to_string(p.dir.path().join("broker/audit/archive.jsonl")).unwrap();
+    let deletes = audit.lines().filter(|l| l.contains("\"delete\"")).count();
+    assert_eq!(deletes, 1, "{audit}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cold_got = check(cold.join("events").to_str().unwrap(), None);
+    let mut want_cold = want_from_day(EVENTS, 1);
+    want_cold.retain(|k, _| !want_from_day(EVENTS, 2).contains_key(k));
+    for reader in ["deltalake", "duckdb", "parquet"] {
+        assert_eq!(
+            partitions(&cold_got, reader),
+            want_cold,
+            "cold after retention, {reader}"
+        );
+    }
 }

@@ -111,3 +111,15 @@ impl ObjectStore for FaultyStore {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+/// An in-memory store behind the fault seam, and its location.
+pub fn faulty_memory() -> (Arc<FaultyStore>, super::store::Location) {
+    let faulty = Arc::new(FaultyStore::new(Arc::new(
+        object_store::memory::InMemory::new(),
+    )));
+    let loc = super::store::Location {
+        root: faulty.clone(),
+        url: url::Url::parse("memory:///archive/").unwrap(),
+    };
+    (faulty, loc)
+}

@@ -30,9 +30,11 @@
 //!
 //! May call: [`crate::log`] (reads).
 
+pub mod audit;
 pub mod events;
 #[cfg(test)]
 pub mod fault;
+pub mod lifecycle;
 pub mod store;
 pub mod table;
 
@@ -58,6 +60,12 @@ pub struct Settings {
     pub commit_events_max: usize,
     /// How long a sealed log segment the archive holds is kept (`log_retention_ms`).
     pub log_retention: Duration,
+    /// Where the cold tier's tables live (`archive_cold_url`; `None`: no cold tier).
+    pub cold_url: Option<String>,
+    /// When days move to cold and are deleted.
+    pub policy: lifecycle::Policy,
+    /// The audit log of moves and deletions.
+    pub audit_path: std::path::PathBuf,
 }
 
 /// The lowest log offset another reader still needs (the pipeline's committed offset): no
@@ -79,8 +87,11 @@ pub struct Shared {
 /// the table below that offset and the log from it on.
 #[derive(Debug, Clone)]
 pub struct View {
-    /// The table at that version.
+    /// The table at that version (the warm tier).
     pub table: deltalake::DeltaTable,
+    /// The cold tier's table as it was when this view was published (after `table`'s
+    /// version): a reader skips the warm files it holds ([`lifecycle`]).
+    pub cold: Option<deltalake::DeltaTable>,
     /// Its transaction version: every offset below it is in the table, none at or after it.
     pub archived_end: u64,
 }
@@ -104,23 +115,40 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), String> {
     let location = store::open(&settings.url, &settings.s3)?;
+    let cold = settings
+        .cold_url
+        .as_deref()
+        .map(|u| store::open(u, &settings.s3).map_err(|e| format!("archive_cold_url: {e}")))
+        .transpose()?;
+    let mut tables = vec![TableStatus {
+        name: events::TABLE.into(),
+        tier: "warm".into(),
+        url: location.table_url(events::TABLE).to_string(),
+        ..Default::default()
+    }];
+    if let Some(c) = &cold {
+        tables.push(TableStatus {
+            name: events::TABLE.into(),
+            tier: "cold".into(),
+            url: c.table_url(events::TABLE).to_string(),
+            ..Default::default()
+        });
+    }
     let shared = Arc::new(Shared {
         status: Mutex::new(Status {
             url: location.url.to_string(),
             interval_ms: settings.interval.as_millis() as u64,
-            tables: vec![TableStatus {
-                name: events::TABLE.into(),
-                url: location.table_url(events::TABLE).to_string(),
-                ..Default::default()
-            }],
+            tables,
         }),
         view: Mutex::new(None),
     });
     let archiver = Archiver {
         log,
         readers_floor,
+        audit: audit::Audit::new(settings.audit_path.clone()),
         settings,
         location,
+        cold,
         shared: shared.clone(),
     };
     Ok((shared, tokio::spawn(archiver.run(shutdown))))
@@ -131,13 +159,40 @@ struct Archiver {
     readers_floor: ReadersFloor,
     settings: Settings,
     location: store::Location,
+    cold: Option<store::Location>,
+    audit: audit::Audit,
     shared: Arc<Shared>,
 }
 
-/// The opened `events` table and the first offset it lacks.
+/// The opened `events` table, its cold tier, and the first offset it lacks.
 struct Events {
     table: Table,
+    cold: Option<Table>,
     archived_end: u64,
+}
+
+impl Events {
+    fn view(&self) -> View {
+        view_of(&self.table, self.cold.as_ref(), self.archived_end)
+    }
+}
+
+fn view_of(warm: &Table, cold: Option<&Table>, archived_end: u64) -> View {
+    View {
+        table: warm.delta().clone(),
+        cold: cold.map(|c| c.delta().clone()),
+        archived_end,
+    }
+}
+
+async fn open_events(location: &store::Location) -> Result<Table, String> {
+    Table::open(
+        location,
+        events::TABLE,
+        events::table_columns(),
+        &events::PARTITION_COLUMNS,
+    )
+    .await
 }
 
 impl Archiver {
@@ -172,9 +227,17 @@ impl Archiver {
         }
     }
 
+    /// Updates the warm table's status.
     fn table_status(&self, f: impl FnOnce(&mut TableStatus)) {
+        self.tier_status(0, f)
+    }
+
+    /// Updates the status of tier `i` (0 warm, 1 cold).
+    fn tier_status(&self, i: usize, f: impl FnOnce(&mut TableStatus)) {
         let mut s = self.shared.status.lock().expect("lock poisoned");
-        f(&mut s.tables[0]);
+        if let Some(t) = s.tables.get_mut(i) {
+            f(t);
+        }
     }
 
     /// Opens the table if needed, then archives everything durable.
@@ -184,13 +247,7 @@ impl Archiver {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), String> {
         if events.is_none() {
-            let table = Table::open(
-                &self.location,
-                events::TABLE,
-                events::table_columns(),
-                &events::PARTITION_COLUMNS,
-            )
-            .await?;
+            let table = open_events(&self.location).await?;
             let archived_end = table.txn_version(events::APP_ID).await?.unwrap_or(0);
             let archived_end = u64::try_from(archived_end)
                 .map_err(|_| format!("transaction version {archived_end} is negative"))?;
@@ -199,20 +256,33 @@ impl Archiver {
                 .increment(swept);
             self.table_status(|s| s.orphans_swept += swept);
             tracing::info!(table = events::TABLE, url = %table.url(), version = table.version(), archived_end, swept, "archive table opened");
-            self.shared.publish(View {
-                table: table.delta().clone(),
-                archived_end,
-            });
-            *events = Some(Events {
+            let cold = match &self.cold {
+                Some(location) => {
+                    let cold = open_events(location)
+                        .await
+                        .map_err(|e| format!("cold tier: {e}"))?;
+                    let swept = cold.sweep_orphans().await?;
+                    self.tier_status(1, |s| s.orphans_swept += swept);
+                    tracing::info!(table = events::TABLE, tier = "cold", url = %cold.url(), version = cold.version(), swept, "archive table opened");
+                    Some(cold)
+                }
+                None => None,
+            };
+            let ev = Events {
                 table,
+                cold,
                 archived_end,
-            });
+            };
+            self.shared.publish(ev.view());
+            *events = Some(ev);
         }
         let ev = events.as_mut().expect("opened above");
         loop {
             let end = self.log.durable_end();
             self.report(ev, end)?;
             if ev.archived_end >= end || *shutdown.borrow() {
+                self.lifecycle(ev).await?;
+                self.report(ev, end)?;
                 return self.retire(ev.archived_end).await;
             }
             self.archive_range(ev).await?;
@@ -258,10 +328,7 @@ impl Archiver {
             .append(adds, Transaction::new(events::APP_ID, range.next as i64))
             .await?;
         ev.archived_end = range.next;
-        self.shared.publish(View {
-            table: ev.table.delta().clone(),
-            archived_end: range.next,
-        });
+        self.shared.publish(ev.view());
         let t = events::TABLE;
         metrics::counter!("runnel_archive_commits_total", "table" => t).increment(1);
         metrics::counter!("runnel_archive_events_total", "table" => t).increment(range.events);
@@ -282,6 +349,24 @@ impl Archiver {
         Ok(())
     }
 
+    /// Moves and deletes the days that are due ([`lifecycle`]), publishing each step.
+    async fn lifecycle(&self, ev: &mut Events) -> Result<(), String> {
+        let archived_end = ev.archived_end;
+        let shared = &self.shared;
+        let done = lifecycle::run(
+            &mut ev.table,
+            ev.cold.as_mut(),
+            &self.settings.policy,
+            &self.audit,
+            |warm, cold| shared.publish(view_of(warm, cold, archived_end)),
+        )
+        .await?;
+        if done != lifecycle::Done::default() {
+            tracing::debug!(?done, "archive lifecycle pass");
+        }
+        Ok(())
+    }
+
     /// Deletes the log segments the archive holds (below `archived_end`, the mark committed in
     /// the table) that the pipeline has read and `log_retention_ms` has passed for.
     async fn retire(&self, archived_end: u64) -> Result<(), String> {
@@ -299,32 +384,64 @@ impl Archiver {
 
     /// Refreshes the status and the lag gauge.
     fn report(&self, ev: &Events, log_end: u64) -> Result<(), String> {
-        let files = ev.table.files()?;
         let lag = log_end.saturating_sub(ev.archived_end);
         metrics::gauge!("runnel_archive_lag_events", "table" => events::TABLE).set(lag as f64);
         metrics::gauge!("runnel_archive_archived_end", "table" => events::TABLE)
             .set(ev.archived_end as f64);
-        let dates = files
-            .iter()
-            .filter_map(|f| f.partition.get(1).cloned().flatten());
-        let (oldest, newest) = dates.fold((None::<String>, None::<String>), |(lo, hi), d| {
-            (
-                Some(lo.map_or(d.clone(), |l| l.min(d.clone()))),
-                Some(hi.map_or(d.clone(), |h| h.max(d))),
-            )
-        });
+        let warm = figures(&ev.table)?;
         self.table_status(|s| {
-            s.version = Some(ev.table.version());
-            s.files = files.len() as u64;
-            s.bytes = files.iter().map(|f| f.size.max(0) as u64).sum();
-            s.rows = files.iter().filter_map(|f| f.rows).map(|r| r as u64).sum();
-            s.oldest_date = oldest;
-            s.newest_date = newest;
+            warm.apply(s);
             s.archived_end = ev.archived_end;
             s.log_end = log_end;
             s.lag_events = lag;
             s.last_error = None;
         });
+        if let Some(cold) = &ev.cold {
+            let cold = figures(cold)?;
+            self.tier_status(1, |s| cold.apply(s));
+        }
         Ok(())
     }
+}
+
+/// A table's figures for its status.
+struct Figures {
+    version: i64,
+    files: u64,
+    bytes: u64,
+    rows: u64,
+    oldest: Option<String>,
+    newest: Option<String>,
+}
+
+impl Figures {
+    fn apply(self, s: &mut TableStatus) {
+        s.version = Some(self.version);
+        s.files = self.files;
+        s.bytes = self.bytes;
+        s.rows = self.rows;
+        s.oldest_date = self.oldest;
+        s.newest_date = self.newest;
+    }
+}
+
+fn figures(t: &Table) -> Result<Figures, String> {
+    let files = t.files()?;
+    let dates = files
+        .iter()
+        .filter_map(|f| f.partition.get(1).cloned().flatten());
+    let (oldest, newest) = dates.fold((None::<String>, None::<String>), |(lo, hi), d| {
+        (
+            Some(lo.map_or(d.clone(), |l| l.min(d.clone()))),
+            Some(hi.map_or(d.clone(), |h| h.max(d))),
+        )
+    });
+    Ok(Figures {
+        version: t.version(),
+        files: files.len() as u64,
+        bytes: files.iter().map(|f| f.size.max(0) as u64).sum(),
+        rows: files.iter().filter_map(|f| f.rows).map(|r| r as u64).sum(),
+        oldest,
+        newest,
+    })
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::kernel::{Action, Add, Remove, StructField, Transaction};
 use deltalake::logstore::LogStoreRef;
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -34,6 +34,25 @@ pub struct FileInfo {
     pub rows: Option<usize>,
     /// Its partition values, in the table's partition column order.
     pub partition: Vec<Option<String>>,
+    /// Its Delta statistics (JSON).
+    pub stats: Option<String>,
+    /// The action that removes it.
+    pub remove: Remove,
+}
+
+impl FileInfo {
+    /// An add of the same file (same path, partition, size and statistics) in another table.
+    pub fn to_add(&self, modification_time: i64) -> Add {
+        Add {
+            path: self.path.clone(),
+            partition_values: self.remove.partition_values.clone().unwrap_or_default(),
+            size: self.size,
+            modification_time,
+            data_change: true,
+            stats: self.stats.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// A table, opened (created at first use).
@@ -128,6 +147,8 @@ impl Table {
                         .iter()
                         .map(|c| values.get(c).cloned().flatten())
                         .collect(),
+                    stats: f.stats(),
+                    remove: f.remove_action(true),
                 }
             })
             .collect())
@@ -166,17 +187,22 @@ impl Table {
         }
     }
 
-    /// Commits `actions` (adds, removes) with the application transaction `(app_id, version)`
-    /// in the same commit: a reader of the transaction knows exactly what was committed.
+    /// Commits `actions` (adds, removes), with the application transaction `(app_id, version)`
+    /// when given in the same commit: a reader of the transaction knows exactly what was
+    /// committed.
     pub async fn commit(
         &mut self,
         actions: Vec<Action>,
-        txn: Transaction,
+        txn: Option<Transaction>,
         operation: DeltaOperation,
     ) -> Result<i64, Error> {
         let version = {
             let state = self.table.snapshot().map_err(err("reading the table"))?;
-            CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
+            let mut props = CommitProperties::default();
+            if let Some(txn) = txn {
+                props = props.with_application_transaction(txn);
+            }
+            CommitBuilder::from(props)
                 .with_actions(actions)
                 .build(Some(state), self.log_store(), operation)
                 .await
@@ -197,8 +223,83 @@ impl Table {
             partition_by: Some(self.partition_columns.clone()),
             predicate: None,
         };
-        self.commit(adds.into_iter().map(Action::Add).collect(), txn, operation)
+        self.commit(
+            adds.into_iter().map(Action::Add).collect(),
+            Some(txn),
+            operation,
+        )
+        .await
+    }
+
+    /// Adds files stored with [`Table::put_new`], without a transaction (a move's copy).
+    pub async fn add(&mut self, adds: Vec<Add>) -> Result<i64, Error> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(self.partition_columns.clone()),
+            predicate: None,
+        };
+        self.commit(adds.into_iter().map(Action::Add).collect(), None, operation)
             .await
+    }
+
+    /// Removes `files` in one commit, described by `predicate` (what was removed, in SQL).
+    /// Their data stay in the store until [`Table::vacuum`].
+    pub async fn remove(&mut self, files: &[FileInfo], predicate: String) -> Result<i64, Error> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let actions = files
+            .iter()
+            .map(|f| {
+                Action::Remove(Remove {
+                    deletion_timestamp: Some(now),
+                    ..f.remove.clone()
+                })
+            })
+            .collect();
+        let operation = DeltaOperation::Delete {
+            predicate: Some(predicate),
+        };
+        self.commit(actions, None, operation).await
+    }
+
+    /// Reads a data file.
+    pub async fn get(&self, path: &str) -> Result<bytes::Bytes, Error> {
+        let store = self.store();
+        let got = store
+            .get(&Path::from(path))
+            .await
+            .map_err(|e| format!("reading {path}: {e}"))?;
+        got.bytes()
+            .await
+            .map_err(|e| format!("reading {path}: {e}"))
+    }
+
+    /// Deletes the data of files removed before `removed_before_ms` that no active file
+    /// shares a path with. Returns how many it deleted. Older versions that still name them
+    /// can no longer be read (no time travel past a removal this old).
+    pub async fn vacuum(&self, removed_before_ms: i64) -> Result<u64, Error> {
+        let active: HashSet<String> = self.files()?.into_iter().map(|f| f.path).collect();
+        let state = self.table.snapshot().map_err(err("reading the table"))?;
+        let log_store = self.log_store();
+        let doomed: Vec<String> = state
+            .all_tombstones(log_store.as_ref())
+            .try_filter_map(|t| {
+                let old = t.deletion_timestamp().unwrap_or(0) < removed_before_ms;
+                let path = t.path().into_owned();
+                futures::future::ready(Ok((old && !active.contains(&path)).then_some(path)))
+            })
+            .try_collect()
+            .await
+            .map_err(err("reading the table's removed files"))?;
+        let store = self.store();
+        let mut deleted = 0;
+        for p in doomed {
+            match store.delete(&Path::from(p.as_str())).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(format!("deleting the removed {p}: {e}")),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes the data files that no version references (neither an active file nor a
@@ -239,12 +340,11 @@ impl Table {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::archive::events;
-    use crate::archive::fault::FaultyStore;
+    use crate::archive::fault::faulty_memory;
 
     fn add(path: &str, size: usize) -> Add {
         Add {
@@ -259,18 +359,6 @@ mod tests {
             data_change: true,
             ..Default::default()
         }
-    }
-
-    /// An in-memory store behind the fault seam, and its location.
-    fn faulty_memory() -> (Arc<FaultyStore>, Location) {
-        let faulty = Arc::new(FaultyStore::new(Arc::new(
-            object_store::memory::InMemory::new(),
-        )));
-        let loc = Location {
-            root: faulty.clone(),
-            url: url::Url::parse("memory:///archive/").unwrap(),
-        };
-        (faulty, loc)
     }
 
     async fn open(loc: &Location) -> Table {

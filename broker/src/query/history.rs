@@ -142,6 +142,52 @@ fn archive_filters(
     out
 }
 
+/// The active data files of `table`.
+fn table_paths(table: &deltalake::DeltaTable) -> DfResult<Vec<String>> {
+    let state = table
+        .snapshot()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(state
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect())
+}
+
+impl History {
+    /// A plan reading `table` (only `files`, when given) with `filters`, its columns cast to
+    /// the `events` schema.
+    async fn archive_scan(
+        &self,
+        state: &dyn Session,
+        table: &deltalake::DeltaTable,
+        files: Option<Vec<String>>,
+        filters: &[Expr],
+    ) -> DfResult<LogicalPlanBuilder> {
+        table
+            .update_datafusion_session(state)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut provider = table.table_provider();
+        if let Some(files) = files {
+            provider = provider.with_file_paths(files);
+        }
+        let provider: Arc<dyn TableProvider> = provider
+            .await
+            .map_err(|e| DataFusionError::Plan(format!("events archive: {e}")))?;
+        let mut b = LogicalPlanBuilder::scan("archive", provider_as_source(provider), None)?;
+        for f in filters {
+            b = b.filter(f.clone())?;
+        }
+        let columns: Vec<Expr> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+            .collect();
+        b.project(columns)
+    }
+}
+
 #[async_trait]
 impl TableProvider for History {
     fn schema(&self) -> SchemaRef {
@@ -178,13 +224,13 @@ impl TableProvider for History {
             let view = match self.tables.archive() {
                 Some(a) => match a.view() {
                     Some(v) => Some(v),
-                    None if self.tables.admin.log.stats().start_offset > 0 => {
+                    None => {
+                        // Below its transaction version the archive decides what exists (the
+                        // log may still hold days its retention deleted): no answer without it.
                         return Err(external(Status::unavailable(
-                            "events: the archive is not open yet, and the log no longer holds \
-                             its oldest events; try again in a moment",
+                            "events: the archive is still being opened; try again in a moment",
                         )));
                     }
-                    None => None,
                 },
                 None => None,
             };
@@ -207,31 +253,32 @@ impl TableProvider for History {
         };
         let hot = MemTable::try_new(self.schema.clone(), vec![hot])?;
         let hot = LogicalPlanBuilder::scan("hot", provider_as_source(Arc::new(hot)), None)?;
-        let mut plan = match view {
-            Some(view) => {
-                view.table
-                    .update_datafusion_session(state)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let provider: Arc<dyn TableProvider> = view
-                    .table
-                    .table_provider()
-                    .await
-                    .map_err(|e| DataFusionError::Plan(format!("events archive: {e}")))?;
-                let mut b =
-                    LogicalPlanBuilder::scan("archive", provider_as_source(provider), None)?;
-                for f in archive_filters(bounds, &texts, view.archived_end) {
-                    b = b.filter(f)?;
+        let mut plan = hot;
+        if let Some(view) = view {
+            let filters = archive_filters(bounds, &texts, view.archived_end);
+            let (warm_files, cold) = match &view.cold {
+                Some(cold) => {
+                    // The warm files the cold tier holds are read from cold (a move between
+                    // its two commits), every other warm file from warm.
+                    let in_cold: std::collections::HashSet<String> =
+                        table_paths(cold)?.into_iter().collect();
+                    let warm: Vec<String> = table_paths(&view.table)?
+                        .into_iter()
+                        .filter(|p| !in_cold.contains(p))
+                        .collect();
+                    (Some(warm), Some(cold))
                 }
-                let columns: Vec<Expr> = self
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
-                    .collect();
-                b.project(columns)?.union(hot.build()?)?
+                None => (None, None),
+            };
+            let warm = self
+                .archive_scan(state, &view.table, warm_files, &filters)
+                .await?;
+            plan = warm.union(plan.build()?)?;
+            if let Some(cold) = cold {
+                let cold = self.archive_scan(state, cold, None, &filters).await?;
+                plan = cold.union(plan.build()?)?;
             }
-            None => hot,
-        };
+        }
         if let Some(p) = projection {
             let names: Vec<Expr> = p
                 .iter()
