@@ -211,14 +211,7 @@ mod tests {
     use crate::archive::store::Location;
 
     async fn open(loc: &Location) -> Table {
-        Table::open(
-            loc,
-            events::TABLE,
-            events::table_columns(),
-            &events::PARTITION_COLUMNS,
-        )
-        .await
-        .unwrap()
+        crate::archive::open_events(loc).await.unwrap()
     }
 
     /// A crash (here: a failed commit) between a move's two commits leaves the day in both

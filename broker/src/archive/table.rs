@@ -362,14 +362,7 @@ mod tests {
     }
 
     async fn open(loc: &Location) -> Table {
-        Table::open(
-            loc,
-            events::TABLE,
-            events::table_columns(),
-            &events::PARTITION_COLUMNS,
-        )
-        .await
-        .unwrap()
+        crate::archive::open_events(loc).await.unwrap()
     }
 
     /// A commit that fails after its files were stored commits nothing: the transaction
