@@ -140,6 +140,11 @@ settings! {
     /// Most events one archive commit takes (bounds the memory of a pass: about 300 bytes an
     /// event); a larger backlog takes several commits.
     archive_commit_events_max: usize [usize] = 250_000;
+    /// Archive data files smaller than this (bytes) are compacted into files of up to about
+    /// this size.
+    archive_target_file_bytes: u64 [u64] = 64 << 20;
+    /// Small files a partition must hold before they are compacted.
+    archive_compact_min_files: usize [usize] = 10;
     /// Where the cold tier's tables live (a path or URL like `archive_url`: another bucket, a
     /// NAS path). Unset: no cold tier; days stay warm until `archive_retention_days`.
     archive_cold_url: Option<String> [String] = None;
@@ -208,6 +213,10 @@ impl BrokerConfig {
                     .unwrap_or(i64::MAX),
             },
             audit_path: self.data_dir.join("audit").join("archive.jsonl"),
+            compact: crate::archive::compact::Policy {
+                target_file_bytes: self.archive_target_file_bytes,
+                min_files: self.archive_compact_min_files,
+            },
         }
     }
 
@@ -324,6 +333,12 @@ impl BrokerConfig {
                 "archive_retention_days",
                 "must be more than archive_cold_after_days when archive_cold_url is set",
             );
+        }
+        if self.archive_target_file_bytes < 1024 {
+            return fail("archive_target_file_bytes", "must be at least 1024");
+        }
+        if self.archive_compact_min_files < 2 {
+            return fail("archive_compact_min_files", "must be at least 2");
         }
         if self.archive_interval_ms == 0 {
             return fail("archive_interval_ms", "must be > 0");

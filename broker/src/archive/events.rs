@@ -281,14 +281,18 @@ impl Part {
     }
 }
 
-/// One record batch as a zstd Parquet file.
-pub fn encode(batch: &RecordBatch, schema: &SchemaRef) -> Result<bytes::Bytes, String> {
-    let props = WriterProperties::builder()
+/// How data files are written: zstd level 3.
+pub fn writer_props() -> WriterProperties {
+    WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("3 is a zstd level"),
         ))
-        .build();
-    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+        .build()
+}
+
+/// One record batch as a zstd Parquet file.
+pub fn encode(batch: &RecordBatch, schema: &SchemaRef) -> Result<bytes::Bytes, String> {
+    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_props()))
         .map_err(|e| format!("starting a Parquet file: {e}"))?;
     w.write(batch)
         .map_err(|e| format!("writing a Parquet file: {e}"))?;

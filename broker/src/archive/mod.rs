@@ -31,6 +31,7 @@
 //! May call: [`crate::log`] (reads).
 
 pub mod audit;
+pub mod compact;
 pub mod events;
 #[cfg(test)]
 pub mod fault;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub policy: lifecycle::Policy,
     /// The audit log of moves and deletions.
     pub audit_path: std::path::PathBuf,
+    /// When small files are compacted.
+    pub compact: compact::Policy,
 }
 
 /// The lowest log offset another reader still needs (the pipeline's committed offset): no
@@ -363,6 +366,9 @@ impl Archiver {
         .await?;
         if done != lifecycle::Done::default() {
             tracing::debug!(?done, "archive lifecycle pass");
+        }
+        if compact::run(&mut ev.table, &self.settings.compact).await? > 0 {
+            shared.publish(ev.view());
         }
         Ok(())
     }
