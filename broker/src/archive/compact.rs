@@ -121,18 +121,10 @@ fn less(a: &Value, b: &Value) -> bool {
 
 /// Rewrites `group` (files of one partition) as one file and commits the swap.
 async fn rewrite(table: &mut Table, group: &[FileInfo]) -> Result<(), String> {
-    let first = group
+    let (first, last) = group
         .iter()
         .filter_map(|f| offsets_of(&f.path))
-        .map(|o| o.0)
-        .min()
-        .expect("planned groups hold named files");
-    let last = group
-        .iter()
-        .filter_map(|f| offsets_of(&f.path))
-        .map(|o| o.1)
-        .max()
-        .expect("planned groups hold named files");
+        .fold((u64::MAX, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
     let folder = group[0].path.rsplit_once('/').map_or("", |(d, _)| d);
     let path = format!("{folder}/part-{first:020}-{last:020}.zstd.parquet");
     let schema = events::data_schema();
