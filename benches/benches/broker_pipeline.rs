@@ -113,6 +113,7 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
                 } else {
                     runnel_broker::plugins::PluginKind::Enrich
                 },
+                backfill: None,
             },
             wasm,
             &sha,

@@ -188,6 +188,7 @@ fn main() {
                     },
                     capabilities: vec![],
                     kind: runnel_broker::plugins::PluginKind::Aggregate,
+                    backfill: None,
                 },
                 &wasm,
                 &runnel_broker::plugins::sha256_hex(&wasm),

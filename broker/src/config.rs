@@ -123,6 +123,14 @@ settings! {
     /// Most bytes of window state of one aggregate (approximate); rows past it are refused
     /// likewise.
     aggregate_state_bytes_max: usize [usize] = 1 << 30;
+    /// How often a backfill (`runnel plugin deploy --backfill-from`) commits its shadow state
+    /// and rows, in milliseconds: after a crash it resumes from there.
+    backfill_checkpoint_interval_ms: u64 [u64] = 5_000;
+    /// A backfill this close to the pipeline's offset (events) hands its version to the
+    /// pipeline, which folds the rest (pausing for that long) and swaps it in.
+    backfill_handoff_events: u64 [u64] = 50_000;
+    /// Most events a backfill reads from the archive at once (below the log's first offset).
+    backfill_archive_read_events: u64 [u64] = 100_000;
     /// Copy the log into the archive's Delta tables (`docs/archive.md`). Off, the log stays
     /// on local disk only.
     archive_enabled: bool [bool] = true;
@@ -300,6 +308,15 @@ impl BrokerConfig {
                 "flight_tls_cert",
                 "flight_tls_cert and flight_tls_key go together: set both or neither",
             );
+        }
+        if self.backfill_checkpoint_interval_ms == 0 {
+            return fail("backfill_checkpoint_interval_ms", "must be > 0");
+        }
+        if self.backfill_handoff_events == 0 {
+            return fail("backfill_handoff_events", "must be > 0");
+        }
+        if self.backfill_archive_read_events == 0 {
+            return fail("backfill_archive_read_events", "must be > 0");
         }
         if self.aggregate_commit_interval_ms == 0 {
             return fail("aggregate_commit_interval_ms", "must be > 0");

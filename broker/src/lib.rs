@@ -12,6 +12,7 @@
 //! | [`state`] | every redb table, listed in one place |
 //! | [`query`] | Arrow Flight and Flight SQL over the aggregates, events and side topics |
 //! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
+//! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
 //!
 //! [`config`] holds every setting; [`start`] wires the subsystems together and
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod backfill;
 pub mod config;
 pub mod ingest;
 pub mod log;
@@ -53,6 +55,7 @@ pub struct RunningBroker {
     /// The plugin registry.
     pub registry: plugins::Registry,
     pipeline: pipeline::Pipeline,
+    backfill: backfill::Backfill,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -66,8 +69,12 @@ impl RunningBroker {
         for t in self.tasks {
             let _ = t.await;
         }
-        let pipeline = self.pipeline;
-        let _ = tokio::task::spawn_blocking(move || pipeline.stop()).await;
+        let (pipeline, backfill) = (self.pipeline, self.backfill);
+        let _ = tokio::task::spawn_blocking(move || {
+            backfill.stop();
+            pipeline.stop();
+        })
+        .await;
         // Last: every writer has stopped. (The epoch ticker ends with the last runtime clone,
         // the pipeline's and the admin API's, dropped above.)
         self.log.close().await;
@@ -154,8 +161,16 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let consumed = pipeline.shared.clone();
-    let readers_floor: archive::ReadersFloor =
-        Arc::new(move || consumed.offset.load(std::sync::atomic::Ordering::Acquire));
+    let backfill_progress = Arc::new(backfill::Progress::default());
+    let backfilling = backfill_progress.clone();
+    // The archiver deletes no segment the pipeline or a backfill has still to read.
+    let readers_floor: archive::ReadersFloor = Arc::new(move || {
+        use std::sync::atomic::Ordering::Acquire;
+        consumed
+            .offset
+            .load(Acquire)
+            .min(backfilling.floor.load(Acquire))
+    });
     let archive = if cfg.archive_enabled {
         let (status, task) = archive::start(
             log.clone(),
@@ -183,8 +198,9 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         dead_letters: dead_letters_reader,
         late_events: late_events_reader,
         registry: registry.clone(),
-        runtime,
+        runtime: runtime.clone(),
         pipeline: pipeline.shared.clone(),
+        backfill: backfill_progress.clone(),
         plugin_limits: plugins::PluginLimits {
             deadline_ms: cfg.plugin_deadline_ms,
             memory_bytes_max: cfg.plugin_memory_bytes_max,
@@ -194,6 +210,36 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
         archive,
     });
+    let backfill = backfill::Backfill::start(
+        runtime,
+        registry.clone(),
+        log.clone(),
+        pipeline.shared.clone(),
+        admin.archive.as_ref().map(|_| backfill::ArchiveSource {
+            tables: Arc::new(query::Tables::new(
+                admin.clone(),
+                cfg.flight_rows_max,
+                query::CacheSettings {
+                    ttl: std::time::Duration::ZERO,
+                    final_ttl: std::time::Duration::ZERO,
+                    bytes_max: 0,
+                    event_blocks_bytes_max: 0,
+                },
+            )),
+            handle: tokio::runtime::Handle::current(),
+        }),
+        backfill_progress,
+        backfill::Settings {
+            batch_events: cfg.pipeline_batch_events,
+            checkpoint_interval: std::time::Duration::from_millis(
+                cfg.backfill_checkpoint_interval_ms,
+            ),
+            handoff_events: cfg.backfill_handoff_events,
+            archive_read_events: cfg.backfill_archive_read_events,
+            window: cfg.window_settings(),
+            isolation,
+        },
+    )?;
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let flight_admin = admin.clone();
     let shutdown_rx_flight = shutdown_rx.clone();
@@ -284,6 +330,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         log,
         registry,
         pipeline,
+        backfill,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -100,6 +100,7 @@ fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &st
                 version: None,
                 policy: None,
                 kind: runnel_broker::plugins::PluginKind::Enrich,
+                backfill: None,
                 params: params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -327,6 +328,7 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
                 version: None,
                 policy: None,
                 kind: runnel_broker::plugins::PluginKind::Aggregate,
+                backfill: None,
                 params: Vec::new(),
                 limits: PluginLimits {
                     deadline_ms: 200,
@@ -370,8 +372,9 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
     // Events 1..=2000 at 100 ms apart: windows of 1 min hold 599, 600, 600 and 201 events; the
     // watermark (199.5 s) finalized the first three (end + 5 s lateness).
     let finals = registry
-        .final_rows("per_type", i64::MIN, i64::MAX, usize::MAX)
-        .unwrap();
+        .final_rows("per_type", 0, i64::MIN, i64::MAX, usize::MAX)
+        .unwrap()
+        .expect("the rows of epoch 0");
     let counts: Vec<(i64, String)> = finals
         .iter()
         .map(|r| (r.start, String::from_utf8(r.values.clone()).unwrap()))
@@ -419,6 +422,7 @@ fn a_deploy_whose_component_cannot_be_stored_fails_and_leaves_nothing() {
             version: None,
             policy: None,
             kind: runnel_broker::plugins::PluginKind::Enrich,
+            backfill: None,
             params: Vec::new(),
             limits: PluginLimits {
                 deadline_ms: 200,

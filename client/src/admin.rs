@@ -163,6 +163,9 @@ impl Admin {
         if let Some(p) = &d.policy {
             q.append_pair("policy", p);
         }
+        if let Some(b) = &d.backfill_from {
+            q.append_pair("backfill_from", b);
+        }
         for (k, v) in &d.params {
             q.append_pair("param", &format!("{k}={v}"));
         }

@@ -5,7 +5,7 @@
 //! | `GET /v1/log/stats` | [`LogStats`] |
 //! | `GET /v1/log/read?from&limit&topic` | NDJSON: events (`topic=events`) or side-topic entries |
 //! | `GET /v1/plugins` | `[`[`PluginInfo`]`]` |
-//! | `PUT /v1/plugins/NAME?version&policy&param&deadline_ms&memory_bytes_max&fuel_per_call&capability` (body: the component) | the deployed version |
+//! | `PUT /v1/plugins/NAME?version&policy&param&deadline_ms&memory_bytes_max&fuel_per_call&capability&backfill_from` (body: the component) | the deployed version (and the backfill, if one was asked for) |
 //! | `POST /v1/plugins/NAME/pause`, `/resume` | the plugin's record |
 //! | `DELETE /v1/plugins/NAME` | `204` |
 //! | `GET /v1/aggregates` | `[`[`AggInfo`]`]` |
@@ -113,6 +113,34 @@ pub struct PluginInfo {
     pub limits: Limits,
     /// Every version, oldest first, with the events each processed.
     pub versions: Vec<VersionInfo>,
+    /// A version being computed over history, to replace the active one when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillInfo>,
+}
+
+/// A backfill in [`PluginInfo`]: `runnel plugin deploy … --backfill-from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillInfo {
+    /// The version computed in shadow.
+    pub version: String,
+    /// `all`, or the first window start it replaces (RFC 3339).
+    pub from: String,
+    /// `queued`, `running`, `swapping`, or `failed: …` (it is retried from its checkpoint).
+    pub state: String,
+    /// The first log offset it has not folded yet.
+    pub offset: u64,
+    /// The pipeline's offset, which it catches up with.
+    pub target_offset: u64,
+    /// Events folded so far.
+    pub events: u64,
+    /// Events the new version failed on.
+    pub errors: u64,
+    /// Events folded per second since it (re)started.
+    pub events_per_second: f64,
+    /// Seconds until it reaches the pipeline at that rate.
+    pub eta_seconds: Option<f64>,
+    /// When it was requested (RFC 3339).
+    pub requested_at: String,
 }
 
 /// One version in [`PluginInfo`].
@@ -149,6 +177,9 @@ pub struct Deploy {
     pub fuel_per_call: Option<u64>,
     /// Capabilities asked for (`clock`, `random`).
     pub capabilities: Vec<String>,
+    /// Compute the version over history first (`all` or an RFC 3339 time) and swap it in when
+    /// it reaches the live offset, instead of making it active at once (aggregators only).
+    pub backfill_from: Option<String>,
 }
 
 /// An agent whose clock runs ahead of the broker's.
@@ -196,6 +227,10 @@ pub struct AggInfo {
     /// Agents whose clock ran ahead of the broker's by more than `agent_clock_skew_max_ms` in
     /// their last batch: their events are judged by the broker's clock.
     pub clock_skewed_agents: Vec<ClockSkew>,
+    /// Changes each time a backfill replaces the aggregate's rows (the same version label
+    /// may come back with other rows).
+    #[serde(default)]
+    pub rows_epoch: u64,
 }
 
 /// Which rows `GET /v1/aggregates/NAME/rows` returns.

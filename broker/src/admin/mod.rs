@@ -56,6 +56,8 @@ pub struct Admin {
     pub read_limit_max: usize,
     /// Prometheus renderer.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The running backfill's progress.
+    pub backfill: Arc<crate::backfill::Progress>,
     /// The archiver's status (`None`: `archive_enabled` is off).
     pub archive: Option<Arc<crate::archive::Shared>>,
 }
@@ -279,6 +281,12 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
                         events_in: s.events_in_by_version.get(&v.version).copied().unwrap_or(0),
                     })
                     .collect(),
+                backfill: p.backfill.as_ref().map(|plan| {
+                    a.backfill
+                        .of(&p.name)
+                        .filter(|b| b.version == plan.version)
+                        .unwrap_or_else(|| plugins::queued_backfill(plan))
+                }),
                 name: p.name,
             }
         })
@@ -310,6 +318,7 @@ fn parse_deploy(
         limits: ceilings,
         capabilities: Vec::new(),
         kind: plugins::PluginKind::Enrich,
+        backfill: None,
     };
     let num = |k: &str, v: &str| {
         v.parse::<u64>()
@@ -322,6 +331,7 @@ fn parse_deploy(
                 req.version = Some(v.into_owned());
             }
             "policy" => req.policy = Some(v.parse()?),
+            "backfill_from" => req.backfill = Some(plugins::BackfillFrom::parse(&v)?),
             "param" => {
                 let (pk, pv) = v
                     .split_once('=')
@@ -435,6 +445,10 @@ async fn deploy_plugin(
                     "status": record.status,
                     "policy": record.policy,
                     "changed": changed,
+                    "backfill": record.backfill.as_ref().map(|b| serde_json::json!({
+                        "version": b.version,
+                        "from": b.from.label(),
+                    })),
                 })),
             )
                 .into_response()

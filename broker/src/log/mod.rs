@@ -447,6 +447,11 @@ pub struct SourceBatch {
 }
 
 impl BrokerLog {
+    /// The first offset the log holds (segments below it were archived and deleted).
+    pub fn start_offset(&self) -> u64 {
+        self.reader.stats().start_offset
+    }
+
     /// One past the last durable offset: the pipeline reads no further.
     pub fn durable_end(&self) -> u64 {
         self.reader.end_offset()

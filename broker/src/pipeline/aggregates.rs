@@ -48,6 +48,7 @@ pub fn meta_of(record: &PluginRecord, schema: &Schema) -> AggregateMeta {
             .iter()
             .map(|(n, k)| (n.clone(), k.as_str().to_string()))
             .collect(),
+        rows_epoch: record.rows_epoch,
     }
 }
 
@@ -192,6 +193,13 @@ pub enum Query {
         /// Answer: its schema and the rows with `is_final`, or why not.
         reply: tokio::sync::oneshot::Sender<Result<HeldRows, String>>,
     },
+    /// A backfill reached the live offset: fold the rest, then swap its version in.
+    Swap {
+        /// The shadow chain and its state.
+        shadow: Box<super::shadow::Shadow>,
+        /// Answer: done, or why not.
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
+    },
 }
 
 /// The [`AggInfo`] of a running aggregator.
@@ -229,6 +237,7 @@ pub fn info(
         .map(|(k, v)| (k.to_string(), v))
         .collect(),
         clock_skewed_agents: Vec::new(),
+        rows_epoch: record.rows_epoch,
     }
 }
 
@@ -281,27 +290,45 @@ pub async fn read_rows(
     to: i64,
     limit: usize,
 ) -> Result<HeldRows, ReadError> {
-    let n = name.to_string();
-    let (meta, in_memory) = ask(shared, |reply| Query::Rows { name: n, reply })
-        .await?
-        .map_err(ReadError::NotFound)?;
-    let registry = registry.clone();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut rows: std::collections::BTreeMap<(i64, i64, Vec<u8>), (FinalRow, bool)> =
-            std::collections::BTreeMap::new();
-        for r in registry.final_rows(&name, from, to, limit)? {
-            rows.insert((r.start, r.end, r.key.clone()), (r, true));
-        }
-        for (r, is_final) in in_memory {
-            if r.start >= from && r.start < to {
-                rows.entry((r.start, r.end, r.key.clone()))
-                    .or_insert((r, is_final));
+    // The rows come in two parts, the pipeline's and redb's; a backfill's swap between the two
+    // would mix two versions' rows, so the parts must be of the same `rows_epoch`.
+    for _ in 0..SWAP_RETRIES {
+        let n = name.to_string();
+        let (meta, in_memory) = ask(shared, |reply| Query::Rows { name: n, reply })
+            .await?
+            .map_err(ReadError::NotFound)?;
+        let registry = registry.clone();
+        let name = name.to_string();
+        let read = tokio::task::spawn_blocking(move || {
+            let Some(committed) = registry.final_rows(&name, meta.rows_epoch, from, to, limit)?
+            else {
+                return anyhow::Ok(None);
+            };
+            let mut rows: std::collections::BTreeMap<(i64, i64, Vec<u8>), (FinalRow, bool)> =
+                std::collections::BTreeMap::new();
+            for r in committed {
+                rows.insert((r.start, r.end, r.key.clone()), (r, true));
             }
+            for (r, is_final) in in_memory {
+                if r.start >= from && r.start < to {
+                    rows.entry((r.start, r.end, r.key.clone()))
+                        .or_insert((r, is_final));
+                }
+            }
+            let rows: Vec<(FinalRow, bool)> = rows.into_values().take(limit).collect();
+            Ok(Some((meta, rows)))
+        })
+        .await
+        .map_err(|e| ReadError::Storage(anyhow::anyhow!("reading rows: {e}")))??;
+        if let Some(rows) = read {
+            return Ok(rows);
         }
-        let rows: Vec<(FinalRow, bool)> = rows.into_values().take(limit).collect();
-        Ok((meta, rows))
-    })
-    .await
-    .map_err(|e| ReadError::Storage(anyhow::anyhow!("reading rows: {e}")))?
+    }
+    Err(ReadError::Unavailable(
+        "the aggregate's rows were replaced by a backfill while they were read; try again".into(),
+    ))
 }
+
+/// Reads of an aggregate's rows that found a backfill's swap between their two parts before a
+/// read gives up.
+const SWAP_RETRIES: usize = 3;

@@ -5,6 +5,9 @@
 //! ([`aggregates`]). One thread ([`worker`]); one batch is one [`step`], a dispatch over named
 //! stages; the fold of rows into windows is a pure function ([`fold`]).
 //!
+//! A backfill's shadow chain ([`shadow`]) folds history the same way, apart; the pipeline
+//! thread folds the rest of it and swaps it in ([`aggregates::Query::Swap`]).
+//!
 //! May call: [`crate::log`] (read), [`crate::topics`] (append, sync), [`crate::plugins`] (the
 //! registry: plugins, counts, committed state), `runnel-host` and `runnel-window`. The admin
 //! API and Flight reach it only through [`Shared`] and [`aggregates`]'s questions.
@@ -39,6 +42,7 @@
 pub mod aggregates;
 pub mod fold;
 mod parallel;
+pub mod shadow;
 mod stage;
 pub mod step;
 mod worker;

@@ -16,7 +16,7 @@
 use runnel_batch::{BatchView, BatchWriter, EventRef};
 use runnel_event::event_time::{is_dead_letter_bytes, split_dead_letter};
 use runnel_event::fields::EventView;
-use runnel_host::{AggRow, Fate};
+use runnel_host::{AggRow, EnrichOutput, Fate};
 
 use super::PIPELINE_BATCH_BYTES_MAX;
 use super::aggregates::AggRun;
@@ -202,26 +202,7 @@ impl Worker {
             }
             return Ok(None);
         }
-        let view = BatchView::new(&src.batch)?;
-        let mut ahead_by_origin = vec![i64::MIN; src.origins.len()];
-        let mut marked = Vec::new();
-        let facts: Vec<Fact> = view
-            .iter()
-            .enumerate()
-            .map(|(i, ev)| {
-                let o = src.origin[i] as usize;
-                let (received, appended) = (ev.received_at_ms(), src.appended_ms[o]);
-                ahead_by_origin[o] = ahead_by_origin[o].max(received.saturating_sub(appended));
-                if is_dead_letter_bytes(ev.field_bytes(runnel_batch::Field::Properties)) {
-                    marked.push(i);
-                }
-                Fact {
-                    origin: src.origin[i],
-                    event_time_ms: ev.timestamp_ms(),
-                    receive_ms: received.min(appended),
-                }
-            })
-            .collect();
+        let (facts, marked, ahead_by_origin) = facts_of(&src)?;
         self.note_clock_skew(&src.origins, &ahead_by_origin);
         Ok(Some(Read { src, facts, marked }))
     }
@@ -312,45 +293,24 @@ impl Worker {
                 stage.stats.events_out += n as u64;
                 continue;
             }
-            let view = BatchView::new(&flow.batch)?;
-            let repl = if out.replacements.is_empty() {
-                None
-            } else {
-                Some(BatchView::new(&out.replacements)?)
-            };
-            let mut w = BatchWriter::with_capacity(n, 256);
-            let mut next_index = Vec::with_capacity(n);
-            for (i, fate) in out.fates.iter().enumerate() {
-                match fate {
-                    Fate::Keep => {
-                        w.push_ref(&view.event(i));
-                        next_index.push(flow.index[i]);
-                    }
-                    Fate::Replace(r) => {
-                        let r = repl
-                            .as_ref()
-                            .expect("replacements exist")
-                            .event(*r as usize);
-                        w.push_ref(&r);
-                        next_index.push(flow.index[i]);
-                    }
-                    Fate::Drop(_) => stage.stats.dropped += 1,
-                    Fate::Failed(f) => {
-                        stage.stats.errors += 1;
-                        flow.dead.push(dead_letter(
-                            src,
-                            flow.index[i],
-                            &view.event(i),
-                            Some(&stage.record),
-                            DeadLetterKind::Plugin(f.kind.as_str()),
-                            &f.message,
-                        ));
-                    }
-                }
-            }
-            stage.stats.events_out += next_index.len() as u64;
-            flow.batch = w.finish();
-            flow.index = next_index;
+            let record = &stage.record;
+            let dead = &mut flow.dead;
+            let (batch, index, dropped, failures) =
+                apply_fates(&flow.batch, &flow.index, &out, |source, ev, f| {
+                    dead.push(dead_letter(
+                        src,
+                        source,
+                        ev,
+                        Some(record),
+                        DeadLetterKind::Plugin(f.kind.as_str()),
+                        &f.message,
+                    ));
+                })?;
+            stage.stats.dropped += dropped;
+            stage.stats.errors += failures;
+            stage.stats.events_out += index.len() as u64;
+            flow.batch = batch;
+            flow.index = index;
         }
         Ok(Through::Go(flow))
     }
@@ -595,6 +555,77 @@ impl Worker {
         self.publish_metrics();
         Ok(())
     }
+}
+
+/// Each event's [`Fact`] (agent, event time, and receive time: the earlier of the agent's
+/// `received_at` and the broker's append time, so an agent whose clock runs ahead is judged by
+/// the broker's), the source indices of the events an agent marked as dead letters, and per
+/// origin how far its `received_at` ran ahead of the append time (`i64::MIN`: no event).
+pub(super) fn facts_of(src: &SourceBatch) -> anyhow::Result<(Vec<Fact>, Vec<usize>, Vec<i64>)> {
+    let view = BatchView::new(&src.batch)?;
+    let mut ahead_by_origin = vec![i64::MIN; src.origins.len()];
+    let mut marked = Vec::new();
+    let facts: Vec<Fact> = view
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let o = src.origin[i] as usize;
+            let (received, appended) = (ev.received_at_ms(), src.appended_ms[o]);
+            ahead_by_origin[o] = ahead_by_origin[o].max(received.saturating_sub(appended));
+            if is_dead_letter_bytes(ev.field_bytes(runnel_batch::Field::Properties)) {
+                marked.push(i);
+            }
+            Fact {
+                origin: src.origin[i],
+                event_time_ms: ev.timestamp_ms(),
+                receive_ms: received.min(appended),
+            }
+        })
+        .collect();
+    Ok((facts, marked, ahead_by_origin))
+}
+
+/// The chain's batch after an enricher's answer `out`: the kept and replaced events in order,
+/// with their source indices (from `index`), how many it dropped and how many it failed on;
+/// `failed(source index, event, failure)` is called for each of those.
+pub(super) fn apply_fates(
+    batch: &[u8],
+    index: &[usize],
+    out: &EnrichOutput,
+    mut failed: impl FnMut(usize, &EventRef<'_>, &runnel_host::Failure),
+) -> anyhow::Result<(Vec<u8>, Vec<usize>, u64, u64)> {
+    let view = BatchView::new(batch)?;
+    let repl = if out.replacements.is_empty() {
+        None
+    } else {
+        Some(BatchView::new(&out.replacements)?)
+    };
+    let n = index.len();
+    let mut w = BatchWriter::with_capacity(n, 256);
+    let mut next_index = Vec::with_capacity(n);
+    let (mut dropped, mut failures) = (0u64, 0u64);
+    for (i, fate) in out.fates.iter().enumerate() {
+        match fate {
+            Fate::Keep => {
+                w.push_ref(&view.event(i));
+                next_index.push(index[i]);
+            }
+            Fate::Replace(r) => {
+                let r = repl
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("a replacement without replacements"))?
+                    .event(*r as usize);
+                w.push_ref(&r);
+                next_index.push(index[i]);
+            }
+            Fate::Drop(_) => dropped += 1,
+            Fate::Failed(f) => {
+                failures += 1;
+                failed(index[i], &view.event(i), f);
+            }
+        }
+    }
+    Ok((w.finish(), next_index, dropped, failures))
 }
 
 /// Nanoseconds since `started`, for the per-plugin cost figures.

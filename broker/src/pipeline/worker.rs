@@ -9,12 +9,13 @@ use runnel_host::{Enricher, Runtime};
 use runnel_window::Engine;
 
 use super::aggregates::{self, AggRun, Query};
+use super::shadow::Shadow;
 use super::stage::Stage;
 use super::step::Step;
 use super::{IDLE_POLL, RETRY_AFTER_FAILURE, Settings, Shared, Topics, host_limits};
 use crate::log::BrokerLog;
 use crate::plugins::{
-    AggregateCommit, Pause, PluginKind, PluginRecord, PluginStats, Registry, Status,
+    AggregateCommit, BackfillSwap, Pause, PluginKind, PluginRecord, PluginStats, Registry, Status,
 };
 
 /// The pipeline thread's state.
@@ -192,8 +193,74 @@ impl Worker {
                     };
                     let _ = reply.send(answer);
                 }
+                Query::Swap { shadow, reply } => {
+                    let name = shadow.record.name.clone();
+                    let answer = self.swap(*shadow).map_err(|e| format!("{e:#}"));
+                    if let Err(e) = &answer {
+                        tracing::warn!(plugin = %name, error = %e, "backfill swap refused");
+                    }
+                    let _ = reply.send(answer);
+                }
             }
         }
+    }
+
+    /// Swaps a backfilled version in: commits the live progress, folds the events the shadow
+    /// has not seen yet (the pipeline waits meanwhile), then in one redb transaction makes the
+    /// version active with the shadow's windows and rows; the stage runs the shadow's instance
+    /// from the next batch on. Nothing changes if any step fails.
+    fn swap(&mut self, mut shadow: Shadow) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.stages.iter().any(Stage::holds),
+            "the pipeline is held by a paused plugin; the swap waits until it runs"
+        );
+        let i = self
+            .stages
+            .iter()
+            .position(|s| {
+                s.record.name == shadow.record.name
+                    && s.record.position == shadow.record.position
+                    && s.is_aggregator()
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} is no longer in the pipeline", shadow.record.name)
+            })?;
+        let started = Instant::now();
+        self.commit()?;
+        shadow.catch_up(&self.log, self.progress, self.settings.batch_events)?;
+        let swap = BackfillSwap {
+            name: shadow.record.name.clone(),
+            position: shadow.record.position,
+            plan: shadow.plan.clone(),
+            meta: aggregates::meta_of(&shadow.record, shadow.run.engine.schema()),
+            snapshot: shadow.run.engine.snapshot(),
+            rows: shadow
+                .run
+                .pending
+                .iter()
+                .map(aggregates::to_final)
+                .collect(),
+        };
+        let record = self
+            .registry
+            .backfill_swap(&swap)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        metrics::counter!("runnel_aggregate_rows_final_total", "aggregate" => record.name.clone())
+            .increment(shadow.run.pending.len() as u64);
+        shadow.run.pending.clear();
+        tracing::info!(
+            plugin = %record.name,
+            version = %record.active,
+            offset = self.progress,
+            pause_ms = started.elapsed().as_millis() as u64,
+            "backfilled version swapped in"
+        );
+        let stage = &mut self.stages[i];
+        stage.record = record;
+        stage.agg = Some(shadow.run);
+        stage.stats.failing_batches_in_a_row = 0;
+        self.publish();
+        Ok(())
     }
 
     /// Rebuilds the chain from the registry.

@@ -22,7 +22,8 @@ use runnel_segment::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    AGG_META, AGG_ROWS, AGG_STATE, FaultyBackend, META, PLUGINS, STATS, from_json, to_json,
+    AGG_META, AGG_ROWS, AGG_STATE, BACKFILL, BACKFILL_ROWS, BACKFILL_STATE, FaultyBackend, META,
+    PLUGINS, STATS, from_json, to_json,
 };
 
 /// What a plugin is: which world of the contract it implements, and where the pipeline runs it.
@@ -148,6 +149,114 @@ pub struct PluginRecord {
     pub active: String,
     /// Every version deployed, oldest first.
     pub versions: Vec<PluginVersion>,
+    /// A version being computed over history in shadow, to replace the active one when it
+    /// reaches the live offset ([`crate::backfill`]).
+    #[serde(default)]
+    pub backfill: Option<BackfillPlan>,
+    /// Changes each time a backfill replaces the aggregate's rows, so a reader that read its
+    /// rows in two parts can tell whether both parts are of the same rows.
+    #[serde(default)]
+    pub rows_epoch: u64,
+}
+
+/// Where a backfill starts: every event in the history, or the windows from an event time on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillFrom {
+    /// The whole history: every row of the aggregate is replaced.
+    All,
+    /// Windows that start at or after this event time (ms): those rows are replaced, older
+    /// ones stay as the active version made them.
+    Since(i64),
+}
+
+impl BackfillFrom {
+    /// Parses `all` or an RFC 3339 time, as `backfill_from=` gives it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(Self::All);
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Self::Since(t.timestamp_millis()))
+            .map_err(|e| format!("backfill_from: {s:?} is neither all nor an RFC 3339 time: {e}"))
+    }
+
+    /// The first window start the backfill replaces.
+    pub fn from_ms(self) -> i64 {
+        match self {
+            Self::All => i64::MIN,
+            Self::Since(ms) => ms,
+        }
+    }
+
+    /// As the admin API shows it: `all` or an RFC 3339 time.
+    pub fn label(self) -> String {
+        match self {
+            Self::All => "all".into(),
+            Self::Since(ms) => runnel_event::envelope::rfc3339_ms(ms),
+        }
+    }
+}
+
+/// A requested backfill: which version, from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillPlan {
+    /// The version computed in shadow (one of the record's versions, not the active one).
+    pub version: String,
+    /// Where it starts.
+    pub from: BackfillFrom,
+    /// When it was requested (RFC 3339).
+    pub requested_at: String,
+}
+
+/// A planned backfill that has not started (or whose thread has not reported yet), as the
+/// admin API shows it.
+pub fn queued_backfill(plan: &BackfillPlan) -> runnel_client::api::BackfillInfo {
+    runnel_client::api::BackfillInfo {
+        version: plan.version.clone(),
+        from: plan.from.label(),
+        state: "queued".into(),
+        offset: 0,
+        target_offset: 0,
+        events: 0,
+        errors: 0,
+        events_per_second: 0.0,
+        eta_seconds: None,
+        requested_at: plan.requested_at.clone(),
+    }
+}
+
+/// How far a backfill got, committed with its shadow state and rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillCheckpoint {
+    /// The plugin's identity.
+    pub position: u64,
+    /// The plan it runs.
+    pub plan: BackfillPlan,
+    /// The first offset not folded into the shadow state.
+    pub next: u64,
+    /// Events folded so far.
+    pub events: u64,
+    /// Events the shadow version failed on (not folded; the live version's dead letters
+    /// stay as they are).
+    pub errors: u64,
+}
+
+/// A finished backfill, for the swap's transaction.
+#[derive(Debug, Clone)]
+pub struct BackfillSwap {
+    /// The aggregator's identity.
+    pub name: String,
+    /// Its `position`.
+    pub position: u64,
+    /// The plan that finished.
+    pub plan: BackfillPlan,
+    /// The shadow version's schema (with the new epoch).
+    pub meta: AggregateMeta,
+    /// The shadow engine's snapshot.
+    pub snapshot: Vec<u8>,
+    /// Its final rows since the last checkpoint.
+    pub rows: Vec<FinalRow>,
 }
 
 impl PluginRecord {
@@ -242,6 +351,9 @@ pub struct Deploy {
     pub capabilities: Vec<String>,
     /// What the component turned out to be.
     pub kind: PluginKind,
+    /// Compute this version over history in shadow and swap it in when it is done
+    /// (aggregators only), instead of making it active at once.
+    pub backfill: Option<BackfillFrom>,
 }
 
 /// An aggregator's schema as the pipeline last ran it, with the plugin's identity.
@@ -259,6 +371,9 @@ pub struct AggregateMeta {
     pub dimensions: Vec<String>,
     /// Measure columns and kinds.
     pub measures: Vec<(String, String)>,
+    /// The record's `rows_epoch` these rows are of.
+    #[serde(default)]
+    pub rows_epoch: u64,
 }
 
 /// One aggregator's part of a pipeline commit.
@@ -489,6 +604,12 @@ impl Registry {
                 capabilities: req.capabilities.clone(),
             };
             let (record, changed) = match existing {
+                None if req.backfill.is_some() => {
+                    return Err(RegistryError::Conflict(format!(
+                        "backfill_from: {} is not deployed yet; deploy its first version without a backfill (it starts at the live offset), then backfill the next one",
+                        req.name
+                    )));
+                }
                 None => {
                     let position = meta
                         .get("next_position")
@@ -507,6 +628,8 @@ impl Registry {
                             paused_reason: None,
                             active: v.version.clone(),
                             versions: vec![v],
+                            backfill: None,
+                            rows_epoch: 0,
                         },
                         true,
                     )
@@ -516,6 +639,46 @@ impl Registry {
                         "component: {} is deployed as kind {} and this component is kind {}; remove it first",
                         req.name, rec.kind, req.kind
                     )));
+                }
+                Some(_) if req.backfill.is_some() && req.kind != PluginKind::Aggregate => {
+                    return Err(RegistryError::Conflict(
+                        "backfill_from: only aggregators are backfilled".into(),
+                    ));
+                }
+                Some(mut rec) if req.backfill.is_some() => {
+                    let active = rec.active_version();
+                    if active.sha256 == sha256
+                        && active.params == req.params
+                        && active.limits == req.limits
+                        && active.capabilities == req.capabilities
+                    {
+                        return Err(RegistryError::Conflict(format!(
+                            "backfill_from: this component with these parameters and limits is the active version {:?} of {}; a backfill computes another version",
+                            active.version, req.name
+                        )));
+                    }
+                    let version = version_of(&rec.versions);
+                    match rec.versions.iter().find(|v| v.version == version) {
+                        Some(old)
+                            if old.sha256 != sha256
+                                || old.params != req.params
+                                || old.limits != req.limits
+                                || old.capabilities != req.capabilities =>
+                        {
+                            return Err(RegistryError::Conflict(format!(
+                                "version: {version:?} of {} is already deployed with other content; give a new --version",
+                                req.name
+                            )));
+                        }
+                        Some(_) => {}
+                        None => rec.versions.push(make(version.clone())),
+                    }
+                    rec.backfill = Some(BackfillPlan {
+                        version,
+                        from: req.backfill.expect("checked above"),
+                        requested_at: runnel_event::envelope::rfc3339_ms(runnel_event::now_ms()),
+                    });
+                    (rec, true)
                 }
                 Some(mut rec) => {
                     let active = rec.active_version();
@@ -551,6 +714,8 @@ impl Registry {
                         if let Some(p) = req.policy {
                             rec.policy = p;
                         }
+                        // A deploy without a backfill replaces the version being backfilled.
+                        rec.backfill = None;
                         rec.status = Status::Running;
                         rec.paused_reason = None;
                         (rec, true)
@@ -612,6 +777,7 @@ impl Registry {
             let mut stats = txn.open_table(STATS).map_err(anyhow::Error::from)?;
             stats.remove(name).map_err(anyhow::Error::from)?;
             remove_aggregate(&txn, name).map_err(anyhow::Error::from)?;
+            remove_backfill(&txn, name).map_err(anyhow::Error::from)?;
         }
         txn.commit().map_err(anyhow::Error::from)?;
         self.bump();
@@ -711,35 +877,137 @@ impl Registry {
     }
 
     /// Final rows of aggregate `name` whose window starts in `[from, to)`, in window order,
-    /// at most `limit`.
+    /// at most `limit`; `None` when the committed rows are of another `rows_epoch` than
+    /// `epoch` (a backfill replaced them since the caller looked).
     pub fn final_rows(
         &self,
         name: &str,
+        epoch: u64,
         from: i64,
         to: i64,
         limit: usize,
-    ) -> anyhow::Result<Vec<FinalRow>> {
+    ) -> anyhow::Result<Option<Vec<FinalRow>>> {
         let txn = self.db.begin_read()?;
+        if let Ok(metas) = txn.open_table(AGG_META)
+            && let Some(m) = metas.get(name)?
+            && from_json::<AggregateMeta>("aggregate meta", m.value())?.rows_epoch != epoch
+        {
+            return Ok(None);
+        }
         let Ok(rows) = txn.open_table(AGG_ROWS) else {
+            return Ok(Some(Vec::new()));
+        };
+        Ok(Some(rows_in(&rows, name, from, to, limit)?))
+    }
+
+    /// A backfill's checkpoint and its shadow engine's snapshot, if it committed one.
+    pub fn backfill_checkpoint(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Option<(BackfillCheckpoint, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let (Ok(cps), Ok(states)) = (txn.open_table(BACKFILL), txn.open_table(BACKFILL_STATE))
+        else {
+            return Ok(None);
+        };
+        let (Some(cp), Some(state)) = (cps.get(name)?, states.get(name)?) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            from_json("backfill checkpoint", cp.value())?,
+            state.value().to_vec(),
+        )))
+    }
+
+    /// The shadow rows a backfill of `name` committed so far, in window order, at most `limit`.
+    pub fn backfill_rows(&self, name: &str, limit: usize) -> anyhow::Result<Vec<FinalRow>> {
+        let txn = self.db.begin_read()?;
+        let Ok(rows) = txn.open_table(BACKFILL_ROWS) else {
             return Ok(Vec::new());
         };
-        let lo: (&str, i64, i64, &[u8]) = (name, from, i64::MIN, &[]);
-        let hi: (&str, i64, i64, &[u8]) = (name, to, i64::MIN, &[]);
-        let mut out = Vec::new();
-        for e in rows.range(lo..hi)? {
-            if out.len() >= limit {
-                break;
+        rows_in(&rows, name, i64::MIN, i64::MAX, limit)
+    }
+
+    /// Forgets a backfill's checkpoint, shadow state and rows (its plan changed or went away).
+    pub fn backfill_reset(&self, name: &str) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        remove_backfill(&txn, name)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Commits a backfill's progress: its checkpoint, its shadow snapshot and its new final
+    /// rows in one transaction, unless its plan is no longer the plugin's (then nothing is
+    /// written and the answer is false).
+    pub fn backfill_save(
+        &self,
+        name: &str,
+        cp: &BackfillCheckpoint,
+        snapshot: &[u8],
+        rows: &[FinalRow],
+    ) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        {
+            let plugins = txn.open_table(PLUGINS)?;
+            let current = plugins
+                .get(name)?
+                .map(|v| from_json::<PluginRecord>("plugin record", v.value()))
+                .transpose()?;
+            if !current
+                .is_some_and(|r| r.position == cp.position && r.backfill == Some(cp.plan.clone()))
+            {
+                return Ok(false);
             }
-            let (k, v) = e?;
-            let (_, start, end, key) = k.value();
-            out.push(FinalRow {
-                start,
-                end,
-                key: key.to_vec(),
-                values: v.value().to_vec(),
-            });
+            txn.open_table(BACKFILL)?
+                .insert(name, to_json(cp).as_slice())?;
+            txn.open_table(BACKFILL_STATE)?.insert(name, snapshot)?;
+            let mut table = txn.open_table(BACKFILL_ROWS)?;
+            for r in rows {
+                table.insert(
+                    (name, r.start, r.end, r.key.as_slice()),
+                    r.values.as_slice(),
+                )?;
+            }
         }
-        Ok(out)
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Swaps a finished backfill in, in one transaction: the backfilled version becomes the
+    /// active one, its window state and schema replace the old version's, and its rows
+    /// replace the old version's rows from the plan's start on. Refused (nothing changes) when
+    /// the plan is no longer the plugin's.
+    pub fn backfill_swap(&self, swap: &BackfillSwap) -> Result<PluginRecord, RegistryError> {
+        let txn = self.db.begin_write().map_err(anyhow::Error::from)?;
+        let record = (|| -> Result<PluginRecord, RegistryError> {
+            let mut plugins = txn.open_table(PLUGINS).map_err(anyhow::Error::from)?;
+            let mut rec: PluginRecord = match plugins
+                .get(swap.name.as_str())
+                .map_err(anyhow::Error::from)?
+            {
+                Some(v) => from_json("plugin record", v.value())?,
+                None => return Err(RegistryError::NotFound(swap.name.clone())),
+            };
+            if rec.position != swap.position || rec.backfill.as_ref() != Some(&swap.plan) {
+                return Err(RegistryError::Conflict(format!(
+                    "backfill of {} version {:?}: the plan changed meanwhile",
+                    swap.name, swap.plan.version
+                )));
+            }
+            rec.active = swap.plan.version.clone();
+            rec.backfill = None;
+            rec.rows_epoch += 1;
+            rec.status = Status::Running;
+            rec.paused_reason = None;
+            plugins
+                .insert(swap.name.as_str(), to_json(&rec).as_slice())
+                .map_err(anyhow::Error::from)?;
+            swap_rows(&txn, swap, rec.rows_epoch).map_err(anyhow::Error::from)?;
+            Ok(rec)
+        })()?;
+        txn.commit().map_err(anyhow::Error::from)?;
+        self.bump();
+        Ok(record)
     }
 
     /// Pauses a plugin the pipeline found failing, unless it was removed, redeployed or
@@ -779,6 +1047,82 @@ fn remove_aggregate(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb
     Ok(())
 }
 
+/// The rows of `name` in `table` whose window starts in `[from, to)`, at most `limit`.
+fn rows_in(
+    table: &impl ReadableTable<(&'static str, i64, i64, &'static [u8]), &'static [u8]>,
+    name: &str,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<FinalRow>> {
+    let lo: (&str, i64, i64, &[u8]) = (name, from, i64::MIN, &[]);
+    let hi: (&str, i64, i64, &[u8]) = (name, to, i64::MIN, &[]);
+    let mut out = Vec::new();
+    for e in table.range(lo..hi)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = e?;
+        let (_, start, end, key) = k.value();
+        out.push(FinalRow {
+            start,
+            end,
+            key: key.to_vec(),
+            values: v.value().to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// The swap's state and rows (inside its write transaction): the shadow's snapshot and
+/// schema, the old rows from the plan's start on replaced by the shadow's.
+fn swap_rows(
+    txn: &redb::WriteTransaction,
+    swap: &BackfillSwap,
+    epoch: u64,
+) -> Result<(), redb::Error> {
+    let name = swap.name.as_str();
+    let meta = AggregateMeta {
+        rows_epoch: epoch,
+        ..swap.meta.clone()
+    };
+    txn.open_table(AGG_STATE)?
+        .insert(name, swap.snapshot.as_slice())?;
+    txn.open_table(AGG_META)?
+        .insert(name, to_json(&meta).as_slice())?;
+    let mut rows = txn.open_table(AGG_ROWS)?;
+    let lo: (&str, i64, i64, &[u8]) = (name, swap.plan.from.from_ms(), i64::MIN, &[]);
+    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
+    rows.retain_in(lo..=hi, |_, _| false)?;
+    {
+        let shadow = txn.open_table(BACKFILL_ROWS)?;
+        let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
+        for e in shadow.range(lo..=hi)? {
+            let (k, v) = e?;
+            let (_, start, end, key) = k.value();
+            rows.insert((name, start, end, key), v.value())?;
+        }
+    }
+    for r in &swap.rows {
+        rows.insert(
+            (name, r.start, r.end, r.key.as_slice()),
+            r.values.as_slice(),
+        )?;
+    }
+    remove_backfill(txn, name)
+}
+
+/// Deletes a backfill's checkpoint, shadow state and rows (inside a write transaction).
+fn remove_backfill(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb::Error> {
+    txn.open_table(BACKFILL)?.remove(name)?;
+    txn.open_table(BACKFILL_STATE)?.remove(name)?;
+    let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
+    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
+    txn.open_table(BACKFILL_ROWS)?
+        .retain_in(lo..=hi, |_, _| false)?;
+    Ok(())
+}
+
 /// An automatic pause: which plugin (name and identity), which version failed, and why.
 #[derive(Debug, Clone)]
 pub struct Pause {
@@ -805,5 +1149,177 @@ fn pause_in(plugins: &mut redb::Table<'_, &str, &[u8]>, p: &Pause) -> anyhow::Re
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, backfill: Option<BackfillFrom>) -> Deploy {
+        Deploy {
+            name: name.into(),
+            version: None,
+            policy: None,
+            params: Vec::new(),
+            limits: PluginLimits {
+                deadline_ms: 100,
+                memory_bytes_max: 16 << 20,
+                fuel_per_call: None,
+            },
+            capabilities: Vec::new(),
+            kind: PluginKind::Aggregate,
+            backfill,
+        }
+    }
+
+    fn row(start: i64, key: &str, n: u64) -> FinalRow {
+        FinalRow {
+            start,
+            end: start + 60_000,
+            key: key.as_bytes().to_vec(),
+            values: format!("[{n}]").into_bytes(),
+        }
+    }
+
+    fn meta(version: &str) -> AggregateMeta {
+        AggregateMeta {
+            position: 0,
+            version: version.into(),
+            window: "tumbling 1m".into(),
+            allowed_lateness_ms: 0,
+            dimensions: vec!["event_type".into()],
+            measures: vec![("events".into(), "count".into())],
+            rows_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn a_backfill_is_planned_then_swapped_in_replacing_the_rows_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        let err = r
+            .deploy(
+                req("agg", Some(BackfillFrom::All)),
+                b"v1",
+                &sha256_hex(b"v1"),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("backfill_from"), "{err}");
+        r.deploy(req("agg", None), b"v1", &sha256_hex(b"v1"))
+            .unwrap();
+        let err = r
+            .deploy(
+                req("agg", Some(BackfillFrom::All)),
+                b"v1",
+                &sha256_hex(b"v1"),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("active version"), "{err}");
+        // v1's committed rows: two windows.
+        let v1_rows = [row(0, "[\"a\"]", 1), row(120_000, "[\"a\"]", 2)];
+        r.commit(
+            10,
+            &[],
+            &[],
+            &[AggregateCommit {
+                name: "agg".into(),
+                meta: meta("1"),
+                snapshot: vec![1],
+                rows: v1_rows.to_vec(),
+            }],
+        )
+        .unwrap();
+
+        let from = BackfillFrom::Since(60_000);
+        let (rec, changed) = r
+            .deploy(req("agg", Some(from)), b"v2", &sha256_hex(b"v2"))
+            .unwrap();
+        assert!(changed);
+        assert_eq!(rec.active, "1", "v1 stays active while v2 is backfilled");
+        let plan = rec.backfill.clone().unwrap();
+        assert_eq!((plan.version.as_str(), plan.from), ("2", from));
+
+        let cp = BackfillCheckpoint {
+            position: 0,
+            plan: plan.clone(),
+            next: 5,
+            events: 5,
+            errors: 0,
+        };
+        assert!(
+            r.backfill_save("agg", &cp, &[7], &[row(120_000, "[\"a\",\"x\"]", 2)])
+                .unwrap()
+        );
+        assert_eq!(r.backfill_checkpoint("agg").unwrap(), Some((cp, vec![7])));
+        // Queries see v1's rows only.
+        assert_eq!(
+            r.final_rows("agg", 0, i64::MIN, i64::MAX, 10).unwrap(),
+            Some(v1_rows.to_vec())
+        );
+
+        let swapped = r
+            .backfill_swap(&BackfillSwap {
+                name: "agg".into(),
+                position: 0,
+                plan: plan.clone(),
+                meta: meta("2"),
+                snapshot: vec![8],
+                rows: vec![row(180_000, "[\"a\",\"x\"]", 3)],
+            })
+            .unwrap();
+        assert_eq!(
+            (
+                swapped.active.as_str(),
+                swapped.backfill,
+                swapped.rows_epoch
+            ),
+            ("2", None, 1)
+        );
+        // A read that began before the swap learns it must read again.
+        assert_eq!(
+            r.final_rows("agg", 0, i64::MIN, i64::MAX, 10).unwrap(),
+            None
+        );
+        assert_eq!(
+            r.final_rows("agg", 1, i64::MIN, i64::MAX, 10).unwrap(),
+            Some(vec![
+                row(0, "[\"a\"]", 1),
+                row(120_000, "[\"a\",\"x\"]", 2),
+                row(180_000, "[\"a\",\"x\"]", 3),
+            ]),
+            "rows before the plan's start stay; the others are the backfill's"
+        );
+        assert_eq!(r.backfill_checkpoint("agg").unwrap(), None);
+        assert!(r.backfill_rows("agg", 10).unwrap().is_empty());
+        let (state_meta, state) = r.aggregate_state("agg").unwrap().unwrap();
+        assert_eq!(
+            (state_meta.version.as_str(), state_meta.rows_epoch),
+            ("2", 1)
+        );
+        assert_eq!(state, vec![8]);
+        // The same plan cannot be swapped in twice.
+        assert!(
+            r.backfill_swap(&BackfillSwap {
+                name: "agg".into(),
+                position: 0,
+                plan,
+                meta: meta("2"),
+                snapshot: vec![9],
+                rows: Vec::new(),
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn backfill_from_is_all_or_a_time() {
+        assert_eq!(BackfillFrom::parse("all"), Ok(BackfillFrom::All));
+        assert_eq!(
+            BackfillFrom::parse("2026-11-01T00:00:00Z"),
+            Ok(BackfillFrom::Since(1_793_491_200_000))
+        );
+        let err = BackfillFrom::parse("yesterday").unwrap_err();
+        assert!(err.starts_with("backfill_from:"), "{err}");
     }
 }

@@ -93,6 +93,71 @@ fn time_bounds(filters: &[Expr]) -> (i64, i64) {
     (from, to)
 }
 
+/// The bounds on `offset` (`[from, to)`) that `filters` imply.
+fn offset_bounds(filters: &[Expr]) -> (u64, u64) {
+    let (mut from, mut to) = (0u64, u64::MAX);
+    let offset = |e: &Expr| match e {
+        Expr::Column(c) => c.name == "offset",
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Column(c) if c.name == "offset"),
+        _ => false,
+    };
+    for f in filters {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else {
+            continue;
+        };
+        let (op, v) = match (left.as_ref(), right.as_ref()) {
+            (l, Expr::Literal(v, _)) if offset(l) => (*op, v),
+            (Expr::Literal(v, _), r) if offset(r) => {
+                let Some(op) = op.swap() else { continue };
+                (op, v)
+            }
+            _ => continue,
+        };
+        let n = match v {
+            ScalarValue::UInt64(Some(n)) => *n,
+            ScalarValue::Int64(Some(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => continue,
+        };
+        match op {
+            Operator::GtEq => from = from.max(n),
+            Operator::Gt => from = from.max(n.saturating_add(1)),
+            Operator::Lt => to = to.min(n),
+            Operator::LtEq => to = to.min(n.saturating_add(1)),
+            Operator::Eq => {
+                from = from.max(n);
+                to = to.min(n.saturating_add(1));
+            }
+            _ => {}
+        }
+    }
+    (from, to)
+}
+
+/// The events of offsets `[from, to)` in offset order, over every tier (a backfill's read of
+/// history below the log). Reads only the tiers that hold them: the archive's files by their
+/// offset statistics, the log only from the archive's split on.
+pub async fn events_between(
+    tables: Arc<Tables>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<arrow_array::RecordBatch>, Status> {
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+    );
+    ctx.register_table("events", Arc::new(History::new(tables)))
+        .map_err(|e| Status::internal(format!("registering events: {e}")))?;
+    let sql = format!(
+        "SELECT * FROM events WHERE \"offset\" >= {from} AND \"offset\" < {to} ORDER BY \"offset\""
+    );
+    let df = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| Status::internal(format!("events {from}..{to}: {e}")))?;
+    df.collect()
+        .await
+        .map_err(|e| Status::internal(format!("events {from}..{to}: {e}")))
+}
+
 /// A timestamp literal in milliseconds (rounded down).
 fn timestamp_ms(v: &ScalarValue) -> Option<i64> {
     match v {
@@ -116,9 +181,14 @@ fn archive_filters(
     (from, to): (i64, i64),
     texts: &BTreeMap<String, String>,
     split: u64,
+    (first, end): (u64, u64),
 ) -> Vec<Expr> {
     let utc = Some(Arc::from("UTC"));
-    let mut out = vec![col("offset").lt(lit(i64::try_from(split).unwrap_or(i64::MAX)))];
+    let long = |n: u64| lit(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut out = vec![col("offset").lt(long(split.min(end)))];
+    if first > 0 {
+        out.push(col("offset").gt_eq(long(first)));
+    }
     if from != i64::MIN {
         out.push(col("date").gt_eq(lit(ScalarValue::Date32(Some(day_of(from))))));
         if let Some(us) = from.checked_mul(1000) {
@@ -213,6 +283,7 @@ impl TableProvider for History {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let bounds = time_bounds(filters);
+        let offsets = offset_bounds(filters);
         let mut texts = BTreeMap::new();
         for f in filters {
             if let Some((c, v)) = text_equality(&self.schema, f) {
@@ -235,12 +306,17 @@ impl TableProvider for History {
                 None => None,
             };
             let split = view.as_ref().map_or(0, |v| v.archived_end);
+            if offsets.1 <= split {
+                // Every offset asked for is archived: no need of the log.
+                break (view, Vec::new());
+            }
+            let hot_from = split.max(offsets.0);
             let (hot, log_start) = self
                 .tables
-                .hot_events(split, bounds, texts.clone())
+                .hot_events(hot_from, bounds, texts.clone())
                 .await
                 .map_err(external)?;
-            if log_start <= split {
+            if log_start <= hot_from {
                 break (view, hot);
             }
             tries += 1;
@@ -255,7 +331,7 @@ impl TableProvider for History {
         let hot = LogicalPlanBuilder::scan("hot", provider_as_source(Arc::new(hot)), None)?;
         let mut plan = hot;
         if let Some(view) = view {
-            let filters = archive_filters(bounds, &texts, view.archived_end);
+            let filters = archive_filters(bounds, &texts, view.archived_end, offsets);
             let (warm_files, cold) = match &view.cold {
                 Some(cold) => {
                     // The warm files the cold tier holds are read from cold (a move between
@@ -321,9 +397,30 @@ mod tests {
     }
 
     #[test]
+    fn offset_bounds_come_from_comparisons_and_reach_the_archive() {
+        let f = vec![
+            col("offset").gt_eq(lit(10u64)),
+            lit(20i64).gt(col("offset")),
+            col("platform").eq(lit("ios")),
+        ];
+        assert_eq!(offset_bounds(&f), (10, 20));
+        assert_eq!(offset_bounds(&[]), (0, u64::MAX));
+        let text: Vec<String> =
+            archive_filters((i64::MIN, i64::MAX), &BTreeMap::new(), 42, (10, 20))
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+        assert!(text.contains(&"offset < Int64(20)".to_string()), "{text:?}");
+        assert!(
+            text.contains(&"offset >= Int64(10)".to_string()),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn archive_filters_bound_days_inclusively() {
         let day = 86_400_000;
-        let f = archive_filters((day * 3 + 5, day * 5), &BTreeMap::new(), 42);
+        let f = archive_filters((day * 3 + 5, day * 5), &BTreeMap::new(), 42, (0, u64::MAX));
         let text: Vec<String> = f.iter().map(|e| e.to_string()).collect();
         assert!(text[0].contains("offset < Int64(42)"), "{text:?}");
         assert!(

@@ -71,6 +71,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Admin;
 
+pub use history::events_between;
 pub use tables::{
     CacheSettings, FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
 };

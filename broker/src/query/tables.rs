@@ -216,11 +216,22 @@ impl Tables {
         &self,
         q: TableQuery,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-        let key = serde_json::to_string(&q).expect("serializing to memory");
+        let aggregate = !FIXED_TABLES.contains(&q.table.as_str());
+        let mut key = serde_json::to_string(&q).expect("serializing to memory");
+        if aggregate {
+            // Another version, or a backfill's rows, is another answer.
+            let running = self.admin.pipeline.published_aggregates();
+            if let Some(a) = running
+                .iter()
+                .flat_map(|l| l.iter())
+                .find(|a| a.name == q.table)
+            {
+                key = format!("{key}@{}#{}", a.version, a.rows_epoch);
+            }
+        }
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
-        let aggregate = !FIXED_TABLES.contains(&q.table.as_str());
         let (schema, batches) = self.batches(q).await?;
         let all_final = aggregate
             && batches.iter().all(|b| {

@@ -14,6 +14,9 @@
 //! | [`AGG_STATE`] | aggregate name | a `runnel-window` snapshot (its own checksummed format) | the pipeline's commit |
 //! | [`AGG_META`] | aggregate name | [`crate::plugins::AggregateMeta`] | the pipeline's commit |
 //! | [`AGG_ROWS`] | (aggregate, window start, window end, dimensions as JSON) | measure values as JSON | the pipeline's commit |
+//! | [`BACKFILL`] | aggregate name | [`crate::plugins::BackfillCheckpoint`] (how far a backfill got) | the backfill's checkpoints |
+//! | [`BACKFILL_STATE`] | aggregate name | the shadow engine's `runnel-window` snapshot | the backfill's checkpoints |
+//! | [`BACKFILL_ROWS`] | as [`AGG_ROWS`] | as [`AGG_ROWS`]: the shadow version's final rows | the backfill's checkpoints; moved to [`AGG_ROWS`] by the swap |
 //!
 //! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
 //! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
@@ -49,6 +52,14 @@ pub const AGG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("aggrega
 /// measure values as a JSON array.
 pub const AGG_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
     TableDefinition::new("aggregate_rows");
+
+/// A running backfill's checkpoint, by aggregate name (with its shadow state and rows below).
+pub const BACKFILL: TableDefinition<&str, &[u8]> = TableDefinition::new("backfill");
+/// The shadow engine's snapshot at the checkpoint, by aggregate name.
+pub const BACKFILL_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("backfill_state");
+/// The shadow version's final rows so far, keyed as [`AGG_ROWS`].
+pub const BACKFILL_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
+    TableDefinition::new("backfill_rows");
 
 /// The version of the values this build writes.
 pub const VALUE_VERSION: u8 = 1;

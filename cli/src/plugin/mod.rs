@@ -74,6 +74,11 @@ pub enum PluginCmd {
         /// Memory cap per instance, in bytes (default: the manifest's, else the broker's).
         #[arg(long)]
         memory_bytes_max: Option<u64>,
+        /// Aggregators: compute this version over the history first (`all`, or the windows
+        /// from an RFC 3339 time on) while the active one keeps serving, and swap it in when it
+        /// reaches the live offset. Progress in `runnel plugin list`.
+        #[arg(long, value_name = "all|RFC3339")]
+        backfill_from: Option<String>,
         /// Manifest (default: the first plugin.toml above the component, if any).
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -212,6 +217,7 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             policy,
             deadline_ms,
             memory_bytes_max,
+            backfill_from,
             manifest,
             admin_addr,
         } => {
@@ -230,6 +236,7 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
                 memory_bytes_max: memory_bytes_max.or(limits.memory_bytes_max),
                 fuel_per_call: limits.fuel_per_call,
                 capabilities: m.iter().flat_map(|m| m.capabilities.clone()).collect(),
+                backfill_from,
             };
             let body =
                 std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
