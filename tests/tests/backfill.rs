@@ -79,23 +79,22 @@ enum Kind {
     Mixed,
 }
 
-/// `runnel agg read events_per_type` at `admin`: the rows, or `None` while the broker is down.
-fn read_rows(admin: &str) -> Option<Vec<Value>> {
+/// `runnel agg read events_per_type` at `admin`: the rows, or what it printed (while the broker
+/// is down, say).
+fn read_rows(admin: &str) -> Result<Vec<Value>, String> {
     let out = std::process::Command::new(bin("runnel"))
-        .args(["agg", "read", "events_per_type", "--limit", "1000000"])
+        .args(["agg", "read", "events_per_type", "--limit", "100000"])
         .args(["--admin-addr", admin])
         .output()
         .unwrap();
     if !out.status.success() {
-        return None;
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    Some(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    )
+    Ok(String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect())
 }
 
 fn kind(rows: &[Value]) -> Option<Kind> {
@@ -175,7 +174,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let v1 = read_rows(&p.admin_addr).unwrap();
+    let v1 = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
     assert_eq!(kind(&v1), Some(Kind::Old));
     assert_eq!(counts(&v1), expected(0..HISTORY, false), "v1's rows");
 
@@ -186,7 +185,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         std::thread::spawn(move || {
             let mut kinds = Vec::new();
             while !stop.load(Ordering::Acquire) {
-                if let Some(k) = read_rows(&admin).as_deref().and_then(kind) {
+                if let Some(k) = read_rows(&admin).ok().as_deref().and_then(kind) {
                     kinds.push(k);
                 }
             }
@@ -208,7 +207,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         "all",
     ]))
     .unwrap();
-    assert_eq!(deployed["version"], "0.1.0", "v1 stays active: {deployed}");
+    assert_eq!(deployed["version"], "1", "v1 stays active: {deployed}");
     assert_eq!(deployed["backfill"]["version"], "2", "{deployed}");
 
     // SIGKILL once the backfill has folded some of the history.
@@ -246,8 +245,14 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    p.wait_pipeline_caught_up(HISTORY + LIVE, Duration::from_secs(120))
-        .await;
+    // (`records` counts what the log holds; the archive holds the rest.)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while p.log_stats()["end_offset"].as_u64() < Some(HISTORY + LIVE)
+        || p.plugin_list().iter().any(|x| x["lag"] != 0)
+    {
+        assert!(Instant::now() < deadline, "the pipeline did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A few more reads after the swap, then the readers' story.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Release);
@@ -268,7 +273,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         kinds.len() - first_new
     );
 
-    let v2 = read_rows(&p.admin_addr).unwrap();
+    let v2 = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
     assert_eq!(kind(&v2), Some(Kind::New));
     assert_eq!(
         counts(&v2),

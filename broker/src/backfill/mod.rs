@@ -435,14 +435,22 @@ impl Worker {
             let to = log_start
                 .min(next.saturating_add(self.settings.archive_read_events))
                 .min(live);
-            let batches = archive
-                .handle
-                .block_on(crate::query::events_between(
-                    archive.tables.clone(),
-                    next,
-                    to,
-                ))
-                .map_err(|s| anyhow::anyhow!("reading the archive: {}", s.message()))?;
+            let batches = match archive.handle.block_on(crate::query::events_between(
+                archive.tables.clone(),
+                next,
+                to,
+            )) {
+                Ok(b) => b,
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    // The archive is being opened after a start: wait for it.
+                    std::thread::sleep(IDLE);
+                    return Ok(SourceBatch {
+                        next,
+                        ..SourceBatch::default()
+                    });
+                }
+                Err(s) => anyhow::bail!("reading the archive: {}", s.message()),
+            };
             let mut src = source_of(&batches)?;
             src.next = to;
             return Ok(src);

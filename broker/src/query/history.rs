@@ -149,13 +149,16 @@ pub async fn events_between(
     let sql = format!(
         "SELECT * FROM events WHERE \"offset\" >= {from} AND \"offset\" < {to} ORDER BY \"offset\""
     );
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| Status::internal(format!("events {from}..{to}: {e}")))?;
-    df.collect()
-        .await
-        .map_err(|e| Status::internal(format!("events {from}..{to}: {e}")))
+    // A scan's own refusal (the archive still being opened: `Unavailable`) keeps its code.
+    let status = |e: DataFusionError| match e.find_root() {
+        DataFusionError::External(b) if b.is::<Status>() => {
+            let s = b.downcast_ref::<Status>().expect("checked");
+            Status::new(s.code(), s.message())
+        }
+        _ => Status::internal(format!("events {from}..{to}: {e}")),
+    };
+    let df = ctx.sql(&sql).await.map_err(status)?;
+    df.collect().await.map_err(status)
 }
 
 /// A timestamp literal in milliseconds (rounded down).
