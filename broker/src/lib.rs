@@ -210,12 +210,12 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
         archive,
     });
-    let backfill = backfill::Backfill::start(
+    let backfill = backfill::Backfill::start(backfill::Worker {
         runtime,
-        registry.clone(),
-        log.clone(),
-        pipeline.shared.clone(),
-        admin.archive.as_ref().map(|_| backfill::ArchiveSource {
+        registry: registry.clone(),
+        log: log.clone(),
+        pipeline: pipeline.shared.clone(),
+        archive: admin.archive.as_ref().map(|_| backfill::ArchiveSource {
             tables: Arc::new(query::Tables::new(
                 admin.clone(),
                 cfg.flight_rows_max,
@@ -228,8 +228,8 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             )),
             handle: tokio::runtime::Handle::current(),
         }),
-        backfill_progress,
-        backfill::Settings {
+        progress: backfill_progress,
+        settings: backfill::Settings {
             batch_events: cfg.pipeline_batch_events,
             checkpoint_interval: std::time::Duration::from_millis(
                 cfg.backfill_checkpoint_interval_ms,
@@ -239,7 +239,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             window: cfg.window_settings(),
             isolation,
         },
-    )?;
+    })?;
     let wasm_max = cfg.plugin_wasm_bytes_max;
     let flight_admin = admin.clone();
     let shutdown_rx_flight = shutdown_rx.clone();

@@ -135,25 +135,8 @@ pub struct Backfill {
 
 impl Backfill {
     /// Starts the backfill thread.
-    pub fn start(
-        runtime: Runtime,
-        registry: Registry,
-        log: BrokerLog,
-        pipeline: Arc<PipelineShared>,
-        archive: Option<ArchiveSource>,
-        progress: Arc<Progress>,
-        settings: Settings,
-    ) -> anyhow::Result<Self> {
+    pub fn start(mut worker: Worker) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut worker = Worker {
-            runtime,
-            registry,
-            log,
-            pipeline,
-            archive,
-            progress,
-            settings,
-        };
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("backfill".into())
@@ -179,14 +162,22 @@ impl Drop for Backfill {
     }
 }
 
-struct Worker {
-    runtime: Runtime,
-    registry: Registry,
-    log: BrokerLog,
-    pipeline: Arc<PipelineShared>,
-    archive: Option<ArchiveSource>,
-    progress: Arc<Progress>,
-    settings: Settings,
+/// What the backfill thread works with.
+pub struct Worker {
+    /// The plugin runtime.
+    pub runtime: Runtime,
+    /// Plans, checkpoints, components.
+    pub registry: Registry,
+    /// The log (the history above its first offset).
+    pub log: BrokerLog,
+    /// The pipeline: its committed offset, and the hand-off.
+    pub pipeline: Arc<PipelineShared>,
+    /// The archive's part of the history, when the archive is on.
+    pub archive: Option<ArchiveSource>,
+    /// What it shares.
+    pub progress: Arc<Progress>,
+    /// Its settings.
+    pub settings: Settings,
 }
 
 /// How a run of a plan ended.

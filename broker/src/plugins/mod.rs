@@ -846,17 +846,27 @@ impl Registry {
 
     /// An aggregator's committed engine snapshot and schema, if it has committed any.
     pub fn aggregate_state(&self, name: &str) -> anyhow::Result<Option<(AggregateMeta, Vec<u8>)>> {
+        self.with_snapshot("aggregate meta", AGG_META, AGG_STATE, name)
+    }
+
+    /// A record of `name` (versioned JSON, in `records`) and the engine snapshot beside it
+    /// (in `snapshots`), if both were committed.
+    fn with_snapshot<T: for<'a> Deserialize<'a>>(
+        &self,
+        what: &str,
+        records: redb::TableDefinition<&str, &[u8]>,
+        snapshots: redb::TableDefinition<&str, &[u8]>,
+        name: &str,
+    ) -> anyhow::Result<Option<(T, Vec<u8>)>> {
         let txn = self.db.begin_read()?;
-        let (Ok(state), Ok(metas)) = (txn.open_table(AGG_STATE), txn.open_table(AGG_META)) else {
+        let (Ok(records), Ok(snapshots)) = (txn.open_table(records), txn.open_table(snapshots))
+        else {
             return Ok(None);
         };
-        let (Some(s), Some(m)) = (state.get(name)?, metas.get(name)?) else {
+        let (Some(r), Some(s)) = (records.get(name)?, snapshots.get(name)?) else {
             return Ok(None);
         };
-        Ok(Some((
-            from_json("aggregate meta", m.value())?,
-            s.value().to_vec(),
-        )))
+        Ok(Some((from_json(what, r.value())?, s.value().to_vec())))
     }
 
     /// The committed schema of every aggregator that has committed state, by name.
@@ -905,18 +915,7 @@ impl Registry {
         &self,
         name: &str,
     ) -> anyhow::Result<Option<(BackfillCheckpoint, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let (Ok(cps), Ok(states)) = (txn.open_table(BACKFILL), txn.open_table(BACKFILL_STATE))
-        else {
-            return Ok(None);
-        };
-        let (Some(cp), Some(state)) = (cps.get(name)?, states.get(name)?) else {
-            return Ok(None);
-        };
-        Ok(Some((
-            from_json("backfill checkpoint", cp.value())?,
-            state.value().to_vec(),
-        )))
+        self.with_snapshot("backfill checkpoint", BACKFILL, BACKFILL_STATE, name)
     }
 
     /// The shadow rows a backfill of `name` committed so far, in window order, at most `limit`.
