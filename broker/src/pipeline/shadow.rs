@@ -6,9 +6,9 @@
 //! the dead letters and late events of these events already; what the new version fails on is
 //! counted.
 //!
-//! With a start time (`--backfill-from TIME`), events before it are observed (they move the
-//! watermark as they did) but give no rows, and only windows that start at or after it are
-//! kept: those are the rows the swap replaces.
+//! With a start time (`--backfill-from TIME`), every event is folded still (a window that
+//! straddles the time is whole), and only the final rows of windows that start at or after it
+//! are kept: those are the rows the swap replaces.
 
 use runnel_batch::{BatchView, BatchWriter};
 use runnel_host::Enricher;
@@ -92,10 +92,6 @@ impl Shadow {
             out.rows
         };
         let from = self.plan.from.from_ms();
-        if from > i64::MIN {
-            // A window holds only events at or after its start.
-            rows.retain(|r| r.event_time_ms >= from);
-        }
         rows.sort_by_key(|r| r.event);
         let agents: Vec<&str> = src.origins.iter().map(|(a, _)| a.as_str()).collect();
         let out = fold(
