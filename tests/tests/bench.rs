@@ -67,6 +67,10 @@ async fn dev(dir: &Path) -> (Proc, u16, u16) {
     (p, http, admin)
 }
 
+/// The two load runs take turns: side by side on a 2-core machine each would measure the other
+/// (an open loop falls behind and counts backlog errors), not the code under test.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn runnel(args: &[&str]) -> std::process::Output {
     Command::new(bin("runnel")).args(args).output().unwrap()
 }
@@ -108,6 +112,7 @@ fn plotted(html: &str) -> Vec<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_renders() {
+    let _turn = LOAD.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (mut dev, http, admin) = dev(dir).await;
@@ -286,6 +291,7 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_broker_ships_batches_over_quic_as_simulated_agents() {
+    let _turn = LOAD.lock().await;
     let mut p = Pipeline::new(&[]);
     p.start().await;
     let json = p.dir.path().join("broker-bench.json");
