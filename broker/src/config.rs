@@ -134,6 +134,10 @@ settings! {
     /// Copy the log into the archive's Delta tables (`docs/archive.md`). Off, the log stays
     /// on local disk only.
     archive_enabled: bool [bool] = true;
+    /// How long an aggregate's final rows stay in `state.redb` once they are in the archive's
+    /// `agg_<name>` table, in milliseconds of window start before now; older ones are read
+    /// from the table. 0: every row stays. Nothing is deleted while the archive is off.
+    aggregate_rows_retention_ms: u64 [u64] = 2_592_000_000;
     /// Where the archive's tables live: a local folder (a path or `file:///path`),
     /// `s3://bucket/prefix` (S3 or an S3-compatible server), or `memory:///` (gone at exit).
     /// Unset: `DATA_DIR/archive`. Each table is a folder under it (`…/events/`).
@@ -146,7 +150,8 @@ settings! {
     /// so the archive lags the log by about this much whatever the volume.
     archive_interval_ms: u64 [u64] = 300_000;
     /// Most events one archive commit takes (bounds the memory of a pass: about 300 bytes an
-    /// event); a larger backlog takes several commits.
+    /// event), and about the most rows one commit of an `agg_<name>` table takes; a larger
+    /// backlog takes several commits.
     archive_commit_events_max: usize [usize] = 250_000;
     /// Archive data files smaller than this (bytes) are compacted into files of up to about
     /// this size.
@@ -225,6 +230,8 @@ impl BrokerConfig {
                 target_file_bytes: self.archive_target_file_bytes,
                 min_files: self.archive_compact_min_files,
             },
+            aggregate_rows_retention: (self.aggregate_rows_retention_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.aggregate_rows_retention_ms)),
         }
     }
 

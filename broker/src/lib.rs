@@ -174,6 +174,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let archive = if cfg.archive_enabled {
         let (status, task) = archive::start(
             log.clone(),
+            Some(registry.clone()),
             readers_floor,
             cfg.archive_settings(),
             shutdown_rx.clone(),

@@ -371,7 +371,7 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
 
     // Events 1..=2000 at 100 ms apart: windows of 1 min hold 599, 600, 600 and 201 events; the
     // watermark (199.5 s) finalized the first three (end + 5 s lateness).
-    let finals = registry
+    let (finals, _) = registry
         .final_rows("per_type", 0, i64::MIN, i64::MAX, usize::MAX)
         .unwrap()
         .expect("the rows of epoch 0");

@@ -48,6 +48,8 @@ pub enum PluginStatus {
     Running,
     /// Paused by an operator or after failing batches.
     Paused,
+    /// An aggregator's first version being computed over history: it runs once swapped in.
+    Backfilling,
 }
 
 /// What the pipeline does with events while a plugin is paused.

@@ -210,6 +210,7 @@ fn api_status(s: Status) -> PluginStatus {
     match s {
         Status::Running => PluginStatus::Running,
         Status::Paused => PluginStatus::Paused,
+        Status::Backfilling => PluginStatus::Backfilling,
     }
 }
 
@@ -569,16 +570,7 @@ async fn aggregate_rows(
             a.read_limit_max
         ));
     }
-    let (meta, rows) = match crate::pipeline::aggregates::read_rows(
-        &a.pipeline,
-        &a.registry,
-        &name,
-        from,
-        to,
-        limit,
-    )
-    .await
-    {
+    let (meta, rows) = match crate::query::aggregate_rows(&a, &name, from, to, limit).await {
         Ok(v) => v,
         Err(e) => return read_error(e),
     };

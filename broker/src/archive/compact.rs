@@ -5,10 +5,12 @@
 //! version see the same rows). The new file is named by the least and greatest offset of the
 //! files it replaces, which no other file of the partition has; a crash before the commit
 //! leaves it uncommitted, and the sweep at open or the retry replaces it. The files it
-//! replaces are vacuumed later like any removed file.
+//! replaces are vacuumed later like any removed file. The `agg_<name>` tables are compacted
+//! the same way, their files named by outbox batch numbers instead of offsets.
 
 use std::collections::BTreeMap;
 
+use arrow_schema::SchemaRef;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::DeltaOperation;
 use parquet::arrow::ArrowWriter;
@@ -119,15 +121,15 @@ fn less(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Rewrites `group` (files of one partition) as one file and commits the swap.
-async fn rewrite(table: &mut Table, group: &[FileInfo]) -> Result<(), String> {
+/// Rewrites `group` (files of one partition, holding `schema`'s columns) as one file and
+/// commits the swap.
+async fn rewrite(table: &mut Table, group: &[FileInfo], schema: &SchemaRef) -> Result<(), String> {
     let (first, last) = group
         .iter()
         .filter_map(|f| offsets_of(&f.path))
         .fold((u64::MAX, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
     let folder = group[0].path.rsplit_once('/').map_or("", |(d, _)| d);
     let path = format!("{folder}/part-{first:020}-{last:020}.zstd.parquet");
-    let schema = events::data_schema();
     let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(events::writer_props()))
         .map_err(|e| format!("starting a Parquet file: {e}"))?;
     for f in group {
@@ -138,7 +140,7 @@ async fn rewrite(table: &mut Table, group: &[FileInfo]) -> Result<(), String> {
         for batch in reader {
             let batch = batch.map_err(|e| format!("reading {}: {e}", f.path))?;
             let batch = arrow_array::RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                .map_err(|e| format!("{} does not hold the events columns: {e}", f.path))?;
+                .map_err(|e| format!("{} does not hold the table's columns: {e}", f.path))?;
             w.write(&batch)
                 .map_err(|e| format!("writing a Parquet file: {e}"))?;
         }
@@ -181,11 +183,12 @@ async fn rewrite(table: &mut Table, group: &[FileInfo]) -> Result<(), String> {
     Ok(())
 }
 
-/// Compacts what `policy` says is due in `table`; returns how many files were replaced.
-pub async fn run(table: &mut Table, policy: &Policy) -> Result<u64, String> {
+/// Compacts what `policy` says is due in `table`, whose data files hold `schema`'s columns;
+/// returns how many files were replaced.
+pub async fn run(table: &mut Table, policy: &Policy, schema: &SchemaRef) -> Result<u64, String> {
     let mut replaced = 0;
     for group in plan(table.files()?, policy) {
-        rewrite(table, &group).await?;
+        rewrite(table, &group, schema).await?;
         replaced += group.len() as u64;
     }
     Ok(replaced)

@@ -303,7 +303,7 @@ pub fn encode(batch: &RecordBatch, schema: &SchemaRef) -> Result<bytes::Bytes, S
 }
 
 /// A time in Delta's statistics format (milliseconds, UTC).
-fn stat_time(ms: i64) -> String {
+pub fn stat_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")

@@ -28,8 +28,13 @@
 //! segment the archive lacks is never deleted: with the archiver failing or off the log only
 //! grows, bounded by the disk-full policy.
 //!
-//! May call: [`crate::log`] (reads).
+//! ## Aggregates
+//! The same pass commits each aggregate's final rows, queued by the pipeline's commits in the
+//! registry's outbox, to its table `agg_<name>` ([`aggregates`]).
+//!
+//! May call: [`crate::log`] (reads), [`crate::plugins`] (the outbox).
 
+pub mod aggregates;
 pub mod audit;
 pub mod compact;
 pub mod events;
@@ -39,10 +44,11 @@ pub mod lifecycle;
 pub mod store;
 pub mod table;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deltalake::kernel::{Add, Transaction};
+use deltalake::kernel::Transaction;
 use tokio::sync::watch;
 
 use crate::log::BrokerLog;
@@ -69,6 +75,9 @@ pub struct Settings {
     pub audit_path: std::path::PathBuf,
     /// When small files are compacted.
     pub compact: compact::Policy,
+    /// How long an aggregate's final rows stay in `state.redb` once archived
+    /// (`aggregate_rows_retention_ms`; `None`: for ever).
+    pub aggregate_rows_retention: Option<Duration>,
 }
 
 /// The lowest log offset another reader still needs (the pipeline's committed offset): no
@@ -84,6 +93,8 @@ pub struct Shared {
     pub status: Mutex<Status>,
     /// The `events` table as last committed, for queries (`None` before the first open).
     view: Mutex<Option<View>>,
+    /// Each `agg_<name>` table as last committed and its outbox cleared, by aggregate name.
+    aggregates: Mutex<HashMap<String, deltalake::DeltaTable>>,
 }
 
 /// A committed version of the `events` table and the first offset it lacks: a query reads
@@ -108,11 +119,23 @@ impl Shared {
     fn publish(&self, view: View) {
         *self.view.lock().expect("lock poisoned") = Some(view);
     }
+
+    /// Aggregate `name`'s table as last committed (`None` before its first commit since the
+    /// start): it holds every row below the aggregate's split
+    /// ([`crate::plugins::outbox::Split`]) at the split's version or a later one.
+    pub fn aggregate_view(&self, name: &str) -> Option<deltalake::DeltaTable> {
+        self.aggregates
+            .lock()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
+    }
 }
 
 /// Starts the archiver task: it runs until `shutdown` turns true.
 pub fn start(
     log: BrokerLog,
+    registry: Option<crate::plugins::Registry>,
     readers_floor: ReadersFloor,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
@@ -144,9 +167,15 @@ pub fn start(
             tables,
         }),
         view: Mutex::new(None),
+        aggregates: Mutex::new(HashMap::new()),
     });
+    if let Some(r) = &registry {
+        r.set_archive_rows(true)
+            .map_err(|e| format!("queueing aggregate rows: {e}"))?;
+    }
     let archiver = Archiver {
         log,
+        registry,
         readers_floor,
         audit: audit::Audit::new(settings.audit_path.clone()),
         settings,
@@ -159,6 +188,8 @@ pub fn start(
 
 struct Archiver {
     log: BrokerLog,
+    /// Where the aggregates' rows are queued (`None`: events only).
+    registry: Option<crate::plugins::Registry>,
     readers_floor: ReadersFloor,
     settings: Settings,
     location: store::Location,
@@ -201,7 +232,11 @@ async fn open_events(location: &store::Location) -> Result<Table, String> {
 impl Archiver {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut events: Option<Events> = None;
+        let mut aggregates: HashMap<String, Table> = HashMap::new();
         loop {
+            // The aggregates first: after a start, reads of rows below an aggregate's split
+            // wait for its table, and a large backlog of the log must not hold them up.
+            self.aggregates_pass(&mut aggregates).await;
             let failed = match self.pass(&mut events, &shutdown).await {
                 Ok(()) => false,
                 Err(e) => {
@@ -311,20 +346,13 @@ impl Archiver {
         for f in &range.files {
             ev.table.put_new(&f.path, f.bytes.clone()).await?;
             bytes += f.bytes.len() as u64;
-            adds.push(Add {
-                path: f.path.clone(),
-                partition_values: [
-                    ("event_type".to_string(), Some(f.event_type.clone())),
-                    ("date".to_string(), Some(f.date.clone())),
-                ]
-                .into_iter()
-                .collect(),
-                size: f.bytes.len() as i64,
-                modification_time: now,
-                data_change: true,
-                stats: Some(f.stats.clone()),
-                ..Default::default()
-            });
+            adds.push(table::new_add(
+                &f.path,
+                &[("event_type", &f.event_type), ("date", &f.date)],
+                f.bytes.len(),
+                &f.stats,
+                now,
+            ));
         }
         let version = ev
             .table
@@ -352,6 +380,144 @@ impl Archiver {
         Ok(())
     }
 
+    /// Commits the aggregates' queued rows to their tables; an aggregate whose commit fails
+    /// is opened again on the next pass (its transaction version says what the failed commit
+    /// did, the sweep removes what it left).
+    async fn aggregates_pass(&self, tables: &mut HashMap<String, Table>) {
+        let Some(registry) = self.registry.clone() else {
+            return;
+        };
+        let rows_max = self.settings.commit_events_max;
+        let pending =
+            match tokio::task::spawn_blocking(move || registry.archive_pending(rows_max)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
+                    return;
+                }
+            };
+        for p in pending {
+            let table = aggregates::table_name(&p.name);
+            if let Err(e) = self.archive_aggregate(tables, &p).await {
+                tables.remove(&table);
+                metrics::counter!("runnel_archive_errors_total", "table" => table.clone())
+                    .increment(1);
+                tracing::warn!(table = %table, error = %e, "archive commit failed; retrying");
+                self.named_status(&table, |s| s.last_error = Some(e));
+            }
+        }
+    }
+
+    async fn archive_aggregate(
+        &self,
+        tables: &mut HashMap<String, Table>,
+        p: &crate::plugins::outbox::Pending,
+    ) -> Result<(), String> {
+        let name = aggregates::table_name(&p.name);
+        if !tables.contains_key(&name) {
+            let t = aggregates::open(&self.location, &p.name, p.meta.as_ref()).await?;
+            let swept = t.sweep_orphans().await?;
+            metrics::counter!("runnel_archive_orphans_swept_total", "table" => name.clone())
+                .increment(swept);
+            tracing::info!(table = %name, url = %t.url(), version = t.version(), swept, "archive table opened");
+            self.named_status(&name, |s| {
+                s.url = t.url();
+                s.orphans_swept += swept;
+            });
+            tables.insert(name.clone(), t);
+        }
+        let t = tables.get_mut(&name).expect("opened above");
+        if p.batches.is_empty() {
+            // Nothing to commit; reads below the split need the table.
+            let mut views = self.shared.aggregates.lock().expect("lock poisoned");
+            views
+                .entry(p.name.clone())
+                .or_insert_with(|| t.delta().clone());
+            return Ok(());
+        }
+        let (below, rows, version) = aggregates::commit(t, p).await?;
+        let (registry, agg) = (
+            self.registry.clone().expect("a pending aggregate"),
+            p.name.clone(),
+        );
+        let prune_before = self
+            .settings
+            .aggregate_rows_retention
+            .map(|r| chrono::Utc::now().timestamp_millis() - r.as_millis() as i64);
+        let pruned = tokio::task::spawn_blocking(move || {
+            registry.archive_done(&agg, below, version, prune_before)
+        })
+        .await
+        .map_err(|e| format!("deleting archived outbox batches: {e}"))?
+        .map_err(|e| format!("deleting archived outbox batches: {e}"))?;
+        // Published after the outbox is cleared: a reader that sees this version finds
+        // `state.redb` at the same split or a later one.
+        self.shared
+            .aggregates
+            .lock()
+            .expect("lock poisoned")
+            .insert(p.name.clone(), t.delta().clone());
+        metrics::counter!("runnel_aggregate_rows_pruned_total", "aggregate" => p.name.clone())
+            .increment(pruned);
+        // Small files (a pass's rows of today) are compacted, removed ones vacuumed; a
+        // failure here loses nothing and is tried again at the next commit.
+        if let Some(meta) = &p.meta {
+            let schema = aggregates::data_schema_of(meta);
+            match compact::run(t, &self.settings.compact, &schema).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    self.shared
+                        .aggregates
+                        .lock()
+                        .expect("lock poisoned")
+                        .insert(p.name.clone(), t.delta().clone());
+                }
+                Err(e) => tracing::warn!(table = %name, error = %e, "compacting failed"),
+            }
+        }
+        let before = chrono::Utc::now().timestamp_millis() - self.settings.policy.vacuum_after_ms;
+        if let Err(e) = t.vacuum(before).await {
+            tracing::warn!(table = %name, error = %e, "vacuuming removed files failed");
+        }
+        metrics::counter!("runnel_archive_commits_total", "table" => name.clone()).increment(1);
+        metrics::counter!("runnel_archive_events_total", "table" => name.clone()).increment(rows);
+        let figures = figures(t, 0)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        self.named_status(&name, |s| {
+            figures.apply(s);
+            s.archived_end = below;
+            s.last_commit_ms = Some(now);
+            s.last_error = None;
+        });
+        Ok(())
+    }
+
+    /// Updates the status of the warm table `name`, adding it when it is not listed yet.
+    fn named_status(&self, name: &str, f: impl FnOnce(&mut TableStatus)) {
+        let mut s = self.shared.status.lock().expect("lock poisoned");
+        let i = match s
+            .tables
+            .iter()
+            .position(|t| t.name == name && t.tier == "warm")
+        {
+            Some(i) => i,
+            None => {
+                s.tables.push(TableStatus {
+                    name: name.to_string(),
+                    tier: "warm".into(),
+                    url: self.location.table_url(name).to_string(),
+                    ..Default::default()
+                });
+                s.tables.len() - 1
+            }
+        };
+        f(&mut s.tables[i]);
+    }
+
     /// Moves and deletes the days that are due ([`lifecycle`]), publishing each step.
     async fn lifecycle(&self, ev: &mut Events) -> Result<(), String> {
         let archived_end = ev.archived_end;
@@ -367,7 +533,14 @@ impl Archiver {
         if done != lifecycle::Done::default() {
             tracing::debug!(?done, "archive lifecycle pass");
         }
-        if compact::run(&mut ev.table, &self.settings.compact).await? > 0 {
+        if compact::run(
+            &mut ev.table,
+            &self.settings.compact,
+            &events::data_schema(),
+        )
+        .await?
+            > 0
+        {
             shared.publish(ev.view());
         }
         Ok(())
@@ -394,7 +567,7 @@ impl Archiver {
         metrics::gauge!("runnel_archive_lag_events", "table" => events::TABLE).set(lag as f64);
         metrics::gauge!("runnel_archive_archived_end", "table" => events::TABLE)
             .set(ev.archived_end as f64);
-        let warm = figures(&ev.table)?;
+        let warm = figures(&ev.table, 1)?;
         self.table_status(|s| {
             warm.apply(s);
             s.archived_end = ev.archived_end;
@@ -403,7 +576,7 @@ impl Archiver {
             s.last_error = None;
         });
         if let Some(cold) = &ev.cold {
-            let cold = figures(cold)?;
+            let cold = figures(cold, 1)?;
             self.tier_status(1, |s| cold.apply(s));
         }
         Ok(())
@@ -431,11 +604,12 @@ impl Figures {
     }
 }
 
-fn figures(t: &Table) -> Result<Figures, String> {
+/// A table's figures; its date is partition column `date_column`.
+fn figures(t: &Table, date_column: usize) -> Result<Figures, String> {
     let files = t.files()?;
     let dates = files
         .iter()
-        .filter_map(|f| f.partition.get(1).cloned().flatten());
+        .filter_map(|f| f.partition.get(date_column).cloned().flatten());
     let (oldest, newest) = dates.fold((None::<String>, None::<String>), |(lo, hi), d| {
         (
             Some(lo.map_or(d.clone(), |l| l.min(d.clone()))),

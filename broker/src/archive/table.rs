@@ -40,6 +40,23 @@ pub struct FileInfo {
     pub remove: Remove,
 }
 
+/// The add of a new data file of `size` bytes at `path` in `partition` (column, value), with
+/// its Delta statistics.
+pub fn new_add(path: &str, partition: &[(&str, &str)], size: usize, stats: &str, now: i64) -> Add {
+    Add {
+        path: path.to_string(),
+        partition_values: partition
+            .iter()
+            .map(|(c, v)| (c.to_string(), Some(v.to_string())))
+            .collect(),
+        size: size as i64,
+        modification_time: now,
+        data_change: true,
+        stats: Some(stats.to_string()),
+        ..Default::default()
+    }
+}
+
 impl FileInfo {
     /// An add of the same file (same path, partition, size and statistics) in another table.
     pub fn to_add(&self, modification_time: i64) -> Add {
@@ -57,7 +74,7 @@ impl FileInfo {
 
 /// A table, opened (created at first use).
 pub struct Table {
-    name: &'static str,
+    name: String,
     table: DeltaTable,
     partition_columns: Vec<String>,
 }
@@ -67,7 +84,7 @@ impl Table {
     /// `partition_columns` when it does not exist.
     pub async fn open(
         location: &Location,
-        name: &'static str,
+        name: &str,
         columns: Vec<StructField>,
         partition_columns: &[&str],
     ) -> Result<Self, Error> {
@@ -86,15 +103,15 @@ impl Table {
             .await
             .map_err(err("opening or creating the table"))?;
         Ok(Self {
-            name,
+            name: name.to_string(),
             table,
             partition_columns: partition_columns.iter().map(|c| c.to_string()).collect(),
         })
     }
 
     /// The table's name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The URL of its folder.
@@ -332,7 +349,7 @@ impl Table {
                 .delete(p)
                 .await
                 .map_err(|e| format!("deleting the orphan {p}: {e}"))?;
-            tracing::info!(table = self.name, path = %p, "deleted an archive file no commit references");
+            tracing::info!(table = %self.name, path = %p, "deleted an archive file no commit references");
         }
         Ok(orphans.len() as u64)
     }

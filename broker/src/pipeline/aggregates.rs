@@ -281,7 +281,8 @@ pub async fn list(shared: &super::Shared) -> Result<Vec<AggInfo>, ReadError> {
 
 /// The rows of aggregate `name` whose window starts in `[from, to)`, in window then key
 /// order, at most `limit`, each with `is_final`: committed final rows (redb), final rows not
-/// yet committed and the rows of open windows (from the pipeline thread).
+/// yet committed and the rows of open windows (from the pipeline thread); and the split below
+/// which the rows are in the archive instead ([`crate::query::aggregate_rows`] reads both).
 pub async fn read_rows(
     shared: &super::Shared,
     registry: &crate::plugins::Registry,
@@ -289,7 +290,7 @@ pub async fn read_rows(
     from: i64,
     to: i64,
     limit: usize,
-) -> Result<HeldRows, ReadError> {
+) -> Result<(HeldRows, crate::plugins::outbox::Split), ReadError> {
     // The rows come in two parts, the pipeline's and redb's; a backfill's swap between the two
     // would mix two versions' rows, so the parts must be of the same `rows_epoch`.
     for _ in 0..SWAP_RETRIES {
@@ -300,7 +301,8 @@ pub async fn read_rows(
         let registry = registry.clone();
         let name = name.to_string();
         let read = tokio::task::spawn_blocking(move || {
-            let Some(committed) = registry.final_rows(&name, meta.rows_epoch, from, to, limit)?
+            let Some((committed, split)) =
+                registry.final_rows(&name, meta.rows_epoch, from, to, limit)?
             else {
                 return anyhow::Ok(None);
             };
@@ -316,7 +318,7 @@ pub async fn read_rows(
                 }
             }
             let rows: Vec<(FinalRow, bool)> = rows.into_values().take(limit).collect();
-            Ok(Some((meta, rows)))
+            Ok(Some(((meta, rows), split)))
         })
         .await
         .map_err(|e| ReadError::Storage(anyhow::anyhow!("reading rows: {e}")))??;

@@ -10,11 +10,16 @@
 //! transaction as its consumer offset, so they describe exactly the events before that offset
 //! (after a crash the pipeline resumes from the offset and counts nothing twice). Component
 //! bytes are written through the storage seam, durably, before the registry names them.
+//!
+//! While the archive is on, committed aggregate rows are also queued for its `agg_<name>`
+//! tables ([`outbox`]).
+
+pub mod outbox;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -22,8 +27,8 @@ use runnel_segment::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    AGG_META, AGG_ROWS, AGG_STATE, BACKFILL, BACKFILL_ROWS, BACKFILL_STATE, FaultyBackend, META,
-    PLUGINS, STATS, from_json, to_json,
+    AGG_ARCHIVE, AGG_META, AGG_OUTBOX, AGG_ROWS, AGG_STATE, BACKFILL, BACKFILL_ROWS,
+    BACKFILL_STATE, FaultyBackend, META, PLUGINS, STATS, from_json, to_json,
 };
 
 /// What a plugin is: which world of the contract it implements, and where the pipeline runs it.
@@ -96,6 +101,9 @@ pub enum Status {
     Running,
     /// Paused by an operator or after `plugin_pause_after_failing_batches` failing batches.
     Paused,
+    /// An aggregator's first version, deployed with a backfill: it runs (and its table
+    /// exists) once the backfill is swapped in.
+    Backfilling,
 }
 
 /// Per-plugin limits; each at most the broker's ceiling of the same name.
@@ -460,6 +468,8 @@ pub struct Registry {
     generation: Arc<AtomicU64>,
     /// Component files go through the storage seam.
     storage: Arc<dyn Storage>,
+    /// Committed aggregate rows are queued for the archive ([`outbox`]).
+    archive_rows: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -498,6 +508,9 @@ impl Registry {
             txn.open_table(PLUGINS)?;
             txn.open_table(STATS)?;
             txn.open_table(META)?;
+            txn.open_table(AGG_ARCHIVE)?;
+            txn.open_table(AGG_OUTBOX)?;
+            txn.open_table(AGG_META)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -505,6 +518,7 @@ impl Registry {
             dir,
             generation: Arc::new(AtomicU64::new(1)),
             storage,
+            archive_rows: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -604,11 +618,10 @@ impl Registry {
                 capabilities: req.capabilities.clone(),
             };
             let (record, changed) = match existing {
-                None if req.backfill.is_some() => {
-                    return Err(RegistryError::Conflict(format!(
-                        "backfill_from: {} is not deployed yet; deploy its first version without a backfill (it starts at the live offset), then backfill the next one",
-                        req.name
-                    )));
+                None if req.backfill.is_some() && req.kind != PluginKind::Aggregate => {
+                    return Err(RegistryError::Conflict(
+                        "backfill_from: only aggregators are backfilled".into(),
+                    ));
                 }
                 None => {
                     let position = meta
@@ -618,17 +631,27 @@ impl Registry {
                     meta.insert("next_position", position + 1)
                         .map_err(anyhow::Error::from)?;
                     let v = make(version_of(&[]));
+                    // A first version with a backfill runs once it is swapped in.
+                    let backfill = req.backfill.map(|from| BackfillPlan {
+                        version: v.version.clone(),
+                        from,
+                        requested_at: runnel_event::envelope::rfc3339_ms(runnel_event::now_ms()),
+                    });
                     (
                         PluginRecord {
                             name: req.name.clone(),
                             kind: req.kind,
                             position,
                             policy: req.policy.unwrap_or_default(),
-                            status: Status::Running,
+                            status: if backfill.is_some() {
+                                Status::Backfilling
+                            } else {
+                                Status::Running
+                            },
                             paused_reason: None,
                             active: v.version.clone(),
                             versions: vec![v],
-                            backfill: None,
+                            backfill,
                             rows_epoch: 0,
                         },
                         true,
@@ -750,6 +773,11 @@ impl Registry {
                 Some(v) => from_json("plugin record", v.value())?,
                 None => return Err(RegistryError::NotFound(name.into())),
             };
+            if rec.status == Status::Backfilling {
+                return Err(RegistryError::Conflict(format!(
+                    "{name} is backfilling its first version and runs once that is swapped in; remove it, or deploy it without --backfill-from to start it at the live offset"
+                )));
+            }
             rec.status = status;
             rec.paused_reason = if status == Status::Paused {
                 reason
@@ -776,7 +804,7 @@ impl Registry {
             }
             let mut stats = txn.open_table(STATS).map_err(anyhow::Error::from)?;
             stats.remove(name).map_err(anyhow::Error::from)?;
-            remove_aggregate(&txn, name).map_err(anyhow::Error::from)?;
+            remove_aggregate(&txn, name, self.archives_rows()).map_err(anyhow::Error::from)?;
             remove_backfill(&txn, name).map_err(anyhow::Error::from)?;
         }
         txn.commit().map_err(anyhow::Error::from)?;
@@ -798,6 +826,8 @@ impl Registry {
     ) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         let mut paused_any = false;
+        let archive = self.archives_rows();
+        let (mut queued, mut unqueued) = (Vec::new(), Vec::new());
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("pipeline_offset", offset)?;
@@ -825,7 +855,14 @@ impl Registry {
                     continue;
                 }
                 state.insert(a.name.as_str(), a.snapshot.as_slice())?;
-                metas.insert(a.name.as_str(), to_json(&a.meta).as_slice())?;
+                let old = metas
+                    .insert(a.name.as_str(), to_json(&a.meta).as_slice())?
+                    .and_then(|v| from_json::<AggregateMeta>("aggregate meta", v.value()).ok());
+                if archive {
+                    queued.push((a, old));
+                } else if !a.rows.is_empty() {
+                    unqueued.push(a.name.as_str());
+                }
                 for r in &a.rows {
                     rows.insert(
                         (a.name.as_str(), r.start, r.end, r.key.as_slice()),
@@ -836,6 +873,12 @@ impl Registry {
             for p in pauses {
                 paused_any |= pause_in(&mut plugins, p)?;
             }
+        }
+        for (a, old) in queued {
+            outbox::on_commit(&txn, &a.name, old.as_ref(), &a.meta, &a.rows)?;
+        }
+        for name in unqueued {
+            outbox::mark_gap(&txn, name)?;
         }
         txn.commit()?;
         if paused_any {
@@ -896,7 +939,7 @@ impl Registry {
         from: i64,
         to: i64,
         limit: usize,
-    ) -> anyhow::Result<Option<Vec<FinalRow>>> {
+    ) -> anyhow::Result<Option<(Vec<FinalRow>, outbox::Split)>> {
         let txn = self.db.begin_read()?;
         if let Ok(metas) = txn.open_table(AGG_META)
             && let Some(m) = metas.get(name)?
@@ -904,10 +947,17 @@ impl Registry {
         {
             return Ok(None);
         }
-        let Ok(rows) = txn.open_table(AGG_ROWS) else {
-            return Ok(Some(Vec::new()));
+        let split = match txn.open_table(AGG_ARCHIVE) {
+            Ok(t) => match t.get(name)? {
+                Some(v) => from_json::<outbox::AggArchive>("aggregate archive", v.value())?.split(),
+                None => outbox::AggArchive::default().split(),
+            },
+            Err(_) => outbox::AggArchive::default().split(),
         };
-        Ok(Some(rows_in(&rows, name, from, to, limit)?))
+        let Ok(rows) = txn.open_table(AGG_ROWS) else {
+            return Ok(Some((Vec::new(), split)));
+        };
+        Ok(Some((rows_in(&rows, name, from, to, limit)?, split)))
     }
 
     /// A backfill's checkpoint and its shadow engine's snapshot, if it committed one.
@@ -1001,7 +1051,8 @@ impl Registry {
             plugins
                 .insert(swap.name.as_str(), to_json(&rec).as_slice())
                 .map_err(anyhow::Error::from)?;
-            swap_rows(&txn, swap, rec.rows_epoch).map_err(anyhow::Error::from)?;
+            swap_rows(&txn, swap, rec.rows_epoch, self.archives_rows())
+                .map_err(anyhow::Error::from)?;
             Ok(rec)
         })()?;
         txn.commit().map_err(anyhow::Error::from)?;
@@ -1035,15 +1086,29 @@ impl Registry {
     }
 }
 
-/// Deletes an aggregate's state, schema and rows (inside a write transaction).
-fn remove_aggregate(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb::Error> {
+/// Deletes an aggregate's state, schema and rows (inside a write transaction); with
+/// `archive`, its archive table's rows too (in the archiver's next commit).
+fn remove_aggregate(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    archive: bool,
+) -> Result<(), redb::Error> {
     txn.open_table(AGG_STATE)?.remove(name)?;
-    txn.open_table(AGG_META)?.remove(name)?;
-    let mut rows = txn.open_table(AGG_ROWS)?;
-    let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
-    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
-    rows.retain_in(lo..=hi, |_, _| false)?;
+    let had = txn.open_table(AGG_META)?.remove(name)?.is_some();
+    txn.open_table(AGG_ROWS)?
+        .retain_in(rows_from(name, i64::MIN), |_, _| false)?;
+    if had && archive {
+        outbox::replace(txn, name, i64::MIN)?;
+    }
     Ok(())
+}
+
+/// A row's key in `aggregate_rows` and `backfill_rows`: name, window start, end, group key.
+type RowKey<'a> = (&'a str, i64, i64, &'a [u8]);
+
+/// The keys of `name`'s rows whose window starts at or after `from` (`i64::MIN`: all of them).
+fn rows_from(name: &str, from: i64) -> std::ops::RangeInclusive<RowKey<'_>> {
+    (name, from, i64::MIN, &[])..=(name, i64::MAX, i64::MAX, &[0xff; 8])
 }
 
 /// The rows of `name` in `table` whose window starts in `[from, to)`, at most `limit`.
@@ -1054,8 +1119,8 @@ fn rows_in(
     to: i64,
     limit: usize,
 ) -> anyhow::Result<Vec<FinalRow>> {
-    let lo: (&str, i64, i64, &[u8]) = (name, from, i64::MIN, &[]);
-    let hi: (&str, i64, i64, &[u8]) = (name, to, i64::MIN, &[]);
+    let lo: RowKey = (name, from, i64::MIN, &[]);
+    let hi: RowKey = (name, to, i64::MIN, &[]);
     let mut out = Vec::new();
     for e in table.range(lo..hi)? {
         if out.len() >= limit {
@@ -1079,6 +1144,7 @@ fn swap_rows(
     txn: &redb::WriteTransaction,
     swap: &BackfillSwap,
     epoch: u64,
+    archive: bool,
 ) -> Result<(), redb::Error> {
     let name = swap.name.as_str();
     let meta = AggregateMeta {
@@ -1090,13 +1156,10 @@ fn swap_rows(
     txn.open_table(AGG_META)?
         .insert(name, to_json(&meta).as_slice())?;
     let mut rows = txn.open_table(AGG_ROWS)?;
-    let lo: (&str, i64, i64, &[u8]) = (name, swap.plan.from.from_ms(), i64::MIN, &[]);
-    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
-    rows.retain_in(lo..=hi, |_, _| false)?;
+    rows.retain_in(rows_from(name, swap.plan.from.from_ms()), |_, _| false)?;
     {
         let shadow = txn.open_table(BACKFILL_ROWS)?;
-        let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
-        for e in shadow.range(lo..=hi)? {
+        for e in shadow.range(rows_from(name, i64::MIN))? {
             let (k, v) = e?;
             let (_, start, end, key) = k.value();
             rows.insert((name, start, end, key), v.value())?;
@@ -1108,6 +1171,12 @@ fn swap_rows(
             r.values.as_slice(),
         )?;
     }
+    drop(rows);
+    if archive {
+        // The rows before the plan's start stay as they are (in the new columns when the
+        // version has other ones).
+        outbox::replace(txn, name, swap.plan.from.from_ms())?;
+    }
     remove_backfill(txn, name)
 }
 
@@ -1115,10 +1184,8 @@ fn swap_rows(
 fn remove_backfill(txn: &redb::WriteTransaction, name: &str) -> Result<(), redb::Error> {
     txn.open_table(BACKFILL)?.remove(name)?;
     txn.open_table(BACKFILL_STATE)?.remove(name)?;
-    let lo: (&str, i64, i64, &[u8]) = (name, i64::MIN, i64::MIN, &[]);
-    let hi: (&str, i64, i64, &[u8]) = (name, i64::MAX, i64::MAX, &[0xff; 8]);
     txn.open_table(BACKFILL_ROWS)?
-        .retain_in(lo..=hi, |_, _| false)?;
+        .retain_in(rows_from(name, i64::MIN), |_, _| false)?;
     Ok(())
 }
 
@@ -1181,6 +1248,22 @@ mod tests {
         }
     }
 
+    /// A pipeline commit of `rows` of aggregate `agg` with schema `meta`.
+    fn commit_rows(r: &Registry, meta: AggregateMeta, rows: Vec<FinalRow>) {
+        r.commit(
+            10,
+            &[],
+            &[],
+            &[AggregateCommit {
+                name: "agg".into(),
+                meta,
+                snapshot: vec![1],
+                rows,
+            }],
+        )
+        .unwrap()
+    }
+
     fn meta(version: &str) -> AggregateMeta {
         AggregateMeta {
             position: 0,
@@ -1197,14 +1280,6 @@ mod tests {
     fn a_backfill_is_planned_then_swapped_in_replacing_the_rows_from_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::open(dir.path()).unwrap();
-        let err = r
-            .deploy(
-                req("agg", Some(BackfillFrom::All)),
-                b"v1",
-                &sha256_hex(b"v1"),
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("backfill_from"), "{err}");
         r.deploy(req("agg", None), b"v1", &sha256_hex(b"v1"))
             .unwrap();
         let err = r
@@ -1217,18 +1292,7 @@ mod tests {
         assert!(err.to_string().contains("active version"), "{err}");
         // v1's committed rows: two windows.
         let v1_rows = [row(0, "[\"a\"]", 1), row(120_000, "[\"a\"]", 2)];
-        r.commit(
-            10,
-            &[],
-            &[],
-            &[AggregateCommit {
-                name: "agg".into(),
-                meta: meta("1"),
-                snapshot: vec![1],
-                rows: v1_rows.to_vec(),
-            }],
-        )
-        .unwrap();
+        commit_rows(&r, meta("1"), v1_rows.to_vec());
 
         let from = BackfillFrom::Since(60_000);
         let (rec, changed) = r
@@ -1253,7 +1317,9 @@ mod tests {
         assert_eq!(r.backfill_checkpoint("agg").unwrap(), Some((cp, vec![7])));
         // Queries see v1's rows only.
         assert_eq!(
-            r.final_rows("agg", 0, i64::MIN, i64::MAX, 10).unwrap(),
+            r.final_rows("agg", 0, i64::MIN, i64::MAX, 10)
+                .unwrap()
+                .map(|(rows, _)| rows),
             Some(v1_rows.to_vec())
         );
 
@@ -1281,7 +1347,9 @@ mod tests {
             None
         );
         assert_eq!(
-            r.final_rows("agg", 1, i64::MIN, i64::MAX, 10).unwrap(),
+            r.final_rows("agg", 1, i64::MIN, i64::MAX, 10)
+                .unwrap()
+                .map(|(rows, _)| rows),
             Some(vec![
                 row(0, "[\"a\"]", 1),
                 row(120_000, "[\"a\",\"x\"]", 2),
@@ -1309,6 +1377,216 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// With the archive on: each commit with rows queues one batch; a swap replaces the rows
+    /// from its plan's UTC day on, a schema change and a remove every row; the archiver's
+    /// `archive_done` deletes the batches below the table's transaction version.
+    #[test]
+    fn archived_rows_are_queued_once_and_replacements_cover_what_changed() {
+        const DAY: i64 = 86_400_000;
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        r.set_archive_rows(true).unwrap();
+        r.deploy(req("agg", None), b"v1", &sha256_hex(b"v1"))
+            .unwrap();
+        let commit = |rows: Vec<FinalRow>, m: AggregateMeta| commit_rows(&r, m, rows);
+        commit(vec![row(0, "[\"a\"]", 1)], meta("1"));
+        commit(Vec::new(), meta("1"));
+        commit(vec![row(DAY, "[\"a\"]", 2)], meta("1"));
+        let batches = |p: &outbox::Pending| -> Vec<(u64, Vec<i64>)> {
+            p.batches
+                .iter()
+                .map(|(b, rows)| (*b, rows.iter().map(|r| r.start).collect()))
+                .collect()
+        };
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(batches(&p[0]), vec![(0, vec![0]), (1, vec![DAY])]);
+        assert_eq!(p[0].state.replace, None);
+        assert_eq!(
+            batches(&r.archive_pending(1).unwrap()[0]),
+            vec![(0, vec![0])]
+        );
+        assert_eq!(r.archive_done("agg", 1, 1, None).unwrap(), 0);
+        assert_eq!(
+            batches(&r.archive_pending(1000).unwrap()[0]),
+            vec![(1, vec![DAY])]
+        );
+
+        // A backfill from an hour into the second day: the rows from then on are queued, the
+        // batch not yet committed dropped (the replacement covers it).
+        let from = BackfillFrom::Since(DAY + 3_600_000);
+        let (rec, _) = r
+            .deploy(req("agg", Some(from)), b"v2", &sha256_hex(b"v2"))
+            .unwrap();
+        r.backfill_swap(&BackfillSwap {
+            name: "agg".into(),
+            position: 0,
+            plan: rec.backfill.unwrap(),
+            meta: meta("2"),
+            snapshot: vec![2],
+            rows: vec![row(DAY + 7_200_000, "[\"a\"]", 5)],
+        })
+        .unwrap();
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(batches(&p[0]), vec![(2, vec![DAY + 7_200_000])]);
+        assert_eq!(
+            p[0].state.replace,
+            Some(outbox::Replace {
+                from: DAY + 3_600_000,
+                batch: 2
+            })
+        );
+        r.archive_done("agg", 3, 2, None).unwrap();
+        assert!(r.archive_pending(1000).unwrap().is_empty());
+
+        // Other columns: every row again, in the new schema.
+        let mut m3 = meta("3");
+        m3.dimensions.push("platform".into());
+        commit(vec![row(2 * DAY, "[\"a\",\"ios\"]", 1)], m3.clone());
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(
+            batches(&p[0]),
+            vec![(3, vec![0, DAY, DAY + 7_200_000, 2 * DAY])]
+        );
+        assert_eq!(
+            p[0].state.replace,
+            Some(outbox::Replace {
+                from: i64::MIN,
+                batch: 3
+            })
+        );
+        assert_eq!(p[0].meta.as_ref().unwrap().dimensions.len(), 2);
+
+        // Committed, with nothing left queued: the rows older than the retention go, and the
+        // split moves up; reads take the table below it.
+        assert_eq!(r.archive_done("agg", 4, 3, Some(DAY + 1)).unwrap(), 2);
+        let epoch = r.aggregate_state("agg").unwrap().unwrap().0.rows_epoch;
+        let (rows, split) = r
+            .final_rows("agg", epoch, i64::MIN, i64::MAX, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.start).collect::<Vec<_>>(),
+            vec![DAY + 7_200_000, 2 * DAY]
+        );
+        assert_eq!(
+            split,
+            outbox::Split {
+                below: DAY + 1,
+                version: 3
+            }
+        );
+        // A row final below the split stays in state.redb until its batch is committed.
+        commit(vec![row(0, "[\"b\",\"web\"]", 1)], m3.clone());
+        let (rows, _) = r
+            .final_rows("agg", epoch, i64::MIN, 1, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(r.archive_done("agg", 5, 4, Some(DAY + 1)).unwrap(), 1);
+        let (rows, split) = r
+            .final_rows("agg", epoch, i64::MIN, 1, 10)
+            .unwrap()
+            .unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(split.version, 4);
+
+        // Rows committed while the archive is off are queued again once it is on: every row
+        // from the split on, replacing the table's.
+        r.set_archive_rows(false).unwrap();
+        commit(vec![row(3 * DAY, "[\"a\",\"ios\"]", 1)], m3.clone());
+        assert!(r.archive_pending(1000).unwrap()[0].batches.is_empty());
+        r.set_archive_rows(true).unwrap();
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(
+            batches(&p[0]),
+            vec![(5, vec![DAY + 7_200_000, 2 * DAY, 3 * DAY])]
+        );
+        assert_eq!(
+            p[0].state.replace,
+            Some(outbox::Replace {
+                from: DAY + 1,
+                batch: 5
+            })
+        );
+        assert!(!p[0].state.gap);
+        r.archive_done("agg", 6, 5, None).unwrap();
+
+        // A remove: an empty batch that replaces every row, and no schema.
+        r.remove("agg").unwrap();
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(batches(&p[0]), vec![(6, vec![])]);
+        assert_eq!(p[0].state.replace.map(|r| r.from), Some(i64::MIN));
+        assert!(p[0].meta.is_none());
+    }
+
+    /// Rows an aggregate committed before the archive was ever on are queued with its first
+    /// rows after, all of them, replacing the table's.
+    #[test]
+    fn rows_from_before_the_archive_are_queued_with_the_first_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        r.deploy(req("agg", None), b"v1", &sha256_hex(b"v1"))
+            .unwrap();
+        let commit = |rows: Vec<FinalRow>| commit_rows(&r, meta("1"), rows);
+        commit(vec![row(0, "[\"a\"]", 1)]);
+        assert!(r.archive_pending(1000).unwrap().is_empty());
+        r.set_archive_rows(true).unwrap();
+        commit(vec![row(60_000, "[\"a\"]", 2)]);
+        let p = r.archive_pending(1000).unwrap();
+        let starts: Vec<i64> = p[0].batches[0].1.iter().map(|r| r.start).collect();
+        assert_eq!(starts, vec![0, 60_000]);
+        assert_eq!(p[0].state.replace.map(|r| r.from), Some(i64::MIN));
+    }
+
+    /// A first version deployed with a backfill waits (no pause or resume) until its swap,
+    /// which starts it; an enricher's is refused.
+    #[test]
+    fn a_first_version_with_a_backfill_runs_once_swapped_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        let mut enricher = req("enr", Some(BackfillFrom::All));
+        enricher.kind = PluginKind::Enrich;
+        let err = r.deploy(enricher, b"e1", &sha256_hex(b"e1")).unwrap_err();
+        assert!(err.to_string().contains("only aggregators"), "{err}");
+
+        let (rec, changed) = r
+            .deploy(
+                req("agg", Some(BackfillFrom::All)),
+                b"v1",
+                &sha256_hex(b"v1"),
+            )
+            .unwrap();
+        assert!(changed);
+        assert_eq!(rec.status, Status::Backfilling);
+        let plan = rec.backfill.clone().expect("a plan");
+        assert_eq!((plan.version.as_str(), plan.from), ("1", BackfillFrom::All));
+        let err = r.set_status("agg", Status::Running, None).unwrap_err();
+        assert!(err.to_string().contains("backfilling"), "{err}");
+        assert!(r.aggregate_state("agg").unwrap().is_none());
+
+        let swapped = r
+            .backfill_swap(&BackfillSwap {
+                name: "agg".into(),
+                position: rec.position,
+                plan,
+                meta: meta("1"),
+                snapshot: vec![3],
+                rows: vec![row(0, "[\"a\"]", 4)],
+            })
+            .unwrap();
+        assert_eq!(
+            (swapped.status, swapped.active.as_str()),
+            (Status::Running, "1")
+        );
+        let (rows, _) = r
+            .final_rows("agg", swapped.rows_epoch, i64::MIN, i64::MAX, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows, vec![row(0, "[\"a\"]", 4)]);
+        r.set_status("agg", Status::Paused, None).unwrap();
     }
 
     #[test]

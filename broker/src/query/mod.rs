@@ -46,6 +46,7 @@
 //! `arrow.flight.protocol.sql.*`) goes to [`sql`]: SQL over the same tables, in catalog
 //! `runnel`, schema `public`. JSON queries and path descriptors stay plain Flight.
 
+mod aggregate_rows;
 mod history;
 mod lru;
 mod sql;
@@ -71,6 +72,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Admin;
 
+pub use aggregate_rows::aggregate_rows;
 pub use history::events_between;
 pub use tables::{
     CacheSettings, FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,

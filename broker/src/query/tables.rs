@@ -284,16 +284,10 @@ impl Tables {
         let batches = match info {
             Some(info) => {
                 let (from, to) = time_range(&q)?;
-                let (_, rows) = aggregate::read_rows(
-                    &self.admin.pipeline,
-                    &self.admin.registry,
-                    &info.name,
-                    from,
-                    to,
-                    usize::MAX,
-                )
-                .await
-                .map_err(status_of)?;
+                let (_, rows) =
+                    super::aggregate_rows(&self.admin, &info.name, from, to, usize::MAX)
+                        .await
+                        .map_err(status_of)?;
                 aggregate_batches(&schema, &info, &rows, &q.filters, limit)?
             }
             None if q.table == "events" => {

@@ -17,6 +17,8 @@
 //! | [`BACKFILL`] | aggregate name | [`crate::plugins::BackfillCheckpoint`] (how far a backfill got) | the backfill's checkpoints |
 //! | [`BACKFILL_STATE`] | aggregate name | the shadow engine's `runnel-window` snapshot | the backfill's checkpoints |
 //! | [`BACKFILL_ROWS`] | as [`AGG_ROWS`] | as [`AGG_ROWS`]: the shadow version's final rows | the backfill's checkpoints; moved to [`AGG_ROWS`] by the swap |
+//! | [`AGG_ARCHIVE`] | aggregate name | [`crate::plugins::outbox::AggArchive`] (the next batch's number, a pending replacement) | the pipeline's commit, the swap, remove; the archiver |
+//! | [`AGG_OUTBOX`] | (aggregate, batch number) | final rows not yet in `agg_<name>` ([`crate::plugins::outbox`]) | the pipeline's commit, the swap, remove; deleted by the archiver after its Delta commit |
 //!
 //! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
 //! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
@@ -60,6 +62,13 @@ pub const BACKFILL_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("b
 /// The shadow version's final rows so far, keyed as [`AGG_ROWS`].
 pub const BACKFILL_ROWS: TableDefinition<(&str, i64, i64, &[u8]), &[u8]> =
     TableDefinition::new("backfill_rows");
+
+/// Each aggregate's place in its archive table `agg_<name>`, by aggregate name.
+pub const AGG_ARCHIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggregate_archive");
+/// Final rows the archiver has still to commit to `agg_<name>`: (aggregate, batch number) to
+/// the batch's rows, encoded by [`crate::plugins::outbox`].
+pub const AGG_OUTBOX: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("aggregate_outbox");
 
 /// The version of the values this build writes.
 pub const VALUE_VERSION: u8 = 1;
