@@ -23,6 +23,36 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `runnel ARGS…` to its end and parses its stdout as JSON lines (one value a line);
+/// a failure is the command's stderr.
+pub fn runnel_json<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let out = Command::new(bin("runnel")).args(args).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    String::from_utf8(out.stdout)
+        .map_err(|e| format!("runnel printed non-UTF-8: {e}"))?
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+/// `runnel agg read NAME` (every row, at most 100,000) against the admin API at `admin`, parsed;
+/// a failure is what it printed (while the broker is down, say).
+pub fn agg_read(admin: &str, name: &str) -> Result<Vec<serde_json::Value>, String> {
+    runnel_json([
+        "agg",
+        "read",
+        name,
+        "--limit",
+        "100000",
+        "--admin-addr",
+        admin,
+    ])
+}
+
 /// Ports this test process has handed out: the kernel may give the same free port to two
 /// binds in a row, and two servers of one test must not be told the same port.
 static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -420,6 +450,25 @@ pub fn event(id: &str, event_type: &str) -> serde_json::Value {
         "app_version": "4.2.0",
         "properties": {"path": "/checkout/confirm", "amount": 129.5, "currency": "EUR", "pad": "x".repeat(80)}
     })
+}
+
+/// Posts the events `event(n)` for `n` in `range` to the agent at `agent_url`, as JSON arrays of
+/// `per`, each retried until it gets a 202.
+pub async fn post_range(
+    agent_url: &str,
+    range: std::ops::Range<u64>,
+    per: u64,
+    event: fn(u64) -> serde_json::Value,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for lo in range.clone().step_by(per as usize) {
+        let hi = (lo + per).min(range.end);
+        let body = serde_json::Value::Array((lo..hi).map(event).collect()).to_string();
+        post_until_accepted(&client, agent_url, body).await;
+    }
 }
 
 /// Posts `body` (a JSON array of events) to the agent at `agent_url`, retrying until it is

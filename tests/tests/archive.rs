@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use runnel_e2e::{Pipeline, bin};
+use runnel_e2e::{Pipeline, bin, runnel_json};
 use serde_json::Value;
 
 const TYPES: [&str; 4] = ["page.view", "order.placed", "cart.add", "app.open"];
@@ -69,15 +69,7 @@ fn partition_of(n: u64) -> String {
 
 /// Posts events `range` in requests of `per`, retrying each until it gets a 202.
 async fn post_all(url: &str, range: std::ops::Range<u64>, per: u64) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for lo in range.clone().step_by(per as usize) {
-        let hi = (lo + per).min(range.end);
-        let body = Value::Array((lo..hi).map(event).collect()).to_string();
-        runnel_e2e::post_until_accepted(&client, url, body).await;
-    }
+    runnel_e2e::post_range(url, range, per, event).await
 }
 
 /// The Flight token of these tests' brokers.
@@ -98,20 +90,14 @@ fn flight_args() -> (Vec<String>, String) {
 /// `runnel query SQL --format json` against the broker's Flight at `addr`: the rows, or the
 /// error it printed.
 fn try_query(addr: &str, sql: &str) -> Result<Vec<Value>, String> {
-    let out = std::process::Command::new(bin("runnel"))
-        .args(["query", sql, "--format", "json"])
-        .arg(format!("--flight-addr={addr}"))
-        .arg(format!("--flight-token={TOKEN}"))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect())
+    runnel_json([
+        "query",
+        sql,
+        "--format",
+        "json",
+        &format!("--flight-addr={addr}"),
+        &format!("--flight-token={TOKEN}"),
+    ])
 }
 
 /// [`try_query`] that must succeed.
@@ -248,6 +234,15 @@ async fn archive_holds_every_offset_once_across_kill_9() {
         &broker_args,
     );
     p.start().await;
+    // An aggregator too: its final rows go to agg_events_per_type across the kills.
+    let wasm = runnel_e2e::plugin("events_per_type");
+    p.cli(&[
+        "plugin",
+        "deploy",
+        wasm.to_str().unwrap(),
+        "--name",
+        "events_per_type",
+    ]);
     let url = p.agent_url.clone();
     let posting = tokio::spawn(async move { post_all(&url, 0..EVENTS, 250).await });
     let seed: u64 = rand::random();
@@ -306,6 +301,89 @@ async fn archive_holds_every_offset_once_across_kill_9() {
         "date",
     ] {
         assert!(cols.iter().any(|x| x == c), "no column {c}: {cols:?}");
+    }
+    assert_aggregate_archived_once(&p).await;
+}
+
+/// `agg_events_per_type`, read by `deltalake` and DuckDB, holds exactly the aggregate's final
+/// rows as `state.redb` has them (`runnel agg read`), each once.
+async fn assert_aggregate_archived_once(p: &Pipeline) {
+    let uri = p.dir.path().join("broker/archive/agg_events_per_type");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/agg_check.py");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = runnel_e2e::agg_read(&p.admin_addr, "events_per_type").unwrap();
+        let want: BTreeMap<String, u64> = rows
+            .iter()
+            .filter(|r| r["is_final"] == true)
+            .map(|r| {
+                let start =
+                    chrono::DateTime::parse_from_rfc3339(r["window_start"].as_str().unwrap())
+                        .unwrap()
+                        .timestamp_millis();
+                (
+                    format!(
+                        "{start}|{}|{}",
+                        r["event_type"].as_str().unwrap(),
+                        r["platform"].as_str().unwrap_or("")
+                    ),
+                    r["events"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let out = std::process::Command::new(python())
+            .arg(&script)
+            .arg(&uri)
+            .output()
+            .unwrap();
+        let got: Option<Value> = out
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap());
+        if let Some(got) = &got {
+            let read = |r: &str| -> BTreeMap<String, u64> {
+                serde_json::from_value(got[r].clone()).unwrap()
+            };
+            if !want.is_empty() && read("deltalake") == want && read("duckdb") == want {
+                assert_eq!(
+                    got["rows"]["deltalake"],
+                    want.len(),
+                    "a row twice: {}",
+                    got["rows"]
+                );
+                assert_eq!(
+                    got["rows"]["duckdb"],
+                    want.len(),
+                    "a row twice: {}",
+                    got["rows"]
+                );
+                let status = archive_status(p);
+                let t = status["tables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == "agg_events_per_type")
+                    .cloned()
+                    .unwrap_or_default();
+                eprintln!(
+                    "agg_events_per_type: {} final rows, each once; version {}, {} files",
+                    want.len(),
+                    t["version"],
+                    t["files"]
+                );
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agg_events_per_type is not the aggregate's {} final rows: {}",
+            want.len(),
+            got.map_or_else(
+                || String::from_utf8_lossy(&out.stderr).into_owned(),
+                |g| format!("{} rows", g["rows"])
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use runnel_e2e::{Pipeline, bin, plugin};
+use runnel_e2e::{Pipeline, plugin};
 use serde_json::Value;
 
 const TYPES: [&str; 4] = ["page.view", "order.placed", "cart.add", "app.open"];
@@ -40,15 +40,7 @@ fn event(n: u64) -> Value {
 }
 
 async fn post_all(url: &str, range: std::ops::Range<u64>, per: u64) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for lo in range.clone().step_by(per as usize) {
-        let hi = (lo + per).min(range.end);
-        let body = Value::Array((lo..hi).map(event).collect()).to_string();
-        runnel_e2e::post_until_accepted(&client, url, body).await;
-    }
+    runnel_e2e::post_range(url, range, per, event).await
 }
 
 /// The counts an independent computation gives for events `range`: per 1-minute window,
@@ -82,19 +74,7 @@ enum Kind {
 /// `runnel agg read events_per_type` at `admin`: the rows, or what it printed (while the broker
 /// is down, say).
 fn read_rows(admin: &str) -> Result<Vec<Value>, String> {
-    let out = std::process::Command::new(bin("runnel"))
-        .args(["agg", "read", "events_per_type", "--limit", "100000"])
-        .args(["--admin-addr", admin])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect())
+    runnel_e2e::agg_read(admin, "events_per_type")
 }
 
 fn kind(rows: &[Value]) -> Option<Kind> {
@@ -130,6 +110,128 @@ fn counts(rows: &[Value]) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// `agg_check.py` over `agg_events_per_type`: what `deltalake` and DuckDB read.
+fn archived(p: &Pipeline) -> Value {
+    let uri = p.dir.path().join("broker/archive/agg_events_per_type");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/agg_check.py");
+    let python = std::path::PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/runnel-py/bin/python");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&uri)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agg_check.py {}: {}",
+        uri.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until both readers of the archive table count `want`; returns the last read.
+async fn archive_holds(p: &Pipeline, want: &BTreeMap<String, u64>, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if p.dir
+            .path()
+            .join("broker/archive/agg_events_per_type/_delta_log")
+            .exists()
+        {
+            let a = archived(p);
+            let got = |reader: &str| -> BTreeMap<String, u64> {
+                serde_json::from_value(a[reader].clone()).unwrap()
+            };
+            if got("deltalake") == *want && got("duckdb") == *want {
+                return a;
+            }
+            if Instant::now() > deadline {
+                let (dl, dd) = (got("deltalake"), got("duckdb"));
+                let missing: Vec<_> = want
+                    .iter()
+                    .filter(|(k, v)| dl.get(*k) != Some(v))
+                    .take(5)
+                    .collect();
+                let extra: Vec<_> = dl
+                    .iter()
+                    .filter(|(k, _)| !want.contains_key(*k))
+                    .take(5)
+                    .collect();
+                panic!(
+                    "agg_events_per_type lacks {what}: {} rows read by deltalake, {} by DuckDB, {} wanted; differing: {missing:?}; extra: {extra:?}; columns {}",
+                    dl.len(),
+                    dd.len(),
+                    want.len(),
+                    a["columns"]
+                );
+            }
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "agg_events_per_type was not created"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Whether rows of `events_per_type` have left state.redb for the archive.
+async fn pruned(p: &Pipeline) -> bool {
+    p.metrics().await.lines().any(|l| {
+        l.starts_with("runnel_aggregate_rows_pruned_total{aggregate=\"events_per_type\"}")
+            && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+    })
+}
+
+/// The final rows (the archive holds no others).
+fn finals(rows: &[Value]) -> Vec<Value> {
+    let f: Vec<Value> = rows
+        .iter()
+        .filter(|r| r["is_final"] == true)
+        .cloned()
+        .collect();
+    assert!(f.len() + 8 >= rows.len(), "most rows are final");
+    f
+}
+
+/// `runnel plugin deploy events_per_type.wasm --name events_per_type ARGS…`, its answer.
+fn deploy(p: &Pipeline, args: &[&str]) -> Value {
+    let wasm = plugin("events_per_type");
+    let mut all = vec![
+        "plugin",
+        "deploy",
+        wasm.to_str().unwrap(),
+        "--name",
+        "events_per_type",
+    ];
+    all.extend_from_slice(args);
+    serde_json::from_str(&p.cli(&all)).unwrap()
+}
+
+/// Waits until `swapped(events_per_type's plugin list entry)`; the swapped entry lists no
+/// backfill. Panics with the broker's log after `timeout`.
+async fn until_swapped(p: &Pipeline, timeout: Duration, swapped: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = p.plugin_list();
+        let e = list
+            .iter()
+            .find(|x| x["name"] == "events_per_type")
+            .unwrap();
+        if swapped(e) {
+            assert!(e.get("backfill").is_none(), "{e}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill did not finish: {e}\n{}",
+            p.broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn backfill_of(p: &Pipeline) -> Option<Value> {
     let list = p.plugin_list();
     let e = list.iter().find(|x| x["name"] == "events_per_type")?;
@@ -142,7 +244,9 @@ fn backfill_of(p: &Pipeline) -> Option<Value> {
 /// computed over the archive and the log while 3,000 more events arrive, with the broker killed
 /// with SIGKILL once in the middle of it. Every read of the aggregate meanwhile (one after
 /// another, all along) returns v1's rows only, then v2's only, never a mix; afterwards the rows
-/// equal an independent count of the input, window by window.
+/// equal an independent count of the input, window by window. The aggregate's rows are
+/// archived in `agg_events_per_type` (read by `deltalake` and DuckDB: v1's, then v2's after one
+/// overwrite commit) and, older than `aggregate_rows_retention_ms`, read from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9() {
     let mut p = Pipeline::with_args(
@@ -152,6 +256,9 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
             "--segment-bytes-max=65536",
             "--log-retention-ms=0",
             "--archive-interval-ms=200",
+            // Every window is older than a day: once archived, rows leave state.redb and are
+            // read from agg_events_per_type.
+            "--aggregate-rows-retention-ms=86400000",
             "--pipeline-batch-events=200",
             "--backfill-checkpoint-interval-ms=200",
             "--backfill-archive-read-events=1000",
@@ -159,9 +266,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         ],
     );
     p.start().await;
-    let wasm = plugin("events_per_type");
-    let wasm = wasm.to_str().unwrap();
-    p.cli(&["plugin", "deploy", wasm, "--name", "events_per_type"]);
+    deploy(&p, &[]);
     post_all(&p.agent_url, 0..HISTORY, 50).await;
     p.wait_pipeline_caught_up(HISTORY, Duration::from_secs(120))
         .await;
@@ -177,6 +282,31 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
     let v1 = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
     assert_eq!(kind(&v1), Some(Kind::Old));
     assert_eq!(counts(&v1), expected(0..HISTORY, false), "v1's rows");
+    // The archive's `agg_events_per_type` holds them too, for DuckDB and `deltalake`.
+    let a = archive_holds(&p, &counts(&finals(&v1)), "v1's final rows").await;
+    assert!(
+        !a["columns"]
+            .as_array()
+            .unwrap()
+            .contains(&"app_version".into()),
+        "{}",
+        a["columns"]
+    );
+    // … and state.redb no longer does: reads span the two.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pruned(&p).await {
+        assert!(
+            Instant::now() < deadline,
+            "no aggregate row left state.redb"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v1 = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
+    assert_eq!(
+        counts(&v1),
+        expected(0..HISTORY, false),
+        "v1's rows, mostly from the archive"
+    );
 
     // Reads all along, one after another.
     let stop = Arc::new(AtomicBool::new(false));
@@ -193,20 +323,17 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
         })
     };
 
-    let deployed: Value = serde_json::from_str(&p.cli(&[
-        "plugin",
-        "deploy",
-        wasm,
-        "--name",
-        "events_per_type",
-        "--param",
-        "by_app_version=true",
-        "--version",
-        "2",
-        "--backfill-from",
-        "all",
-    ]))
-    .unwrap();
+    let deployed = deploy(
+        &p,
+        &[
+            "--param",
+            "by_app_version=true",
+            "--version",
+            "2",
+            "--backfill-from",
+            "all",
+        ],
+    );
     assert_eq!(deployed["version"], "1", "v1 stays active: {deployed}");
     assert_eq!(deployed["backfill"]["version"], "2", "{deployed}");
 
@@ -227,24 +354,7 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
     eprintln!("after the restart: {resumed:?}");
     post_all(&p.agent_url, HISTORY..HISTORY + LIVE, 50).await;
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let list = p.plugin_list();
-        let e = list
-            .iter()
-            .find(|x| x["name"] == "events_per_type")
-            .unwrap();
-        if e["version"] == "2" {
-            assert!(e.get("backfill").is_none(), "{e}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backfill did not finish: {e}\n{}",
-            p.broker.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_swapped(&p, Duration::from_secs(180), |e| e["version"] == "2").await;
     // (`records` counts what the log holds; the archive holds the rest.)
     let deadline = Instant::now() + Duration::from_secs(120);
     while p.log_stats()["end_offset"].as_u64() < Some(HISTORY + LIVE)
@@ -284,5 +394,129 @@ async fn a_backfilled_version_replaces_the_old_rows_at_once_and_survives_kill_9(
     assert!(
         metrics.contains("runnel_backfill_swaps_total"),
         "the swap is counted"
+    );
+    // The archive table: v2's rows only, in v2's columns, the old rows replaced by one
+    // overwrite commit.
+    let a = archive_holds(&p, &counts(&finals(&v2)), "v2's final rows").await;
+    assert!(
+        a["columns"]
+            .as_array()
+            .unwrap()
+            .contains(&"app_version".into()),
+        "{}",
+        a["columns"]
+    );
+    assert_eq!(a["overwrites"], 1, "one commit replaced the rows: {a}");
+}
+
+/// A first version deployed with `--backfill-from all` over 30,000 events of history, most of
+/// them archived and gone from the log: `backfilling` (not running, no table) until the swap,
+/// then running from the live offset with rows over the whole history, equal to an
+/// independent count once more events arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_version_backfilled_starts_with_its_history() {
+    let mut p = Pipeline::with_args(
+        &["--ship-batch-bytes-max=1024"],
+        &[
+            "--batch-bytes-max=32768",
+            "--segment-bytes-max=65536",
+            "--log-retention-ms=0",
+            "--archive-interval-ms=200",
+            "--pipeline-batch-events=200",
+            "--backfill-archive-read-events=1000",
+        ],
+    );
+    p.start().await;
+    post_all(&p.agent_url, 0..HISTORY, 50).await;
+    p.wait_pipeline_caught_up(HISTORY, Duration::from_secs(120))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.log_stats()["start_offset"].as_u64().unwrap() < HISTORY / 2 {
+        assert!(Instant::now() < deadline, "the log kept its segments");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deployed = deploy(&p, &["--backfill-from", "all"]);
+    assert_eq!(deployed["status"], "backfilling", "{deployed}");
+    assert_eq!(deployed["backfill"]["version"], "1", "{deployed}");
+
+    until_swapped(&p, Duration::from_secs(120), |e| {
+        if e["status"] == "running" {
+            return true;
+        }
+        assert_eq!(e["status"], "backfilling", "{e}");
+        false
+    })
+    .await;
+    post_all(&p.agent_url, HISTORY..HISTORY + LIVE, 50).await;
+    p.wait_pipeline_caught_up(HISTORY + LIVE, Duration::from_secs(120))
+        .await;
+    let rows = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
+    assert_eq!(
+        counts(&rows),
+        expected(0..HISTORY + LIVE, false),
+        "the first version's rows over the whole history"
+    );
+}
+
+/// The aggregate archive across `kill -9`: `events_per_type` runs while 20,000 events arrive in
+/// event-time order (windows close all along, so the archiver commits `agg_events_per_type`
+/// again and again) and the broker is killed with SIGKILL ten times at random moments. Then
+/// `deltalake` and DuckDB read exactly the aggregate's final rows, each once, equal to an
+/// independent count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_rows_are_archived_once_across_kill_9() {
+    const EVENTS: u64 = 20_000;
+    let mut p = Pipeline::with_args(
+        &[
+            "--ship-batch-bytes-max=1024",
+            "--ship-timeout-ms=1000",
+            "--ship-backoff-max-ms=200",
+        ],
+        &[
+            "--archive-interval-ms=50",
+            // Small commits: many of them, for the kills to fall between.
+            "--archive-commit-events-max=200",
+            "--aggregate-commit-interval-ms=50",
+            "--pipeline-batch-events=200",
+            "--archive-compact-min-files=4",
+        ],
+    );
+    p.start().await;
+    deploy(&p, &[]);
+    let url = p.agent_url.clone();
+    let posting = tokio::spawn(async move { post_all(&url, 0..EVENTS, 50).await });
+    let seed: u64 = rand::random();
+    eprintln!("kill seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rand::Rng::random_range(
+            &mut rng,
+            200..800,
+        )))
+        .await;
+        p.broker.kill9();
+        p.start_broker().await;
+    }
+    posting.await.unwrap();
+    p.wait_pipeline_caught_up(EVENTS, Duration::from_secs(120))
+        .await;
+    let rows = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
+    assert_eq!(
+        counts(&rows),
+        expected(0..EVENTS, false),
+        "the aggregate's rows"
+    );
+    let a = archive_holds(&p, &counts(&finals(&rows)), "the final rows").await;
+    let n = counts(&finals(&rows)).len();
+    assert_eq!(a["rows"]["deltalake"], n, "a row twice: {}", a["rows"]);
+    assert_eq!(a["rows"]["duckdb"], n, "a row twice: {}", a["rows"]);
+    eprintln!(
+        "agg_events_per_type after 10 kills: {n} rows, table version {}",
+        a["version"]
+    );
+    assert!(
+        a["version"].as_i64() > Some(10),
+        "the table was committed again and again: version {}",
+        a["version"]
     );
 }
