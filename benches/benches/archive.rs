@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::StreamExt;
-use runnel_benches::{env, machine};
+use runnel_benches::{VARIED_TYPES, env, flight_sql_rows as sql, machine, varied_event};
 use runnel_broker::log::{BrokerLog, check_batch};
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::FsStorage;
@@ -34,40 +34,11 @@ const DAYS: i64 = 30;
 /// 2025-11-21T12:00:00Z.
 const START_MS: i64 = 1_763_726_400_000;
 const DAY_MS: i64 = 86_400_000;
-const TYPES: [&str; 3] = ["page.view", "checkout.completed", "app.open"];
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Event `n` of `total`: event time grows with `n` over [`DAYS`] days (as a log holds it),
 /// ids and values vary as real ones do.
 fn event(n: u64, total: u64) -> Event {
-    let (a, b) = (mix(n), mix(n ^ 0xABCD));
     let ts = START_MS + (n as i128 * (DAYS * DAY_MS) as i128 / total as i128) as i64;
-    Event {
-        event_id: format!("{a:016x}{b:016x}"),
-        event_type: TYPES[(a % 3) as usize].into(),
-        timestamp_ms: ts,
-        received_at_ms: ts + 150,
-        schema_version: 1,
-        user_id: Some(format!("user-{:06}", b % 50_000)),
-        session_id: Some(format!("s-{:08x}", a >> 32)),
-        device_id: None,
-        platform: Some(["ios", "android", "web"][(b % 3) as usize].into()),
-        app_version: Some("4.2.0".into()),
-        properties: Some(format!(
-            r#"{{"amount":{}.{:02},"currency":"KES","ip":"198.51.{}.{}","merchant":"m-{:05}"}}"#,
-            a % 10_000,
-            b % 100,
-            (a >> 8) % 256,
-            (b >> 8) % 256,
-            (a >> 16) % 20_000
-        )),
-    }
+    varied_event(n, ts, 150)
 }
 
 /// Writes `total` events to the log in `dir` through the broker's log writer, 16 batches in
@@ -81,31 +52,39 @@ fn fill(rt: &tokio::runtime::Runtime, dir: &Path, total: u64) {
     .unwrap()
     .0;
     rt.block_on(async {
-        let acks = futures::stream::iter(0..total.div_ceil(PER_BATCH))
+        // Frames are made on the runtime's threads, in parallel, and submitted in sequence
+        // order (the log takes a spool's batches in order only); the answers (after the fsync)
+        // are awaited 16 at a time.
+        let frames = futures::stream::iter(0..total.div_ceil(PER_BATCH))
             .map(|seq| {
-                let log = log.clone();
                 tokio::task::spawn(async move {
                     let first = seq * PER_BATCH;
                     let events = (first..(first + PER_BATCH).min(total))
                         .map(|n| event(n, total))
                         .collect();
-                    let frame = Batch {
+                    Batch {
                         agent_id: "bench".into(),
                         host: "h".into(),
                         epoch: 1,
                         first_seq: seq,
                         chunks: vec![Chunk { events }.encode()],
                     }
-                    .encode_frame();
-                    log.submit(check_batch(frame, 64 << 20).unwrap())
-                        .await
-                        .await
+                    .encode_frame()
                 })
+            })
+            .buffered(4);
+        let acks = frames
+            .then(|frame| {
+                let log = log.clone();
+                #[allow(clippy::async_yields_async)]
+                async move {
+                    log.submit(check_batch(frame.unwrap(), 64 << 20).unwrap())
+                        .await
+                }
             })
             .buffered(16);
         let mut acks = std::pin::pin!(acks);
         while let Some(ack) = acks.next().await {
-            let ack = ack.unwrap();
             assert!(ack.appended_events > 0, "{}", ack.message);
         }
         log.close().await;
@@ -123,19 +102,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         };
     }
     n
-}
-
-/// Runs `sql` over Flight SQL; returns the rows.
-async fn sql(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> u64 {
-    let info = client.execute(sql.to_string(), None).await.unwrap();
-    let mut rows = 0;
-    for e in info.endpoint {
-        let mut s = client.do_get(e.ticket.unwrap()).await.unwrap();
-        while let Some(b) = s.next().await {
-            rows += b.unwrap().num_rows() as u64;
-        }
-    }
-    rows
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -259,7 +225,7 @@ fn main() {
             format!(
                 "SELECT platform, count(*) FROM events WHERE event_type = '{}' AND \
                  timestamp >= TIMESTAMP '{}' AND timestamp < TIMESTAMP '{}' GROUP BY platform",
-                TYPES[i % 3],
+                VARIED_TYPES[i % 3],
                 rfc3339(day(i)),
                 rfc3339(day(i) + DAY_MS)
             )
@@ -339,7 +305,7 @@ async fn backfill(broker: &runnel_broker::RunningBroker, total: u64) {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "backfill: events_per_type v2 over {total} events ({} from the archive, the rest from          the log) in {secs:.1} s = {:.0} events/s, deploy to swap",
+        "backfill: events_per_type v2 over {total} events ({} from the archive, the rest from the log) in {secs:.1} s = {:.0} events/s, deploy to swap",
         log_start.min(total),
         total as f64 / secs
     );

@@ -190,6 +190,9 @@ fn main() {
         for run in 0..RUNS {
             let state = dir.path().join(format!("state-{i}-{run}"));
             let registry = Registry::open(&state).unwrap();
+            // As in a broker with its archive on (the default): committed rows are also
+            // queued for the `agg_<name>` tables.
+            registry.set_archive_rows(true).unwrap();
             for name in *chain {
                 if *name == PYTHON_ENRICHER {
                     deploy(&registry, name, python.get_or_init(python_component));

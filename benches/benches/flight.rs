@@ -20,7 +20,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{FlightDescriptor, Ticket};
 use futures::{StreamExt, TryStreamExt};
-use runnel_benches::{machine, median};
+use runnel_benches::{flight_sql_rows as sql, machine, median};
 use runnel_broker::log::check_batch;
 use runnel_broker::plugins::{Deploy, PluginLimits};
 use runnel_event::{Batch, Chunk, Event};
@@ -90,19 +90,6 @@ async fn ticket(client: &mut FlightServiceClient<Channel>, table: &str) -> Ticke
         .unwrap()
         .into_inner();
     info.endpoint[0].ticket.clone().unwrap()
-}
-
-/// Runs `sql` over Flight SQL (GetFlightInfo + DoGet, decoded); returns the rows.
-async fn sql(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> u64 {
-    let info = client.execute(sql.to_string(), None).await.unwrap();
-    let mut rows = 0;
-    for e in info.endpoint {
-        let mut s = client.do_get(e.ticket.unwrap()).await.unwrap();
-        while let Some(b) = s.next().await {
-            rows += b.unwrap().num_rows() as u64;
-        }
-    }
-    rows
 }
 
 /// Prints `what: p50, p99, max` of query latencies recorded in microseconds.

@@ -16,44 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use runnel_benches::{env, free_port, machine, median, release_bin, spawn};
+use runnel_benches::{env, free_port, machine, median, release_bin, spawn, varied_event};
 use runnel_broker::log::{BrokerLog, check_batch};
 use runnel_event::{Batch, Chunk, Event};
 use runnel_segment::FsStorage;
 
 const PER_BATCH: u64 = 1000;
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// An event of about 300 bytes of JSON whose ids and values vary as real ones do (random ids
-/// compress as badly as UUIDs), so the log holds what an agent's compressed batches would.
+/// Event `n` (see [`varied_event`]).
 fn event(n: u64) -> Event {
-    let (a, b) = (mix(n), mix(n ^ 0xABCD));
-    Event {
-        event_id: format!("{a:016x}{b:016x}"),
-        event_type: ["page.view", "checkout.completed", "app.open"][(a % 3) as usize].into(),
-        timestamp_ms: 1_763_726_400_000 + n as i64,
-        received_at_ms: 1_763_726_400_001 + n as i64,
-        schema_version: 1,
-        user_id: Some(format!("user-{:06}", b % 50_000)),
-        session_id: Some(format!("s-{:08x}", a >> 32)),
-        device_id: None,
-        platform: Some(["ios", "android", "web"][(b % 3) as usize].into()),
-        app_version: Some("4.2.0".into()),
-        properties: Some(format!(
-            r#"{{"amount":{}.{:02},"currency":"KES","ip":"198.51.{}.{}","merchant":"m-{:05}"}}"#,
-            a % 10_000,
-            b % 100,
-            (a >> 8) % 256,
-            (b >> 8) % 256,
-            (a >> 16) % 20_000
-        )),
-    }
+    varied_event(n, 1_763_726_400_000 + n as i64, 1)
 }
 
 /// Fills `dir` (a broker log) with `bytes` of batches of 1,000 events, through the broker's own

@@ -201,3 +201,58 @@ pub async fn broker_and_agent(dir: &Path) -> (Guard, Guard, u16, u16) {
     wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
     (broker, agent, http, admin)
 }
+
+/// The event types of [`varied_event`], in the order it picks them.
+pub const VARIED_TYPES: [&str; 3] = ["page.view", "checkout.completed", "app.open"];
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Event `n` at `timestamp_ms`, received `received_after_ms` later: about 300 bytes of JSON
+/// whose ids and values vary as real ones do (random ids compress as badly as UUIDs), so a log
+/// of them holds what an agent's compressed batches would.
+pub fn varied_event(n: u64, timestamp_ms: i64, received_after_ms: i64) -> runnel_event::Event {
+    let (a, b) = (mix(n), mix(n ^ 0xABCD));
+    runnel_event::Event {
+        event_id: format!("{a:016x}{b:016x}"),
+        event_type: VARIED_TYPES[(a % 3) as usize].into(),
+        timestamp_ms,
+        received_at_ms: timestamp_ms + received_after_ms,
+        schema_version: 1,
+        user_id: Some(format!("user-{:06}", b % 50_000)),
+        session_id: Some(format!("s-{:08x}", a >> 32)),
+        device_id: None,
+        platform: Some(["ios", "android", "web"][(b % 3) as usize].into()),
+        app_version: Some("4.2.0".into()),
+        properties: Some(format!(
+            r#"{{"amount":{}.{:02},"currency":"KES","ip":"198.51.{}.{}","merchant":"m-{:05}"}}"#,
+            a % 10_000,
+            b % 100,
+            (a >> 8) % 256,
+            (b >> 8) % 256,
+            (a >> 16) % 20_000
+        )),
+    }
+}
+
+/// Runs `sql` over Flight SQL (`GetFlightInfo`, then `DoGet` of every endpoint, decoded);
+/// returns the rows.
+pub async fn flight_sql_rows(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> u64 {
+    use futures::StreamExt;
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let mut rows = 0;
+    for e in info.endpoint {
+        let mut s = client.do_get(e.ticket.unwrap()).await.unwrap();
+        while let Some(b) = s.next().await {
+            rows += b.unwrap().num_rows() as u64;
+        }
+    }
+    rows
+}
