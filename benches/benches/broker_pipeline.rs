@@ -214,9 +214,21 @@ fn main() {
                 .unwrap()
                 .0
             };
+            // The chain's output is recorded for `enriched_events`, as with the archive on.
+            let (writer, _) = runnel_broker::topics::open_with(
+                Arc::new(FsStorage),
+                &state.join("enriched"),
+                &Default::default(),
+                runnel_broker::topics::enriched::Record::last_offset_of,
+            )
+            .unwrap();
             let topics = Topics {
                 dead_letters: topic("dead_letters"),
                 late_events: topic("late_events"),
+                enriched: Some(runnel_broker::pipeline::EnrichedTopic {
+                    writer,
+                    archived: Default::default(),
+                }),
             };
             let pipeline = Pipeline::start(
                 host.clone(),

@@ -128,6 +128,27 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         &cfg.data_dir.join("topics").join("late_events"),
         &cfg.log_settings(),
     )?;
+    // The chain's output is kept for the archive's `enriched_events`; without the archive
+    // nothing would read it.
+    let enriched = if cfg.archive_enabled {
+        let (writer, reader) = topics::open_with(
+            storage.clone(),
+            &cfg.data_dir.join("topics").join("enriched"),
+            &cfg.log_settings(),
+            topics::enriched::Record::last_offset_of,
+        )?;
+        let archived = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Some((
+            pipeline::EnrichedTopic {
+                writer,
+                archived: archived.clone(),
+            },
+            archive::enriched::Source { reader, archived },
+        ))
+    } else {
+        None
+    };
+    let (enriched_writer, enriched_source) = enriched.unzip();
     let isolation = pipeline::Isolation {
         calls_max: cfg.plugin_isolation_calls_max,
         time_max: std::time::Duration::from_millis(cfg.plugin_isolation_time_ms),
@@ -139,6 +160,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         pipeline::Topics {
             dead_letters,
             late_events,
+            enriched: enriched_writer,
         },
         pipeline::Settings {
             batch_events: cfg.pipeline_batch_events,
@@ -176,6 +198,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             log.clone(),
             Some(registry.clone()),
             readers_floor,
+            enriched_source,
             cfg.archive_settings(),
             shutdown_rx.clone(),
         )

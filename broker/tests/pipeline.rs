@@ -159,6 +159,7 @@ fn start_with(
         Topics {
             dead_letters,
             late_events,
+            enriched: None,
         },
         settings(),
     )

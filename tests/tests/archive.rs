@@ -779,3 +779,266 @@ async fn two_million_events_are_archived_exactly() {
     assert_archive_is_the_log(&got, EVENTS);
     assert_sql_events_are_the_log(&flight, EVENTS);
 }
+
+/// Event `n` of the `enriched_events` tests: in blocks of 1,000, a busy block (four types, one
+/// of them `debug.trace`, an email on every third event) then a quiet one (two types, no
+/// email: batches an enricher passes unchanged).
+fn enriched_event(n: u64) -> Value {
+    let quiet = (n / 1000) % 2 == 1;
+    let event_type = if quiet {
+        ["page.view", "app.open"][(n % 2) as usize]
+    } else {
+        ["page.view", "order.placed", "debug.trace", "app.open"][(n % 4) as usize]
+    };
+    let mut props = serde_json::json!({"n": n});
+    if !quiet && n.is_multiple_of(3) {
+        props["email"] = format!("user{n}@example.com").into();
+    }
+    serde_json::json!({
+        "event_id": format!("e-{n}"),
+        "event_type": event_type,
+        "timestamp": base_ms() + (n % DAYS) * DAY_MS + n,
+        "properties": props,
+    })
+}
+
+/// `enriched_check.py` over the table at `uri`, parsed (`None` while it cannot be read).
+fn enriched_check(uri: &std::path::Path) -> Result<Value, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/enriched_check.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(uri)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// What `enriched_events` holds for events `0..n` when `sampler` (dropping `debug.`) and
+/// `pii-redact` ran from event `chain_from` on: (rows, plain emails, hashed emails, rows per
+/// type).
+fn enriched_want(n: u64, chain_from: u64) -> (u64, u64, u64, BTreeMap<String, u64>) {
+    let (mut rows, mut plain, mut hashed) = (0, 0, 0);
+    let mut by_type = BTreeMap::new();
+    for i in 0..n {
+        let e = enriched_event(i);
+        let t = e["event_type"].as_str().unwrap();
+        let chained = i >= chain_from;
+        if chained && t == "debug.trace" {
+            continue;
+        }
+        rows += 1;
+        *by_type.entry(t.to_string()).or_default() += 1;
+        if e["properties"].get("email").is_some() {
+            if chained {
+                hashed += 1;
+            } else {
+                plain += 1;
+            }
+        }
+    }
+    (rows, plain, hashed, by_type)
+}
+
+/// Deploys `sampler` (dropping `debug.` events) and `pii-redact`, in that order.
+fn deploy_chain(p: &Pipeline) {
+    let sampler = runnel_e2e::plugin("sampler");
+    p.cli(&[
+        "plugin",
+        "deploy",
+        sampler.to_str().unwrap(),
+        "--name",
+        "sampler",
+        "--version",
+        "0.1.0",
+        "--param",
+        "drop_types=debug.",
+    ]);
+    let redact = runnel_e2e::plugin("pii_redact");
+    p.cli(&[
+        "plugin",
+        "deploy",
+        redact.to_str().unwrap(),
+        "--name",
+        "pii-redact",
+        "--version",
+        "0.1.0",
+        "--param",
+        "salt=s",
+    ]);
+}
+
+/// `enriched_events`: events before the chain was deployed as received (chain `[]`), after it
+/// without the dropped type and with emails hashed, each offset once across 5 SIGKILLs of the
+/// broker; each data file's metadata names the chain that made it; `deltalake`, DuckDB and
+/// `runnel query` agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enriched_events_hold_the_chain_output_once_across_kill_9() {
+    const BEFORE: u64 = 4_000;
+    const EVENTS: u64 = 24_000;
+    const KILLS: u32 = 5;
+    let (mut broker_args, flight) = flight_args();
+    broker_args.extend([
+        "--archive-interval-ms=100".to_string(),
+        "--archive-commit-events-max=2000".to_string(),
+    ]);
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(
+        &["--ship-timeout-ms=1000", "--ship-backoff-max-ms=200"],
+        &broker_args,
+    );
+    p.start().await;
+    let uri = p.dir.path().join("broker/archive/enriched_events");
+    post_all_with(&p.agent_url, 0..BEFORE, enriched_event).await;
+    // The events before the chain are through the pipeline (and archived) before it deploys.
+    wait_enriched(&uri, BEFORE, BEFORE, Duration::from_secs(60)).await;
+    deploy_chain(&p);
+    let url = p.agent_url.clone();
+    let posting = tokio::spawn(async move {
+        runnel_e2e::post_range(&url, BEFORE..EVENTS, 250, enriched_event).await
+    });
+    let seed: u64 = rand::random();
+    eprintln!("kill seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+        p.broker.kill9();
+        p.start_broker().await;
+    }
+    posting.await.unwrap();
+    p.wait_for_records(EVENTS, Duration::from_secs(120)).await;
+    let got = wait_enriched(&uri, EVENTS, BEFORE, Duration::from_secs(120)).await;
+    let (rows, ..) = enriched_want(EVENTS, BEFORE);
+    for (i, f) in got["chains"].as_array().unwrap().iter().enumerate() {
+        let names: Vec<&str> = f["chain"]
+            .as_array()
+            .unwrap_or_else(|| panic!("file {i} names no chain: {f}"))
+            .iter()
+            .map(|l| l["plugin"].as_str().unwrap())
+            .collect();
+        if f["max_offset"].as_u64().unwrap() < BEFORE {
+            assert!(names.is_empty(), "a file before the chain: {f}");
+        } else {
+            assert!(
+                f["min_offset"].as_u64().unwrap() >= BEFORE,
+                "a file across the deploy: {f}"
+            );
+            assert_eq!(names, ["sampler", "pii-redact"], "{f}");
+            assert!(
+                f["chain"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["version"] == "0.1.0"),
+                "{f}"
+            );
+        }
+    }
+    let sql = query(
+        &flight,
+        "SELECT count(*) AS n, count(DISTINCT \"offset\") AS d FROM enriched_events",
+    );
+    assert_eq!(
+        sql[0],
+        serde_json::json!({"n": rows, "d": rows}),
+        "runnel query"
+    );
+    let status = archive_status(&p);
+    let t = status["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "enriched_events")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(t["rows"], rows, "{status}");
+    eprintln!(
+        "enriched_events after {KILLS} kills: {rows} rows, each once; version {}, {} files",
+        t["version"], t["files"]
+    );
+}
+
+/// Posts events `range` made by `event` in requests of 250.
+async fn post_all_with(url: &str, range: std::ops::Range<u64>, event: fn(u64) -> Value) {
+    runnel_e2e::post_range(url, range, 250, event).await
+}
+
+/// Waits until `enriched_events` at `uri` holds what [`enriched_want`] says for events
+/// `0..n`, read by `deltalake` and DuckDB, each offset once; returns what they read.
+async fn wait_enriched(uri: &std::path::Path, n: u64, chain_from: u64, timeout: Duration) -> Value {
+    let (rows, plain, hashed, by_type) = enriched_want(n, chain_from);
+    let by_type = serde_json::to_value(by_type).unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = enriched_check(uri);
+        if let Ok(g) = &got {
+            let done = ["deltalake", "duckdb"]
+                .iter()
+                .all(|r| g[r]["total"] == rows);
+            if done {
+                for r in ["deltalake", "duckdb"] {
+                    let s = &g[r];
+                    assert_eq!(s["distinct_offsets"], rows, "{r}: an offset twice: {s}");
+                    assert_eq!(s["plain_emails"], plain, "{r}: {s}");
+                    assert_eq!(s["hashed_emails"], hashed, "{r}: {s}");
+                    assert_eq!(s["by_type"], by_type, "{r}: {s}");
+                }
+                return g.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enriched_events did not reach {rows} rows in {timeout:?}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `enriched_events` in SQL before the archive holds it (the `enriched` topic alone: one pass
+/// every ten minutes) and after (a restart's first pass archives it): the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enriched_events_in_sql_span_the_topic_and_the_archive() {
+    const EVENTS: u64 = 3_000;
+    let (mut broker_args, flight) = flight_args();
+    broker_args.push("--archive-interval-ms=600000".to_string());
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(&[], &broker_args);
+    p.start().await;
+    deploy_chain(&p);
+    post_all_with(&p.agent_url, 0..EVENTS, enriched_event).await;
+    p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
+    let (rows, _, hashed, _) = enriched_want(EVENTS, 0);
+    let sql = "SELECT count(*) AS n, count(DISTINCT \"offset\") AS d, \
+               count(*) FILTER (WHERE properties LIKE '%sha256:%') AS h, \
+               count(*) FILTER (WHERE event_type = 'debug.trace') AS dbg FROM enriched_events";
+    let want = serde_json::json!({"n": rows, "d": rows, "h": hashed, "dbg": 0});
+    let read = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match try_query(&flight, sql) {
+                Ok(r) if r[0] == want => return,
+                other => assert!(Instant::now() < deadline, "{what}: {other:?}, want {want}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    read("enriched_events from the topic");
+    let t = |p: &Pipeline| {
+        archive_status(p)["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "enriched_events")
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(t(&p)["rows"], 0, "nothing archived before the next pass");
+    p.broker.kill9();
+    p.start_broker().await;
+    let uri = p.dir.path().join("broker/archive/enriched_events");
+    wait_enriched(&uri, EVENTS, 0, Duration::from_secs(60)).await;
+    read("enriched_events from the archive");
+    assert_eq!(t(&p)["rows"], rows);
+}

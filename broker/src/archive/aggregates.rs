@@ -549,7 +549,7 @@ pub async fn commit(table: &mut Table, p: &Pending) -> Result<(u64, u64, i64), S
     let version = table
         .commit(
             actions,
-            Some(Transaction::new(&app, last as i64 + 1)),
+            vec![Transaction::new(&app, last as i64 + 1)],
             operation,
         )
         .await?;

@@ -172,7 +172,7 @@ async fn rewrite(table: &mut Table, group: &[FileInfo], schema: &SchemaRef) -> R
         predicate: None,
         target_size: size,
     };
-    table.commit(actions, None, operation).await?;
+    table.commit(actions, Vec::new(), operation).await?;
     metrics::counter!("runnel_archive_compacted_files_total").increment(group.len() as u64);
     tracing::debug!(
         path,

@@ -164,7 +164,7 @@ enum Builder {
 
 /// The columns of one partition's file as they are read, with the least and greatest
 /// `offset`, `timestamp` and `received_at` for the statistics.
-struct Part {
+pub(crate) struct Part {
     columns: Vec<(Column, Builder)>,
     rows: u64,
     offsets: (u64, u64),
@@ -173,7 +173,7 @@ struct Part {
 }
 
 impl Part {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let columns = data_columns()
             .map(|c| {
                 let b = match c {
@@ -198,7 +198,13 @@ impl Part {
         }
     }
 
-    fn push(&mut self, ev: &impl EventFields, offset: u64, agent_id: &str, host: &str) {
+    pub(crate) fn push(
+        &mut self,
+        ev: &(impl EventFields + ?Sized),
+        offset: u64,
+        agent_id: &str,
+        host: &str,
+    ) {
         let (ts, rx) = (ev.timestamp_ms(), ev.received_at_ms());
         for (c, b) in &mut self.columns {
             match (c, b) {
@@ -230,6 +236,17 @@ impl Part {
         event_type: String,
         day: i32,
     ) -> Result<DataFile, String> {
+        self.finish_with(schema, event_type, day, Vec::new())
+    }
+
+    /// The file, with `metadata` in its key-value metadata.
+    pub(crate) fn finish_with(
+        &mut self,
+        schema: &SchemaRef,
+        event_type: String,
+        day: i32,
+        metadata: Vec<parquet::file::metadata::KeyValue>,
+    ) -> Result<DataFile, String> {
         let mut nulls = serde_json::Map::new();
         let cols: Vec<ArrayRef> = self
             .columns
@@ -250,7 +267,7 @@ impl Part {
             .collect();
         let batch = RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| format!("building a batch of events: {e}"))?;
-        let bytes = encode(&batch, schema)?;
+        let bytes = encode_with(&batch, schema, metadata)?;
         let date = date_of(day);
         let (first, last) = self.offsets;
         let stats = serde_json::json!({
@@ -292,7 +309,24 @@ pub fn writer_props() -> WriterProperties {
 
 /// One record batch as a zstd Parquet file.
 pub fn encode(batch: &RecordBatch, schema: &SchemaRef) -> Result<bytes::Bytes, String> {
-    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_props()))
+    encode_with(batch, schema, Vec::new())
+}
+
+/// One record batch as a zstd Parquet file with `metadata` in its key-value metadata.
+pub fn encode_with(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    metadata: Vec<parquet::file::metadata::KeyValue>,
+) -> Result<bytes::Bytes, String> {
+    let props = if metadata.is_empty() {
+        writer_props()
+    } else {
+        writer_props()
+            .into_builder()
+            .set_key_value_metadata(Some(metadata))
+            .build()
+    };
+    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
         .map_err(|e| format!("starting a Parquet file: {e}"))?;
     w.write(batch)
         .map_err(|e| format!("writing a Parquet file: {e}"))?;

@@ -28,6 +28,11 @@
 //! segment the archive lacks is never deleted: with the archiver failing or off the log only
 //! grows, bounded by the disk-full policy.
 //!
+//! ## Enriched events
+//! The same pass commits the pipeline's `enriched` topic (the enricher chain's output) to the
+//! table `enriched_events` ([`enriched`]), and the log keeps every segment an unarchived
+//! record of it names.
+//!
 //! ## Aggregates
 //! The same pass commits each aggregate's final rows, queued by the pipeline's commits in the
 //! registry's outbox, to its table `agg_<name>` ([`aggregates`]).
@@ -37,6 +42,7 @@
 pub mod aggregates;
 pub mod audit;
 pub mod compact;
+pub mod enriched;
 pub mod events;
 #[cfg(test)]
 pub mod fault;
@@ -95,6 +101,24 @@ pub struct Shared {
     view: Mutex<Option<View>>,
     /// Each `agg_<name>` table as last committed and its outbox cleared, by aggregate name.
     aggregates: Mutex<HashMap<String, deltalake::DeltaTable>>,
+    /// `enriched_events` as last committed (`None` before the first open, or without the
+    /// topic).
+    enriched: Mutex<Option<EnrichedView>>,
+    /// The `enriched` topic, for the part of `enriched_events` not archived yet.
+    pub enriched_topic: Option<enriched::Source>,
+}
+
+/// A committed version of `enriched_events`: a query reads the table below `split` and the
+/// topic from `topic_end` on.
+#[derive(Debug, Clone)]
+pub struct EnrichedView {
+    /// The table at that version.
+    pub table: deltalake::DeltaTable,
+    /// The first topic offset it lacks.
+    pub topic_end: u64,
+    /// The first source offset past its records: every record of the topic from `topic_end`
+    /// on holds only offsets at or after it.
+    pub split: u64,
 }
 
 /// A committed version of the `events` table and the first offset it lacks: a query reads
@@ -120,6 +144,12 @@ impl Shared {
         *self.view.lock().expect("lock poisoned") = Some(view);
     }
 
+    /// The last committed view of `enriched_events` (`None` until the archiver has opened
+    /// it).
+    pub fn enriched_view(&self) -> Option<EnrichedView> {
+        self.enriched.lock().expect("lock poisoned").clone()
+    }
+
     /// Aggregate `name`'s table as last committed (`None` before its first commit since the
     /// start): it holds every row below the aggregate's split
     /// ([`crate::plugins::outbox::Split`]) at the split's version or a later one.
@@ -137,6 +167,7 @@ pub fn start(
     log: BrokerLog,
     registry: Option<crate::plugins::Registry>,
     readers_floor: ReadersFloor,
+    enriched: Option<enriched::Source>,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), String> {
@@ -168,6 +199,8 @@ pub fn start(
         }),
         view: Mutex::new(None),
         aggregates: Mutex::new(HashMap::new()),
+        enriched: Mutex::new(None),
+        enriched_topic: enriched.clone(),
     });
     if let Some(r) = &registry {
         r.set_archive_rows(true)
@@ -177,6 +210,8 @@ pub fn start(
         log,
         registry,
         readers_floor,
+        enriched,
+        enriched_open: std::sync::atomic::AtomicBool::new(false),
         audit: audit::Audit::new(settings.audit_path.clone()),
         settings,
         location,
@@ -191,11 +226,24 @@ struct Archiver {
     /// Where the aggregates' rows are queued (`None`: events only).
     registry: Option<crate::plugins::Registry>,
     readers_floor: ReadersFloor,
+    /// The `enriched` topic (`None`: no `enriched_events`).
+    enriched: Option<enriched::Source>,
+    /// Whether `enriched_events` is open (until then the log keeps everything for it).
+    enriched_open: std::sync::atomic::AtomicBool,
     settings: Settings,
     location: store::Location,
     cold: Option<store::Location>,
     audit: audit::Audit,
     shared: Arc<Shared>,
+}
+
+/// The opened `enriched_events` table and where it ends.
+struct Enriched {
+    table: Table,
+    /// The first topic offset it lacks.
+    topic_end: u64,
+    /// The first source offset past its records.
+    split: u64,
 }
 
 /// The opened `events` table, its cold tier, and the first offset it lacks.
@@ -233,10 +281,21 @@ impl Archiver {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut events: Option<Events> = None;
         let mut aggregates: HashMap<String, Table> = HashMap::new();
+        let mut enriched_table: Option<Enriched> = None;
         loop {
             // The aggregates first: after a start, reads of rows below an aggregate's split
             // wait for its table, and a large backlog of the log must not hold them up.
             self.aggregates_pass(&mut aggregates).await;
+            // Before `events`, whose pass deletes the log segments neither needs.
+            if let Err(e) = self.enriched_pass(&mut enriched_table, &shutdown).await {
+                metrics::counter!("runnel_archive_errors_total", "table" => enriched::TABLE)
+                    .increment(1);
+                tracing::warn!(table = enriched::TABLE, error = %e, "archive pass failed; retrying");
+                self.named_status(enriched::TABLE, |s| s.last_error = Some(e));
+                enriched_table = None;
+                self.enriched_open
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
             let failed = match self.pass(&mut events, &shutdown).await {
                 Ok(()) => false,
                 Err(e) => {
@@ -378,6 +437,122 @@ impl Archiver {
         );
         self.table_status(|s| s.last_commit_ms = Some(now));
         Ok(())
+    }
+
+    /// Opens `enriched_events` if needed, then archives every durable record of the topic.
+    async fn enriched_pass(
+        &self,
+        state: &mut Option<Enriched>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Release;
+        let Some(source) = &self.enriched else {
+            return Ok(());
+        };
+        let name = enriched::TABLE;
+        if state.is_none() {
+            let table = Table::open(
+                &self.location,
+                name,
+                events::table_columns(),
+                &events::PARTITION_COLUMNS,
+            )
+            .await?;
+            let version = |v: Option<i64>| {
+                u64::try_from(v.unwrap_or(0))
+                    .map_err(|_| format!("{name}: transaction version {v:?} is negative"))
+            };
+            let topic_end = version(table.txn_version(enriched::APP_ID).await?)?;
+            let split = version(table.txn_version(enriched::SPLIT_APP_ID).await?)?;
+            let swept = table.sweep_orphans().await?;
+            metrics::counter!("runnel_archive_orphans_swept_total", "table" => name)
+                .increment(swept);
+            tracing::info!(table = name, url = %table.url(), version = table.version(), topic_end, split, swept, "archive table opened");
+            self.named_status(name, |s| {
+                s.url = table.url();
+                s.orphans_swept += swept;
+            });
+            source.archived.store(topic_end, Release);
+            let e = Enriched {
+                table,
+                topic_end,
+                split,
+            };
+            self.publish_enriched(&e);
+            self.enriched_open.store(true, Release);
+            *state = Some(e);
+        }
+        let e = state.as_mut().expect("opened above");
+        loop {
+            let end = source.reader.end_offset();
+            let figures = figures(&e.table, 1)?;
+            self.named_status(name, |s| {
+                figures.apply(s);
+                s.archived_end = e.split;
+                s.log_end = end;
+                s.lag_events = end.saturating_sub(e.topic_end);
+                s.last_error = None;
+            });
+            if e.topic_end >= end || *shutdown.borrow() {
+                return Ok(());
+            }
+            let (reader, log, from, limit) = (
+                source.reader.clone(),
+                self.log.clone(),
+                e.topic_end,
+                self.settings.commit_events_max,
+            );
+            let range =
+                tokio::task::spawn_blocking(move || enriched::build(&reader, &log, from, limit))
+                    .await
+                    .map_err(|ee| format!("building archive files: {ee}"))??;
+            if range.walk.next <= from {
+                return Ok(());
+            }
+            let now = chrono::Utc::now().timestamp_millis();
+            let mut adds = Vec::with_capacity(range.files.len());
+            let mut bytes = 0u64;
+            for f in &range.files {
+                e.table.put_new(&f.path, f.bytes.clone()).await?;
+                bytes += f.bytes.len() as u64;
+                adds.push(table::new_add(
+                    &f.path,
+                    &[("event_type", &f.event_type), ("date", &f.date)],
+                    f.bytes.len(),
+                    &f.stats,
+                    now,
+                ));
+            }
+            let split = range.walk.source_next.unwrap_or(e.split).max(e.split);
+            e.table
+                .append_with(
+                    adds,
+                    vec![
+                        Transaction::new(enriched::APP_ID, range.walk.next as i64),
+                        Transaction::new(enriched::SPLIT_APP_ID, split as i64),
+                    ],
+                )
+                .await?;
+            e.topic_end = range.walk.next;
+            e.split = split;
+            source.archived.store(e.topic_end, Release);
+            self.publish_enriched(e);
+            metrics::counter!("runnel_archive_commits_total", "table" => name).increment(1);
+            metrics::counter!("runnel_archive_events_total", "table" => name)
+                .increment(range.walk.events);
+            metrics::counter!("runnel_archive_files_total", "table" => name)
+                .increment(range.files.len() as u64);
+            metrics::counter!("runnel_archive_bytes_total", "table" => name).increment(bytes);
+            self.named_status(name, |s| s.last_commit_ms = Some(now));
+        }
+    }
+
+    fn publish_enriched(&self, e: &Enriched) {
+        *self.shared.enriched.lock().expect("lock poisoned") = Some(EnrichedView {
+            table: e.table.delta().clone(),
+            topic_end: e.topic_end,
+            split: e.split,
+        });
     }
 
     /// Commits the aggregates' queued rows to their tables; an aggregate whose commit fails
@@ -546,10 +721,34 @@ impl Archiver {
         Ok(())
     }
 
+    /// The first log offset an unarchived record of the `enriched` topic names (`u64::MAX`:
+    /// none; 0 while `enriched_events` is not open). Read after the readers' floor: a record
+    /// appended since then names offsets at or past that floor.
+    fn enriched_floor(&self) -> u64 {
+        use std::sync::atomic::Ordering::Acquire;
+        let Some(source) = &self.enriched else {
+            return u64::MAX;
+        };
+        if !self.enriched_open.load(Acquire) {
+            return 0;
+        }
+        let at = source.archived.load(Acquire);
+        match source.reader.read(at, 1, 1) {
+            Ok(records) => records
+                .iter()
+                .find(|r| r.header.base_offset >= at)
+                .map_or(u64::MAX, |r| {
+                    crate::topics::enriched::Record::decode(&r.payload).map_or(0, |r| r.from)
+                }),
+            Err(_) => 0,
+        }
+    }
+
     /// Deletes the log segments the archive holds (below `archived_end`, the mark committed in
     /// the table) that the pipeline has read and `log_retention_ms` has passed for.
     async fn retire(&self, archived_end: u64) -> Result<(), String> {
-        let below = archived_end.min((self.readers_floor)());
+        let floor = (self.readers_floor)();
+        let below = archived_end.min(floor).min(self.enriched_floor());
         let retention = i64::try_from(self.settings.log_retention.as_millis()).unwrap_or(i64::MAX);
         let before = chrono::Utc::now()
             .timestamp_millis()

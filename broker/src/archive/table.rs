@@ -210,13 +210,13 @@ impl Table {
     pub async fn commit(
         &mut self,
         actions: Vec<Action>,
-        txn: Option<Transaction>,
+        txns: Vec<Transaction>,
         operation: DeltaOperation,
     ) -> Result<i64, Error> {
         let version = {
             let state = self.table.snapshot().map_err(err("reading the table"))?;
             let mut props = CommitProperties::default();
-            if let Some(txn) = txn {
+            for txn in txns {
                 props = props.with_application_transaction(txn);
             }
             CommitBuilder::from(props)
@@ -235,17 +235,22 @@ impl Table {
 
     /// An append of `adds` in one commit with the transaction.
     pub async fn append(&mut self, adds: Vec<Add>, txn: Transaction) -> Result<i64, Error> {
+        self.append_with(adds, vec![txn]).await
+    }
+
+    /// An append of `adds` in one commit with every transaction of `txns`.
+    pub async fn append_with(
+        &mut self,
+        adds: Vec<Add>,
+        txns: Vec<Transaction>,
+    ) -> Result<i64, Error> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(self.partition_columns.clone()),
             predicate: None,
         };
-        self.commit(
-            adds.into_iter().map(Action::Add).collect(),
-            Some(txn),
-            operation,
-        )
-        .await
+        self.commit(adds.into_iter().map(Action::Add).collect(), txns, operation)
+            .await
     }
 
     /// Adds files stored with [`Table::put_new`], without a transaction (a move's copy).
@@ -255,8 +260,12 @@ impl Table {
             partition_by: Some(self.partition_columns.clone()),
             predicate: None,
         };
-        self.commit(adds.into_iter().map(Action::Add).collect(), None, operation)
-            .await
+        self.commit(
+            adds.into_iter().map(Action::Add).collect(),
+            Vec::new(),
+            operation,
+        )
+        .await
     }
 
     /// Removes `files` in one commit, described by `predicate` (what was removed, in SQL).
@@ -275,7 +284,7 @@ impl Table {
         let operation = DeltaOperation::Delete {
             predicate: Some(predicate),
         };
-        self.commit(actions, None, operation).await
+        self.commit(actions, Vec::new(), operation).await
     }
 
     /// Reads a data file.

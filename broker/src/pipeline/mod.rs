@@ -31,7 +31,8 @@
 //!    advances its watermark; rows of windows that become final are kept for the commit. An
 //!    event whose rows all fall in final windows goes to the `late_events` topic; a row refused
 //!    by a window limit sends its event to `dead_letters`.
-//! 6. The dead letters and late events are appended; at the commit they are synced, then the
+//! 6. The dead letters and late events are appended, and (with the archive on) the chain's
+//!    output to the `enriched` topic; at the commit they are synced, then the
 //!    new offset, every plugin's counts, every aggregator's window snapshot and its new final
 //!    rows are committed in one redb transaction. Without aggregators that happens after
 //!    every batch; with them every `aggregate_commit_interval_ms` and whenever the pipeline
@@ -214,4 +215,16 @@ pub struct Topics {
     pub dead_letters: TopicWriter,
     /// `late_events`: events whose rows all fell in final windows.
     pub late_events: TopicWriter,
+    /// `enriched`: the chain's output, for the archive (`None`: the archive is off).
+    pub enriched: Option<EnrichedTopic>,
+}
+
+/// The `enriched` topic and how far the archive holds it.
+#[derive(Debug)]
+pub struct EnrichedTopic {
+    /// Its writer.
+    pub writer: TopicWriter,
+    /// The topic offset below which the archive's `enriched_events` holds every record: the
+    /// segments below it are deleted at the pipeline's commits.
+    pub archived: Arc<AtomicU64>,
 }

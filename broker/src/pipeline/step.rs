@@ -26,6 +26,8 @@ use super::stage::{Stage, Verdict, count_batch};
 use super::worker::Worker;
 use crate::log::SourceBatch;
 use crate::plugins::{Pause, PluginRecord, PluginStats, Status};
+use crate::topics::ENTRY_BYTES_MAX;
+use crate::topics::enriched::{Link, Record};
 use crate::topics::entries::{
     DeadLetter, DeadLetterKind, ENTRY_VERSION, Encoded, Entry as _, LateEvent, LateFor,
 };
@@ -53,6 +55,11 @@ struct Flow {
     index: Vec<usize>,
     dead: Vec<Dead>,
     pauses: Vec<Pause>,
+    /// The enrichers whose output the batch is, in order (for the `enriched` topic).
+    chain: Vec<Link>,
+    /// Whether one of them replaced, dropped or failed an event (otherwise the batch is the
+    /// log's events at `index`).
+    changed: bool,
 }
 
 /// A `dead_letters` entry on its way.
@@ -217,6 +224,8 @@ impl Worker {
             index: (0..n).collect(),
             dead: Vec::new(),
             pauses: Vec::new(),
+            chain: Vec::new(),
+            changed: false,
         };
         if marked.is_empty() {
             return Ok(flow);
@@ -289,10 +298,15 @@ impl Worker {
                 }
                 Verdict::Go => {}
             }
+            flow.chain.push(Link {
+                plugin: stage.record.name.clone(),
+                version: stage.record.active.clone(),
+            });
             if out.fates.iter().all(|f| *f == Fate::Keep) {
                 stage.stats.events_out += n as u64;
                 continue;
             }
+            flow.changed = true;
             let record = &stage.record;
             let dead = &mut flow.dead;
             let (batch, index, dropped, failures) =
@@ -543,6 +557,7 @@ impl Worker {
         }
         metrics::counter!("runnel_dead_letters_total").increment(appended);
         metrics::counter!("runnel_event_time_dead_letters_total").increment(event_time);
+        self.record_enriched(src, &mut flow)?;
         self.pending_pauses.extend(flow.pauses);
         self.progress = src.next;
         let caught_up = self.progress >= self.log.durable_end();
@@ -553,6 +568,43 @@ impl Worker {
             self.commit()?;
         }
         self.publish_metrics();
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// Appends the chain's output to the `enriched` topic (when the archive is on): the
+    /// offsets, the chain, and the events when an enricher changed them. A replay after a
+    /// crash leaves out the offsets the topic already holds.
+    fn record_enriched(&mut self, src: &SourceBatch, flow: &mut Flow) -> anyhow::Result<()> {
+        let Some(topic) = self.topics.enriched.as_mut() else {
+            return Ok(());
+        };
+        let chain = serde_json::to_string(&flow.chain)?;
+        let events = flow.changed.then(|| std::mem::take(&mut flow.batch));
+        let offsets = flow.index.iter().map(|&i| src.offsets[i]);
+        let Some(mut record) = Record::new(offsets, chain, events) else {
+            return Ok(());
+        };
+        if let Some(high) = topic.writer.high() {
+            match record.after(high)? {
+                Some(r) => record = r,
+                None => return Ok(()),
+            }
+        }
+        // A batch whose events grew past the topic's record size goes in as several records.
+        let mut records = vec![record];
+        while let Some(r) = records.pop() {
+            if r.encoded_len() > ENTRY_BYTES_MAX as usize {
+                let cut = r.clone().halves()?;
+                if let Some((first, second)) = cut {
+                    records.push(second);
+                    records.push(first);
+                    continue;
+                }
+            }
+            topic.writer.append(&r)?;
+        }
         Ok(())
     }
 }

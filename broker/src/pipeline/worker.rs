@@ -68,6 +68,9 @@ impl Worker {
                     // topics are synced (or the topic is poisoned), so the replay skips them.
                     let _ = self.topics.dead_letters.sync();
                     let _ = self.topics.late_events.sync();
+                    if let Some(t) = self.topics.enriched.as_mut() {
+                        let _ = t.writer.sync();
+                    }
                     self.stages.clear();
                     self.pending_pauses.clear();
                     self.seen_generation = 0;
@@ -391,6 +394,13 @@ impl Worker {
     pub(super) fn commit(&mut self) -> anyhow::Result<()> {
         self.topics.dead_letters.sync()?;
         self.topics.late_events.sync()?;
+        if let Some(t) = self.topics.enriched.as_mut() {
+            t.writer.sync()?;
+            // What the archive holds is kept there; a failure here loses nothing.
+            if let Err(e) = t.writer.delete_before(t.archived.load(Ordering::Acquire)) {
+                tracing::warn!(error = %e, "deleting archived segments of the enriched topic failed");
+            }
+        }
         let stats: Vec<(String, u64, PluginStats)> = self
             .stages
             .iter()

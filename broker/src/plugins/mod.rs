@@ -433,8 +433,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Checks a plugin name: `[a-z][a-z0-9_-]{0,63}`.
+/// Names a plugin may not take: the tables SQL serves beside the aggregates.
+pub const RESERVED_NAMES: [&str; 4] = ["events", "enriched_events", "dead_letters", "late_events"];
+
+/// Checks a plugin name: `[a-z][a-z0-9_-]{0,63}`, and not one of [`RESERVED_NAMES`].
 pub fn check_name(name: &str) -> Result<(), String> {
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "name: {name:?} is the name of a table SQL serves; choose another"
+        ));
+    }
     let ok = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name

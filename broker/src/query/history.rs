@@ -1,4 +1,6 @@
-//! `events` in SQL over every tier: the archive's `events` table below the offset it has
+//! `events` and `enriched_events` in SQL over every tier.
+//!
+//! `events`: the archive's `events` table below the offset it has
 //! archived to, the log from that offset on. A query over the last hour and one over last year
 //! read the same table, and every event is in it once, whatever the archiver is doing.
 //!
@@ -9,6 +11,11 @@
 //! every segment the archive lacks (the archiver deletes only what it has committed), so the
 //! two parts meet; a scan that finds the log already starting past its split (the view was
 //! replaced and segments deleted while it read) takes the new view and reads again.
+//!
+//! ## `enriched_events`
+//! The same over the archive's `enriched_events` below its split (a source offset) and the
+//! pipeline's `enriched` topic from the split's topic offset on. Without the archive the
+//! table is refused with the reason.
 //!
 //! ## Pruning
 //! Every filter is passed in (as inexact: DataFusion applies them all again above the scan).
@@ -41,11 +48,19 @@ use super::tables::{Tables, events_schema};
 /// Reads of the log that found it starting past the split before a scan gives up.
 const SPLIT_RETRIES: usize = 3;
 
-/// The `events` table of SQL.
+/// Which table a [`History`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Events,
+    Enriched,
+}
+
+/// The `events` or `enriched_events` table of SQL.
 #[derive(Debug)]
 pub struct History {
     tables: Arc<Tables>,
     schema: SchemaRef,
+    kind: Kind,
 }
 
 impl History {
@@ -54,6 +69,74 @@ impl History {
         Self {
             tables,
             schema: events_schema(),
+            kind: Kind::Events,
+        }
+    }
+
+    /// `enriched_events` over the archive and the `enriched` topic.
+    pub fn enriched(tables: Arc<Tables>) -> Self {
+        Self {
+            kind: Kind::Enriched,
+            ..Self::new(tables)
+        }
+    }
+
+    /// The archived part of `enriched_events` and the rows of the topic past it.
+    async fn enriched_parts(
+        &self,
+        offsets: (u64, u64),
+        bounds: (i64, i64),
+        texts: &BTreeMap<String, String>,
+    ) -> DfResult<(crate::archive::EnrichedView, Vec<arrow_array::RecordBatch>)> {
+        let Some(archive) = self.tables.archive() else {
+            return Err(external(Status::failed_precondition(
+                "enriched_events is kept by the archive, which is off (archive_enabled = false)",
+            )));
+        };
+        let Some(source) = archive.enriched_topic.clone() else {
+            return Err(external(Status::failed_precondition(
+                "enriched_events: this broker keeps no enriched topic",
+            )));
+        };
+        let mut tries = 0;
+        loop {
+            let Some(view) = archive.enriched_view() else {
+                return Err(external(Status::unavailable(
+                    "enriched_events: the archive is still being opened; try again in a moment",
+                )));
+            };
+            if offsets.1 <= view.split {
+                return Ok((view, Vec::new()));
+            }
+            let read = self
+                .tables
+                .hot_enriched(
+                    source.clone(),
+                    view.topic_end,
+                    view.split.max(offsets.0),
+                    bounds,
+                    texts.clone(),
+                )
+                .await;
+            // The topic's first offset past the view's: the archiver committed more and the
+            // pipeline deleted what it holds, so the view is old.
+            let moved = source.reader.stats().start_offset > view.topic_end;
+            match read {
+                Ok(hot) if !moved => return Ok((view, hot)),
+                Err(e)
+                    if !moved
+                        && archive.enriched_view().map(|v| v.topic_end) == Some(view.topic_end) =>
+                {
+                    return Err(external(e));
+                }
+                _ => {}
+            }
+            tries += 1;
+            if tries >= SPLIT_RETRIES {
+                return Err(external(Status::unavailable(format!(
+                    "enriched_events: the archive moved on during {tries} reads; try again"
+                ))));
+            }
         }
     }
 }
@@ -293,6 +376,19 @@ impl TableProvider for History {
                 texts.entry(c.to_string()).or_insert_with(|| v.to_string());
             }
         }
+        if self.kind == Kind::Enriched {
+            let (view, hot) = self.enriched_parts(offsets, bounds, &texts).await?;
+            let hot = MemTable::try_new(self.schema.clone(), vec![hot])?;
+            let hot = LogicalPlanBuilder::scan("hot", provider_as_source(Arc::new(hot)), None)?;
+            let archived_filters = archive_filters(bounds, &texts, view.split, offsets);
+            let archived = self
+                .archive_scan(state, &view.table, None, &archived_filters)
+                .await?;
+            let plan = archived.union(hot.build()?)?;
+            return self
+                .plan(state, plan, projection, filters.is_empty(), limit)
+                .await;
+        }
         let mut tries = 0;
         let (view, hot) = loop {
             let view = match self.tables.archive() {
@@ -358,6 +454,22 @@ impl TableProvider for History {
                 plan = cold.union(plan.build()?)?;
             }
         }
+        self.plan(state, plan, projection, filters.is_empty(), limit)
+            .await
+    }
+}
+
+impl History {
+    /// The physical plan of `plan` with the projection, and the limit when nothing is
+    /// filtered.
+    async fn plan(
+        &self,
+        state: &dyn Session,
+        mut plan: LogicalPlanBuilder,
+        projection: Option<&Vec<usize>>,
+        unfiltered: bool,
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if let Some(p) = projection {
             let names: Vec<Expr> = p
                 .iter()
@@ -365,7 +477,7 @@ impl TableProvider for History {
                 .collect();
             plan = plan.project(names)?;
         }
-        if limit.is_some() && filters.is_empty() {
+        if limit.is_some() && unfiltered {
             plan = plan.limit(0, limit)?;
         }
         state.create_physical_plan(&plan.build()?).await

@@ -42,6 +42,9 @@ use super::tables::{
     FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
 };
 
+/// The table of the enricher chain's output (over the archive and the `enriched` topic).
+pub const ENRICHED_TABLE: &str = "enriched_events";
+
 /// The catalog every table is in.
 pub const CATALOG: &str = "runnel";
 /// The schema every table is in.
@@ -155,6 +158,7 @@ impl Provider {
                 ((*t).to_string(), schema)
             })
             .collect();
+        tables.push((ENRICHED_TABLE.to_string(), events_schema()));
         for a in self.tables.aggregates().await? {
             let schema = aggregate_schema(&a);
             tables.push((a.name, schema));
@@ -162,6 +166,8 @@ impl Provider {
         for (name, schema) in tables {
             let table: Arc<dyn TableProvider> = if name == "events" {
                 Arc::new(History::new(self.tables.clone()))
+            } else if name == ENRICHED_TABLE {
+                Arc::new(History::enriched(self.tables.clone()))
             } else {
                 Arc::new(Table {
                     tables: self.tables.clone(),

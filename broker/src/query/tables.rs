@@ -272,6 +272,41 @@ impl Tables {
         .map_err(|e| Status::internal(e.to_string()))?
     }
 
+    /// The rows of `enriched_events` the archive does not hold yet: the `enriched` topic's
+    /// records from topic offset `topic_from` on, their events at or after source offset
+    /// `start` with `timestamp` in `[from, to)` and the text `filters`.
+    pub(super) async fn hot_enriched(
+        &self,
+        source: crate::archive::enriched::Source,
+        topic_from: u64,
+        start: u64,
+        (from, to): (i64, i64),
+        filters: BTreeMap<String, String>,
+    ) -> Result<Vec<RecordBatch>, Status> {
+        let log = self.admin.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let schema = events_schema();
+            let mut cols = EventColumns::new();
+            crate::archive::enriched::walk(
+                &source.reader,
+                &log,
+                topic_from,
+                usize::MAX,
+                false,
+                |ev, offset, agent_id, host| {
+                    if offset >= start {
+                        cols.push(ev, offset, agent_id, host);
+                    }
+                },
+            )
+            .map_err(Status::unavailable)?;
+            let batch = cols.finish(&schema)?;
+            Ok(vec![filter_events(&batch, from, to, &filters)?])
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
     /// The archive's last committed view of `events`, when the archive is on.
     pub(super) fn archive(&self) -> Option<&crate::archive::Shared> {
         self.admin.archive.as_deref()
@@ -570,7 +605,7 @@ impl EventColumns {
     /// Appends one stored event.
     fn push(
         &mut self,
-        ev: &impl runnel_event::fields::EventFields,
+        ev: &(impl runnel_event::fields::EventFields + ?Sized),
         offset: u64,
         agent_id: &str,
         host: &str,
@@ -688,7 +723,7 @@ fn events_batches(
     start: u64,
 ) -> Result<Vec<RecordBatch>, Status> {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{TimestampMillisecondType, UInt64Type};
+    use arrow_array::types::UInt64Type;
     let end = log.durable_end();
     let block_rows = BATCH_ROWS as u64;
     let filtered = from != i64::MIN || to != i64::MAX || !filters.is_empty();
@@ -718,27 +753,7 @@ fn events_batches(
         let first = offsets.values().partition_point(|o| *o < start);
         let mut batch = batch.slice(first, batch.num_rows() - first);
         if filtered {
-            let ts = batch
-                .column_by_name("timestamp")
-                .expect("events has a timestamp column")
-                .as_primitive::<TimestampMillisecondType>();
-            let mut keep: Vec<bool> = ts.values().iter().map(|t| *t >= from && *t < to).collect();
-            for (column, value) in filters {
-                let c = batch
-                    .column_by_name(column)
-                    .ok_or_else(|| {
-                        Status::invalid_argument(format!("where: no column {column:?}"))
-                    })?
-                    .as_string::<i32>();
-                for (k, v) in keep.iter_mut().zip(c.iter()) {
-                    *k &= v == Some(value.as_str());
-                }
-            }
-            batch = datafusion::arrow::compute::filter_record_batch(
-                &batch,
-                &arrow_array::BooleanArray::from(keep),
-            )
-            .map_err(|e| Status::internal(format!("filtering events: {e}")))?;
+            batch = filter_events(&batch, from, to, filters)?;
         }
         let rows = batch.num_rows().min(limit - taken);
         if rows > 0 {
@@ -747,6 +762,34 @@ fn events_batches(
         }
     }
     Ok(out)
+}
+
+/// The rows of `batch` (of `events`' schema) with `timestamp` in `[from, to)` and every text
+/// column of `filters` equal to its value.
+fn filter_events(
+    batch: &RecordBatch,
+    from: i64,
+    to: i64,
+    filters: &BTreeMap<String, String>,
+) -> Result<RecordBatch, Status> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMillisecondType;
+    let ts = batch
+        .column_by_name("timestamp")
+        .expect("events has a timestamp column")
+        .as_primitive::<TimestampMillisecondType>();
+    let mut keep: Vec<bool> = ts.values().iter().map(|t| *t >= from && *t < to).collect();
+    for (column, value) in filters {
+        let c = batch
+            .column_by_name(column)
+            .ok_or_else(|| Status::invalid_argument(format!("where: no column {column:?}")))?
+            .as_string::<i32>();
+        for (k, v) in keep.iter_mut().zip(c.iter()) {
+            *k &= v == Some(value.as_str());
+        }
+    }
+    datafusion::arrow::compute::filter_record_batch(batch, &arrow_array::BooleanArray::from(keep))
+        .map_err(|e| Status::internal(format!("filtering events: {e}")))
 }
 
 fn topic_batches(

@@ -3,6 +3,8 @@
 //! `dead_letters` (events a plugin failed on, a window limit refused, or an agent dead-lettered
 //! for their time, with the reason) and `late_events` (events whose rows all fell in final
 //! windows, with the aggregates and watermarks). Their entries are typed ([`entries`]).
+//! With the archive on, `enriched` holds what the enricher chain made of each batch, for the
+//! archive's `enriched_events` table ([`enriched`]; binary records, one per batch).
 //!
 //! A topic is a [`runnel_segment`] log in `DATA_DIR/topics/NAME/`: one record per entry, the
 //! entry as a JSON object, so it has the same checksums, recovery and offsets as the event log.
@@ -13,6 +15,7 @@
 //!
 //! May call: nothing else of the broker (the pipeline writes, the admin API and Flight read).
 
+pub mod enriched;
 pub mod entries;
 
 use std::path::Path;
@@ -49,11 +52,26 @@ struct SourceOffset {
     source_offset: u64,
 }
 
-/// Opens (recovering) the topic in `dir`.
+/// Opens (recovering) the topic of JSON entries in `dir`.
 pub fn open(
     storage: Arc<dyn Storage>,
     dir: &Path,
     settings: &crate::log::LogSettings,
+) -> anyhow::Result<(TopicWriter, LogReader)> {
+    open_with(storage, dir, settings, |payload| {
+        serde_json::from_slice::<SourceOffset>(payload)
+            .ok()
+            .map(|s| s.source_offset)
+    })
+}
+
+/// Opens (recovering) the topic in `dir` whose entries' source offsets `source_offset_of`
+/// reads.
+pub fn open_with(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    settings: &crate::log::LogSettings,
+    source_offset_of: fn(&[u8]) -> Option<u64>,
 ) -> anyhow::Result<(TopicWriter, LogReader)> {
     let opts = settings.options(ENTRY_BYTES_MAX);
     let (log, report) = SegmentLog::open(storage, dir, opts, 0)?;
@@ -68,8 +86,7 @@ pub fn open(
         reader
             .read(end - 1, 1, ENTRY_BYTES_MAX as usize)?
             .last()
-            .and_then(|r| serde_json::from_slice::<SourceOffset>(&r.payload).ok())
-            .map(|s| s.source_offset)
+            .and_then(|r| source_offset_of(&r.payload))
     };
     Ok((
         TopicWriter {
@@ -97,6 +114,17 @@ impl TopicWriter {
             .append(&entry.encode(), 1, runnel_event::now_ms())?;
         self.pending_high = Some(source_offset);
         Ok(true)
+    }
+
+    /// The highest source offset appended (durable or not): the next entry must be past it.
+    pub fn high(&self) -> Option<u64> {
+        self.pending_high.or(self.durable_high)
+    }
+
+    /// Deletes the sealed segments wholly below topic offset `offset` (their entries are
+    /// kept elsewhere: the archive's copy).
+    pub fn delete_before(&mut self, offset: u64) -> Result<(usize, u64), LogError> {
+        self.log.delete_before(offset)
     }
 
     /// Makes the appended entries durable. After a failure the log is poisoned (every later
