@@ -1,6 +1,6 @@
 //! The broker pipeline with faults injected through the storage seams: a failed commit of its
-//! state (redb) and a failed sync of the dead letters. Neither loses or double-counts an event
-//! once the broker restarts.
+//! state (redb), a failed sync of the dead letters and of the `enriched` topic. None loses or
+//! double-counts an event once the broker restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,6 +146,17 @@ fn start_with(
     log: &BrokerLog,
     dead_letters: topics::TopicWriter,
 ) -> Pipeline {
+    start_enriched(dir, registry, log, dead_letters, None)
+}
+
+/// The pipeline with the `enriched` topic (as with the archive on) when `enriched` is given.
+fn start_enriched(
+    dir: &Path,
+    registry: &Registry,
+    log: &BrokerLog,
+    dead_letters: topics::TopicWriter,
+    enriched: Option<topics::TopicWriter>,
+) -> Pipeline {
     let (late_events, _) = topics::open(
         Arc::new(FsStorage),
         &dir.join("topics/late_events"),
@@ -159,7 +170,10 @@ fn start_with(
         Topics {
             dead_letters,
             late_events,
-            enriched: None,
+            enriched: enriched.map(|writer| runnel_broker::pipeline::EnrichedTopic {
+                writer,
+                archived: Default::default(),
+            }),
         },
         settings(),
     )
@@ -281,6 +295,103 @@ async fn a_failed_dead_letter_sync_commits_nothing_and_each_dead_letter_is_writt
     assert_eq!(stats.events_in, total);
     assert_eq!(stats.errors, poisoned.len() as u64);
     assert_eq!(stats.events_out, total - poisoned.len() as u64);
+}
+
+/// Opens the `enriched` topic in `dir` on `storage`.
+fn enriched_topic(
+    dir: &Path,
+    storage: Arc<dyn Storage>,
+) -> (topics::TopicWriter, runnel_segment::LogReader) {
+    topics::open_with(
+        storage,
+        &dir.join("topics/enriched"),
+        &log_settings(),
+        topics::enriched::Record::last_offset_of,
+    )
+    .unwrap()
+}
+
+/// The chain's output as the `enriched` topic holds it: with the archive on, a failed sync of
+/// the topic commits nothing (the offset stays), and after a restart every event that passed
+/// the chain is in the topic once, with the events the trapping plugin failed on left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_enriched_sync_commits_nothing_and_each_event_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = Registry::open(d).unwrap();
+    deploy(
+        &registry,
+        "trapper",
+        "trap_on_event",
+        &[("poison", "poison")],
+    );
+    let log = open_log(d);
+    let (total, poisoned) = fill(&log, 10).await;
+
+    let faults = Faults::new();
+    let faulty: Arc<dyn Storage> = Arc::new(FaultyStorage::new(FsStorage, faults.clone()));
+    let (enriched, _) = enriched_topic(d, faulty);
+    faults.set_fail_sync(true);
+    let (dead, _) = topics::open(
+        Arc::new(FsStorage),
+        &d.join("topics/dead_letters"),
+        &log_settings(),
+    )
+    .unwrap();
+    let pipeline = start_enriched(d, &registry, &log, dead, Some(enriched));
+    let shared = pipeline.shared.clone();
+    wait("the enriched sync failure to show", || {
+        shared.failure.lock().unwrap().is_some()
+    });
+    std::thread::sleep(runnel_broker::pipeline::RETRY_AFTER_FAILURE + Duration::from_millis(500));
+    assert!(shared.failure.lock().unwrap().is_some());
+    assert_eq!(shared.offset.load(Ordering::Acquire), 0);
+    assert_eq!(registry.pipeline_offset().unwrap(), 0);
+    pipeline.stop();
+
+    // The restart, with a healthy disk: each batch's output is recorded once, whatever reached
+    // the file before the failed sync.
+    let (enriched, reader) = enriched_topic(d, Arc::new(FsStorage));
+    let (dead, _) = topics::open(
+        Arc::new(FsStorage),
+        &d.join("topics/dead_letters"),
+        &log_settings(),
+    )
+    .unwrap();
+    let pipeline = start_enriched(d, &registry, &log, dead, Some(enriched));
+    let shared = pipeline.shared.clone();
+    wait("the pipeline to catch up", || {
+        shared.offset.load(Ordering::Acquire) == total
+    });
+    pipeline.stop();
+    let mut offsets = Vec::new();
+    let mut with_events = 0;
+    for r in reader.read(0, usize::MAX, usize::MAX).unwrap() {
+        let record = topics::enriched::Record::decode(&r.payload).unwrap();
+        assert_eq!(record.links()[0].plugin, "trapper", "{record:?}");
+        if let Some(events) = &record.events {
+            let view = runnel_batch::BatchView::new(events).unwrap();
+            assert_eq!(view.len() as u64, record.len());
+            for i in 0..view.len() {
+                assert!(!view.event(i).event_id().contains("poison"));
+            }
+            with_events += 1;
+        }
+        offsets.extend(record.offsets());
+    }
+    // Offsets are 0-based; event `n` (1-based) is at offset n - 1.
+    let want: Vec<u64> = (1..=total)
+        .filter(|n| !poisoned.contains(&format!("poison-{n}")))
+        .map(|n| n - 1)
+        .collect();
+    assert_eq!(
+        offsets, want,
+        "each event that passed the chain once, in order"
+    );
+    assert!(
+        with_events > 0,
+        "batches with a failed event hold the chain's events"
+    );
 }
 
 /// Appends `batches` batches of 100 `order.placed` events at event times 100 ms apart (the

@@ -6,7 +6,9 @@
 //! files it replaces, which no other file of the partition has; a crash before the commit
 //! leaves it uncommitted, and the sweep at open or the retry replaces it. The files it
 //! replaces are vacuumed later like any removed file. The `agg_<name>` tables are compacted
-//! the same way, their files named by outbox batch numbers instead of offsets.
+//! the same way, their files named by outbox batch numbers instead of offsets. In
+//! `enriched_events` only files of one chain (their tag `runnel.enrichers`) are compacted
+//! together, and the new file keeps the tag and the key-value metadata.
 
 use std::collections::BTreeMap;
 
@@ -40,13 +42,14 @@ fn offsets_of(path: &str) -> Option<(u64, u64)> {
 /// Groups of small files to rewrite, each within one partition, in offset order, of at least
 /// `min_files` files and at most about `target_file_bytes`.
 fn plan(files: Vec<FileInfo>, policy: &Policy) -> Vec<Vec<FileInfo>> {
-    let mut by_partition: BTreeMap<Vec<Option<String>>, Vec<(u64, FileInfo)>> = BTreeMap::new();
+    type Key = (Vec<Option<String>>, Option<String>);
+    let mut by_partition: BTreeMap<Key, Vec<(u64, FileInfo)>> = BTreeMap::new();
     for f in files {
         if (f.size.max(0) as u64) < policy.target_file_bytes
             && let Some((first, _)) = offsets_of(&f.path)
         {
             by_partition
-                .entry(f.partition.clone())
+                .entry((f.partition.clone(), chain_of(&f)))
                 .or_default()
                 .push((first, f));
         }
@@ -77,6 +80,15 @@ fn plan(files: Vec<FileInfo>, policy: &Policy) -> Vec<Vec<FileInfo>> {
         }
     }
     out
+}
+
+/// The chain a file of `enriched_events` is tagged with.
+fn chain_of(f: &FileInfo) -> Option<String> {
+    f.tags
+        .as_ref()?
+        .get(super::enriched::CHAIN_KEY)
+        .cloned()
+        .flatten()
 }
 
 /// The statistics of the files of `group` together.
@@ -130,7 +142,18 @@ async fn rewrite(table: &mut Table, group: &[FileInfo], schema: &SchemaRef) -> R
         .fold((u64::MAX, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
     let folder = group[0].path.rsplit_once('/').map_or("", |(d, _)| d);
     let path = format!("{folder}/part-{first:020}-{last:020}.zstd.parquet");
-    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(events::writer_props()))
+    let chain = chain_of(&group[0]);
+    let props = match &chain {
+        Some(c) => events::writer_props()
+            .into_builder()
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                super::enriched::CHAIN_KEY.to_string(),
+                c.clone(),
+            )]))
+            .build(),
+        None => events::writer_props(),
+    };
+    let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
         .map_err(|e| format!("starting a Parquet file: {e}"))?;
     for f in group {
         let bytes = table.get(&f.path).await?;
@@ -159,6 +182,7 @@ async fn rewrite(table: &mut Table, group: &[FileInfo], schema: &SchemaRef) -> R
         modification_time: now,
         data_change: false,
         stats: Some(merged_stats(group)?),
+        tags: group[0].tags.clone(),
         ..Default::default()
     })];
     actions.extend(group.iter().map(|f| {
@@ -212,8 +236,31 @@ mod tests {
                 first % 9,
                 first + 9
             )),
+            tags: None,
             remove: Default::default(),
         }
+    }
+
+    #[test]
+    fn only_files_of_one_chain_are_compacted_together() {
+        let policy = Policy {
+            target_file_bytes: 100,
+            min_files: 2,
+        };
+        let tagged = |first: u64, chain: &str| FileInfo {
+            tags: Some(std::collections::HashMap::from([(
+                super::super::enriched::CHAIN_KEY.to_string(),
+                Some(chain.to_string()),
+            )])),
+            ..file("a", first, 10)
+        };
+        let files = vec![tagged(0, "[]"), tagged(10, "[x]"), tagged(20, "[]")];
+        let groups = plan(files, &policy);
+        let firsts: Vec<Vec<u64>> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| offsets_of(&f.path).unwrap().0).collect())
+            .collect();
+        assert_eq!(firsts, vec![vec![0, 20]]);
     }
 
     #[test]

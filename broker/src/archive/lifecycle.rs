@@ -291,6 +291,7 @@ mod tests {
             rows: Some(2),
             partition: vec![Some("a".into()), Some(day.into())],
             stats: None,
+            tags: None,
             remove: Default::default(),
         }
     }

@@ -400,19 +400,7 @@ impl Archiver {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let mut adds = Vec::with_capacity(range.files.len());
-        let mut bytes = 0u64;
-        for f in &range.files {
-            ev.table.put_new(&f.path, f.bytes.clone()).await?;
-            bytes += f.bytes.len() as u64;
-            adds.push(table::new_add(
-                &f.path,
-                &[("event_type", &f.event_type), ("date", &f.date)],
-                f.bytes.len(),
-                &f.stats,
-                now,
-            ));
-        }
+        let (adds, bytes) = store_files(&ev.table, &range.files, None, now).await?;
         let version = ev
             .table
             .append(adds, Transaction::new(events::APP_ID, range.next as i64))
@@ -494,6 +482,20 @@ impl Archiver {
                 s.last_error = None;
             });
             if e.topic_end >= end || *shutdown.borrow() {
+                // Small files of one chain are compacted, removed ones vacuumed; a failure
+                // here loses nothing and is tried again at the next pass.
+                match compact::run(&mut e.table, &self.settings.compact, &events::data_schema())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(_) => self.publish_enriched(e),
+                    Err(err) => tracing::warn!(table = name, error = %err, "compacting failed"),
+                }
+                let before =
+                    chrono::Utc::now().timestamp_millis() - self.settings.policy.vacuum_after_ms;
+                if let Err(err) = e.table.vacuum(before).await {
+                    tracing::warn!(table = name, error = %err, "vacuuming removed files failed");
+                }
                 return Ok(());
             }
             let (reader, log, from, limit) = (
@@ -510,19 +512,9 @@ impl Archiver {
                 return Ok(());
             }
             let now = chrono::Utc::now().timestamp_millis();
-            let mut adds = Vec::with_capacity(range.files.len());
-            let mut bytes = 0u64;
-            for f in &range.files {
-                e.table.put_new(&f.path, f.bytes.clone()).await?;
-                bytes += f.bytes.len() as u64;
-                adds.push(table::new_add(
-                    &f.path,
-                    &[("event_type", &f.event_type), ("date", &f.date)],
-                    f.bytes.len(),
-                    &f.stats,
-                    now,
-                ));
-            }
+            let chain = range.walk.chain.clone().unwrap_or_else(|| "[]".into());
+            let tags = HashMap::from([(enriched::CHAIN_KEY.to_string(), Some(chain))]);
+            let (adds, bytes) = store_files(&e.table, &range.files, Some(tags), now).await?;
             let split = range.walk.source_next.unwrap_or(e.split).max(e.split);
             e.table
                 .append_with(
@@ -780,6 +772,33 @@ impl Archiver {
         }
         Ok(())
     }
+}
+
+/// Stores `files` (of `events`' layout) in `table`, each with `PutMode::Create`: their add
+/// actions, for one commit, and their bytes.
+async fn store_files(
+    table: &Table,
+    files: &[events::DataFile],
+    tags: Option<HashMap<String, Option<String>>>,
+    now: i64,
+) -> Result<(Vec<deltalake::kernel::Add>, u64), String> {
+    let mut adds = Vec::with_capacity(files.len());
+    let mut bytes = 0u64;
+    for f in files {
+        table.put_new(&f.path, f.bytes.clone()).await?;
+        bytes += f.bytes.len() as u64;
+        adds.push(deltalake::kernel::Add {
+            tags: tags.clone(),
+            ..table::new_add(
+                &f.path,
+                &[("event_type", &f.event_type), ("date", &f.date)],
+                f.bytes.len(),
+                &f.stats,
+                now,
+            )
+        });
+    }
+    Ok((adds, bytes))
 }
 
 /// A table's figures for its status.

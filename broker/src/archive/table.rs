@@ -36,6 +36,8 @@ pub struct FileInfo {
     pub partition: Vec<Option<String>>,
     /// Its Delta statistics (JSON).
     pub stats: Option<String>,
+    /// Its tags (`enriched_events` names the chain that made it).
+    pub tags: Option<std::collections::HashMap<String, Option<String>>>,
     /// The action that removes it.
     pub remove: Remove,
 }
@@ -67,6 +69,7 @@ impl FileInfo {
             modification_time,
             data_change: true,
             stats: self.stats.clone(),
+            tags: self.tags.clone(),
             ..Default::default()
         }
     }
@@ -165,6 +168,9 @@ impl Table {
                         .map(|c| values.get(c).cloned().flatten())
                         .collect(),
                     stats: f.stats(),
+                    // The view has no other reader of a file's tags.
+                    #[allow(deprecated)]
+                    tags: f.add_action().tags,
                     remove: f.remove_action(true),
                 }
             })

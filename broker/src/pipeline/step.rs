@@ -603,7 +603,11 @@ impl Worker {
                     continue;
                 }
             }
-            topic.writer.append(&r)?;
+            let changed = u64::from(r.events.is_some());
+            if topic.writer.append(&r)? {
+                metrics::counter!("runnel_enriched_records_total").increment(1);
+                metrics::counter!("runnel_enriched_changed_records_total").increment(changed);
+            }
         }
         Ok(())
     }
