@@ -239,7 +239,8 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         registry: registry.clone(),
         log: log.clone(),
         pipeline: pipeline.shared.clone(),
-        archive: admin.archive.as_ref().map(|_| backfill::ArchiveSource {
+        archive: admin.archive.as_ref().map(|a| backfill::ArchiveSource {
+            shared: a.clone(),
             tables: Arc::new(query::Tables::new(
                 admin.clone(),
                 cfg.flight_rows_max,

@@ -5,8 +5,9 @@
 Prints JSON: {"deltalake": {...}, "duckdb": {...}, "chains": [...]}. Each reader gives its rows,
 distinct offsets, least and greatest offset, the rows whose properties still hold a plain
 email ("@" in properties.email), those holding a hashed one ("sha256:"), and the rows per
-event_type. "chains" lists, per committed data file, its least and greatest offset and the
-chain its key-value metadata `runnel.enrichers` names (read with pyarrow.parquet).
+event_type. "chains" lists, per committed data file, its least and greatest offset, its
+greatest event time (ms) and the chain its key-value metadata `runnel.enrichers` names (read
+with pyarrow.parquet).
 """
 
 import json
@@ -59,11 +60,14 @@ def main():
     for f in dt.file_uris():
         local = f.removeprefix("file://")
         meta = pq.read_metadata(local).metadata or {}
-        offsets = pq.read_table(local, columns=["offset"]).column("offset").to_pylist()
+        cols = pq.read_table(local, columns=["offset", "timestamp"])
+        offsets = cols.column("offset").to_pylist()
+        times = cols.column("timestamp").cast("int64").to_pylist()
         chains.append(
             {
                 "min_offset": min(offsets),
                 "max_offset": max(offsets),
+                "max_timestamp_ms": max(times) // 1000,
                 "chain": json.loads(meta.get(b"runnel.enrichers", b"null")),
             }
         )

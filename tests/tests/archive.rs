@@ -1069,3 +1069,163 @@ async fn enriched_events_in_sql_span_the_topic_and_the_archive() {
     read("enriched_events from the archive");
     assert_eq!(t(&p)["rows"], rows);
 }
+
+/// An enricher's replay (`--backfill-from TIME` on a deployed enricher): `sampler` 0.1.0
+/// drops `debug.` events and `pii-redact` hashes emails over 12,000 events of five days, most
+/// of them read back from the archive's `events` (`log_retention_ms=0`). `sampler` 0.2.0,
+/// which drops nothing, is deployed with `--backfill-from` day 2 + 6 s while 4,000 more
+/// events arrive, and the broker is killed with SIGKILL three times. Afterwards
+/// `enriched_events` holds, each offset once, the new chain's rows for the events at or after
+/// that time and for every later event, and the old chain's rows for the rest (a day-2 file
+/// holds both, so it was rewritten); every file names the chain that made its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enricher_replayed_from_a_time_replaces_its_rows_once_across_kill_9() {
+    const HISTORY: u64 = 12_000;
+    const EVENTS: u64 = 16_000;
+    let from_ms = base_ms() + 2 * DAY_MS + 6_000;
+    let (mut broker_args, flight) = flight_args();
+    broker_args.extend(
+        [
+            "--archive-interval-ms=100",
+            "--archive-commit-events-max=2000",
+            "--archive-compact-min-files=4",
+            "--batch-bytes-max=131072",
+            "--segment-bytes-max=262144",
+            "--log-retention-ms=0",
+            "--backfill-archive-read-events=3000",
+        ]
+        .map(String::from),
+    );
+    let broker_args: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+    let mut p = Pipeline::with_args(
+        &[
+            "--ship-batch-bytes-max=1024",
+            "--ship-timeout-ms=1000",
+            "--ship-backoff-max-ms=200",
+        ],
+        &broker_args,
+    );
+    p.start().await;
+    let uri = p.dir.path().join("broker/archive/enriched_events");
+    deploy_chain(&p);
+    post_all_with(&p.agent_url, 0..HISTORY, enriched_event).await;
+    wait_enriched(&uri, HISTORY, 0, Duration::from_secs(120)).await;
+    let sampler = runnel_e2e::plugin("sampler");
+    let from = chrono::DateTime::from_timestamp_millis(from_ms as i64)
+        .unwrap()
+        .to_rfc3339();
+    let deployed: Value = serde_json::from_str(&p.cli(&[
+        "plugin",
+        "deploy",
+        sampler.to_str().unwrap(),
+        "--name",
+        "sampler",
+        "--version",
+        "0.2.0",
+        "--param",
+        "drop_types=none.",
+        "--backfill-from",
+        &from,
+    ]))
+    .unwrap();
+    assert_eq!(deployed["version"], "0.2.0", "{deployed}");
+    assert_eq!(deployed["backfill"]["version"], "0.2.0", "{deployed}");
+    let url = p.agent_url.clone();
+    let posting = tokio::spawn(async move {
+        runnel_e2e::post_range(&url, HISTORY..EVENTS, 250, enriched_event).await
+    });
+    let seed: u64 = rand::random();
+    eprintln!("kill seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        p.broker.kill9();
+        p.start_broker().await;
+    }
+    posting.await.unwrap();
+    p.wait_for_records(EVENTS, Duration::from_secs(120)).await;
+    // What each event should be: the new chain's output from the time on and for the live
+    // events, the old one's before.
+    let (mut rows, mut hashed, mut by_type) = (0u64, 0u64, BTreeMap::<String, u64>::new());
+    for n in 0..EVENTS {
+        let e = enriched_event(n);
+        let t = e["event_type"].as_str().unwrap();
+        let new = n >= HISTORY || e["timestamp"].as_u64().unwrap() >= from_ms;
+        if !new && t == "debug.trace" {
+            continue;
+        }
+        rows += 1;
+        *by_type.entry(t.to_string()).or_default() += 1;
+        hashed += u64::from(e["properties"].get("email").is_some());
+    }
+    let by_type = serde_json::to_value(by_type).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let replaying = p
+            .plugin_list()
+            .iter()
+            .any(|x| x["name"] == "sampler" && x.get("backfill").is_some());
+        let got = enriched_check(&uri);
+        if let (false, Ok(g)) = (replaying, &got)
+            && ["deltalake", "duckdb"].iter().all(|r| {
+                g[r]["total"] == rows
+                    && g[r]["by_type"] == by_type
+                    && g[r]["hashed_emails"] == hashed
+            })
+        {
+            break g.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enriched_events was not replayed to {rows} rows {by_type}: replaying {replaying}, {got:?}\n{}",
+            p.broker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for r in ["deltalake", "duckdb"] {
+        assert_eq!(
+            got[r]["distinct_offsets"], rows,
+            "{r}: an offset twice: {}",
+            got[r]
+        );
+        assert_eq!(got[r]["plain_emails"], 0, "{r}: {}", got[r]);
+    }
+    // Each file names the chain of its rows: 0.1.0 only below the time, in the history.
+    let sampler_of = |f: &Value| -> String {
+        f["chain"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a file names no chain: {f}"))
+            .iter()
+            .find(|l| l["plugin"] == "sampler")
+            .map(|l| l["version"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let files = got["chains"].as_array().unwrap();
+    let (old, new): (Vec<&Value>, Vec<&Value>) =
+        files.iter().partition(|f| sampler_of(f) == "0.1.0");
+    assert!(!new.is_empty() && !old.is_empty(), "{files:?}");
+    for f in &old {
+        assert!(
+            f["max_offset"].as_u64().unwrap() < HISTORY
+                && f["max_timestamp_ms"].as_u64().is_none_or(|t| t < from_ms),
+            "a file of the old chain past the replay's start: {f}"
+        );
+    }
+    assert!(new.iter().all(|f| sampler_of(f) == "0.2.0"), "{files:?}");
+    let sql = "SELECT count(*) AS n, count(DISTINCT \"offset\") AS d FROM enriched_events";
+    assert_eq!(
+        query(&flight, sql)[0],
+        serde_json::json!({"n": rows, "d": rows}),
+        "runnel query"
+    );
+    let replays = p
+        .broker
+        .log_text()
+        .matches("committed an enricher's replay")
+        .count();
+    eprintln!(
+        "enriched_events replayed from {from}: {rows} rows, {} files ({} of the old chain), {replays} replay commit(s)",
+        files.len(),
+        old.len()
+    );
+}

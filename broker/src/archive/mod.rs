@@ -47,6 +47,7 @@ pub mod events;
 #[cfg(test)]
 pub mod fault;
 pub mod lifecycle;
+pub mod replay;
 pub mod store;
 pub mod table;
 
@@ -106,6 +107,10 @@ pub struct Shared {
     enriched: Mutex<Option<EnrichedView>>,
     /// The `enriched` topic, for the part of `enriched_events` not archived yet.
     pub enriched_topic: Option<enriched::Source>,
+    /// An enricher's replay, staged, for the next pass to commit ([`replay`]).
+    pub replay: Mutex<Option<replay::Request>>,
+    /// The name prefix of the running replay's staged files, which the orphan sweep keeps.
+    pub staging: Mutex<Option<String>>,
 }
 
 /// A committed version of `enriched_events`: a query reads the table below `split` and the
@@ -201,6 +206,8 @@ pub fn start(
         aggregates: Mutex::new(HashMap::new()),
         enriched: Mutex::new(None),
         enriched_topic: enriched.clone(),
+        replay: Mutex::new(None),
+        staging: Mutex::new(None),
     });
     if let Some(r) = &registry {
         r.set_archive_rows(true)
@@ -452,7 +459,14 @@ impl Archiver {
             };
             let topic_end = version(table.txn_version(enriched::APP_ID).await?)?;
             let split = version(table.txn_version(enriched::SPLIT_APP_ID).await?)?;
-            let swept = table.sweep_orphans().await?;
+            let staging = self.shared.staging.lock().expect("lock poisoned").clone();
+            let swept = table
+                .sweep_orphans_except(|path| {
+                    staging
+                        .as_deref()
+                        .is_some_and(|p| replay::is_staged_by(path, p))
+                })
+                .await?;
             metrics::counter!("runnel_archive_orphans_swept_total", "table" => name)
                 .increment(swept);
             tracing::info!(table = name, url = %table.url(), version = table.version(), topic_end, split, swept, "archive table opened");
@@ -471,6 +485,19 @@ impl Archiver {
             *state = Some(e);
         }
         let e = state.as_mut().expect("opened above");
+        let request = self.shared.replay.lock().expect("lock poisoned").take();
+        if let Some(req) = request {
+            let done = replay::commit(&mut e.table, &req).await;
+            if done.is_ok() {
+                self.publish_enriched(e);
+                metrics::counter!("runnel_archive_commits_total", "table" => name).increment(1);
+            }
+            let failed = done.as_ref().err().cloned();
+            let _ = req.reply.send(done);
+            if let Some(err) = failed {
+                return Err(format!("committing a replay: {err}"));
+            }
+        }
         loop {
             let end = source.reader.end_offset();
             let figures = figures(&e.table, 1)?;

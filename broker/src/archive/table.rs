@@ -83,6 +83,19 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table of `events`' partitions at the version `table` holds (a committed view, read
+    /// outside the archiver).
+    pub fn from_events_view(table: DeltaTable, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            table,
+            partition_columns: super::events::PARTITION_COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        }
+    }
+
     /// Opens table `name` under `location`, creating it with `columns` partitioned by
     /// `partition_columns` when it does not exist.
     pub async fn open(
@@ -338,6 +351,12 @@ impl Table {
     /// removed one still kept for older versions): files stored by an attempt that did not
     /// commit. Returns how many it deleted.
     pub async fn sweep_orphans(&self) -> Result<u64, Error> {
+        self.sweep_orphans_except(|_| false).await
+    }
+
+    /// [`Self::sweep_orphans`], keeping the unreferenced files `keep` names (a replay's
+    /// staged files, not committed yet).
+    pub async fn sweep_orphans_except(&self, keep: impl Fn(&str) -> bool) -> Result<u64, Error> {
         let mut referenced: HashSet<String> = self.files()?.into_iter().map(|f| f.path).collect();
         let state = self.table.snapshot().map_err(err("reading the table"))?;
         let log_store = self.log_store();
@@ -354,7 +373,7 @@ impl Table {
         while let Some(meta) = listed.next().await {
             let meta = meta.map_err(|e| format!("listing the table's files: {e}"))?;
             let path = meta.location.as_ref();
-            if path.starts_with("_delta_log/") || referenced.contains(path) {
+            if path.starts_with("_delta_log/") || referenced.contains(path) || keep(path) {
                 continue;
             }
             orphans.push(meta.location);

@@ -25,6 +25,8 @@
 //! May call: [`crate::plugins`] (plans, checkpoints), [`crate::log`] (read), [`crate::pipeline`]
 //! (the shadow chain, the hand-off), [`crate::query`] (the archive's part of `events`).
 
+mod replay;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -120,6 +122,9 @@ impl Progress {
 /// Where the archive's part of the history is read: the query layer's `events`.
 #[derive(Debug, Clone)]
 pub struct ArchiveSource {
+    /// The archiver's views (an enricher's replay reads `enriched_events` and hands its rows
+    /// over).
+    pub shared: Arc<crate::archive::Shared>,
     /// The tables of the query layer.
     pub tables: Arc<crate::query::Tables>,
     /// The runtime its reads run on (the thread itself is not a runtime thread).
@@ -223,11 +228,11 @@ impl Worker {
         }
     }
 
-    /// The first plugin (in deploy order) with a backfill to run.
+    /// The first plugin (in deploy order) with a backfill or a replay to run.
     fn next_plan(&self) -> anyhow::Result<Option<(PluginRecord, BackfillPlan)>> {
         Ok(self.registry.plugins()?.into_iter().find_map(|r| {
             let plan = r.backfill.clone()?;
-            (r.kind == PluginKind::Aggregate).then_some((r, plan))
+            Some((r, plan))
         }))
     }
 
@@ -246,6 +251,9 @@ impl Worker {
         plan: &BackfillPlan,
         stop: &AtomicBool,
     ) -> anyhow::Result<Ended> {
+        if record.kind == PluginKind::Enrich {
+            return self.run_replay(record, plan, stop);
+        }
         let mut shadow = self.load(record, plan)?;
         tracing::info!(plugin = %record.name, version = %plan.version, from = %plan.from.label(), offset = shadow.next, "backfill running");
         let (started, events_at_start) = (Instant::now(), shadow.events);

@@ -617,7 +617,7 @@ impl Worker {
 /// `received_at` and the broker's append time, so an agent whose clock runs ahead is judged by
 /// the broker's), the source indices of the events an agent marked as dead letters, and per
 /// origin how far its `received_at` ran ahead of the append time (`i64::MIN`: no event).
-pub(super) fn facts_of(src: &SourceBatch) -> anyhow::Result<(Vec<Fact>, Vec<usize>, Vec<i64>)> {
+pub(crate) fn facts_of(src: &SourceBatch) -> anyhow::Result<(Vec<Fact>, Vec<usize>, Vec<i64>)> {
     let view = BatchView::new(&src.batch)?;
     let mut ahead_by_origin = vec![i64::MIN; src.origins.len()];
     let mut marked = Vec::new();
@@ -644,7 +644,7 @@ pub(super) fn facts_of(src: &SourceBatch) -> anyhow::Result<(Vec<Fact>, Vec<usiz
 /// The chain's batch after an enricher's answer `out`: the kept and replaced events in order,
 /// with their source indices (from `index`), how many it dropped and how many it failed on;
 /// `failed(source index, event, failure)` is called for each of those.
-pub(super) fn apply_fates(
+pub(crate) fn apply_fates(
     batch: &[u8],
     index: &[usize],
     out: &EnrichOutput,

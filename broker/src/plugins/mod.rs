@@ -626,10 +626,11 @@ impl Registry {
                 capabilities: req.capabilities.clone(),
             };
             let (record, changed) = match existing {
-                None if req.backfill.is_some() && req.kind != PluginKind::Aggregate => {
-                    return Err(RegistryError::Conflict(
-                        "backfill_from: only aggregators are backfilled".into(),
-                    ));
+                None if req.backfill.is_some() && req.kind == PluginKind::Enrich => {
+                    return Err(RegistryError::Conflict(format!(
+                        "backfill_from: {} is not deployed; an enricher's replay rewrites the rows an earlier version made, so deploy it first without --backfill-from",
+                        req.name
+                    )));
                 }
                 None => {
                     let position = meta
@@ -671,12 +672,7 @@ impl Registry {
                         req.name, rec.kind, req.kind
                     )));
                 }
-                Some(_) if req.backfill.is_some() && req.kind != PluginKind::Aggregate => {
-                    return Err(RegistryError::Conflict(
-                        "backfill_from: only aggregators are backfilled".into(),
-                    ));
-                }
-                Some(mut rec) if req.backfill.is_some() => {
+                Some(mut rec) if req.backfill.is_some() && req.kind == PluginKind::Aggregate => {
                     let active = rec.active_version();
                     if active.sha256 == sha256
                         && active.params == req.params
@@ -719,7 +715,11 @@ impl Registry {
                         && active.capabilities == req.capabilities
                         && req.version.as_ref().is_none_or(|v| *v == active.version);
                     let policy_changes = req.policy.is_some_and(|p| p != rec.policy);
-                    if same && rec.status == Status::Running && !policy_changes {
+                    if same
+                        && rec.status == Status::Running
+                        && !policy_changes
+                        && req.backfill.is_none()
+                    {
                         (rec, false)
                     } else {
                         if !same {
@@ -745,8 +745,17 @@ impl Registry {
                         if let Some(p) = req.policy {
                             rec.policy = p;
                         }
-                        // A deploy without a backfill replaces the version being backfilled.
-                        rec.backfill = None;
+                        // A deploy without a backfill replaces the version being backfilled;
+                        // an enricher's with one is active at once and replays its history
+                        // ([`crate::backfill`]).
+                        rec.backfill =
+                            req.backfill.map(|from| BackfillPlan {
+                                version: rec.active.clone(),
+                                from,
+                                requested_at: runnel_event::envelope::rfc3339_ms(
+                                    runnel_event::now_ms(),
+                                ),
+                            });
                         rec.status = Status::Running;
                         rec.paused_reason = None;
                         (rec, true)
@@ -1066,6 +1075,32 @@ impl Registry {
         txn.commit().map_err(anyhow::Error::from)?;
         self.bump();
         Ok(record)
+    }
+
+    /// Ends an enricher's replay: drops its plan unless another deploy replaced it meanwhile;
+    /// true if it did.
+    pub fn replay_done(&self, name: &str, plan: &BackfillPlan) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        let done = {
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let rec: Option<PluginRecord> = match plugins.get(name)? {
+                Some(v) => Some(from_json("plugin record", v.value())?),
+                None => None,
+            };
+            match rec {
+                Some(mut rec) if rec.backfill.as_ref() == Some(plan) => {
+                    rec.backfill = None;
+                    plugins.insert(name, to_json(&rec).as_slice())?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        txn.commit()?;
+        if done {
+            self.bump();
+        }
+        Ok(done)
     }
 
     /// Pauses a plugin the pipeline found failing, unless it was removed, redeployed or
@@ -1557,8 +1592,27 @@ mod tests {
         let r = Registry::open(dir.path()).unwrap();
         let mut enricher = req("enr", Some(BackfillFrom::All));
         enricher.kind = PluginKind::Enrich;
-        let err = r.deploy(enricher, b"e1", &sha256_hex(b"e1")).unwrap_err();
-        assert!(err.to_string().contains("only aggregators"), "{err}");
+        let err = r
+            .deploy(enricher.clone(), b"e1", &sha256_hex(b"e1"))
+            .unwrap_err();
+        assert!(err.to_string().contains("is not deployed"), "{err}");
+        // Deployed, its replay runs the active version: a new one, or the same again.
+        let mut plain = enricher.clone();
+        plain.backfill = None;
+        r.deploy(plain, b"e1", &sha256_hex(b"e1")).unwrap();
+        for (wasm, active) in [(b"e1", "1"), (b"e2", "2")] {
+            let (rec, changed) = r.deploy(enricher.clone(), wasm, &sha256_hex(wasm)).unwrap();
+            assert!(changed);
+            assert_eq!(rec.active, active);
+            assert_eq!(rec.status, Status::Running);
+            let plan = rec.backfill.clone().expect("a replay plan");
+            assert_eq!(
+                (plan.version.as_str(), plan.from),
+                (active, BackfillFrom::All)
+            );
+            assert!(r.replay_done("enr", &plan).unwrap());
+            assert!(!r.replay_done("enr", &plan).unwrap(), "done once");
+        }
 
         let (rec, changed) = r
             .deploy(
