@@ -76,7 +76,10 @@ pub enum PluginCmd {
         memory_bytes_max: Option<u64>,
         /// Aggregators: compute this version over the history first (`all`, or the windows
         /// from an RFC 3339 time on) while the active one keeps serving, and swap it in when it
-        /// reaches the live offset. Progress in `runnel plugin list`.
+        /// reaches the live offset. Enrichers (deployed already): this version runs at once,
+        /// and the chain replays the events from that time on (or `all`) into
+        /// `enriched_events`, replacing their rows in one commit. Progress in `runnel plugin
+        /// list`.
         #[arg(long, value_name = "all|RFC3339")]
         backfill_from: Option<String>,
         /// Manifest (default: the first plugin.toml above the component, if any).
