@@ -582,18 +582,27 @@ impl Archiver {
             return;
         };
         let rows_max = self.settings.commit_events_max;
-        let pending =
-            match tokio::task::spawn_blocking(move || registry.archive_pending(rows_max)).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
-                    return;
-                }
-            };
+        let pending = match tokio::task::spawn_blocking(move || {
+            // Rows a commit left out while the outbox was being turned on, queued again.
+            if registry.archive_gaps()? {
+                tracing::info!(
+                    "aggregate rows committed while the outbox was off are queued again"
+                );
+            }
+            registry.archive_pending(rows_max)
+        })
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
+                return;
+            }
+        };
         for p in pending {
             let table = aggregates::table_name(&p.name);
             if let Err(e) = self.archive_aggregate(tables, &p).await {

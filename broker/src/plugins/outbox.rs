@@ -269,31 +269,58 @@ impl Registry {
     /// aggregate that committed rows while it was off has its rows from the split on queued
     /// again (replacing the table's).
     pub fn set_archive_rows(&self, on: bool) -> anyhow::Result<()> {
-        if on {
-            let txn = self.db.begin_write()?;
-            let gaps: Vec<(String, i64)> = {
-                let table = txn.open_table(AGG_ARCHIVE)?;
-                let mut out = Vec::new();
-                for e in table.iter()? {
-                    let (k, v) = e?;
-                    let s: AggArchive = from_json("aggregate archive", v.value())?;
-                    if s.gap {
-                        out.push((k.value().to_string(), s.split().below));
-                    }
-                }
-                out
-            };
-            for (name, below) in &gaps {
-                replace(&txn, name, *below)?;
-                let mut s = state_of(&txn, name)?;
-                s.gap = false;
-                save(&txn, name, &s)?;
-            }
-            txn.commit()?;
-        }
         self.archive_rows
             .store(on, std::sync::atomic::Ordering::Release);
+        if on {
+            self.archive_gaps()?;
+        }
         Ok(())
+    }
+
+    /// Queues again, as a replacement from the split on, the rows of each aggregate that
+    /// committed rows while the outbox was off; true if there was one. The archiver calls it
+    /// at each pass too: a pipeline commit that read the flag off just before it was turned
+    /// on marks its gap after [`Self::set_archive_rows`] looked.
+    pub fn archive_gaps(&self) -> anyhow::Result<bool> {
+        let any = {
+            let txn = self.db.begin_read()?;
+            match txn.open_table(AGG_ARCHIVE) {
+                Ok(t) => {
+                    let mut any = false;
+                    for e in t.iter()? {
+                        let (_, v) = e?;
+                        any |= from_json::<AggArchive>("aggregate archive", v.value())?.gap;
+                    }
+                    any
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !any {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write()?;
+        let gaps: Vec<(String, i64)> = {
+            let table = txn.open_table(AGG_ARCHIVE)?;
+            let mut out = Vec::new();
+            for e in table.iter()? {
+                let (k, v) = e?;
+                let s: AggArchive = from_json("aggregate archive", v.value())?;
+                if s.gap {
+                    out.push((k.value().to_string(), s.split().below));
+                }
+            }
+            out
+        };
+        for (name, below) in &gaps {
+            replace(&txn, name, *below)?;
+            let mut s = state_of(&txn, name)?;
+            s.gap = false;
+            save(&txn, name, &s)?;
+        }
+        txn.commit()?;
+        Ok(!gaps.is_empty())
     }
 
     pub(super) fn archives_rows(&self) -> bool {
