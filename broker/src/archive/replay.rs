@@ -322,3 +322,179 @@ pub async fn stage(
         .map(|_| ())
         .map_err(|e| format!("staging {path}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::archive::events::Part;
+    use crate::archive::fault::faulty_memory;
+
+    const T: i64 = 1_795_564_800_000;
+    const DAY: i32 = (T / 86_400_000) as i32;
+
+    fn event(n: u64, ts: i64) -> runnel_event::Event {
+        runnel_event::Event {
+            event_id: format!("e-{n}"),
+            event_type: "page.view".into(),
+            timestamp_ms: ts,
+            received_at_ms: ts,
+            schema_version: 1,
+            user_id: None,
+            session_id: None,
+            device_id: None,
+            platform: None,
+            app_version: None,
+            properties: Some(format!(r#"{{"n":{n}}}"#)),
+        }
+    }
+
+    /// A data file of `rows` (offset, event time) made by `chain`.
+    fn file(rows: &[(u64, i64)], chain: &str) -> events::DataFile {
+        let mut part = Part::new();
+        for &(o, ts) in rows {
+            part.push(&event(o, ts), o, "agent", "host");
+        }
+        let meta = vec![KeyValue::new(
+            super::super::enriched::CHAIN_KEY.to_string(),
+            chain.to_string(),
+        )];
+        part.finish_with(&events::data_schema(), "page.view".into(), DAY, meta)
+            .unwrap()
+    }
+
+    fn tags(chain: &str) -> HashMap<String, Option<String>> {
+        HashMap::from([(
+            super::super::enriched::CHAIN_KEY.to_string(),
+            Some(chain.to_string()),
+        )])
+    }
+
+    async fn open(loc: &crate::archive::store::Location) -> Table {
+        Table::open(
+            loc,
+            super::super::enriched::TABLE,
+            events::table_columns(),
+            &events::PARTITION_COLUMNS,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Rows per file: (offsets, chain tag).
+    async fn held(t: &Table) -> Vec<(Vec<i64>, String)> {
+        let mut out = Vec::new();
+        for f in t.files().unwrap() {
+            let bytes = t.get(&f.path).await.unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap();
+            let mut offsets = Vec::new();
+            for b in reader {
+                let b = b.unwrap();
+                offsets.extend(b.column(0).as_primitive::<Int64Type>().values().iter());
+            }
+            offsets.sort();
+            let chain = f.tags.unwrap()[super::super::enriched::CHAIN_KEY]
+                .clone()
+                .unwrap();
+            out.push((offsets, chain));
+        }
+        out.sort();
+        out
+    }
+
+    /// The replay's commit removes the files of its range, keeps in a new file (with its
+    /// chain) the rows of a straddling file outside the range, leaves files past `end`
+    /// alone, adds the staged files; a failed commit changes nothing, and a commit again
+    /// after success adds nothing. The sweep keeps the running replay's staged files.
+    #[tokio::test]
+    async fn a_replay_replaces_its_range_once_and_keeps_the_rest() {
+        let (faulty, loc) = faulty_memory();
+        let mut t = open(&loc).await;
+        let (old, new) = ("[\"old\"]", "[\"new\"]");
+        // 0..10 straddles T (even offsets before it), 10..20 after it, 20..30 past `end`.
+        let a: Vec<(u64, i64)> = (0..10)
+            .map(|o| (o, if o % 2 == 0 { T - 1 } else { T + 1 }))
+            .collect();
+        let b: Vec<(u64, i64)> = (10..20).map(|o| (o, T + o as i64)).collect();
+        let c: Vec<(u64, i64)> = (20..30).map(|o| (o, T + o as i64)).collect();
+        for (rows, chain) in [(&a, old), (&b, old), (&c, new)] {
+            let f = file(rows, chain);
+            t.put_new(&f.path, f.bytes.clone()).await.unwrap();
+            let add = Add {
+                tags: Some(tags(chain)),
+                ..table::new_add(
+                    &f.path,
+                    &[("event_type", &f.event_type), ("date", &f.date)],
+                    f.bytes.len(),
+                    &f.stats,
+                    0,
+                )
+            };
+            t.append(vec![add], Transaction::new("test", rows[0].0 as i64))
+                .await
+                .unwrap();
+        }
+        // The replay's rows: the odd offsets of 0..10 and all of 10..20, as the new chain
+        // made them.
+        let replayed: Vec<(u64, i64)> = a
+            .iter()
+            .chain(&b)
+            .filter(|(_, ts)| *ts >= T)
+            .copied()
+            .collect();
+        let s = file(&replayed, new);
+        let prefix = staging_prefix(7, 1);
+        let path = s.path.replacen("/part-", &format!("/{prefix}"), 1);
+        stage(t.delta(), &path, s.bytes.clone()).await.unwrap();
+        let kept = t
+            .sweep_orphans_except(|p| is_staged_by(p, &prefix))
+            .await
+            .unwrap();
+        assert_eq!(kept, 0, "the running replay's staged file is kept");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let req = Request {
+            id: 7,
+            from_ms: T,
+            end: 20,
+            chain: new.into(),
+            files: vec![Staged {
+                path,
+                event_type: s.event_type.clone(),
+                date: s.date.clone(),
+                size: s.bytes.len(),
+                stats: s.stats.clone(),
+            }],
+            reply: tx,
+        };
+        let before = held(&t).await;
+        faulty.fail_commits.store(true, Ordering::SeqCst);
+        let e = commit(&mut t, &req).await.unwrap_err();
+        assert!(e.contains("injected"), "{e}");
+        faulty.fail_commits.store(false, Ordering::SeqCst);
+        let mut t = open(&loc).await;
+        assert_eq!(held(&t).await, before, "a failed commit changes nothing");
+
+        let version = commit(&mut t, &req).await.unwrap();
+        let odd: Vec<i64> = (0..10).filter(|o| o % 2 == 1).collect();
+        let even: Vec<i64> = (0..10).filter(|o| o % 2 == 0).collect();
+        let mut want = vec![
+            (even, old.to_string()),
+            ((20..30).collect(), new.to_string()),
+            (odd.into_iter().chain(10..20).collect(), new.to_string()),
+        ];
+        want.sort();
+        assert_eq!(held(&t).await, want);
+        assert_eq!(t.txn_version(APP_ID).await.unwrap(), Some(7));
+        assert_eq!(
+            commit(&mut t, &req).await.unwrap(),
+            version,
+            "committed once"
+        );
+        assert_eq!(t.version(), version);
+    }
+}

@@ -28,7 +28,8 @@ use crate::archive::enriched::{CHAIN_KEY, TABLE};
 use crate::archive::events::{self, Part};
 use crate::archive::replay::{self, Request, Staged};
 use crate::pipeline::host_limits;
-use crate::pipeline::step::{apply_fates, facts_of};
+use crate::pipeline::shadow::enrich_all;
+use crate::pipeline::step::facts_of;
 use crate::plugins::{BackfillPlan, PluginKind, PluginRecord, Status};
 use crate::topics::enriched::Link;
 
@@ -265,21 +266,7 @@ fn run_chain(
             index.push(i);
         }
     }
-    let mut batch = w.finish();
-    let mut failed = 0u64;
-    for e in enrichers.iter_mut() {
-        if index.is_empty() {
-            break;
-        }
-        let out = e.enrich(&batch)?;
-        if out.fates.iter().all(|f| *f == runnel_host::Fate::Keep) {
-            continue;
-        }
-        let (b, i, _, failures) = apply_fates(&batch, &index, &out, |_, _, _| {})?;
-        failed += failures;
-        batch = b;
-        index = i;
-    }
+    let (batch, index, failed) = enrich_all(enrichers, w.finish(), index)?;
     let view = BatchView::new(&batch)?;
     for (k, &i) in index.iter().enumerate() {
         let ev = view.event(k);

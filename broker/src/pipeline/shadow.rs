@@ -48,6 +48,31 @@ impl std::fmt::Debug for Shadow {
     }
 }
 
+/// Runs `enrichers` in order over `batch` (the events at source indices `index`), as the
+/// live chain does but writing no dead letters; the chain's output, its source indices, and
+/// how many events an enricher failed on.
+pub fn enrich_all(
+    enrichers: &mut [Enricher],
+    mut batch: Vec<u8>,
+    mut index: Vec<usize>,
+) -> anyhow::Result<(Vec<u8>, Vec<usize>, u64)> {
+    let mut failed = 0;
+    for e in enrichers {
+        if index.is_empty() {
+            break;
+        }
+        let out = e.enrich(&batch)?;
+        if out.fates.iter().all(|f| *f == runnel_host::Fate::Keep) {
+            continue;
+        }
+        let (b, i, _, failures) = apply_fates(&batch, &index, &out, |_, _, _| {})?;
+        failed += failures;
+        batch = b;
+        index = i;
+    }
+    Ok((batch, index, failed))
+}
+
 impl Shadow {
     /// Folds one batch of history (its offsets at or after [`Shadow::next`], in order).
     pub fn fold_batch(&mut self, mut src: SourceBatch) -> anyhow::Result<()> {
@@ -72,18 +97,7 @@ impl Shadow {
             }
             batch = w.finish();
         }
-        for e in &mut self.enrichers {
-            if index.is_empty() {
-                break;
-            }
-            let out = e.enrich(&batch)?;
-            if out.fates.iter().all(|f| *f == runnel_host::Fate::Keep) {
-                continue;
-            }
-            let (b, i, _, _) = apply_fates(&batch, &index, &out, |_, _, _| {})?;
-            batch = b;
-            index = i;
-        }
+        let (batch, index, _) = enrich_all(&mut self.enrichers, batch, index)?;
         let mut rows = if index.is_empty() {
             Vec::new()
         } else {
