@@ -69,6 +69,17 @@ fn distinct(mut pick: impl FnMut() -> u16) -> u16 {
 }
 
 /// A TCP port that was free a moment ago (never one handed out before in this process).
+/// The seed of a test's random kill moments: `RUNNEL_KILL_SEED` when set (to rerun a failed
+/// run's moments, as its output printed them), else a random one; printed.
+pub fn kill_seed() -> u64 {
+    let seed = std::env::var("RUNNEL_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("kill seed {seed}");
+    seed
+}
+
 pub fn free_tcp_port() -> u16 {
     distinct(|| {
         TcpListener::bind("127.0.0.1:0")

@@ -251,8 +251,7 @@ async fn archive_holds_every_offset_once_across_kill_9() {
     ]);
     let url = p.agent_url.clone();
     let posting = tokio::spawn(async move { post_all(&url, 0..EVENTS, 250).await });
-    let seed: u64 = rand::random();
-    eprintln!("kill seed {seed}");
+    let seed = runnel_e2e::kill_seed();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
@@ -919,8 +918,7 @@ async fn enriched_events_hold_the_chain_output_once_across_kill_9() {
     let posting = tokio::spawn(async move {
         runnel_e2e::post_range(&url, BEFORE..EVENTS, 250, enriched_event).await
     });
-    let seed: u64 = rand::random();
-    eprintln!("kill seed {seed}");
+    let seed = runnel_e2e::kill_seed();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
@@ -1134,8 +1132,7 @@ async fn an_enricher_replayed_from_a_time_replaces_its_rows_once_across_kill_9()
     let posting = tokio::spawn(async move {
         runnel_e2e::post_range(&url, HISTORY..EVENTS, 250, enriched_event).await
     });
-    let seed: u64 = rand::random();
-    eprintln!("kill seed {seed}");
+    let seed = runnel_e2e::kill_seed();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;

@@ -172,12 +172,19 @@ async fn archive_holds(p: &Pipeline, want: &BTreeMap<String, u64>, what: &str) -
                     .filter(|(k, _)| !want.contains_key(*k))
                     .take(5)
                     .collect();
+                let log = p.broker.log_text();
+                let noted: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
                 panic!(
-                    "agg_events_per_type lacks {what}: {} rows read by deltalake, {} by DuckDB, {} wanted; differing: {missing:?}; extra: {extra:?}; columns {}",
+                    "agg_events_per_type lacks {what}: {} rows read by deltalake, {} by DuckDB, {} wanted; differing: {missing:?}; extra: {extra:?}; columns {}\nthe broker's last warnings:\n{}\n{}",
                     dl.len(),
                     dd.len(),
                     want.len(),
-                    a["columns"]
+                    a["columns"],
+                    noted[noted.len().saturating_sub(40)..].join("\n"),
+                    p.cli(&["archive", "status"]),
                 );
             }
         } else {
@@ -499,8 +506,7 @@ async fn aggregate_rows_are_archived_once_across_kill_9() {
     deploy(&p, &[]);
     let url = p.agent_url.clone();
     let posting = tokio::spawn(async move { post_all(&url, 0..EVENTS, 50).await });
-    let seed: u64 = rand::random();
-    eprintln!("kill seed {seed}");
+    let seed = runnel_e2e::kill_seed();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(rand::Rng::random_range(
