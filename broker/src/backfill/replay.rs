@@ -145,6 +145,8 @@ impl Worker {
             }
             let src = self.read(next, end)?;
             if src.next <= next {
+                // Nothing readable yet (the archive is being opened): not a busy loop.
+                std::thread::sleep(IDLE);
                 continue;
             }
             next = src.next;
