@@ -131,9 +131,11 @@ fn archived(p: &Pipeline) -> Value {
 }
 
 /// Waits until both readers of the archive table count `want`; returns the last read. The
-/// archiver commits a bounded number of rows at a time, and under a loaded run that can take
-/// minutes: the wait fails when the table stops moving towards `want` for a minute (or after
-/// ten minutes in all), not at a fixed time.
+/// archiver commits a bounded number of rows at a time, and its passes take one table after
+/// the other: while it catches up with a backlog of the log (the kills leave one, and a
+/// loaded run archives slowly), the aggregate's table waits. So the wait fails when neither
+/// the table nor the archive of `events` moves for a minute (or after ten minutes in all),
+/// not at a fixed time.
 async fn archive_holds(p: &Pipeline, want: &BTreeMap<String, u64>, what: &str) -> Value {
     const STALL: Duration = Duration::from_secs(60);
     let limit = Instant::now() + Duration::from_secs(600);
@@ -156,8 +158,10 @@ async fn archive_holds(p: &Pipeline, want: &BTreeMap<String, u64>, what: &str) -
                 .iter()
                 .filter(|(k, v)| want.get(*k) == Some(v))
                 .count();
-            if seen != Some(matching) {
-                seen = Some(matching);
+            let status: Value = serde_json::from_str(&p.cli(&["archive", "status"])).unwrap();
+            let events_end = status["tables"][0]["archived_end"].as_u64();
+            if seen != Some((matching, events_end)) {
+                seen = Some((matching, events_end));
                 deadline = (Instant::now() + STALL).min(limit);
             }
             if Instant::now() > deadline {
