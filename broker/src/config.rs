@@ -153,6 +153,10 @@ settings! {
     /// event), and about the most rows one commit of an `agg_<name>` table takes; a larger
     /// backlog takes several commits.
     archive_commit_events_max: usize [usize] = 250_000;
+    /// Longest one table's turn in an archive pass runs, in milliseconds: a table behind the
+    /// log (`events` after a backlog) commits for this long, then the other tables take their
+    /// turns and it goes on at once, so no table waits for another to catch up.
+    archive_slice_ms: u64 [u64] = 2_000;
     /// Archive data files smaller than this (bytes) are compacted into files of up to about
     /// this size.
     archive_target_file_bytes: u64 [u64] = 64 << 20;
@@ -217,6 +221,7 @@ impl BrokerConfig {
             },
             interval: std::time::Duration::from_millis(self.archive_interval_ms),
             commit_events_max: self.archive_commit_events_max,
+            slice: std::time::Duration::from_millis(self.archive_slice_ms),
             log_retention: std::time::Duration::from_millis(self.log_retention_ms),
             cold_url: self.archive_cold_url.clone(),
             policy: crate::archive::lifecycle::Policy {
@@ -366,6 +371,9 @@ impl BrokerConfig {
         }
         if self.archive_interval_ms == 0 {
             return fail("archive_interval_ms", "must be > 0");
+        }
+        if self.archive_slice_ms == 0 {
+            return fail("archive_slice_ms", "must be > 0");
         }
         if self.archive_commit_events_max == 0 || self.archive_commit_events_max > 10_000_000 {
             return fail(

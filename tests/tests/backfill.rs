@@ -131,11 +131,11 @@ fn archived(p: &Pipeline) -> Value {
 }
 
 /// Waits until both readers of the archive table count `want`; returns the last read. The
-/// archiver commits a bounded number of rows at a time, and its passes take one table after
-/// the other: while it catches up with a backlog of the log (the kills leave one, and a
-/// loaded run archives slowly), the aggregate's table waits. So the wait fails when neither
-/// the table nor the archive of `events` moves for a minute (or after ten minutes in all),
-/// not at a fixed time.
+/// archiver commits a bounded number of rows at a time, and its tables take turns: while it
+/// catches up with a backlog of the log (the kills leave one, and a loaded run archives
+/// slowly), the aggregate's table commits only every other slice. So the wait fails when
+/// neither the table nor the archive of `events` moves for a minute (or after ten minutes in
+/// all), not at a fixed time.
 async fn archive_holds(p: &Pipeline, want: &BTreeMap<String, u64>, what: &str) -> Value {
     const STALL: Duration = Duration::from_secs(60);
     let limit = Instant::now() + Duration::from_secs(600);
@@ -542,5 +542,90 @@ async fn aggregate_rows_are_archived_once_across_kill_9() {
         a["version"].as_i64() > Some(10),
         "the table was committed again and again: version {}",
         a["version"]
+    );
+}
+
+/// Metric `name{table="TABLE"}` in a `/metrics` text (`None` before it is first set).
+fn table_metric(metrics: &str, name: &str, table: &str) -> Option<f64> {
+    let prefix = format!("{name}{{table=\"{table}\"}}");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// A backlog of the log does not hold up an aggregate's table. The archive waits ten minutes
+/// between passes, so while 20,000 events go through the pipeline it archives nothing: the
+/// log and the aggregate's outbox both fill (in commits of 200 events and 200 rows, a hundred
+/// of each to catch up). The broker restarts, which starts a pass at once. The tables take
+/// turns of `archive_slice_ms`, so the aggregate's table commits again and again while
+/// `events` is still behind (one turn for each table would give it one commit, then the wait),
+/// goes on without waiting once `events` has caught up, and ends holding every final row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_table_is_archived_while_events_catch_up() {
+    const EVENTS: u64 = 20_000;
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            "--archive-interval-ms=600000",
+            "--archive-commit-events-max=200",
+            "--archive-slice-ms=300",
+            "--aggregate-commit-interval-ms=50",
+            "--pipeline-batch-events=200",
+        ],
+    );
+    p.start().await;
+    deploy(&p, &[]);
+    post_all(&p.agent_url, 0..EVENTS, 50).await;
+    p.wait_pipeline_caught_up(EVENTS, Duration::from_secs(120))
+        .await;
+    let rows = read_rows(&p.admin_addr).unwrap_or_else(|e| panic!("agg read: {e}"));
+    let want = counts(&finals(&rows));
+    assert!(want.len() > 2_000, "{} final rows", want.len());
+    let status: Value = serde_json::from_str(&p.cli(&["archive", "status"])).unwrap();
+    assert!(
+        status["tables"][0]["archived_end"].as_u64() < Some(EVENTS / 2),
+        "the archive did not wait: {status}"
+    );
+
+    p.broker.kill9();
+    p.start_broker().await;
+    // Aggregate commits seen while `events` was still behind the log.
+    let (mut while_behind, mut behind_seen) = (0.0_f64, false);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m = p.metrics().await;
+        let lag = table_metric(&m, "runnel_archive_lag_events", "events");
+        let commits = table_metric(&m, "runnel_archive_commits_total", "agg_events_per_type");
+        match lag {
+            Some(l) if l > 0.0 => {
+                behind_seen = true;
+                while_behind = while_behind.max(commits.unwrap_or(0.0));
+            }
+            Some(_) if behind_seen => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events did not catch up: lag {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("agg_events_per_type: {while_behind} commits while events was behind");
+    assert!(
+        while_behind >= 3.0,
+        "the aggregate's table waited for events: {while_behind} commits while it was behind"
+    );
+    let a = archive_holds(&p, &want, "the final rows").await;
+    assert_eq!(
+        a["rows"]["deltalake"],
+        want.len(),
+        "a row twice: {}",
+        a["rows"]
+    );
+    assert_eq!(
+        a["rows"]["duckdb"],
+        want.len(),
+        "a row twice: {}",
+        a["rows"]
     );
 }

@@ -19,7 +19,10 @@
 //!
 //! ## When
 //! Every `archive_interval_ms` the archiver archives everything durable, whatever the volume
-//! (a segment need not fill first): the archive lags the log by about that interval.
+//! (a segment need not fill first): the archive lags the log by about that interval. The
+//! tables take turns: each commits for at most `archive_slice_ms`, and while one is still
+//! behind the next pass starts at once, so a backlog of the log (after a stop, or a kill)
+//! holds up neither `enriched_events` nor an aggregate's table.
 //!
 //! ## The hot tier: mark, then delete
 //! The commit's transaction version is the mark. After a pass has caught up, the archiver asks
@@ -53,7 +56,7 @@ pub mod table;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
 use tokio::sync::watch;
@@ -72,6 +75,8 @@ pub struct Settings {
     pub interval: Duration,
     /// Most events one commit takes.
     pub commit_events_max: usize,
+    /// Longest one table's turn in a pass (`archive_slice_ms`).
+    pub slice: Duration,
     /// How long a sealed log segment the archive holds is kept (`log_retention_ms`).
     pub log_retention: Duration,
     /// Where the cold tier's tables live (`archive_cold_url`; `None`: no cold tier).
@@ -258,6 +263,18 @@ struct Events {
     table: Table,
     cold: Option<Table>,
     archived_end: u64,
+    /// When the lifecycle (moves, deletions, compaction) last ran: it runs when the table
+    /// has caught up, and at least every `archive_interval_ms` while it is behind.
+    lifecycle_at: Option<Instant>,
+}
+
+/// How a table's turn in a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Everything durable is committed.
+    CaughtUp,
+    /// The slice ran out with more to commit: the next pass starts at once.
+    Behind,
 }
 
 impl Events {
@@ -290,21 +307,27 @@ impl Archiver {
         let mut aggregates: HashMap<String, Table> = HashMap::new();
         let mut enriched_table: Option<Enriched> = None;
         loop {
-            // The aggregates first: after a start, reads of rows below an aggregate's split
-            // wait for its table, and a large backlog of the log must not hold them up.
-            self.aggregates_pass(&mut aggregates).await;
+            // Each table takes a turn of at most `slice`. The aggregates first: after a
+            // start, reads of rows below an aggregate's split wait for its table.
+            let mut turns = vec![self.aggregates_pass(&mut aggregates).await];
             // Before `events`, whose pass deletes the log segments neither needs.
-            if let Err(e) = self.enriched_pass(&mut enriched_table, &shutdown).await {
-                metrics::counter!("runnel_archive_errors_total", "table" => enriched::TABLE)
-                    .increment(1);
-                tracing::warn!(table = enriched::TABLE, error = %e, "archive pass failed; retrying");
-                self.named_status(enriched::TABLE, |s| s.last_error = Some(e));
-                enriched_table = None;
-                self.enriched_open
-                    .store(false, std::sync::atomic::Ordering::Release);
+            match self.enriched_pass(&mut enriched_table, &shutdown).await {
+                Ok(turn) => turns.push(turn),
+                Err(e) => {
+                    metrics::counter!("runnel_archive_errors_total", "table" => enriched::TABLE)
+                        .increment(1);
+                    tracing::warn!(table = enriched::TABLE, error = %e, "archive pass failed; retrying");
+                    self.named_status(enriched::TABLE, |s| s.last_error = Some(e));
+                    enriched_table = None;
+                    self.enriched_open
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
             }
             let failed = match self.pass(&mut events, &shutdown).await {
-                Ok(()) => false,
+                Ok(turn) => {
+                    turns.push(turn);
+                    false
+                }
                 Err(e) => {
                     metrics::counter!("runnel_archive_errors_total", "table" => events::TABLE)
                         .increment(1);
@@ -318,6 +341,9 @@ impl Archiver {
             };
             let wait = if failed {
                 self.settings.interval.min(Duration::from_secs(10))
+            } else if turns.contains(&Turn::Behind) {
+                // A table is behind: the next turns at once (a failing one waits above).
+                Duration::ZERO
             } else {
                 self.settings.interval
             };
@@ -344,12 +370,13 @@ impl Archiver {
         }
     }
 
-    /// Opens the table if needed, then archives everything durable.
+    /// Opens the table if needed, then archives everything durable, or what one slice allows.
     async fn pass(
         &self,
         events: &mut Option<Events>,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<Turn, String> {
+        let started = Instant::now();
         if events.is_none() {
             let table = open_events(&self.location).await?;
             let archived_end = table.txn_version(events::APP_ID).await?.unwrap_or(0);
@@ -376,6 +403,7 @@ impl Archiver {
                 table,
                 cold,
                 archived_end,
+                lifecycle_at: None,
             };
             self.shared.publish(ev.view());
             *events = Some(ev);
@@ -384,10 +412,22 @@ impl Archiver {
         loop {
             let end = self.log.durable_end();
             self.report(ev, end)?;
-            if ev.archived_end >= end || *shutdown.borrow() {
-                self.lifecycle(ev).await?;
-                self.report(ev, end)?;
-                return self.retire(ev.archived_end).await;
+            let caught_up = ev.archived_end >= end || *shutdown.borrow();
+            if caught_up || started.elapsed() >= self.settings.slice {
+                let lifecycle_due = ev
+                    .lifecycle_at
+                    .is_none_or(|at| at.elapsed() >= self.settings.interval);
+                if caught_up || lifecycle_due {
+                    self.lifecycle(ev).await?;
+                    ev.lifecycle_at = Some(Instant::now());
+                    self.report(ev, end)?;
+                }
+                self.retire(ev.archived_end).await?;
+                return Ok(if caught_up {
+                    Turn::CaughtUp
+                } else {
+                    Turn::Behind
+                });
             }
             self.archive_range(ev).await?;
         }
@@ -439,10 +479,11 @@ impl Archiver {
         &self,
         state: &mut Option<Enriched>,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<Turn, String> {
         use std::sync::atomic::Ordering::Release;
+        let started = Instant::now();
         let Some(source) = &self.enriched else {
-            return Ok(());
+            return Ok(Turn::CaughtUp);
         };
         let name = enriched::TABLE;
         if state.is_none() {
@@ -508,6 +549,10 @@ impl Archiver {
                 s.lag_events = end.saturating_sub(e.topic_end);
                 s.last_error = None;
             });
+            if e.topic_end < end && !*shutdown.borrow() && started.elapsed() >= self.settings.slice
+            {
+                return Ok(Turn::Behind);
+            }
             if e.topic_end >= end || *shutdown.borrow() {
                 // Small files of one chain are compacted, removed ones vacuumed; a failure
                 // here loses nothing and is tried again at the next pass.
@@ -523,7 +568,7 @@ impl Archiver {
                 if let Err(err) = e.table.vacuum(before).await {
                     tracing::warn!(table = name, error = %err, "vacuuming removed files failed");
                 }
-                return Ok(());
+                return Ok(Turn::CaughtUp);
             }
             let (reader, log, from, limit) = (
                 source.reader.clone(),
@@ -536,7 +581,7 @@ impl Archiver {
                     .await
                     .map_err(|ee| format!("building archive files: {ee}"))??;
             if range.walk.next <= from {
-                return Ok(());
+                return Ok(Turn::CaughtUp);
             }
             let now = chrono::Utc::now().timestamp_millis();
             let chain = range.walk.chain.clone().unwrap_or_else(|| "[]".into());
@@ -574,12 +619,25 @@ impl Archiver {
         });
     }
 
-    /// Commits the aggregates' queued rows to their tables; an aggregate whose commit fails
-    /// is opened again on the next pass (its transaction version says what the failed commit
-    /// did, the sweep removes what it left).
-    async fn aggregates_pass(&self, tables: &mut HashMap<String, Table>) {
+    /// Commits the aggregates' queued rows to their tables, for at most one slice; an
+    /// aggregate whose commit fails is opened again on the next pass (its transaction version
+    /// says what the failed commit did, the sweep removes what it left) and counts as caught
+    /// up, so that it waits the interval.
+    async fn aggregates_pass(&self, tables: &mut HashMap<String, Table>) -> Turn {
+        let started = Instant::now();
+        loop {
+            let turn = self.aggregates_commit(tables).await;
+            if turn == Turn::CaughtUp || started.elapsed() >= self.settings.slice {
+                return turn;
+            }
+        }
+    }
+
+    /// One commit of each aggregate's queued rows (up to `commit_events_max` rows each):
+    /// `Behind` when one had that many queued, so more may wait, and none failed.
+    async fn aggregates_commit(&self, tables: &mut HashMap<String, Table>) -> Turn {
         let Some(registry) = self.registry.clone() else {
-            return;
+            return Turn::CaughtUp;
         };
         let rows_max = self.settings.commit_events_max;
         let pending = match tokio::task::spawn_blocking(move || {
@@ -596,23 +654,32 @@ impl Archiver {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
-                return;
+                return Turn::CaughtUp;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the aggregate rows to archive failed");
-                return;
+                return Turn::CaughtUp;
             }
         };
+        let (mut turn, mut failed) = (Turn::CaughtUp, false);
         for p in pending {
             let table = aggregates::table_name(&p.name);
-            if let Err(e) = self.archive_aggregate(tables, &p).await {
-                tables.remove(&table);
-                metrics::counter!("runnel_archive_errors_total", "table" => table.clone())
-                    .increment(1);
-                tracing::warn!(table = %table, error = %e, "archive commit failed; retrying");
-                self.named_status(&table, |s| s.last_error = Some(e));
+            let full = p.batches.iter().map(|(_, rows)| rows.len()).sum::<usize>() >= rows_max;
+            match self.archive_aggregate(tables, &p).await {
+                Ok(()) if full => turn = Turn::Behind,
+                Ok(()) => {}
+                Err(e) => {
+                    tables.remove(&table);
+                    metrics::counter!("runnel_archive_errors_total", "table" => table.clone())
+                        .increment(1);
+                    tracing::warn!(table = %table, error = %e, "archive commit failed; retrying");
+                    self.named_status(&table, |s| s.last_error = Some(e));
+                    failed = true;
+                }
             }
         }
+        // A failing table is not retried at once: the pass waits the interval.
+        if failed { Turn::CaughtUp } else { turn }
     }
 
     async fn archive_aggregate(

@@ -1565,23 +1565,31 @@ mod tests {
         assert!(p[0].meta.is_none());
     }
 
-    /// Rows an aggregate committed before the archive was ever on are queued with its first
-    /// rows after, all of them, replacing the table's.
+    /// Rows an aggregate committed before the archive was ever on are queued when it is
+    /// turned on, all of them, replacing the table's, even if the aggregate commits nothing
+    /// more; its next rows follow in a batch of their own.
     #[test]
-    fn rows_from_before_the_archive_are_queued_with_the_first_batch() {
+    fn rows_from_before_the_archive_are_queued_when_it_is_turned_on() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::open(dir.path()).unwrap();
         r.deploy(req("agg", None), b"v1", &sha256_hex(b"v1"))
             .unwrap();
         let commit = |rows: Vec<FinalRow>| commit_rows(&r, meta("1"), rows);
+        let batches = |p: &outbox::Pending| -> Vec<(u64, Vec<i64>)> {
+            p.batches
+                .iter()
+                .map(|(b, rows)| (*b, rows.iter().map(|r| r.start).collect()))
+                .collect()
+        };
         commit(vec![row(0, "[\"a\"]", 1)]);
         assert!(r.archive_pending(1000).unwrap().is_empty());
         r.set_archive_rows(true).unwrap();
+        let p = r.archive_pending(1000).unwrap();
+        assert_eq!(batches(&p[0]), vec![(0, vec![0])]);
+        assert_eq!(p[0].state.replace.map(|r| r.from), Some(i64::MIN));
         commit(vec![row(60_000, "[\"a\"]", 2)]);
         let p = r.archive_pending(1000).unwrap();
-        let starts: Vec<i64> = p[0].batches[0].1.iter().map(|r| r.start).collect();
-        assert_eq!(starts, vec![0, 60_000]);
-        assert_eq!(p[0].state.replace.map(|r| r.from), Some(i64::MIN));
+        assert_eq!(batches(&p[0]), vec![(0, vec![0]), (1, vec![60_000])]);
     }
 
     /// A first version deployed with a backfill waits (no pause or resume) until its swap,

@@ -158,14 +158,17 @@ fn stored_state(txn: &WriteTransaction, name: &str) -> Result<Option<AggArchive>
     Ok(value.and_then(|v| from_json("aggregate archive", v.value()).ok()))
 }
 
-/// Notes rows committed while the archive is off, for an aggregate that was archived before.
+/// Notes rows committed while the archive is off, so that they are queued when it is on again
+/// ([`Registry::archive_gaps`]); an aggregate never archived gets its place here, and all its
+/// rows are queued then, even if it commits nothing more.
 pub(super) fn mark_gap(txn: &WriteTransaction, name: &str) -> Result<(), redb::Error> {
     match stored_state(txn, name)? {
-        Some(mut s) if !s.gap => {
+        Some(s) if s.gap => Ok(()),
+        s => {
+            let mut s = s.unwrap_or_default();
             s.gap = true;
             save(txn, name, &s)
         }
-        _ => Ok(()),
     }
 }
 
