@@ -88,6 +88,8 @@ fn flight_args() -> (Vec<String>, String) {
         vec![
             format!("--flight-addr={addr}"),
             format!("--flight-token={TOKEN}"),
+            // Plain Flight reads fresh: the tests read `events` again as it grows.
+            "--flight-cache-ttl-ms=0".to_string(),
         ],
         addr,
     )
@@ -175,6 +177,70 @@ fn assert_sql_events_are_the_log(addr: &str, n: u64) {
         })
         .count() as u64;
     assert_eq!(query(addr, &sql)[0]["n"], want, "{sql}");
+    assert_flight_history(addr, "events", n, (from, from + DAY_MS as i64), want);
+}
+
+/// `flight_history_check.py` over `table` at `addr` (Flight on `127.0.0.1:PORT`): the whole
+/// table by its path and the event-time range `[from, to)` by a command, once the broker
+/// answers (it is unavailable until the archive is open after a start).
+fn flight_history(addr: &str, table: &str, (from, to): (i64, i64)) -> Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/flight_history_check.py");
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(python())
+            .arg(&script)
+            .args([
+                &format!("grpc://{addr}"),
+                TOKEN,
+                table,
+                &time(from),
+                &time(to),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "flight_history_check.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        match got.get("error") {
+            Some(e) => assert!(Instant::now() < deadline, "plain Flight {table}: {e}"),
+            None => return got,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Plain Flight's `table` holds `n` rows, offsets `0..n` each once and in order, over the
+/// archive and the log alike, and `range_rows` of them in the event-time range `range`.
+fn assert_flight_history(addr: &str, table: &str, n: u64, range: (i64, i64), range_rows: u64) {
+    let got = flight_history(addr, table, range);
+    let all = &got["all"];
+    assert_eq!(
+        (&all["rows"], &all["distinct"], &all["ordered"]),
+        (&n.into(), &n.into(), &true.into()),
+        "plain Flight {table}: {got}"
+    );
+    if table == "events" {
+        assert_eq!(
+            (&all["min"], &all["max"]),
+            (&0.into(), &(n - 1).into()),
+            "{got}"
+        );
+    }
+    let r = &got["range"];
+    assert_eq!(
+        (&r["rows"], &r["distinct"]),
+        (&range_rows.into(), &range_rows.into()),
+        "plain Flight {table} over {range:?}: {got}"
+    );
 }
 
 /// `runnel archive status`, parsed.
@@ -1066,6 +1132,18 @@ async fn enriched_events_in_sql_span_the_topic_and_the_archive() {
     wait_enriched(&uri, EVENTS, 0, Duration::from_secs(60)).await;
     read("enriched_events from the archive");
     assert_eq!(t(&p)["rows"], rows);
+    // Plain Flight serves it too, over the archive; the second day by a time range.
+    let day = (base_ms() + DAY_MS) as i64;
+    let in_day = (0..EVENTS)
+        .filter(|n| n % DAYS == 1 && enriched_event(*n)["event_type"] != "debug.trace")
+        .count() as u64;
+    assert_flight_history(
+        &flight,
+        "enriched_events",
+        rows,
+        (day, day + DAY_MS as i64),
+        in_day,
+    );
 }
 
 /// An enricher's replay (`--backfill-from TIME` on a deployed enricher): `sampler` 0.1.0

@@ -153,9 +153,15 @@ async fn pyarrow_reads_the_aggregates_and_refuses_bad_tokens() {
             .iter()
             .map(String::as_str)
             .collect::<std::collections::BTreeSet<_>>(),
-        ["dead_letters", "events", "events_per_type", "late_events"]
-            .into_iter()
-            .collect()
+        [
+            "dead_letters",
+            "enriched_events",
+            "events",
+            "events_per_type",
+            "late_events"
+        ]
+        .into_iter()
+        .collect()
     );
     assert_eq!(
         got["info_schema"],
@@ -425,7 +431,7 @@ async fn flight_is_served_over_tls_when_configured() {
     let got = run_python("flight_tls_check.py", &[&addr, TOKEN, ca.to_str().unwrap()]);
     assert_eq!(
         got["tables"],
-        serde_json::json!(["dead_letters", "events", "late_events"])
+        serde_json::json!(["dead_letters", "enriched_events", "events", "late_events"])
     );
     assert!(got["plain"].is_string(), "plain gRPC was answered: {got}");
 

@@ -112,6 +112,9 @@ pub struct Shared {
     enriched: Mutex<Option<EnrichedView>>,
     /// The `enriched` topic, for the part of `enriched_events` not archived yet.
     pub enriched_topic: Option<enriched::Source>,
+    /// Days are deleted from the archive (`archive_retention_days` is set): the log may still
+    /// hold events the archive no longer does.
+    pub expires: bool,
     /// An enricher's replay, staged, for the next pass to commit ([`replay`]).
     pub replay: Mutex<Option<replay::Request>>,
     /// The name prefix of the running replay's staged files, which the orphan sweep keeps.
@@ -211,6 +214,7 @@ pub fn start(
         aggregates: Mutex::new(HashMap::new()),
         enriched: Mutex::new(None),
         enriched_topic: enriched.clone(),
+        expires: settings.policy.retention_days.is_some(),
         replay: Mutex::new(None),
         staging: Mutex::new(None),
     });

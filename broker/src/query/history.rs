@@ -232,16 +232,79 @@ pub async fn events_between(
     let sql = format!(
         "SELECT * FROM events WHERE \"offset\" >= {from} AND \"offset\" < {to} ORDER BY \"offset\""
     );
-    // A scan's own refusal (the archive still being opened: `Unavailable`) keeps its code.
-    let status = |e: DataFusionError| match e.find_root() {
+    let status = |e| status_of(e, &format!("events {from}..{to}"));
+    let df = ctx.sql(&sql).await.map_err(status)?;
+    df.collect().await.map_err(status)
+}
+
+/// Plain Flight's `events` or `enriched_events` (`enriched`): the rows with `timestamp` in
+/// `[from, to)`, every text column of `texts` equal to its value and offsets from `first`
+/// on, over every tier as in SQL (pruned alike), oldest first, at most `limit`.
+pub async fn flight_rows(
+    tables: Arc<Tables>,
+    enriched: bool,
+    (from, to): (i64, i64),
+    texts: &BTreeMap<String, String>,
+    first: u64,
+    limit: usize,
+) -> Result<Vec<arrow_array::RecordBatch>, Status> {
+    let name = if enriched {
+        super::sql::ENRICHED_TABLE
+    } else {
+        "events"
+    };
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+    );
+    let table = if enriched {
+        History::enriched(tables)
+    } else {
+        History::new(tables)
+    };
+    ctx.register_table(name, Arc::new(table))
+        .map_err(|e| Status::internal(format!("registering {name}: {e}")))?;
+    let utc = Some(Arc::from("UTC"));
+    let mut filters = Vec::new();
+    if first > 0 {
+        filters.push(col("offset").gt_eq(lit(first)));
+    }
+    if from != i64::MIN {
+        filters.push(
+            col("timestamp").gt_eq(lit(ScalarValue::TimestampMillisecond(
+                Some(from),
+                utc.clone(),
+            ))),
+        );
+    }
+    if to != i64::MAX {
+        filters.push(col("timestamp").lt(lit(ScalarValue::TimestampMillisecond(Some(to), utc))));
+    }
+    for (c, v) in texts {
+        filters.push(col(c.as_str()).eq(lit(v.as_str())));
+    }
+    let status = |e| status_of(e, name);
+    let mut df = ctx.table(name).await.map_err(status)?;
+    for f in filters {
+        df = df.filter(f).map_err(status)?;
+    }
+    df.sort(vec![col("offset").sort(true, false)])
+        .and_then(|df| df.limit(0, Some(limit)))
+        .map_err(status)?
+        .collect()
+        .await
+        .map_err(status)
+}
+
+/// A query's error as a status: a scan's own refusal (the archive still being opened:
+/// `Unavailable`; `enriched_events` without the archive) keeps its code and message.
+fn status_of(e: DataFusionError, what: &str) -> Status {
+    match e.find_root() {
         DataFusionError::External(b) if b.is::<Status>() => {
             let s = b.downcast_ref::<Status>().expect("checked");
             Status::new(s.code(), s.message())
         }
-        _ => Status::internal(format!("events {from}..{to}: {e}")),
-    };
-    let df = ctx.sql(&sql).await.map_err(status)?;
-    df.collect().await.map_err(status)
+        _ => Status::internal(format!("{what}: {e}")),
+    }
 }
 
 /// A timestamp literal in milliseconds (rounded down).

@@ -528,6 +528,17 @@ impl FlightService for Service {
             };
             infos.push(Ok(self.flight_info(&q, &schema)?));
         }
+        if self
+            .tables
+            .archive()
+            .is_some_and(|a| a.enriched_topic.is_some())
+        {
+            let q = TableQuery {
+                table: tables::ENRICHED_TABLE.to_string(),
+                ..TableQuery::default()
+            };
+            infos.push(Ok(self.flight_info(&q, &events_schema())?));
+        }
         for a in self.tables.aggregates().await? {
             let q = TableQuery {
                 table: a.name.clone(),

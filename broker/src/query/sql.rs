@@ -38,12 +38,10 @@ use tonic::{Request, Status};
 use crate::pipeline::aggregates::AggInfo;
 
 use super::history::History;
+pub use super::tables::ENRICHED_TABLE;
 use super::tables::{
     FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
 };
-
-/// The table of the enricher chain's output (over the archive and the `enriched` topic).
-pub const ENRICHED_TABLE: &str = "enriched_events";
 
 /// The catalog every table is in.
 pub const CATALOG: &str = "runnel";

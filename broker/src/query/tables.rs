@@ -17,8 +17,11 @@ use super::lru::{ByteLru, CacheMetrics};
 use crate::admin::Admin;
 use crate::pipeline::aggregates::{self as aggregate, AggInfo, ReadError};
 
-/// The tables that are not aggregates.
+/// The tables that are not aggregates (with [`ENRICHED_TABLE`], served with the archive on).
 pub const FIXED_TABLES: &[&str] = &["events", "dead_letters", "late_events"];
+
+/// The enricher chain's output, kept by the archive ([`crate::archive::enriched`]).
+pub const ENRICHED_TABLE: &str = "enriched_events";
 
 /// Rows per record batch sent.
 const BATCH_ROWS: usize = 65_536;
@@ -148,7 +151,7 @@ impl Tables {
     /// columns.
     pub async fn schema_of(&self, q: &TableQuery) -> Result<(SchemaRef, Option<AggInfo>), Status> {
         let (schema, info) = match q.table.as_str() {
-            "events" => (events_schema(), None),
+            "events" | ENRICHED_TABLE => (events_schema(), None),
             "dead_letters" | "late_events" => (topic_schema(), None),
             name => {
                 // The published list first; an aggregate deployed since is only in the
@@ -168,6 +171,7 @@ impl Tables {
                 let Some(info) = found else {
                     let mut names: Vec<String> =
                         FIXED_TABLES.iter().map(|s| (*s).to_string()).collect();
+                    names.push(ENRICHED_TABLE.to_string());
                     names.extend(self.aggregates().await?.into_iter().map(|a| a.name));
                     return Err(Status::not_found(format!(
                         "table: {name:?} is not one of {names:?}"
@@ -213,10 +217,10 @@ impl Tables {
 
     /// The record batches a query returns, from the result cache when it has them.
     pub async fn cached_batches(
-        &self,
+        self: &Arc<Self>,
         q: TableQuery,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-        let aggregate = !FIXED_TABLES.contains(&q.table.as_str());
+        let aggregate = !FIXED_TABLES.contains(&q.table.as_str()) && q.table != ENRICHED_TABLE;
         let mut key = serde_json::to_string(&q).expect("serializing to memory");
         if aggregate {
             // Another version, or a backfill's rows, is another answer.
@@ -307,13 +311,54 @@ impl Tables {
         .map_err(|e| Status::internal(e.to_string()))?
     }
 
+    /// Plain Flight's `events` from offset `first` on read from the log alone, through the
+    /// cache of its blocks, when the log holds every one of them and the archive deletes
+    /// none (no `archive_retention_days`), so both tiers hold the same events; `None`
+    /// otherwise (or for `enriched_events`).
+    async fn log_alone(
+        &self,
+        enriched: bool,
+        (from, to): (i64, i64),
+        filters: &BTreeMap<String, String>,
+        first: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<RecordBatch>>, Status> {
+        if enriched || self.archive().is_some_and(|a| a.expires) {
+            return Ok(None);
+        }
+        let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
+        let filters = filters.clone();
+        tokio::task::spawn_blocking(move || {
+            if log.stats().start_offset > first {
+                return Ok(None);
+            }
+            let batches = events_batches(
+                &log,
+                &blocks,
+                &events_schema(),
+                from,
+                to,
+                &filters,
+                limit,
+                first,
+            )?;
+            // Segments the archiver deleted while this read: the archive answers.
+            Ok((log.stats().start_offset <= first).then_some(batches))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
     /// The archive's last committed view of `events`, when the archive is on.
     pub(super) fn archive(&self) -> Option<&crate::archive::Shared> {
         self.admin.archive.as_deref()
     }
 
     /// The record batches a query returns.
-    async fn batches(&self, q: TableQuery) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    async fn batches(
+        self: &Arc<Self>,
+        q: TableQuery,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let (schema, info) = self.schema_of(&q).await?;
         let limit = q.limit.unwrap_or(self.rows_max);
         let batches = match info {
@@ -325,16 +370,36 @@ impl Tables {
                         .map_err(status_of)?;
                 aggregate_batches(&schema, &info, &rows, &q.filters, limit)?
             }
-            None if q.table == "events" => {
-                let (from, to) = time_range(&q)?;
-                let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
-                let (schema, filters, scan) = (schema.clone(), q.filters.clone(), self.rows_max);
-                tokio::task::spawn_blocking(move || {
-                    let start = log.durable_end().saturating_sub(scan as u64);
-                    events_batches(&log, &blocks, &schema, from, to, &filters, limit, start)
-                })
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??
+            None if q.table == "events" || q.table == ENRICHED_TABLE => {
+                // Every tier, as in SQL. A query without a time range takes the most recent
+                // `flight_rows_max` offsets.
+                let range = time_range(&q)?;
+                let first = if q.from.is_none() && q.to.is_none() {
+                    self.admin
+                        .log
+                        .durable_end()
+                        .saturating_sub(self.rows_max as u64)
+                } else {
+                    0
+                };
+                let enriched = q.table == ENRICHED_TABLE;
+                match self
+                    .log_alone(enriched, range, &q.filters, first, limit)
+                    .await?
+                {
+                    Some(batches) => batches,
+                    None => {
+                        super::history::flight_rows(
+                            self.clone(),
+                            enriched,
+                            range,
+                            &q.filters,
+                            first,
+                            limit,
+                        )
+                        .await?
+                    }
+                }
             }
             None => {
                 let reader = if q.table == "dead_letters" {
