@@ -307,19 +307,9 @@ pub async fn stage(
     path: &str,
     bytes: bytes::Bytes,
 ) -> Result<(), String> {
-    use object_store::{PutMode, PutOptions, PutPayload};
     let store: Arc<dyn object_store::ObjectStore> = table.log_store().object_store(None);
-    store
-        .put_opts(
-            &object_store::path::Path::from(path),
-            PutPayload::from(bytes),
-            PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            },
-        )
+    super::table::put_create(store.as_ref(), &object_store::path::Path::from(path), bytes)
         .await
-        .map(|_| ())
         .map_err(|e| format!("staging {path}: {e}"))
 }
 

@@ -196,14 +196,7 @@ impl Table {
     pub async fn put_new(&self, path: &str, bytes: bytes::Bytes) -> Result<(), Error> {
         let store = self.store();
         let at = Path::from(path);
-        let opts = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match store
-            .put_opts(&at, PutPayload::from(bytes.clone()), opts())
-            .await
-        {
+        match put_create(store.as_ref(), &at, bytes.clone()).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 if self.files()?.iter().any(|f| f.path == path) {
@@ -213,10 +206,8 @@ impl Table {
                     .delete(&at)
                     .await
                     .map_err(|e| format!("removing the uncommitted {path}: {e}"))?;
-                store
-                    .put_opts(&at, PutPayload::from(bytes), opts())
+                put_create(store.as_ref(), &at, bytes)
                     .await
-                    .map(|_| ())
                     .map_err(|e| format!("storing {path}: {e}"))
             }
             Err(e) => Err(format!("storing {path}: {e}")),
@@ -387,6 +378,23 @@ impl Table {
         }
         Ok(orphans.len() as u64)
     }
+}
+
+/// Stores `bytes` at `path` with `PutMode::Create`: refused (`AlreadyExists`) when an object is
+/// there, so no file is ever overwritten.
+pub async fn put_create(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: bytes::Bytes,
+) -> object_store::Result<()> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store
+        .put_opts(path, PutPayload::from(bytes), opts)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

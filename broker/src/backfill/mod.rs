@@ -286,7 +286,7 @@ impl Worker {
                 return self.hand_off(shadow);
             }
             self.progress.floor.store(shadow.next, Ordering::Release);
-            let src = self.read(shadow.next, live)?;
+            let src = self.read(shadow.next, live, i64::MIN)?;
             shadow.fold_batch(src)?;
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
                 if !self.save(&mut shadow)? {
@@ -422,8 +422,9 @@ impl Worker {
     }
 
     /// The next events of the history from offset `next`, never at or past `live`: from the
-    /// archive below the log's first offset, else from the log.
-    fn read(&self, next: u64, live: u64) -> anyhow::Result<SourceBatch> {
+    /// archive below the log's first offset (only those with `timestamp` at or after
+    /// `since_ms`, so its older days are not read), else from the log (every event).
+    fn read(&self, next: u64, live: u64, since_ms: i64) -> anyhow::Result<SourceBatch> {
         let log_start = self.log.start_offset();
         if next < log_start {
             let archive = self.archive.as_ref().with_context(|| {
@@ -438,6 +439,7 @@ impl Worker {
                 archive.tables.clone(),
                 next,
                 to,
+                since_ms,
             )) {
                 Ok(b) => b,
                 Err(s) if s.code() == tonic::Code::Unavailable => {

@@ -143,7 +143,7 @@ impl Worker {
                     return Ok(Ended::Done);
                 }
             }
-            let src = self.read(next, end)?;
+            let src = self.read(next, end, from_ms)?;
             if src.next <= next {
                 // Nothing readable yet (the archive is being opened): not a busy loop.
                 std::thread::sleep(IDLE);

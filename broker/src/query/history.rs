@@ -216,25 +216,26 @@ fn offset_bounds(filters: &[Expr]) -> (u64, u64) {
     (from, to)
 }
 
-/// The events of offsets `[from, to)` in offset order, over every tier (a backfill's read of
-/// history below the log). Reads only the tiers that hold them: the archive's files by their
-/// offset statistics, the log only from the archive's split on.
+/// The events of offsets `[from, to)` with `timestamp` at or after `since_ms`, in offset
+/// order, over every tier (a backfill's or a replay's read of history below the log). Reads
+/// only the tiers and files that hold them: the archive's files by their offset statistics
+/// and, with `since_ms`, by their date partitions and `timestamp` statistics; the log only
+/// from the archive's split on.
 pub async fn events_between(
     tables: Arc<Tables>,
     from: u64,
     to: u64,
+    since_ms: i64,
 ) -> Result<Vec<arrow_array::RecordBatch>, Status> {
-    let ctx = datafusion::prelude::SessionContext::new_with_config(
-        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
-    );
-    ctx.register_table("events", Arc::new(History::new(tables)))
-        .map_err(|e| Status::internal(format!("registering events: {e}")))?;
-    let sql = format!(
-        "SELECT * FROM events WHERE \"offset\" >= {from} AND \"offset\" < {to} ORDER BY \"offset\""
-    );
-    let status = |e| status_of(e, &format!("events {from}..{to}"));
-    let df = ctx.sql(&sql).await.map_err(status)?;
-    df.collect().await.map_err(status)
+    rows(
+        tables,
+        false,
+        (since_ms, i64::MAX),
+        &BTreeMap::new(),
+        (from, to),
+        usize::MAX,
+    )
+    .await
 }
 
 /// Plain Flight's `events` or `enriched_events` (`enriched`): the rows with `timestamp` in
@@ -243,9 +244,22 @@ pub async fn events_between(
 pub async fn flight_rows(
     tables: Arc<Tables>,
     enriched: bool,
-    (from, to): (i64, i64),
+    range: (i64, i64),
     texts: &BTreeMap<String, String>,
     first: u64,
+    limit: usize,
+) -> Result<Vec<arrow_array::RecordBatch>, Status> {
+    rows(tables, enriched, range, texts, (first, u64::MAX), limit).await
+}
+
+/// The rows of `events` or `enriched_events` with `timestamp` in `[from, to)`, the text
+/// equalities `texts` and offsets in `[first, end)`, in offset order, at most `limit`.
+async fn rows(
+    tables: Arc<Tables>,
+    enriched: bool,
+    (from, to): (i64, i64),
+    texts: &BTreeMap<String, String>,
+    (first, end): (u64, u64),
     limit: usize,
 ) -> Result<Vec<arrow_array::RecordBatch>, Status> {
     let name = if enriched {
@@ -268,6 +282,9 @@ pub async fn flight_rows(
     if first > 0 {
         filters.push(col("offset").gt_eq(lit(first)));
     }
+    if end != u64::MAX {
+        filters.push(col("offset").lt(lit(end)));
+    }
     if from != i64::MIN {
         filters.push(
             col("timestamp").gt_eq(lit(ScalarValue::TimestampMillisecond(
@@ -282,17 +299,19 @@ pub async fn flight_rows(
     for (c, v) in texts {
         filters.push(col(c.as_str()).eq(lit(v.as_str())));
     }
-    let status = |e| status_of(e, name);
+    let what = format!("{name} offsets {first}..{end}");
+    let status = |e| status_of(e, &what);
     let mut df = ctx.table(name).await.map_err(status)?;
     for f in filters {
         df = df.filter(f).map_err(status)?;
     }
-    df.sort(vec![col("offset").sort(true, false)])
-        .and_then(|df| df.limit(0, Some(limit)))
-        .map_err(status)?
-        .collect()
-        .await
-        .map_err(status)
+    df = df
+        .sort(vec![col("offset").sort(true, false)])
+        .map_err(status)?;
+    if limit != usize::MAX {
+        df = df.limit(0, Some(limit)).map_err(status)?;
+    }
+    df.collect().await.map_err(status)
 }
 
 /// A query's error as a status: a scan's own refusal (the archive still being opened:
