@@ -181,6 +181,42 @@ settings! {
     archive_s3_access_key_id: Option<String> [String] = None;
     /// S3 secret access key. Unset: `AWS_SECRET_ACCESS_KEY`.
     archive_s3_secret_access_key: Option<String> [String] = None;
+    /// Report runs (`docs/reports.md`) at once; more wait, queued.
+    report_concurrency_max: usize [usize] = 2;
+    /// How often the report queue and schedules are looked at, in milliseconds (a new request
+    /// starts at once).
+    report_poll_ms: u64 [u64] = 1000;
+    /// Attempts of one run before it fails, for a definition without `attempts_max`.
+    report_attempts_max: u32 [u32] = 3;
+    /// Longest one attempt may run, in milliseconds, for a definition without `deadline_ms`.
+    report_deadline_ms: u64 [u64] = 600_000;
+    /// Delay before a failed attempt's (or webhook delivery's) retry, in milliseconds;
+    /// doubled at each retry.
+    report_retry_backoff_ms: u64 [u64] = 1000;
+    /// Longest retry delay, in milliseconds.
+    report_retry_backoff_max_ms: u64 [u64] = 60_000;
+    /// Misfire policy: most missed fire times of one schedule queued after a restart (the
+    /// newest ones); older ones are skipped and counted.
+    report_misfire_runs_max: usize [usize] = 10;
+    /// Most attempts of one webhook delivery before it is given up.
+    report_webhook_attempts_max: u32 [u32] = 8;
+    /// One webhook attempt's timeout, in milliseconds.
+    report_webhook_timeout_ms: u64 [u64] = 10_000;
+    /// The key of the webhooks' `X-Runnel-Signature` (HMAC-SHA256), at least 16 bytes. Unset:
+    /// a random key kept in `DATA_DIR/reports/webhook_secret`.
+    report_webhook_secret: Option<String> [String] = None;
+    /// How long a pre-signed S3 link to an output stays valid, in seconds (at most 7 days, as
+    /// S3 allows).
+    report_link_ttl_s: u64 [u64] = 604_800;
+    /// The admin API's address as links to outputs name it (`http://HOST:PORT`). Unset:
+    /// `http://` and `admin_addr`.
+    report_link_base_url: Option<String> [String] = None;
+    /// Where report outputs go when a definition names no `destination` (a path or URL like
+    /// `archive_url`). Unset: `reports/` in the archive's store, or `DATA_DIR/reports/outputs`
+    /// when the archive is off.
+    report_url: Option<String> [String] = None;
+    /// Largest output of one run, in bytes; a larger one fails the run, naming this setting.
+    report_output_bytes_max: usize [usize] = 256 << 20;
 }
 
 impl BrokerConfig {
@@ -238,6 +274,43 @@ impl BrokerConfig {
             aggregate_rows_retention: (self.aggregate_rows_retention_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.aggregate_rows_retention_ms)),
         }
+    }
+
+    /// The report service's settings; `admin_addr` is the bound admin address.
+    pub fn report_settings(&self, admin_addr: SocketAddr) -> crate::reports::Settings {
+        use std::time::Duration;
+        crate::reports::Settings {
+            concurrency_max: self.report_concurrency_max,
+            poll: Duration::from_millis(self.report_poll_ms),
+            retry_backoff: Duration::from_millis(self.report_retry_backoff_ms),
+            retry_backoff_max: Duration::from_millis(self.report_retry_backoff_max_ms),
+            misfire_runs_max: self.report_misfire_runs_max,
+            webhook_attempts_max: self.report_webhook_attempts_max,
+            webhook_timeout: Duration::from_millis(self.report_webhook_timeout_ms),
+            link_ttl: Duration::from_secs(self.report_link_ttl_s),
+            link_base_url: self
+                .report_link_base_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{admin_addr}"))
+                .trim_end_matches('/')
+                .to_string(),
+        }
+    }
+
+    /// Where report outputs go by default.
+    pub fn report_destination(&self) -> String {
+        if let Some(u) = &self.report_url {
+            return u.clone();
+        }
+        if self.archive_enabled {
+            let archive = self.archive_settings().url;
+            return format!("{}/reports", archive.trim_end_matches('/'));
+        }
+        self.data_dir
+            .join("reports")
+            .join("outputs")
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Checks every field; the error names the field and the rule.
@@ -374,6 +447,56 @@ impl BrokerConfig {
         }
         if self.archive_slice_ms == 0 {
             return fail("archive_slice_ms", "must be > 0");
+        }
+        if self.report_concurrency_max == 0 || self.report_concurrency_max > 64 {
+            return fail("report_concurrency_max", "must be between 1 and 64");
+        }
+        for (field, v) in [
+            ("report_poll_ms", self.report_poll_ms),
+            ("report_deadline_ms", self.report_deadline_ms),
+            ("report_retry_backoff_ms", self.report_retry_backoff_ms),
+            ("report_webhook_timeout_ms", self.report_webhook_timeout_ms),
+        ] {
+            if v == 0 {
+                return fail(field, "must be > 0");
+            }
+        }
+        if self.report_retry_backoff_max_ms < self.report_retry_backoff_ms {
+            return fail(
+                "report_retry_backoff_max_ms",
+                "must be at least report_retry_backoff_ms",
+            );
+        }
+        if self.report_attempts_max == 0 || self.report_attempts_max > 100 {
+            return fail("report_attempts_max", "must be between 1 and 100");
+        }
+        if self.report_webhook_attempts_max == 0 || self.report_webhook_attempts_max > 100 {
+            return fail("report_webhook_attempts_max", "must be between 1 and 100");
+        }
+        if self.report_misfire_runs_max == 0 {
+            return fail("report_misfire_runs_max", "must be > 0");
+        }
+        if self.report_link_ttl_s == 0 || self.report_link_ttl_s > 604_800 {
+            return fail(
+                "report_link_ttl_s",
+                "must be between 1 and 604800 (7 days, the most S3 allows)",
+            );
+        }
+        if let Some(s) = &self.report_webhook_secret
+            && s.len() < 16
+        {
+            return fail("report_webhook_secret", "must be at least 16 bytes");
+        }
+        if let Some(u) = &self.report_link_base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return fail(
+                "report_link_base_url",
+                "must start with http:// or https://",
+            );
+        }
+        if self.report_output_bytes_max < 1024 {
+            return fail("report_output_bytes_max", "must be at least 1024");
         }
         if self.archive_commit_events_max == 0 || self.archive_commit_events_max > 10_000_000 {
             return fail(

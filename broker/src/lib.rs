@@ -13,6 +13,7 @@
 //! | [`query`] | Arrow Flight and Flight SQL over the aggregates, events and side topics |
 //! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
 //! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
+//! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
 //!
 //! [`config`] holds every setting; [`start`] wires the subsystems together and
@@ -28,6 +29,7 @@ pub mod log;
 pub mod pipeline;
 pub mod plugins;
 pub mod query;
+pub mod reports;
 pub mod state;
 pub mod topics;
 
@@ -182,6 +184,28 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     let admin_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let reports = {
+        let queue = reports::Queue::open(
+            registry.database(),
+            reports::RunDefaults {
+                attempts_max: cfg.report_attempts_max,
+                deadline_ms: cfg.report_deadline_ms,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("reports: {e}"))?;
+        let dir = cfg.data_dir.join("reports");
+        let link_secret = reports::secret_file(&dir.join("link_secret"))?;
+        let webhook_secret = match &cfg.report_webhook_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => reports::secret_file(&dir.join("webhook_secret"))?,
+        };
+        Arc::new(reports::Reports::new(
+            queue,
+            cfg.report_settings(admin_addr),
+            &link_secret,
+            &webhook_secret,
+        ))
+    };
     let consumed = pipeline.shared.clone();
     let backfill_progress = Arc::new(backfill::Progress::default());
     let backfilling = backfill_progress.clone();
@@ -233,7 +257,30 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         isolation,
         capabilities_allowed: cfg.plugin_capabilities_allowed.clone(),
         archive,
+        reports: reports.clone(),
+        report_runner: std::sync::OnceLock::new(),
     });
+    let report_runner = Arc::new(reports::Runner::new(
+        Arc::new(query::Tables::new(
+            admin.clone(),
+            cfg.flight_rows_max,
+            query::CacheSettings {
+                ttl: std::time::Duration::ZERO,
+                final_ttl: std::time::Duration::ZERO,
+                bytes_max: 0,
+                event_blocks_bytes_max: 0,
+            },
+        )),
+        cfg.archive_settings().s3,
+        cfg.report_destination(),
+        cfg.report_output_bytes_max,
+    ));
+    let _ = admin.report_runner.set(Arc::downgrade(&report_runner));
+    tasks.push(tokio::spawn(reports::serve(
+        reports,
+        report_runner,
+        shutdown_rx.clone(),
+    )));
     let backfill = backfill::Backfill::start(backfill::Worker {
         runtime,
         registry: registry.clone(),

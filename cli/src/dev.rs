@@ -43,6 +43,19 @@ const EXAMPLE_AGGREGATORS: &[&str] = &[
     "agent_performance",
 ];
 
+/// The example reports `runnel dev` deploys (`reports/`): the monthly field-agent commission
+/// (over `agent_performance`, so only with the plugins) and the daily customer activity.
+const EXAMPLE_REPORTS: &[(&str, &str)] = &[
+    (
+        "agent_commission",
+        include_str!("../../reports/agent_commission.toml"),
+    ),
+    (
+        "daily_customer_activity",
+        include_str!("../../reports/daily_customer_activity.toml"),
+    ),
+];
+
 /// What `runnel dev` generates.
 #[derive(Debug, Clone, Copy)]
 struct Generate {
@@ -187,6 +200,11 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
             tracing::warn!(plugin = name, error = %e, "deploying failed");
         }
     }
+    for (name, text) in EXAMPLE_REPORTS {
+        if let Err(e) = admin.report_deploy(name, (*text).to_string()).await {
+            tracing::warn!(report = name, error = %e, "deploying the example report failed");
+        }
+    }
     let plugins = match (&edge, &geo) {
         (Some(_), Some(_)) => {
             "\n  plugins        pii-redact at the edge; geo-enrich and the aggregators events_per_type, unique_users,\
@@ -221,6 +239,8 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
          \n  runnel agg read events_per_type --admin-addr {admin}\
          \n  runnel log read --topic late_events --admin-addr {admin}\
          \n  runnel archive status --admin-addr {admin}   (the log as a Delta Lake table: docs/archive.md)\
+         \n  runnel report list --admin-addr {admin}   (agent_commission, daily_customer_activity: docs/reports.md)\
+         \n  runnel report run daily_customer_activity --param day=$(TZ=Africa/Nairobi date +%F) --wait-for none --wait --admin-addr {admin}\
          \n  runnel query \"SELECT event_type, SUM(events) AS events FROM events_per_type GROUP BY event_type ORDER BY events DESC\"{query_args}\
          \n\nFrom Python (pip install pyarrow):\
          \n  import pyarrow.flight as fl\

@@ -9,6 +9,7 @@ mod dev;
 mod log;
 mod plugin;
 mod query;
+mod report;
 
 use std::future::Future;
 
@@ -69,6 +70,11 @@ enum Cmd {
     },
     /// Run SQL against a running broker over Flight SQL and print the result.
     Query(query::QueryArgs),
+    /// Reports: deploy definitions, run them on demand, read their runs and outputs.
+    Report {
+        #[command(subcommand)]
+        cmd: report::ReportCmd,
+    },
 }
 
 /// The allocator: mimalloc keeps freed buffers for reuse instead of giving multi-megabyte ones
@@ -123,6 +129,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Archive { cmd } => block_on(archive::run(cmd)),
         Cmd::Bench { cmd } => block_on(runnel_loadgen::main(cmd)),
         Cmd::Query(args) => block_on(query::run(args, &mut std::io::stdout().lock())),
+        Cmd::Report { cmd } => block_on(report::run(cmd)),
     }
 }
 

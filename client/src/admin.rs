@@ -3,7 +3,9 @@
 use std::io::Write;
 
 use crate::Error;
-use crate::api::{AggInfo, Deploy, LogStats, PluginInfo, RowRange};
+use crate::api::{
+    AggInfo, Deploy, LogStats, PluginInfo, ReportInfo, ReportRun, RowRange, RunAccepted, RunRequest,
+};
 
 /// A client of one broker's admin API (`http://ADDR`).
 #[derive(Debug, Clone)]
@@ -245,6 +247,64 @@ impl Admin {
         range: &RowRange,
     ) -> Result<Vec<serde_json::Value>, Error> {
         self.ndjson(self.rows_url(name, range)).await
+    }
+
+    /// `GET /v1/reports`.
+    pub async fn reports(&self) -> Result<Vec<ReportInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/reports", self.base)))
+            .await
+    }
+
+    /// `PUT /v1/reports/NAME`: deploys a report definition (its TOML text).
+    pub async fn report_deploy(&self, name: &str, toml: String) -> Result<ReportInfo, Error> {
+        let url = format!("{}/v1/reports/{}", self.base, enc(name));
+        self.json(self.http.put(url).body(toml)).await
+    }
+
+    /// `POST /v1/reports/NAME/runs`: queues a run; with `idempotency_key`, a repeat returns the
+    /// first request's run.
+    pub async fn report_run(
+        &self,
+        name: &str,
+        req: &RunRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<RunAccepted, Error> {
+        let url = format!("{}/v1/reports/{}/runs", self.base, enc(name));
+        let mut r = self.http.post(url).json(req);
+        if let Some(k) = idempotency_key {
+            r = r.header("idempotency-key", k);
+        }
+        self.json(r).await
+    }
+
+    /// `GET /v1/reports/runs/ID`.
+    pub async fn report_status(&self, id: &str) -> Result<ReportRun, Error> {
+        let url = format!("{}/v1/reports/runs/{}", self.base, enc(id));
+        self.json(self.http.get(url)).await
+    }
+
+    /// `GET /v1/reports/NAME/runs`: the report's runs, newest first.
+    pub async fn report_history(&self, name: &str, limit: usize) -> Result<Vec<ReportRun>, Error> {
+        let url = format!("{}/v1/reports/{}/runs?limit={limit}", self.base, enc(name));
+        self.json(self.http.get(url)).await
+    }
+
+    /// The bytes behind a run's download link (`ReportOutput::link`: a URL, pre-signed in S3,
+    /// or a path on this admin port).
+    pub async fn report_output(&self, link: &str) -> Result<Vec<u8>, Error> {
+        let url = if link.starts_with("http://") || link.starts_with("https://") {
+            link.to_string()
+        } else {
+            format!("{}{link}", self.base)
+        };
+        let resp = self.send(self.http.get(url)).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| Error::Unreachable {
+                addr: self.addr.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// `GET /metrics`: the Prometheus text.

@@ -11,6 +11,12 @@
 //! | `GET /v1/aggregates` | `[`[`AggInfo`]`]` |
 //! | `GET /v1/aggregates/NAME/rows?from&to&limit` | NDJSON rows |
 //! | `GET /v1/archive` | [`ArchiveStatus`] (404 when the archive is off) |
+//! | `GET /v1/reports` | `[`[`ReportInfo`]`]` |
+//! | `PUT /v1/reports/NAME` (body: the definition's TOML) | [`ReportInfo`] (`201` for a new version) |
+//! | `POST /v1/reports/NAME/runs` (body: [`RunRequest`], header `Idempotency-Key`) | `202` [`RunAccepted`] |
+//! | `GET /v1/reports/NAME/runs?limit` | `[`[`ReportRun`]`]`, newest first |
+//! | `GET /v1/reports/runs/ID` | [`ReportRun`] |
+//! | `GET /v1/reports/runs/ID/output?token` | the output's bytes |
 //!
 //! A refusal is a 4xx/5xx with `{"error": "…"}`.
 
@@ -291,4 +297,151 @@ pub struct ArchiveTableStatus {
     pub last_error: Option<String>,
     /// Files deleted because no commit referenced them, since start.
     pub orphans_swept: u64,
+}
+
+/// `GET /v1/reports`: a deployed report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportInfo {
+    /// Its name.
+    pub name: String,
+    /// Its active version (`1`, `2`, …: one per deploy that changed the definition).
+    pub version: u32,
+    /// The definition's description.
+    pub description: String,
+    /// `parquet`, `csv`, `json` or `html`.
+    pub format: String,
+    /// Its cron expression, if it runs by itself.
+    pub schedule: Option<String>,
+    /// The zone of its schedule and of its date and month parameters.
+    pub time_zone: String,
+    /// Its parameters: name to type (`month`, `float`, …).
+    pub params: BTreeMap<String, String>,
+    /// When it was deployed (RFC 3339).
+    pub deployed_at: String,
+    /// The newest run's id and status, if it has run.
+    pub last_run: Option<(String, RunStatus)>,
+}
+
+/// The body of `POST /v1/reports/NAME/runs` (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Parameter values (numbers and booleans may be given as text).
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Where the finished run is announced (overrides the definition's).
+    pub webhook_url: Option<String>,
+    /// `final` (wait until the period's windows are final) or `none` (run on what is there,
+    /// marked partial if not final); unset: the definition's `wait_for`.
+    pub wait_for: Option<String>,
+}
+
+/// The `202` answer of `POST /v1/reports/NAME/runs`: the run is durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAccepted {
+    /// The run's id.
+    pub id: String,
+    /// Where its status is (`/v1/reports/runs/ID`).
+    pub status_url: String,
+    /// Whether this request was a repeat of an earlier one (same `Idempotency-Key`).
+    pub repeat: bool,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for a worker (or for its period's windows to be final, or for its next attempt).
+    Queued,
+    /// A worker is on it.
+    Running,
+    /// Its output is written.
+    Succeeded,
+    /// Every attempt failed.
+    Failed,
+}
+
+/// `GET /v1/reports/runs/ID`: one run of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRun {
+    /// Its id.
+    pub id: String,
+    /// The report.
+    pub report: String,
+    /// The report's version it runs.
+    pub version: u32,
+    /// `request` or `schedule`.
+    pub trigger: String,
+    /// A scheduled run's fire time (RFC 3339).
+    pub scheduled_for: Option<String>,
+    /// Every parameter's value.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Where it is.
+    pub status: RunStatus,
+    /// It waits until its period's windows are final before it runs.
+    pub wait_for_final: bool,
+    /// What it waits for now, if anything.
+    pub waiting: Option<String>,
+    /// It ran on windows that were not all final.
+    pub partial: bool,
+    /// Attempts made (an attempt cut off by a broker restart does not count).
+    pub attempts: u32,
+    /// Most attempts.
+    pub attempts_max: u32,
+    /// Each failed attempt's error, oldest first (at most the last ten).
+    pub errors: Vec<String>,
+    /// When it was accepted, started, finished (RFC 3339).
+    pub created_at: String,
+    /// When its latest attempt started.
+    pub started_at: Option<String>,
+    /// When it succeeded or failed for good.
+    pub finished_at: Option<String>,
+    /// Its output, once it succeeded.
+    pub output: Option<ReportOutput>,
+    /// Where its end is announced.
+    pub webhook_url: Option<String>,
+    /// The announcement of its end, once it ended with a `webhook_url`.
+    pub webhook: Option<WebhookDelivery>,
+    /// When its output was deleted, its definition's `retention_days` after it finished.
+    #[serde(default)]
+    pub output_deleted_at: Option<String>,
+}
+
+/// A run's webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// Its id, the same on every attempt (`X-Runnel-Delivery`).
+    pub id: String,
+    /// `pending`, `delivered` (a 2xx came back) or `failed` (given up after the last attempt).
+    pub state: String,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<WebhookAttempt>,
+}
+
+/// One attempt of a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookAttempt {
+    /// When it was made (RFC 3339).
+    pub at: String,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// What went wrong, if it did not get a 2xx.
+    pub error: Option<String>,
+}
+
+/// A run's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportOutput {
+    /// Where it is (`s3://…`, `file:///…`).
+    pub url: String,
+    /// Its format.
+    pub format: String,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// SHA-256 of its bytes (hex).
+    pub sha256: String,
+    /// A download link: `/v1/reports/runs/ID/output?token=…` on the admin port.
+    pub link: String,
 }

@@ -527,3 +527,131 @@ pub async fn post_generated(
         tokio::time::sleep(pace).await;
     }
 }
+
+/// The Python of the test venv (`scripts/setup.sh --test`: pyarrow, deltalake, DuckDB, moto).
+pub fn python() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel-py/bin/python")
+}
+
+/// A moto S3 server on a loopback port, stopped on drop.
+pub struct Moto {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts one.
+    pub async fn start() -> Self {
+        let port = free_tcp_port();
+        let moto = python().with_file_name("moto_server");
+        let child = std::process::Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto_server (scripts/setup.sh --test installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(&endpoint).await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, endpoint }
+    }
+
+    /// Creates a bucket (`PUT /BUCKET`, which moto takes unsigned).
+    pub async fn bucket(&self, name: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating bucket {name}: {}",
+            r.status()
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `X-Runnel-Delivery`.
+    pub id: String,
+    /// `X-Runnel-Signature`.
+    pub signature: String,
+    /// The body.
+    pub body: String,
+    /// The status it answered.
+    pub status: u16,
+}
+
+/// A local webhook receiver on a loopback port (an axum server in the test process, stopped on
+/// drop): it records every POST and answers 500 to the first `fail_first` attempts of each
+/// delivery id (`u32::MAX`: always), then 200.
+pub struct WebhookReceiver {
+    /// `http://127.0.0.1:PORT/hook`.
+    pub url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    /// Starts one.
+    pub async fn start(fail_first: u32) -> Self {
+        let got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>> = Default::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let state = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let id = header("x-runnel-delivery");
+                    let mut got = state.lock().unwrap();
+                    let before = got.iter().filter(|d| d.id == id).count() as u32;
+                    let status = if before < fail_first { 500 } else { 200 };
+                    got.push(Delivery {
+                        id,
+                        signature: header("x-runnel-signature"),
+                        body,
+                        status,
+                    });
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, got, task }
+    }
+
+    /// Every request so far, oldest first.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -6,15 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use runnel_e2e::{Pipeline, bin, runnel_json};
+use runnel_e2e::{Moto, Pipeline, bin, python, runnel_json};
 use serde_json::Value;
 
 const TYPES: [&str; 4] = ["page.view", "order.placed", "cart.add", "app.open"];
 const DAYS: u64 = 5;
-
-fn python() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel-py/bin/python")
-}
 
 /// `archive_check.py` over the table at `uri`, parsed.
 fn check(uri: &str, options: Option<&Value>) -> Value {
@@ -473,53 +469,6 @@ async fn assert_aggregate_archived_once(p: &Pipeline) {
             )
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// A moto S3 server on a loopback port, stopped on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    async fn start() -> Self {
-        let port = runnel_e2e::free_tcp_port();
-        let moto = python().with_file_name("moto_server");
-        let child = std::process::Command::new(moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting moto_server (scripts/setup.sh --test installs it)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(&endpoint).await.is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Self { child, endpoint }
-    }
-
-    /// Creates a bucket (`PUT /BUCKET`, which moto takes unsigned).
-    async fn bucket(&self, name: &str) {
-        let r = reqwest::Client::new()
-            .put(format!("{}/{name}", self.endpoint))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "creating bucket {name}: {}",
-            r.status()
-        );
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,15 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use runnel_e2e::{Pipeline, free_tcp_port, plugin};
+use runnel_e2e::{Pipeline, free_tcp_port, plugin, python};
 use runnel_gen::{Config, Scenario};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
-
-fn python() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel-py/bin/python")
-}
 
 fn ms(v: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())

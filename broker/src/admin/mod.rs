@@ -17,7 +17,10 @@
 //!   and its `init` run with the parameters before anything is stored, so a broken plugin is
 //!   refused with the reason. `201` for a new version, `200` when nothing changed.
 //! - `POST /v1/plugins/NAME/pause`, `POST /v1/plugins/NAME/resume`, `DELETE /v1/plugins/NAME`.
+//! - `/v1/reports…`: report definitions, runs and outputs ([`reports`], `docs/reports.md`).
 //! - `/metrics` (Prometheus), `/livez`, `/readyz`.
+
+mod reports;
 
 use std::sync::Arc;
 
@@ -60,6 +63,11 @@ pub struct Admin {
     pub backfill: Arc<crate::backfill::Progress>,
     /// The archiver's status (`None`: `archive_enabled` is off).
     pub archive: Option<Arc<crate::archive::Shared>>,
+    /// The reports service's queue and keys.
+    pub reports: Arc<crate::reports::Reports>,
+    /// The reports' runner, set once the query tables (which hold this handle) are made; weak,
+    /// so the two do not keep each other alive (the reports task holds it).
+    pub report_runner: std::sync::OnceLock<std::sync::Weak<crate::reports::Runner>>,
 }
 
 /// The admin router.
@@ -83,6 +91,14 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/aggregates", get(list_aggregates))
         .route("/v1/aggregates/{name}/rows", get(aggregate_rows))
         .route("/v1/archive", get(archive_status))
+        .route("/v1/reports", get(reports::list))
+        .route("/v1/reports/{name}", axum::routing::put(reports::deploy))
+        .route(
+            "/v1/reports/{name}/runs",
+            get(reports::history).post(reports::run),
+        )
+        .route("/v1/reports/runs/{id}", get(reports::status))
+        .route("/v1/reports/runs/{id}/output", get(reports::output))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -120,6 +120,7 @@ pub fn faulty_memory() -> (Arc<FaultyStore>, super::store::Location) {
     let loc = super::store::Location {
         root: faulty.clone(),
         url: url::Url::parse("memory:///archive/").unwrap(),
+        signer: None,
     };
     (faulty, loc)
 }

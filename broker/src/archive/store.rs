@@ -40,6 +40,8 @@ pub struct Location {
     pub root: Arc<dyn ObjectStore>,
     /// The archive's folder, ending in `/`.
     pub url: Url,
+    /// Makes pre-signed URLs of its objects (S3); `None` for a store without them.
+    pub signer: Option<Arc<dyn object_store::signer::Signer>>,
 }
 
 impl Location {
@@ -54,6 +56,7 @@ impl Location {
 /// Opens `archive_url` (see the module doc). The error says what is wrong with the URL.
 pub fn open(archive_url: &str, s3: &S3Settings) -> Result<Location, String> {
     let url = parse(archive_url)?;
+    let mut signer: Option<Arc<dyn object_store::signer::Signer>> = None;
     let root: Arc<dyn ObjectStore> = match url.scheme() {
         "file" => {
             let path = url
@@ -86,10 +89,12 @@ pub fn open(archive_url: &str, s3: &S3Settings) -> Result<Location, String> {
             if let Some(k) = &s3.secret_access_key {
                 b = b.with_secret_access_key(k);
             }
-            Arc::new(
+            let s3 = Arc::new(
                 b.build()
                     .map_err(|e| format!("archive_url {archive_url:?}: {e}"))?,
-            )
+            );
+            signer = Some(s3.clone());
+            s3
         }
         "memory" => Arc::new(InMemory::new()),
         other => {
@@ -99,7 +104,7 @@ pub fn open(archive_url: &str, s3: &S3Settings) -> Result<Location, String> {
         }
     };
     register_log_stores();
-    Ok(Location { root, url })
+    Ok(Location { root, url, signer })
 }
 
 /// `archive_url` as a URL ending in `/`: a plain path is a local folder.

@@ -530,6 +530,11 @@ impl Registry {
         })
     }
 
+    /// `state.redb`, for the subsystems that keep their own tables in it (reports).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Where compiled components are cached.
     pub fn compiled_cache_dir(&self) -> PathBuf {
         self.dir.join(".compiled")

@@ -74,6 +74,7 @@ use crate::admin::Admin;
 
 pub use aggregate_rows::aggregate_rows;
 pub use history::events_between;
+pub use sql::{Planned, Provider};
 pub use tables::{
     CacheSettings, FIXED_TABLES, TableQuery, Tables, aggregate_schema, events_schema, topic_schema,
 };

@@ -90,6 +90,11 @@ impl Planned {
         }
     }
 
+    /// The tables it scans, by name.
+    pub fn reads(&self) -> &[String] {
+        &self.reads
+    }
+
     /// Runs the plan.
     pub async fn run(&self) -> DfResult<SendableRecordBatchStream> {
         self.ctx

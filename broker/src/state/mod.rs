@@ -19,6 +19,12 @@
 //! | [`BACKFILL_ROWS`] | as [`AGG_ROWS`] | as [`AGG_ROWS`]: the shadow version's final rows | the backfill's checkpoints; moved to [`AGG_ROWS`] by the swap |
 //! | [`AGG_ARCHIVE`] | aggregate name | [`crate::plugins::outbox::AggArchive`] (the next batch's number, a pending replacement) | the pipeline's commit, the swap, remove; the archiver |
 //! | [`AGG_OUTBOX`] | (aggregate, batch number) | final rows not yet in `agg_<name>` ([`crate::plugins::outbox`]) | the pipeline's commit, the swap, remove; deleted by the archiver after its Delta commit |
+//! | [`REPORTS`] | report name | [`crate::reports::queue::ReportRecord`] (every version of the definition, how far its schedule is queued) | `report deploy`; the scheduler |
+//! | [`REPORT_RUNS`] | run id | [`crate::reports::queue::RunRecord`] | the run request, the scheduler, the workers |
+//! | [`REPORT_QUEUE`] | (not before, run id) | `()`: the queued runs | with [`REPORT_RUNS`] |
+//! | [`REPORT_KEYS`] | `request/REPORT/KEY` (an `Idempotency-Key`), `schedule/REPORT/FIRE_MS` | run id: the one run the key names | with the run it names |
+//! | [`REPORT_HISTORY`] | (report, created, run id) | `()`: each report's runs in order | with [`REPORT_RUNS`] |
+//! | [`REPORT_DELIVERIES`] | (next attempt, run id) | `()`: the webhook deliveries not yet done | with [`REPORT_RUNS`] |
 //!
 //! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
 //! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
@@ -69,6 +75,21 @@ pub const AGG_ARCHIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("aggr
 /// the batch's rows, encoded by [`crate::plugins::outbox`].
 pub const AGG_OUTBOX: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("aggregate_outbox");
+
+/// Report definitions, by name ([`crate::reports::queue::ReportRecord`]).
+pub const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
+/// Report runs, by id ([`crate::reports::queue::RunRecord`]).
+pub const REPORT_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("report_runs");
+/// The queued runs: (not before, UTC ms; run id).
+pub const REPORT_QUEUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("report_queue");
+/// The keys that name one run each: a request's `Idempotency-Key`, a schedule's fire time.
+pub const REPORT_KEYS: TableDefinition<&str, &str> = TableDefinition::new("report_keys");
+/// Each report's runs in the order they were accepted: (report, created, run id).
+pub const REPORT_HISTORY: TableDefinition<(&str, i64, &str), ()> =
+    TableDefinition::new("report_history");
+/// The webhook deliveries still to make: (next attempt, UTC ms; run id).
+pub const REPORT_DELIVERIES: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("report_deliveries");
 
 /// The version of the values this build writes.
 pub const VALUE_VERSION: u8 = 1;
