@@ -264,12 +264,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         Arc::new(query::Tables::new(
             admin.clone(),
             cfg.flight_rows_max,
-            query::CacheSettings {
-                ttl: std::time::Duration::ZERO,
-                final_ttl: std::time::Duration::ZERO,
-                bytes_max: 0,
-                event_blocks_bytes_max: 0,
-            },
+            query::CacheSettings::NONE,
         )),
         cfg.archive_settings().s3,
         cfg.report_destination(),
@@ -291,12 +286,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             tables: Arc::new(query::Tables::new(
                 admin.clone(),
                 cfg.flight_rows_max,
-                query::CacheSettings {
-                    ttl: std::time::Duration::ZERO,
-                    final_ttl: std::time::Duration::ZERO,
-                    bytes_max: 0,
-                    event_blocks_bytes_max: 0,
-                },
+                query::CacheSettings::NONE,
             )),
             handle: tokio::runtime::Handle::current(),
         }),

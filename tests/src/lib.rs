@@ -322,6 +322,17 @@ impl Pipeline {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `runnel plugin deploy` of the example or test plugin `name` under its own name.
+    pub fn deploy_plugin(&self, name: &str) {
+        self.cli(&[
+            "plugin",
+            "deploy",
+            plugin(name).to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+    }
+
     /// A client of the broker's admin API.
     pub fn admin(&self) -> runnel_client::admin::Admin {
         runnel_client::admin::Admin::new(&self.admin_addr)

@@ -57,16 +57,6 @@ fn late_ids(p: &Pipeline) -> HashMap<String, BTreeSet<String>> {
     out
 }
 
-fn deploy(p: &Pipeline, name: &str) {
-    p.cli(&[
-        "plugin",
-        "deploy",
-        plugin(name).to_str().unwrap(),
-        "--name",
-        name,
-    ]);
-}
-
 fn parsed(g: &Generated) -> Value {
     serde_json::from_str(&g.json).unwrap()
 }
@@ -86,7 +76,7 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
         ],
     );
     p.start().await;
-    deploy(&p, "geo_enrich");
+    p.deploy_plugin("geo_enrich");
     for a in [
         "events_per_type",
         "unique_users",
@@ -94,7 +84,7 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
         "sessions",
         "agent_performance",
     ] {
-        deploy(&p, a);
+        p.deploy_plugin(a);
     }
     let events = stream(30_000);
     post(&p.agent_url, &events, 500, Duration::ZERO).await;
@@ -306,7 +296,7 @@ async fn generated_stream_gives_exact_windows_and_exact_late_events() {
 async fn a_window_limit_refuses_rows_into_dead_letters_naming_it() {
     let mut p = Pipeline::with_args(&[], &["--aggregate-keys-per-window-max=4"]);
     p.start().await;
-    deploy(&p, "events_per_type");
+    p.deploy_plugin("events_per_type");
     let events = stream(3_000);
     post(&p.agent_url, &events, 500, Duration::ZERO).await;
     p.wait_pipeline_caught_up(events.len() as u64, Duration::from_secs(60))
@@ -379,7 +369,7 @@ async fn run_stream(
     );
     p.start().await;
     for a in ["events_per_type", "sessions", "unique_users"] {
-        deploy(&p, a);
+        p.deploy_plugin(a);
     }
     let url = p.agent_url.clone();
     let owned = events.to_vec();

@@ -595,7 +595,11 @@ async fn the_hot_tier_is_deleted_only_once_archived() {
             .contains("runnel_log_segments_deleted_total")
     );
 
-    // The archive cannot commit: its folder is a file now.
+    // The archive cannot commit: its folder is a file now. Segments below its committed end
+    // may still go (the retirement after the last commit can come after this); none above it.
+    let archived_end = archive_status(&p)["tables"][0]["archived_end"]
+        .as_u64()
+        .unwrap();
     let archive = p.dir.path().join("broker/archive");
     let away = p.dir.path().join("archive.away");
     std::fs::rename(&archive, &away).unwrap();
@@ -604,12 +608,18 @@ async fn the_hot_tier_is_deleted_only_once_archived() {
     p.wait_for_records(EVENTS, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (start_stopped, segments_stopped) = hot_tier(&p);
+    assert!(
+        start_stopped <= archived_end,
+        "a segment the archive lacks was deleted: the log starts at {start_stopped}, the archive ends at {archived_end}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        start_stopped, start,
-        "a segment the archive lacks was deleted"
+        hot_tier(&p).0,
+        start_stopped,
+        "a segment was deleted while the archive cannot commit"
     );
     assert!(
-        segments_stopped >= segments + 5,
+        segments_stopped >= segments + 3,
         "the log grew: {segments} → {segments_stopped} segments"
     );
     let status = archive_status(&p);
@@ -617,10 +627,10 @@ async fn the_hot_tier_is_deleted_only_once_archived() {
         status["tables"][0]["last_error"].is_string(),
         "the archive reports its failure: {status}"
     );
-    let held = p.log_read(start, EVENTS as usize);
+    let held = p.log_read(start_stopped, EVENTS as usize);
     assert_eq!(
         held.len() as u64,
-        EVENTS - start,
+        EVENTS - start_stopped,
         "every unarchived event is held"
     );
 

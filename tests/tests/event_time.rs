@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use runnel_e2e::{Pipeline, plugin};
+use runnel_e2e::Pipeline;
 use runnel_gen::{Config, Delay, Generated, Scenario};
 use serde_json::{Value, json};
 
@@ -24,16 +24,6 @@ fn ms(v: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
         .unwrap()
         .timestamp_millis()
-}
-
-fn deploy(p: &Pipeline, name: &str) {
-    p.cli(&[
-        "plugin",
-        "deploy",
-        plugin(name).to_str().unwrap(),
-        "--name",
-        name,
-    ]);
 }
 
 fn agg_read(p: &Pipeline, name: &str) -> Vec<Value> {
@@ -82,7 +72,7 @@ fn page_views_by_window(p: &Pipeline) -> BTreeMap<i64, u64> {
 async fn an_event_from_the_year_2999_cannot_stop_the_aggregates() {
     let mut p = Pipeline::new(&[]);
     p.start().await;
-    deploy(&p, "events_per_type");
+    p.deploy_plugin("events_per_type");
 
     let (status, answer) = post(
         &p,
@@ -172,7 +162,7 @@ async fn clamp_and_dead_letter_keep_the_event_out_of_the_future() {
     for policy in ["clamp", "dead_letter"] {
         let mut p = Pipeline::new(&[&format!("--event-time-future-policy={policy}")]);
         p.start().await;
-        deploy(&p, "events_per_type");
+        p.deploy_plugin("events_per_type");
         let before = now_ms();
         let (status, answer) = post(
             &p,
@@ -400,8 +390,8 @@ async fn skewed_devices_are_rejected_or_dead_lettered_and_the_rest_is_exact() {
         "--event-time-past-policy=dead_letter",
     ]);
     p.start().await;
-    deploy(&p, "events_per_type");
-    deploy(&p, "agent_performance");
+    p.deploy_plugin("events_per_type");
+    p.deploy_plugin("agent_performance");
     let s = skewed_stream();
     let named = post_live(&p, &s.events).await;
     assert_eq!(named.get("rejected").cloned().unwrap_or_default(), s.ahead);
@@ -466,7 +456,7 @@ async fn skewed_devices_are_clamped_and_the_rest_is_exact() {
         "--event-time-past-policy=clamp",
     ]);
     p.start().await;
-    deploy(&p, "events_per_type");
+    p.deploy_plugin("events_per_type");
     let s = skewed_stream();
     let named = post_live(&p, &s.events).await;
     let all: BTreeSet<String> = s.ahead.union(&s.behind).cloned().collect();
@@ -519,7 +509,7 @@ async fn skewed_devices_are_clamped_and_the_rest_is_exact() {
 async fn an_agent_an_hour_ahead_is_judged_by_the_brokers_clock() {
     let mut p = Pipeline::new(&["--clock-offset-ms=3600000"]);
     p.start().await;
-    deploy(&p, "events_per_type");
+    p.deploy_plugin("events_per_type");
     let hour = 3_600_000;
     for r in 0..5 {
         let t = now_ms();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, TimeZone};
-use runnel_e2e::{Moto, Pipeline, WebhookReceiver, plugin, python};
+use runnel_e2e::{Moto, Pipeline, WebhookReceiver, python};
 use serde_json::{Value, json};
 
 /// The webhook key the brokers of these tests sign with.
@@ -25,16 +25,6 @@ fn pipeline(extra: &[&str]) -> Pipeline {
     ];
     args.extend_from_slice(extra);
     Pipeline::with_args(&[], &args)
-}
-
-fn deploy_plugin(p: &Pipeline, name: &str) {
-    p.cli(&[
-        "plugin",
-        "deploy",
-        plugin(name).to_str().unwrap(),
-        "--name",
-        name,
-    ]);
 }
 
 /// Deploys the definition `text` (written to a file, as a user would).
@@ -170,7 +160,7 @@ fn csv_rows(bytes: &[u8]) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
 async fn agent_commission_equals_an_independent_computation_to_the_cent() {
     let mut p = pipeline(&[]);
     p.start().await;
-    deploy_plugin(&p, "agent_performance");
+    p.deploy_plugin("agent_performance");
     // The month before last in Nairobi: its windows close once the watermark passes its end
     // plus an hour, which an event of now does.
     let tz = chrono_tz_nairobi();
@@ -513,7 +503,7 @@ async fn missed_schedule_times_run_once_each_once_final() {
     const LATENESS_MS: i64 = 30_000; // events_per_type's
     let mut p = pipeline(&[]);
     p.start().await;
-    deploy_plugin(&p, "events_per_type");
+    p.deploy_plugin("events_per_type");
     // Ticks at the wall clock, four a second, through the downtime (the agent keeps them).
     let posted: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

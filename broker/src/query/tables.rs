@@ -59,6 +59,17 @@ pub struct CacheSettings {
     pub event_blocks_bytes_max: usize,
 }
 
+impl CacheSettings {
+    /// No caching: every read goes to the tables (for readers other than Flight, which keep
+    /// nothing between calls: a backfill, a report run).
+    pub const NONE: Self = Self {
+        ttl: std::time::Duration::ZERO,
+        final_ttl: std::time::Duration::ZERO,
+        bytes_max: 0,
+        event_blocks_bytes_max: 0,
+    };
+}
+
 /// A result: its schema and batches.
 type Answer = (SchemaRef, Vec<RecordBatch>);
 
@@ -350,7 +361,7 @@ impl Tables {
     }
 
     /// The archive's last committed view of `events`, when the archive is on.
-    pub(super) fn archive(&self) -> Option<&crate::archive::Shared> {
+    pub(crate) fn archive(&self) -> Option<&crate::archive::Shared> {
         self.admin.archive.as_deref()
     }
 

@@ -10,7 +10,7 @@
 //!   (the previous day or month). Misfire policy: fire times missed while the broker was down
 //!   are each queued once after the restart, the newest `report_misfire_runs_max` of them; older
 //!   ones are skipped, logged and counted (`runnel_report_misfires_skipped_total`).
-//! - **Runs.** At most `report_concurrency_max` at once. A run with `wait_for_final` waits,
+//! - **Runs.** At most `report_concurrency_max` at once, none while the archive is still being opened after a start (the history of `events` cannot be read yet). A run with `wait_for_final` waits,
 //!   queued, until every aggregate its SQL reads has a watermark past its period's end plus
 //!   the allowed lateness; one without runs on what is there and is marked `partial` if some
 //!   window was not final. An attempt longer than its deadline fails; a failed attempt is
@@ -394,6 +394,9 @@ async fn dispatch(
     let r = reports.clone();
     let due = blocking(move || r.queue.due(now)).await?;
     metrics::gauge!("runnel_report_queue_due").set(due.len() as f64);
+    if runner.opening() {
+        return Ok(());
+    }
     for run in due {
         if in_flight.lock().expect("lock poisoned").len() >= reports.settings.concurrency_max {
             break;

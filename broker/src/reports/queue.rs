@@ -529,11 +529,20 @@ impl Queue {
 
     /// Queued runs whose time has come, oldest first.
     pub fn due(&self, now_ms: i64) -> Result<Vec<RunRecord>, QueueError> {
+        self.runs_by_time(REPORT_QUEUE, now_ms)
+    }
+
+    /// The runs of a `(time, run id)` table up to `now_ms`, in time order.
+    fn runs_by_time(
+        &self,
+        table: redb::TableDefinition<(i64, &str), ()>,
+        now_ms: i64,
+    ) -> Result<Vec<RunRecord>, QueueError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let queue = txn.open_table(REPORT_QUEUE).map_err(storage)?;
+        let by_time = txn.open_table(table).map_err(storage)?;
         let runs = txn.open_table(REPORT_RUNS).map_err(storage)?;
         let mut out = Vec::new();
-        for entry in queue
+        for entry in by_time
             .range((i64::MIN, "")..=(now_ms, "\u{10FFFF}"))
             .map_err(storage)?
         {
@@ -686,21 +695,7 @@ impl Queue {
 
     /// Runs whose webhook delivery is due.
     pub fn deliveries_due(&self, now_ms: i64) -> Result<Vec<RunRecord>, QueueError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let due = txn.open_table(REPORT_DELIVERIES).map_err(storage)?;
-        let runs = txn.open_table(REPORT_RUNS).map_err(storage)?;
-        let mut out = Vec::new();
-        for entry in due
-            .range((i64::MIN, "")..=(now_ms, "\u{10FFFF}"))
-            .map_err(storage)?
-        {
-            let (k, _) = entry.map_err(storage)?;
-            let (_, id) = k.value();
-            if let Some(v) = runs.get(id).map_err(storage)? {
-                out.push(from_json("report run", v.value())?);
-            }
-        }
-        Ok(out)
+        self.runs_by_time(REPORT_DELIVERIES, now_ms)
     }
 
     /// Records a delivery attempt: delivered (a 2xx), or failed and due again at `next_at_ms`,

@@ -16,7 +16,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use super::definition::{Definition, Format};
 use super::queue::{Output, RunRecord};
 use crate::archive::store::{self, Location, S3Settings};
-use crate::query::{Provider, Tables};
+use crate::query::{Planned, Provider, Tables};
 
 /// Runs attempts.
 pub struct Runner {
@@ -65,6 +65,12 @@ impl Runner {
             .map_err(|e| e.replacen("archive_url", "destination", 1))?;
         stores.insert(destination.to_string(), l.clone());
         Ok(l)
+    }
+
+    /// Whether the tables cannot answer yet: the archive (the history of `events`) is still
+    /// being opened after a start. A run waits for it instead of spending its attempts.
+    pub fn opening(&self) -> bool {
+        self.tables.archive().is_some_and(|a| a.view().is_none())
     }
 
     /// Where a definition's outputs go.
@@ -139,13 +145,17 @@ impl Runner {
         if !run.wait_for_final {
             return Ok(None);
         }
+        let planned = self.plan(def, run).await?;
+        self.not_final(def, run, planned.reads()).await
+    }
+
+    /// The run's SQL, its parameters rendered, planned over the tables as they are now.
+    async fn plan(&self, def: &Definition, run: &RunRecord) -> Result<Planned, String> {
         let sql = def.render(&run.params)?;
-        let planned = self
-            .provider
+        self.provider
             .plan(&sql)
             .await
-            .map_err(|s| s.message().to_string())?;
-        self.not_final(def, run, planned.reads()).await
+            .map_err(|s| s.message().to_string())
     }
 
     /// One attempt: the output written, and whether it is partial.
@@ -154,12 +164,7 @@ impl Runner {
         def: &Definition,
         run: &RunRecord,
     ) -> Result<(Output, bool), String> {
-        let sql = def.render(&run.params)?;
-        let planned = self
-            .provider
-            .plan(&sql)
-            .await
-            .map_err(|s| s.message().to_string())?;
+        let planned = self.plan(def, run).await?;
         let partial = self.not_final(def, run, planned.reads()).await?.is_some();
         let mut stream = planned
             .run()
