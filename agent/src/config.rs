@@ -51,7 +51,15 @@ settings! {
     broker_ca: Option<PathBuf> [PathBuf] = None;
     /// Name the broker's certificate must carry.
     broker_server_name: String [String] = "localhost".to_string();
-    /// Stable id of this agent; generated and kept in `data_dir/agent_id` when unset.
+    /// PEM certificate this agent presents to the broker (`runnel agent enroll` writes one);
+    /// its subject's common name is the agent's id. Required: the broker admits only agents
+    /// with a certificate signed by its client CA.
+    tls_cert: Option<PathBuf> [PathBuf] = None;
+    /// PEM private key of `tls_cert`.
+    tls_key: Option<PathBuf> [PathBuf] = None;
+    /// Id of this agent: when set, it must be the common name of `tls_cert` (a check against
+    /// using the wrong certificate). The certificate's is kept in `data_dir/agent_id`, and a
+    /// data dir is refused to a certificate of another agent (its spool is that agent's).
     agent_id: Option<String> [String] = None;
     /// Largest request body as sent, in bytes (413 above it).
     body_bytes_max: usize [usize] = 8 << 20;
@@ -148,6 +156,16 @@ impl AgentConfig {
             return fail(
                 "broker_ca",
                 "is required: pass --broker-ca with the broker's CA (the broker writes DATA_DIR/tls/ca.pem)",
+            );
+        }
+        if self.tls_cert.is_none() || self.tls_key.is_none() {
+            return fail(
+                if self.tls_cert.is_none() {
+                    "tls_cert"
+                } else {
+                    "tls_key"
+                },
+                "is required: the broker admits only agents with a certificate; enroll this agent (runnel agent enroll --name NAME --tenant TENANT) and pass --tls-cert and --tls-key",
             );
         }
         if let Some(id) = &self.agent_id

@@ -69,25 +69,57 @@ pub(crate) fn clock_ms(cfg: &AgentConfig) -> i64 {
     runnel_event::now_ms().saturating_add(cfg.clock_offset_ms)
 }
 
-fn agent_identity(storage: &dyn Storage, cfg: &AgentConfig) -> anyhow::Result<Identity> {
+/// The agent's certificate's chain and key, and the `agent_id` its subject names.
+fn client_identity(cfg: &AgentConfig) -> anyhow::Result<(runnel_protocol::ClientIdentity, String)> {
+    let (cert, key) = (
+        cfg.tls_cert.as_ref().expect("checked by validate"),
+        cfg.tls_key.as_ref().expect("checked by validate"),
+    );
+    let read = |p: &std::path::Path, k: &str| {
+        std::fs::read(p).with_context(|| format!("{k}: reading {}", p.display()))
+    };
+    let identity =
+        runnel_protocol::ClientIdentity::from_pem(&read(cert, "tls_cert")?, &read(key, "tls_key")?)
+            .with_context(|| {
+                format!("tls_cert {} and tls_key {}", cert.display(), key.display())
+            })?;
+    let subject = runnel_protocol::agent_subject(&identity.certs[0])
+        .map_err(|e| anyhow::anyhow!("tls_cert {}: {e}", cert.display()))?;
+    Ok((identity, subject.agent_id))
+}
+
+fn agent_identity(
+    storage: &dyn Storage,
+    cfg: &AgentConfig,
+    cert_id: &str,
+) -> anyhow::Result<Identity> {
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let agent_id = match &cfg.agent_id {
-        Some(id) => id.clone(),
-        None => {
-            let path = cfg.data_dir.join("agent_id");
-            match storage.read_file(&path) {
-                Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
-                _ => {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    storage.write_atomic(&path, id.as_bytes())?;
-                    id
-                }
+    if let Some(id) = &cfg.agent_id
+        && id != cert_id
+    {
+        anyhow::bail!(
+            "agent_id: {id:?} is not the agent of tls_cert, whose subject names {cert_id:?} (unset agent_id, or enroll the agent under that name)"
+        );
+    }
+    let path = cfg.data_dir.join("agent_id");
+    match storage.read_file(&path) {
+        Ok(b) if !b.is_empty() => {
+            let kept = String::from_utf8_lossy(&b).trim().to_string();
+            if kept != cert_id {
+                anyhow::bail!(
+                    "tls_cert names agent {cert_id:?}, but data_dir {} belongs to agent {kept:?} (its spool holds that agent's events): enroll the agent as {kept:?} (runnel agent enroll --name {kept}), or give this certificate a new data_dir",
+                    cfg.data_dir.display()
+                );
             }
         }
-    };
-    Ok(Identity { agent_id, host })
+        _ => storage.write_atomic(&path, cert_id.as_bytes())?,
+    }
+    Ok(Identity {
+        agent_id: cert_id.to_string(),
+        host,
+    })
 }
 
 /// Ids the dedup rebuild's reader hands over at a time.
@@ -181,7 +213,8 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     storage
         .create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let identity = agent_identity(&*storage, &cfg)?;
+    let (client_identity, cert_id) = client_identity(&cfg)?;
+    let identity = agent_identity(&*storage, &cfg, &cert_id)?;
     let spool_dir = cfg.data_dir.join("spool");
     // One request is one spool record; its encoding may be somewhat larger than its JSON.
     let record_bytes_max = (cfg.decompressed_bytes_max as u64)
@@ -254,6 +287,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
             storage: storage.clone(),
         },
         identity.clone(),
+        client_identity,
         spool.clone(),
     )?;
 

@@ -144,7 +144,13 @@ impl SendError {
 
 impl Shipper {
     /// Prepares a shipper (no connection is made until there is something to send).
-    pub fn new(opts: ShipperOptions, identity: Identity, spool: Spool) -> anyhow::Result<Self> {
+    /// `certificate` is what the agent presents to the broker.
+    pub fn new(
+        opts: ShipperOptions,
+        identity: Identity,
+        certificate: runnel_protocol::ClientIdentity,
+        spool: Spool,
+    ) -> anyhow::Result<Self> {
         let ca = std::fs::read(&opts.broker_ca)
             .with_context(|| format!("reading --broker-ca {}", opts.broker_ca.display()))?;
         let bind: SocketAddr = if opts.broker_addr.is_ipv6() {
@@ -154,7 +160,7 @@ impl Shipper {
         };
         let mut endpoint = quinn::Endpoint::client(bind).context("binding the QUIC client")?;
         endpoint.set_default_client_config(
-            runnel_protocol::client_config(&ca)
+            runnel_protocol::client_config(&ca, Some(certificate))
                 .with_context(|| format!("loading --broker-ca {}", opts.broker_ca.display()))?,
         );
         Ok(Self {
@@ -184,8 +190,20 @@ impl Shipper {
                     let delay = delays.next().unwrap_or(self.opts.backoff_max);
                     metrics::counter!("runnel_agent_ship_errors_total", "kind" => error.kind())
                         .increment(1);
+                    // A broker that refuses this agent (no or a revoked certificate) closes
+                    // the connection with the reason: say it, not just "connection lost".
+                    let refused = self.conn.as_ref().and_then(|c| match c.close_reason() {
+                        Some(quinn::ConnectionError::ApplicationClosed(a))
+                            if a.error_code == runnel_protocol::REFUSED_CODE.into() =>
+                        {
+                            Some(String::from_utf8_lossy(&a.reason).into_owned())
+                        }
+                        _ => None,
+                    });
                     if matches!(error, SendError::SpoolRead(_)) {
                         tracing::error!(error = %error, "reading the spool failed");
+                    } else if let Some(reason) = refused.filter(|r| !r.is_empty()) {
+                        tracing::error!(%reason, in_flight = queue.len(), retry_in_ms = delay.as_millis() as u64, "the broker refused this agent's connection; will try again");
                     } else {
                         tracing::warn!(error = %error, in_flight = queue.len(), retry_in_ms = delay.as_millis() as u64, "shipping failed; will send the unanswered batches again");
                     }

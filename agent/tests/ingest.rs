@@ -13,13 +13,23 @@ use runnel_segment::fault::{Faults, FaultyStorage};
 use runnel_segment::{FsStorage, LogOptions, SegmentLog, Storage};
 use serde_json::{Value, json};
 
+/// A CA (`DIR/ca.pem`) and an agent certificate it signed (`DIR/agent.pem`, `DIR/agent.key`,
+/// common name `test-agent`).
 fn dev_ca(dir: &Path) -> std::path::PathBuf {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
     let path = dir.join("ca.pem");
-    std::fs::write(&path, cert.pem()).unwrap();
+    std::fs::write(&path, ca.pem()).unwrap();
+    let mut agent = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    agent
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test-agent");
+    let agent_key = rcgen::KeyPair::generate().unwrap();
+    let cert = agent.signed_by(&agent_key, &ca).unwrap();
+    std::fs::write(dir.join("agent.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("agent.key"), agent_key.serialize_pem()).unwrap();
     path
 }
 
@@ -30,6 +40,8 @@ fn config(dir: &Path) -> AgentConfig {
         // Nothing listens here: shipping fails and retries, the spool keeps everything.
         broker_addr: "127.0.0.1:9".parse().unwrap(),
         broker_ca: Some(dev_ca(dir)),
+        tls_cert: Some(dir.join("agent.pem")),
+        tls_key: Some(dir.join("agent.key")),
         ship_backoff_max_ms: 200,
         ..AgentConfig::default()
     }

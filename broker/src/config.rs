@@ -51,12 +51,31 @@ settings! {
     tls_cert: Option<PathBuf> [PathBuf] = None;
     /// PEM private key for `tls_cert`.
     tls_key: Option<PathBuf> [PathBuf] = None;
+    /// PEM CA certificate(s) that sign agent certificates: every QUIC connection must present
+    /// a certificate signed by one (subject `CN=AGENT_ID, O=TENANT`). Unset: the dev CA
+    /// `DATA_DIR/tls/ca.pem`, whose key the broker holds, so `runnel agent enroll` works.
+    tls_client_ca: Option<PathBuf> [PathBuf] = None;
+    /// PEM private key of `tls_client_ca`: set it to let `runnel agent enroll` issue
+    /// certificates with the operator's CA. Unset with `tls_client_ca`: the operator issues
+    /// them.
+    tls_client_ca_key: Option<PathBuf> [PathBuf] = None;
+    /// Days a certificate issued by `runnel agent enroll` is valid.
+    agent_cert_days: u32 [u32] = 365;
+    /// Serve `/metrics` only to a token (any role). Off, it is open like `/livez` and
+    /// `/readyz`, for a Prometheus on a trusted network.
+    metrics_auth: bool [bool] = false;
     /// Largest batch an agent may send, in bytes, compressed or not (larger ones are refused).
     batch_bytes_max: usize [usize] = 64 << 20;
     /// Size at which a log segment is sealed and a new one started, in bytes.
     segment_bytes_max: u64 [u64] = 128 << 20;
     /// Agent connections at once; more are refused.
     connections_max: u32 [u32] = 1024;
+    /// Agent connections at once from one IP address; more are refused (counted as
+    /// `runnel_broker_agents_refused_total{reason="connections_per_address"}`).
+    connections_per_address_max: u32 [u32] = 64;
+    /// Longest a frame (a batch) may take to arrive once its first byte has, in milliseconds;
+    /// a stream that stalls inside a frame is refused and closed.
+    ingest_frame_timeout_ms: u64 [u64] = 30_000;
     /// Batches (streams) in flight per connection.
     streams_per_connection_max: u32 [u32] = 64;
     /// The log's recovery checkpoint (producer table and counts) is rewritten after this many
@@ -393,6 +412,42 @@ impl BrokerConfig {
                 "flight_tls_cert",
                 "flight_tls_cert and flight_tls_key go together: set both or neither",
             );
+        }
+        if !self.flight_addr.ip().is_loopback()
+            && !self.flight_tokens.is_empty()
+            && self.flight_tls_cert.is_none()
+        {
+            return fail(
+                "flight_addr",
+                &format!(
+                    "{} is not a loopback address and Flight has no TLS: its tokens would cross the network in the clear; set flight_tls_cert and flight_tls_key, or bind it to 127.0.0.1",
+                    self.flight_addr
+                ),
+            );
+        }
+        if !self.admin_addr.ip().is_loopback() {
+            return fail(
+                "admin_addr",
+                &format!(
+                    "{} is not a loopback address and the admin API serves plain HTTP: its tokens would cross the network in the clear; bind it to 127.0.0.1 (reach it through a TLS-terminating proxy or an SSH tunnel)",
+                    self.admin_addr
+                ),
+            );
+        }
+        if self.tls_client_ca_key.is_some() && self.tls_client_ca.is_none() {
+            return fail(
+                "tls_client_ca_key",
+                "is the key of tls_client_ca: set tls_client_ca too",
+            );
+        }
+        if self.agent_cert_days == 0 || self.agent_cert_days > 3650 {
+            return fail("agent_cert_days", "must be between 1 and 3650");
+        }
+        if self.connections_per_address_max == 0 {
+            return fail("connections_per_address_max", "must be > 0");
+        }
+        if self.ingest_frame_timeout_ms == 0 {
+            return fail("ingest_frame_timeout_ms", "must be > 0");
         }
         if self.backfill_checkpoint_interval_ms == 0 {
             return fail("backfill_checkpoint_interval_ms", "must be > 0");

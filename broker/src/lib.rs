@@ -14,6 +14,7 @@
 //! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
 //! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
 //! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
+//! | [`auth`] | API tokens and their roles, the agents' certificates: enrollment, revocation |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
 //!
 //! [`config`] holds every setting; [`start`] wires the subsystems together and
@@ -22,6 +23,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod auth;
 pub mod backfill;
 pub mod config;
 pub mod ingest;
@@ -101,7 +103,14 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         },
         _ => ingest::tls::ensure_dev_tls(&cfg.data_dir.join("tls"))?,
     };
-    let server_config = ingest::tls::server_config(&files, cfg.streams_per_connection_max)?;
+    let tls_dir = cfg.data_dir.join("tls");
+    let (client_ca, client_ca_key) = match &cfg.tls_client_ca {
+        Some(ca) => (ca.clone(), cfg.tls_client_ca_key.clone()),
+        None => {
+            let (ca, key) = ingest::tls::ensure_dev_ca(&tls_dir)?;
+            (ca, Some(key))
+        }
+    };
     let (log, report) = {
         let (storage, dir) = (storage.clone(), cfg.data_dir.join("log"));
         let settings = cfg.log_settings();
@@ -117,6 +126,30 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         .increment(report.quarantined_segments.len() as u64);
 
     let registry = plugins::Registry::open(&cfg.data_dir)?;
+    let read = |p: &std::path::Path, key: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("{key}: reading {}", p.display()))
+    };
+    let client_ca_pem = read(&client_ca, "tls_client_ca")?;
+    let issuer = match &client_ca_key {
+        Some(k) => Some((client_ca_pem.clone(), read(k, "tls_client_ca_key")?)),
+        None => None,
+    };
+    let server_ca_pem = match &files.dev_ca {
+        Some(p) => Some(read(p, "tls_cert")?),
+        None => None,
+    };
+    let agents = Arc::new(auth::agents::Agents::open(
+        registry.database(),
+        issuer,
+        server_ca_pem,
+        cfg.agent_cert_days,
+    )?);
+    let verifier = auth::agents::AgentVerifier::new(client_ca_pem.as_bytes(), agents.clone())
+        .with_context(|| format!("tls_client_ca {}", client_ca.display()))?;
+    let server_config =
+        ingest::tls::server_config(&files, cfg.streams_per_connection_max, Arc::new(verifier))?;
+    let tokens = Arc::new(auth::Tokens::open(registry.database(), &cfg.flight_tokens)?);
+    tokens.ensure_admin(&cfg.data_dir.join("admin-token"))?;
     let runtime = runnel_host::Runtime::new()
         .map_err(|e| anyhow::anyhow!("starting the plugin runtime: {e}"))?
         .with_cache_dir(registry.compiled_cache_dir());
@@ -235,8 +268,13 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     tasks.push(tokio::spawn(ingest::quic::serve(
         endpoint,
         log.clone(),
-        cfg.batch_bytes_max,
-        cfg.connections_max,
+        agents.clone(),
+        ingest::quic::Limits {
+            batch_bytes_max: cfg.batch_bytes_max,
+            connections_max: cfg.connections_max,
+            connections_per_address_max: cfg.connections_per_address_max,
+            frame_timeout: std::time::Duration::from_millis(cfg.ingest_frame_timeout_ms),
+        },
         shutdown_rx.clone(),
     )));
     let admin = Arc::new(admin::Admin {
@@ -259,6 +297,9 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         archive,
         reports: reports.clone(),
         report_runner: std::sync::OnceLock::new(),
+        tokens: tokens.clone(),
+        agents,
+        metrics_auth: cfg.metrics_auth,
     });
     let report_runner = Arc::new(reports::Runner::new(
         Arc::new(query::Tables::new(
@@ -330,7 +371,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             arrow_flight::flight_service_server::FlightServiceServer::new(query::Service::new(
                 flight_admin,
                 query::Settings {
-                    tokens: cfg.flight_tokens.clone(),
+                    tokens: tokens.clone(),
                     rows_max: cfg.flight_rows_max,
                     cache: query::CacheSettings {
                         ttl: std::time::Duration::from_millis(cfg.flight_cache_ttl_ms),

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use clap::Subcommand;
-use runnel_client::admin::Admin;
 use runnel_client::api::RowRange;
 
 #[derive(Subcommand, Debug)]
@@ -37,7 +36,7 @@ pub enum AggCmd {
 pub async fn run(cmd: AggCmd) -> anyhow::Result<()> {
     match cmd {
         AggCmd::List { admin_addr } => {
-            let list = Admin::new(admin_addr).aggregates().await?;
+            let list = crate::admin(admin_addr).aggregates().await?;
             println!("{}", serde_json::to_string_pretty(&list)?);
             Ok(())
         }
@@ -50,7 +49,7 @@ pub async fn run(cmd: AggCmd) -> anyhow::Result<()> {
         } => {
             let mut out = std::io::stdout().lock();
             let range = RowRange { from, to, limit };
-            Admin::new(admin_addr)
+            crate::admin(admin_addr)
                 .agg_rows_to(&name, &range, &mut out)
                 .await?;
             std::io::Write::flush(&mut out)?;

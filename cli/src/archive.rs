@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use clap::Subcommand;
-use runnel_client::admin::Admin;
 
 #[derive(Subcommand, Debug)]
 pub enum ArchiveCmd {
@@ -20,7 +19,7 @@ pub enum ArchiveCmd {
 pub async fn run(cmd: ArchiveCmd) -> anyhow::Result<()> {
     match cmd {
         ArchiveCmd::Status { admin_addr } => {
-            let status = Admin::new(admin_addr).archive_status().await?;
+            let status = crate::admin(admin_addr).archive_status().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }

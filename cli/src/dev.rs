@@ -171,10 +171,34 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         ..broker
     };
     let broker = runnel_broker::start(broker_cfg, storage.clone()).await?;
+    let token_path = data_dir.join("broker").join("admin-token");
+    let admin = match std::fs::read_to_string(&token_path) {
+        Ok(t) => Admin::new(broker.admin_addr).with_token(t.trim()),
+        Err(e) => {
+            broker.shutdown().await;
+            anyhow::bail!(
+                "reading the broker's admin token {} ({e}): the broker writes it on its first start; delete {} to start afresh",
+                token_path.display(),
+                data_dir.display()
+            );
+        }
+    };
+    let (tls_cert, tls_key) = match (&agent.tls_cert, &agent.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => match enroll_agent(&admin, &data_dir).await {
+            Ok(files) => files,
+            Err(e) => {
+                broker.shutdown().await;
+                return Err(e);
+            }
+        },
+    };
     let agent_cfg = AgentConfig {
         data_dir: data_dir.join("agent"),
         broker_addr: broker.quic_addr,
         broker_ca: agent.broker_ca.clone().or_else(|| broker.dev_ca.clone()),
+        tls_cert: Some(tls_cert),
+        tls_key: Some(tls_key),
         ..agent
     };
     let agent = match runnel_agent::start(agent_cfg, storage).await {
@@ -193,7 +217,6 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
             deploys.push((name, path));
         }
     }
-    let admin = Admin::new(broker.admin_addr);
     for (name, path) in &deploys {
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         if let Err(e) = admin.deploy(name, wasm, &Deploy::default()).await {
@@ -229,6 +252,7 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
          \n  agent metrics  http://{agent_addr}/metrics\
          \n  broker QUIC    {quic} (CA: {ca})\
          \n  broker admin   http://{admin}  (/v1/log/stats, /v1/log/read, /v1/plugins, /v1/aggregates, /metrics)\
+         \n  admin token    {token_path}  (runnel reads it from there when run here; else --token-file)\
          \n  Arrow Flight   {flight}  token {flight_token}{plugins}{generating}\
          \n\nTry:\n  curl -s -XPOST {ingest} -H 'content-type: application/json' \\\n    \
          -d '{{\"event_id\":\"e-1\",\"event_type\":\"page.view\",\"timestamp\":\"2026-11-21T12:00:00Z\",\"properties\":{{\"path\":\"/\",\"ip\":\"198.51.100.23\",\"email\":\"ada@example.com\"}}}}'\
@@ -257,16 +281,16 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
             .as_ref()
             .map_or("configured".into(), |p| p.display().to_string()),
         admin = broker.admin_addr,
+        token_path = token_path.display(),
         flight = broker
             .flight_addr
             .map_or("off".into(), |a| format!("grpc://{a}")),
         query_args = match (broker.flight_addr, data_dir.to_str()) {
-            (Some(a), _) if a.to_string() != "127.0.0.1:8712" => format!(
-                " --flight-addr {a} --token-file {}",
-                data_dir.join("flight-token").display()
-            ),
+            (Some(a), _) if a.to_string() != "127.0.0.1:8712" => {
+                format!(" --flight-addr {a} --token-file {}", token_path.display())
+            }
             (_, Some(".runnel-dev")) => String::new(),
-            _ => format!(" --token-file {}", data_dir.join("flight-token").display()),
+            _ => format!(" --token-file {}", token_path.display()),
         },
     );
     stop.await;
@@ -277,6 +301,31 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
     agent.shutdown().await;
     broker.shutdown().await;
     Ok(())
+}
+
+/// The certificate and key of `runnel dev`'s agent, in `DIR/agent-tls/`: enrolled on the first
+/// start (as the agent the data dir already belongs to, if any, else `dev-agent`), reused after.
+async fn enroll_agent(
+    admin: &Admin,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = data_dir.join("agent-tls");
+    let (cert, key) = (dir.join("agent.pem"), dir.join("agent.key"));
+    if cert.is_file() && key.is_file() {
+        return Ok((cert, key));
+    }
+    let name = std::fs::read_to_string(data_dir.join("agent").join("agent_id"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dev-agent".to_string());
+    let e = admin
+        .agent_enroll(&name, "default")
+        .await
+        .with_context(|| format!("enrolling the dev agent {name:?}"))?;
+    write_private(&key, &e.key_pem)?;
+    write_private(&cert, &e.cert_pem)?;
+    Ok((cert, key))
 }
 
 /// Writes `text` to `path`, readable by its owner only.

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use clap::Subcommand;
-use runnel_client::admin::Admin;
 
 #[derive(Subcommand, Debug)]
 pub enum LogCmd {
@@ -33,7 +32,7 @@ pub enum LogCmd {
 pub async fn run(cmd: LogCmd) -> anyhow::Result<()> {
     match cmd {
         LogCmd::Stats { admin_addr } => {
-            crate::print_json(&Admin::new(admin_addr).log_stats().await?)
+            crate::print_json(&crate::admin(admin_addr).log_stats().await?)
         }
         LogCmd::Read {
             admin_addr,
@@ -42,7 +41,7 @@ pub async fn run(cmd: LogCmd) -> anyhow::Result<()> {
             topic,
         } => {
             let mut out = std::io::stdout().lock();
-            Admin::new(admin_addr)
+            crate::admin(admin_addr)
                 .log_read_to(&topic, from, limit, &mut out)
                 .await?;
             std::io::Write::flush(&mut out)?;

@@ -3,6 +3,7 @@
 //! One file per verb. The verbs that talk to a running broker do so through `runnel-client`
 //! (the admin API and Flight SQL), never through the broker's internals.
 
+mod agent;
 mod agg;
 mod archive;
 mod dev;
@@ -10,6 +11,7 @@ mod log;
 mod plugin;
 mod query;
 mod report;
+mod token;
 
 use std::future::Future;
 
@@ -25,6 +27,13 @@ use runnel_config::telemetry;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// API token for the broker's admin API and Flight (default: the one in --token-file).
+    #[arg(long, global = true, env = "RUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where to read the API token when --token and RUNNEL_TOKEN are unset: the admin token the
+    /// broker writes on its first start (`runnel dev`: .runnel-dev/broker/admin-token).
+    #[arg(long, global = true, default_value = ".runnel-dev/broker/admin-token")]
+    token_file: std::path::PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,8 +45,12 @@ enum Cmd {
         #[command(flatten)]
         args: Flags<BrokerConfig>,
     },
-    /// Run an agent (the same as the `runnel-agent` binary).
+    /// Run an agent (the same as the `runnel-agent` binary); or, with a verb, manage agents'
+    /// certificates: enroll one, list them, revoke one.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        cmd: Option<agent::AgentCmd>,
         #[command(flatten)]
         args: Flags<AgentConfig>,
     },
@@ -75,6 +88,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: report::ReportCmd,
     },
+    /// API tokens: create (with a role and a tenant), list, revoke.
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCmd,
+    },
+}
+
+/// The API token the verbs send: `--token`, `RUNNEL_TOKEN`, else `--token-file`'s contents.
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// A client of the admin API at `addr`, with the token.
+pub fn admin(addr: impl std::fmt::Display) -> runnel_client::admin::Admin {
+    let admin = runnel_client::admin::Admin::new(addr);
+    match TOKEN.get().cloned().flatten() {
+        Some(t) => admin.with_token(t),
+        None => admin,
+    }
+}
+
+/// The API token, if one was given or found.
+pub fn token() -> Option<String> {
+    TOKEN.get().cloned().flatten()
 }
 
 /// The allocator: mimalloc keeps freed buffers for reuse instead of giving multi-megabyte ones
@@ -100,6 +135,13 @@ fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> 
 fn try_main() -> anyhow::Result<()> {
     let matches = with_env_names(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
+    let found = cli.token.clone().or_else(|| {
+        std::fs::read_to_string(&cli.token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    let _ = TOKEN.set(found);
     match cli.cmd {
         Cmd::Dev(args) => {
             telemetry::init_logging();
@@ -118,7 +160,8 @@ fn try_main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Cmd::Agent { args } => {
+        Cmd::Agent { cmd: Some(cmd), .. } => block_on(agent::run(cmd)),
+        Cmd::Agent { cmd: None, args } => {
             telemetry::init_logging();
             let cfg = args.load()?;
             block_on(runnel_agent::run(cfg, shutdown_signal()))
@@ -127,9 +170,16 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Plugin { cmd } => plugin::run(cmd),
         Cmd::Agg { cmd } => block_on(agg::run(cmd)),
         Cmd::Archive { cmd } => block_on(archive::run(cmd)),
-        Cmd::Bench { cmd } => block_on(runnel_loadgen::main(cmd)),
+        Cmd::Bench { mut cmd } => {
+            match &mut cmd {
+                runnel_loadgen::BenchCmd::Broker(a) => a.token = token(),
+                runnel_loadgen::BenchCmd::Ingest(a) => a.token = token(),
+            }
+            block_on(runnel_loadgen::main(cmd))
+        }
         Cmd::Query(args) => block_on(query::run(args, &mut std::io::stdout().lock())),
         Cmd::Report { cmd } => block_on(report::run(cmd)),
+        Cmd::Token { cmd } => block_on(token::run(cmd)),
     }
 }
 

@@ -1,8 +1,9 @@
 //! `runnel query "SQL"`: Flight SQL from the terminal, against a running broker (through
 //! `runnel_client::flight`).
 //!
-//! The token comes from `--flight-token` (`RUNNEL_FLIGHT_TOKEN`), else from the file
-//! `runnel dev` writes (`.runnel-dev/flight-token`). Results print as a table, CSV or NDJSON.
+//! The token comes from `--flight-token` (`RUNNEL_FLIGHT_TOKEN`), else it is the API token
+//! (`--token`, `RUNNEL_TOKEN`, else `--token-file`: `.runnel-dev/broker/admin-token` by
+//! default, which `runnel dev`'s broker writes). Results print as a table, CSV or NDJSON.
 
 use std::path::PathBuf;
 
@@ -34,13 +35,9 @@ pub struct QueryArgs {
     /// The broker's Flight address.
     #[arg(long, default_value = "127.0.0.1:8712")]
     pub flight_addr: String,
-    /// A token of the broker's flight_tokens (default: the one `runnel dev` wrote to
-    /// `--token-file`).
+    /// A token of the broker's flight_tokens (default: the API token, `--token`).
     #[arg(long, env = "RUNNEL_FLIGHT_TOKEN", hide_env_values = true)]
     pub flight_token: Option<String>,
-    /// Where `runnel dev` writes its Flight token.
-    #[arg(long, default_value = ".runnel-dev/flight-token")]
-    pub token_file: PathBuf,
     /// PEM file of the CA of the broker's Flight certificate (the broker's
     /// flight_tls_cert when self-signed): connects with TLS.
     #[arg(long)]
@@ -49,17 +46,11 @@ pub struct QueryArgs {
 
 /// Runs the query and prints the result to `out`.
 pub async fn run(q: QueryArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let token = match &q.flight_token {
-        Some(t) => t.clone(),
-        None => std::fs::read_to_string(&q.token_file)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "no Flight token: pass --flight-token (or RUNNEL_FLIGHT_TOKEN); {} is not readable ({e})",
-                    q.token_file.display()
-                )
-            })?,
-    };
+    let token = q.flight_token.clone().or_else(crate::token).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no token: pass --flight-token (RUNNEL_FLIGHT_TOKEN) or --token (RUNNEL_TOKEN), or run from the directory of runnel dev (it reads .runnel-dev/broker/admin-token)"
+        )
+    })?;
     let ca = match &q.tls_ca {
         Some(ca) => Some(std::fs::read(ca).with_context(|| format!("--tls-ca: {}", ca.display()))?),
         None => None,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use runnel_client::admin::Admin;
 use runnel_client::api::{RunRequest, RunStatus};
 
 #[derive(Subcommand, Debug)]
@@ -95,14 +94,14 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
     match cmd {
         ReportCmd::List { admin_addr } => {
-            let list = Admin::new(admin_addr).reports().await?;
+            let list = crate::admin(admin_addr).reports().await?;
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         ReportCmd::Deploy { file, admin_addr } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let name = report_name(&text).with_context(|| format!("{}", file.display()))?;
-            let info = Admin::new(admin_addr).report_deploy(&name, text).await?;
+            let info = crate::admin(admin_addr).report_deploy(&name, text).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         ReportCmd::Run {
@@ -115,7 +114,7 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
             wait_s,
             admin_addr,
         } => {
-            let admin = Admin::new(admin_addr);
+            let admin = crate::admin(admin_addr);
             let req = RunRequest {
                 // The broker types each value by the parameter's declared type.
                 params: params
@@ -165,7 +164,7 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
             }
         }
         ReportCmd::Status { id, admin_addr } => {
-            let run = Admin::new(admin_addr).report_status(&id).await?;
+            let run = crate::admin(admin_addr).report_status(&id).await?;
             println!("{}", serde_json::to_string_pretty(&run)?);
         }
         ReportCmd::Get {
@@ -173,7 +172,7 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
             output,
             admin_addr,
         } => {
-            let admin = Admin::new(admin_addr);
+            let admin = crate::admin(admin_addr);
             let run = admin.report_status(&id).await?;
             let Some(out) = run.output else {
                 anyhow::bail!("run {id} has no output: it is {:?}", run.status);
@@ -190,7 +189,9 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
             limit,
             admin_addr,
         } => {
-            let runs = Admin::new(admin_addr).report_history(&name, limit).await?;
+            let runs = crate::admin(admin_addr)
+                .report_history(&name, limit)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&runs)?);
         }
     }

@@ -20,6 +20,8 @@ fn defaults_are_valid_and_errors_name_the_field() {
     let agent = runnel_agent::AgentConfig {
         data_dir: "/tmp/x".into(),
         broker_ca: Some("/tmp/ca.pem".into()),
+        tls_cert: Some("/tmp/agent.pem".into()),
+        tls_key: Some("/tmp/agent.key".into()),
         ..Default::default()
     };
     agent.validate().unwrap();

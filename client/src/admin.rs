@@ -13,6 +13,7 @@ pub struct Admin {
     addr: String,
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 fn enc(s: &str) -> String {
@@ -27,7 +28,14 @@ impl Admin {
             base: format!("http://{addr}"),
             addr,
             http: reqwest::Client::new(),
+            token: None,
         }
+    }
+
+    /// Sends `token` (an API token, `Authorization: Bearer`) with every call.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// The address it talks to.
@@ -36,6 +44,10 @@ impl Admin {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| Error::Unreachable {
             addr: self.addr.clone(),
             message: e.to_string(),
@@ -323,5 +335,64 @@ impl Admin {
         self.send(self.http.get(format!("{}/readyz", self.base)))
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/tokens`: a new API token (the token is in the answer only).
+    pub async fn token_create(
+        &self,
+        role: &str,
+        tenant: Option<&str>,
+        description: &str,
+    ) -> Result<crate::api::TokenCreated, Error> {
+        self.json(
+            self.http.post(format!("{}/v1/tokens", self.base)).json(
+                &serde_json::json!({"role": role, "tenant": tenant, "description": description}),
+            ),
+        )
+        .await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn tokens(&self) -> Result<Vec<crate::api::TokenInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/tokens", self.base)))
+            .await
+    }
+
+    /// `DELETE /v1/tokens/ID`.
+    pub async fn token_revoke(&self, id: &str) -> Result<crate::api::TokenInfo, Error> {
+        self.json(
+            self.http
+                .delete(format!("{}/v1/tokens/{}", self.base, enc(id))),
+        )
+        .await
+    }
+
+    /// `POST /v1/agents`: a certificate and key for agent `name` of `tenant`.
+    pub async fn agent_enroll(
+        &self,
+        name: &str,
+        tenant: &str,
+    ) -> Result<crate::api::AgentEnrolled, Error> {
+        self.json(
+            self.http
+                .post(format!("{}/v1/agents", self.base))
+                .json(&serde_json::json!({"name": name, "tenant": tenant})),
+        )
+        .await
+    }
+
+    /// `GET /v1/agents`.
+    pub async fn agents(&self) -> Result<Vec<crate::api::AgentInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/agents", self.base)))
+            .await
+    }
+
+    /// `POST /v1/agents/NAME/revoke`.
+    pub async fn agent_revoke(&self, name: &str) -> Result<crate::api::AgentInfo, Error> {
+        self.json(
+            self.http
+                .post(format!("{}/v1/agents/{}/revoke", self.base, enc(name))),
+        )
+        .await
     }
 }

@@ -445,3 +445,80 @@ pub struct ReportOutput {
     /// A download link: `/v1/reports/runs/ID/output?token=…` on the admin port.
     pub link: String,
 }
+
+/// An API token as the broker lists it (never the token itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Public id (the first 12 hex digits of the token's SHA-256).
+    pub id: String,
+    /// `reader`, `deployer` or `admin`.
+    pub role: String,
+    /// Its tenant; `None`: every tenant.
+    pub tenant: Option<String>,
+    /// What it is for.
+    pub description: String,
+    /// When it was created (RFC 3339; empty for a token from the `flight_tokens` setting).
+    pub created_at: String,
+}
+
+/// A token just created: the only time the broker shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenCreated {
+    /// The token.
+    pub token: String,
+    /// Its id.
+    pub id: String,
+    /// Its role.
+    pub role: String,
+    /// Its tenant.
+    pub tenant: Option<String>,
+    /// What it is for.
+    pub description: String,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A certificate and key the broker issued to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentEnrolled {
+    /// The agent's `agent_id`.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its certificate (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM); the broker keeps no copy.
+    pub key_pem: String,
+    /// The CA that signed the broker's certificate, when the broker knows it (its dev CA).
+    pub ca_pem: Option<String>,
+    /// SHA-256 of the certificate.
+    pub sha256: String,
+    /// Last day it is valid.
+    pub not_after: String,
+}
+
+/// One certificate of an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentCert {
+    /// SHA-256 of the certificate.
+    pub sha256: String,
+    /// `enrolled` or `seen`.
+    pub source: String,
+    /// When it was issued or first seen.
+    pub since: String,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+}
+
+/// An agent the broker knows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Its `agent_id`.
+    pub name: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its certificates.
+    pub certificates: Vec<AgentCert>,
+    /// When its last connection was admitted.
+    pub last_connected_at: Option<String>,
+}

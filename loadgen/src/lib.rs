@@ -153,6 +153,10 @@ pub struct IngestArgs {
     /// agent accepted, and report the end-to-end rate into the log.
     #[arg(long)]
     pub until_logged: bool,
+    /// The API token for `--admin-addr` (the `runnel` CLI's `--token`, `RUNNEL_TOKEN` or
+    /// `--token-file`).
+    #[arg(skip)]
+    pub token: Option<String>,
 }
 
 /// `runnel bench broker`.
@@ -172,6 +176,13 @@ pub struct BrokerArgs {
     /// Name on the broker's certificate.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// The broker's admin API, which enrolls the simulated agents (a certificate each, tenant
+    /// `bench`) with an admin token.
+    #[arg(long, default_value = "127.0.0.1:8713")]
+    pub admin_addr: SocketAddr,
+    /// The admin token (the `runnel` CLI's `--token`, `RUNNEL_TOKEN` or `--token-file`).
+    #[arg(skip)]
+    pub token: Option<String>,
 }
 
 /// `runnel bench …`.
@@ -337,6 +348,7 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
             probe::prepare(probe::ProbeSpec {
                 ingest_url: a.url.clone(),
                 admin_url: format!("http://{}", a.admin_addr),
+                admin_token: a.token.clone(),
                 aggregate,
                 every: a.probe_every,
                 poll: Duration::from_millis(a.visible_poll_ms),
@@ -356,7 +368,7 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
     };
     let admin = format!("http://{}", a.admin_addr);
     let logged_before = if a.until_logged {
-        Some(log_records(&admin).await.with_context(|| {
+        Some(log_records(&admin, a.token.as_deref()).await.with_context(|| {
             format!("--until-logged: reading {admin}/v1/log/stats (is --admin-addr the broker's admin address?)")
         })?)
     } else {
@@ -381,7 +393,7 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
         let want = before + report.rec.totals.accepted + probes;
         let deadline = Instant::now() + probe::CATCH_UP_MAX;
         loop {
-            let now = log_records(&admin).await?;
+            let now = log_records(&admin, a.token.as_deref()).await?;
             if now >= want {
                 report.logged = Some((now - before, start.elapsed().as_secs_f64()));
                 break;
@@ -399,8 +411,11 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn log_records(admin: &str) -> anyhow::Result<u64> {
-    let v: serde_json::Value = reqwest::get(format!("{admin}/v1/log/stats"))
+async fn log_records(admin: &str, token: Option<&str>) -> anyhow::Result<u64> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{admin}/v1/log/stats"))
+        .bearer_auth(token.unwrap_or_default())
+        .send()
         .await?
         .error_for_status()?
         .json()
@@ -425,13 +440,30 @@ pub async fn broker(a: &BrokerArgs) -> anyhow::Result<Report> {
         )
     })?;
     let workload = Arc::new(Workload::new(a.load.spec()));
+    let mut admin = runnel_client::admin::Admin::new(a.admin_addr);
+    if let Some(t) = &a.token {
+        admin = admin.with_token(t.clone());
+    }
+    // Fresh ids: a new run never collides with an old one.
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut identities = Vec::with_capacity(a.agents);
+    for i in 0..a.agents {
+        let name = format!("bench-{}-{i}", &run_id[..8]);
+        let e = admin.agent_enroll(&name, "bench").await.with_context(|| {
+            format!(
+                "enrolling simulated agent {name} at --admin-addr {} (it needs an admin token: --token, RUNNEL_TOKEN or --token-file)",
+                a.admin_addr
+            )
+        })?;
+        identities.push((name, e.cert_pem, e.key_pem));
+    }
     let target = Arc::new(targets::BrokerQuic::new(
         targets::BrokerEndpoint {
             addr: a.broker_addr,
             server_name: a.server_name.clone(),
             ca_pem,
         },
-        a.agents,
+        identities,
         workload,
         a.load.timeout,
     )?);

@@ -31,6 +31,8 @@ pub struct ProbeSpec {
     pub ingest_url: String,
     /// The broker's admin base URL (`http://HOST:PORT`).
     pub admin_url: String,
+    /// The API token sent to it (a reader's is enough).
+    pub admin_token: Option<String>,
     /// The aggregate to watch, if any.
     pub aggregate: Option<String>,
     /// Time between probes.
@@ -84,6 +86,7 @@ impl Probe {
         let v: serde_json::Value = self
             .client
             .get(format!("{}/v1/log/stats", self.spec.admin_url))
+            .bearer_auth(self.spec.admin_token.as_deref().unwrap_or_default())
             .send()
             .await?
             .error_for_status()?
@@ -96,6 +99,7 @@ impl Probe {
         let resp = self
             .client
             .get(format!("{}/v1/aggregates/{name}/rows", self.spec.admin_url))
+            .bearer_auth(self.spec.admin_token.as_deref().unwrap_or_default())
             .query(&[("from", self.from.as_str())])
             .send()
             .await?;

@@ -96,6 +96,8 @@ pub struct BrokerEndpoint {
 
 struct SimAgent {
     agent_id: String,
+    /// Its TLS configuration: the broker's CA and the agent's certificate.
+    config: quinn::ClientConfig,
     conn: Option<quinn::Connection>,
     next_seq: u64,
 }
@@ -127,29 +129,31 @@ impl std::fmt::Debug for BrokerQuic {
 const CHUNKS: u64 = 8;
 
 impl BrokerQuic {
-    /// `agents` simulated agents with fresh ids (a new run never collides with an old one).
+    /// One simulated agent for each `(agent_id, certificate PEM, key PEM)` of `agents`.
     pub fn new(
         broker: BrokerEndpoint,
-        agents: usize,
+        agents: Vec<(String, String, String)>,
         workload: Arc<Workload>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address"))
+        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid address"))
             .context("binding the QUIC client")?;
-        endpoint.set_default_client_config(
-            runnel_protocol::client_config(&broker.ca_pem)
-                .context("loading the broker's CA (--broker-ca)")?,
-        );
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        let agents = (0..agents)
-            .map(|i| {
-                tokio::sync::Mutex::new(SimAgent {
-                    agent_id: format!("bench-{}-{i}", &run[..8]),
+        let agents = agents
+            .into_iter()
+            .map(|(agent_id, cert, key)| {
+                let identity =
+                    runnel_protocol::ClientIdentity::from_pem(cert.as_bytes(), key.as_bytes())
+                        .with_context(|| format!("the certificate of {agent_id}"))?;
+                let config = runnel_protocol::client_config(&broker.ca_pem, Some(identity))
+                    .context("loading the broker's CA (--broker-ca)")?;
+                Ok(tokio::sync::Mutex::new(SimAgent {
+                    agent_id,
+                    config,
                     conn: None,
                     next_seq: 0,
-                })
+                }))
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let me = Self {
             endpoint,
             broker,
@@ -188,7 +192,11 @@ impl BrokerQuic {
         }
         let conn = self
             .endpoint
-            .connect(self.broker.addr, &self.broker.server_name)
+            .connect_with(
+                agent.config.clone(),
+                self.broker.addr,
+                &self.broker.server_name,
+            )
             .map_err(|_| "connect".to_string())?
             .await
             .map_err(|_| "connect".to_string())?;

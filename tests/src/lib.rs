@@ -23,12 +23,73 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The admin token of each broker this process started, by its admin address.
+static ADMIN_TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records the admin token of a broker this process started some other way (`runnel dev`).
+pub fn register_admin_token(admin_addr: &str, token: &str) {
+    let mut tokens = ADMIN_TOKENS.lock().unwrap();
+    tokens.retain(|(a, _)| a != admin_addr);
+    tokens.push((admin_addr.to_string(), token.trim().to_string()));
+}
+
+/// The admin token of the broker whose admin API is at `admin_addr`, once it has started.
+pub fn admin_token(admin_addr: &str) -> Option<String> {
+    ADMIN_TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(a, _)| a == admin_addr)
+        .map(|(_, t)| t.clone())
+}
+
+/// An HTTP client that sends `token` (`Authorization: Bearer`) with every request, each
+/// timing out after `timeout` when given.
+pub fn authed_http(token: &str, timeout: Option<Duration>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let builder = reqwest::Client::builder().default_headers(headers);
+    match timeout {
+        Some(t) => builder.timeout(t),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+/// `runnel ARGS…` as a command, with `RUNNEL_TOKEN` set to the admin token of the broker the
+/// arguments name (`--admin-addr ADDR`) when this process started it.
+pub fn runnel<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let mut cmd = Command::new(bin("runnel"));
+    let addr = args
+        .iter()
+        .position(|a| a == "--admin-addr")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|a| a.to_str().map(str::to_string))
+        .or_else(|| {
+            args.iter().find_map(|a| {
+                a.to_str()?
+                    .strip_prefix("--admin-addr=")
+                    .map(str::to_string)
+            })
+        });
+    if let Some(token) = addr.as_deref().and_then(admin_token) {
+        cmd.env("RUNNEL_TOKEN", token);
+    }
+    cmd.args(args);
+    cmd
+}
+
 /// Runs `runnel ARGS…` to its end and parses its stdout as JSON lines (one value a line);
 /// a failure is the command's stderr.
 pub fn runnel_json<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> Result<Vec<serde_json::Value>, String> {
-    let out = Command::new(bin("runnel")).args(args).output().unwrap();
+    let out = runnel(args).output().unwrap();
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
@@ -264,10 +325,43 @@ impl Pipeline {
         self.broker.start();
         let url = format!("http://{}/readyz", self.admin_addr);
         wait_ready(&url, &mut self.broker).await;
+        let token = std::fs::read_to_string(self.dir.path().join("broker/admin-token"))
+            .expect("the broker writes DATA_DIR/admin-token on its first start");
+        register_admin_token(&self.admin_addr, &token);
     }
 
-    /// Starts the agent and waits for `/readyz`.
+    /// The broker's admin token (it writes one to `DATA_DIR/admin-token` on its first start).
+    pub fn token(&self) -> String {
+        admin_token(&self.admin_addr).expect("the broker has started")
+    }
+
+    /// Enrolls an agent of `tenant` named `name` and writes its certificate and key to
+    /// `DIR/certs/NAME/`; returns the agent flags that use them.
+    pub fn enroll(&self, name: &str, tenant: &str) -> Vec<String> {
+        let out = self.dir.path().join("certs").join(name);
+        self.cli(&[
+            "agent",
+            "enroll",
+            "--name",
+            name,
+            "--tenant",
+            tenant,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        vec![
+            format!("--tls-cert={}", out.join("agent.pem").display()),
+            format!("--tls-key={}", out.join("agent.key").display()),
+        ]
+    }
+
+    /// Starts the agent and waits for `/readyz`; the first start enrolls it (as `test-agent`
+    /// of tenant `default`) unless its flags name a certificate.
     pub async fn start_agent(&mut self) {
+        if !self.agent.args.iter().any(|a| a.starts_with("--tls-cert")) {
+            let flags = self.enroll("test-agent", "default");
+            self.agent.args.extend(flags);
+        }
         self.agent.start();
         let url = format!("{}/readyz", self.agent_url);
         wait_ready(&url, &mut self.agent).await;
@@ -275,8 +369,7 @@ impl Pipeline {
 
     /// `runnel log stats` from the CLI, parsed.
     pub fn log_stats(&self) -> serde_json::Value {
-        let out = Command::new(bin("runnel"))
-            .args(["log", "stats", "--admin-addr", &self.admin_addr])
+        let out = runnel(["log", "stats", "--admin-addr", &self.admin_addr])
             .output()
             .unwrap();
         assert!(
@@ -289,8 +382,7 @@ impl Pipeline {
 
     /// `runnel log read` from the CLI, one parsed value per line.
     pub fn log_read(&self, from: u64, limit: usize) -> Vec<serde_json::Value> {
-        let out = Command::new(bin("runnel"))
-            .args(["log", "read", "--admin-addr", &self.admin_addr])
+        let out = runnel(["log", "read", "--admin-addr", &self.admin_addr])
             .args(["--from", &from.to_string(), "--limit", &limit.to_string()])
             .output()
             .unwrap();
@@ -309,11 +401,13 @@ impl Pipeline {
     /// Runs `runnel ARGS --admin-addr ADMIN` and returns its stdout (panics with stderr on
     /// failure).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(bin("runnel"))
-            .args(args)
-            .args(["--admin-addr", &self.admin_addr])
-            .output()
-            .unwrap();
+        let out = runnel(
+            args.iter()
+                .copied()
+                .chain(["--admin-addr", self.admin_addr.as_str()]),
+        )
+        .output()
+        .unwrap();
         assert!(
             out.status.success(),
             "runnel {args:?}: {}",
@@ -333,9 +427,18 @@ impl Pipeline {
         ]);
     }
 
+    /// An HTTP client that sends the broker's admin token with every request.
+    pub fn http(&self) -> reqwest::Client {
+        authed_http(&self.token(), None)
+    }
+
     /// A client of the broker's admin API.
     pub fn admin(&self) -> runnel_client::admin::Admin {
-        runnel_client::admin::Admin::new(&self.admin_addr)
+        let admin = runnel_client::admin::Admin::new(&self.admin_addr);
+        match admin_token(&self.admin_addr) {
+            Some(t) => admin.with_token(t),
+            None => admin,
+        }
     }
 
     /// The broker's `/metrics` text.

@@ -45,10 +45,15 @@ async fn dev(dir: &Path) -> (Proc, u16, u16) {
     p.start();
     wait_ready(&format!("http://127.0.0.1:{admin}/readyz"), &mut p).await;
     wait_ready(&format!("http://127.0.0.1:{http}/readyz"), &mut p).await;
+    let token = std::fs::read_to_string(dir.join("dev/broker/admin-token")).unwrap();
+    runnel_e2e::register_admin_token(&format!("127.0.0.1:{admin}"), &token);
+    let client = runnel_e2e::authed_http(token.trim(), None);
     // The example aggregators are deployed at start; wait for the one probes read.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let aggs = reqwest::get(format!("http://127.0.0.1:{admin}/v1/aggregates"))
+        let aggs = client
+            .get(format!("http://127.0.0.1:{admin}/v1/aggregates"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -72,7 +77,7 @@ async fn dev(dir: &Path) -> (Proc, u16, u16) {
 static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn runnel(args: &[&str]) -> std::process::Output {
-    Command::new(bin("runnel")).args(args).output().unwrap()
+    runnel_e2e::runnel(args).output().unwrap()
 }
 
 fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
@@ -218,12 +223,15 @@ async fn bench_ingest_against_runnel_dev_writes_json_and_a_report_chromium_rende
     // every probe (and the first, uncounted one that waited for the broker to catch up).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let stats: Value = reqwest::get(format!("http://{admin_addr}/v1/log/stats"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Value =
+            runnel_e2e::authed_http(&runnel_e2e::admin_token(&admin_addr).unwrap(), None)
+                .get(format!("http://{admin_addr}/v1/log/stats"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
         if stats["records"].as_u64() == Some(accepted + probes + 1)
             && stats["by_event_type"]["bench.probe"].as_u64() == Some(probes + 1)
         {
@@ -314,6 +322,8 @@ async fn bench_broker_ships_batches_over_quic_as_simulated_agents() {
         &quic,
         "--broker-ca",
         ca.to_str().unwrap(),
+        "--admin-addr",
+        &p.admin_addr,
         "--json",
         json.to_str().unwrap(),
         "--quiet",

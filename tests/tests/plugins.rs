@@ -292,7 +292,7 @@ async fn redeploy_under_load_switches_versions_with_nothing_lost_or_doubled() {
     assert!(p.read_topic("dead_letters").is_empty());
 
     // Bad deploys are refused with the parameter named; nothing changes.
-    let client = reqwest::Client::new();
+    let client = p.http();
     let bytes = std::fs::read(plugin("noop")).unwrap();
     for (query, names) in [
         ("capability=clock", "plugin_capabilities_allowed"),

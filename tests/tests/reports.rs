@@ -271,7 +271,7 @@ async fn agent_commission_equals_an_independent_computation_to_the_cent() {
     assert!(changed > want.len() / 2, "{changed} commissions changed");
 
     // Bad requests name what is wrong.
-    let http = reqwest::Client::new();
+    let http = p.http();
     let runs = format!("http://{}/v1/reports/agent_commission/runs", p.admin_addr);
     for (body, status, names) in [
         (json!({"params": {"month": "2026-13"}}), 400, "params.month"),
@@ -382,11 +382,9 @@ async fn on_demand_runs_succeed_once_each_across_kill_9() {
     let url = format!("http://{}/v1/reports/activity/runs", p.admin_addr);
     let requester = {
         let (ids, keys, hook_url) = (ids.clone(), keys.clone(), hook.url.clone());
+        let token = p.token();
         tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
+            let http = runnel_e2e::authed_http(&token, Some(Duration::from_secs(5)));
             for (i, key) in keys.iter().enumerate() {
                 // Retried with the same key until it is accepted: a request cut off by the
                 // kill may or may not have been queued; the key makes it one run either way.

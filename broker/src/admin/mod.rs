@@ -18,9 +18,19 @@
 //!   refused with the reason. `201` for a new version, `200` when nothing changed.
 //! - `POST /v1/plugins/NAME/pause`, `POST /v1/plugins/NAME/resume`, `DELETE /v1/plugins/NAME`.
 //! - `/v1/reports…`: report definitions, runs and outputs ([`reports`], `docs/reports.md`).
+//! - `/v1/tokens…`, `/v1/agents…`: API tokens and agent certificates ([`access`]).
 //! - `/metrics` (Prometheus), `/livez`, `/readyz`.
+//!
+//! Every route declares who may call it ([`Access`]) where it is added to the router, and the
+//! check runs before the handler: a route cannot be added without one. `/livez` and `/readyz`
+//! are open, `/metrics` too unless `metrics_auth` is on; every other route needs
+//! `Authorization: Bearer TOKEN` with a token of a role at least the route's (401 without a
+//! known token, 403 with a role too low). [`route_list`] lists them all, for the tests.
 
+mod access;
 mod reports;
+
+pub use access::{Access, Route, route_list};
 
 use std::sync::Arc;
 
@@ -28,7 +38,6 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
 
 use crate::log::BrokerLog;
@@ -68,41 +77,17 @@ pub struct Admin {
     /// The reports' runner, set once the query tables (which hold this handle) are made; weak,
     /// so the two do not keep each other alive (the reports task holds it).
     pub report_runner: std::sync::OnceLock<std::sync::Weak<crate::reports::Runner>>,
+    /// The API tokens.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// The agents and their certificates.
+    pub agents: Arc<crate::auth::agents::Agents>,
+    /// See `BrokerConfig::metrics_auth`.
+    pub metrics_auth: bool,
 }
 
 /// The admin router.
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
-        .route("/v1/log/stats", get(stats))
-        .route("/v1/log/read", get(read))
-        .route("/v1/plugins", get(list_plugins))
-        .route(
-            "/v1/plugins/{name}",
-            axum::routing::put(deploy_plugin).delete(remove_plugin),
-        )
-        .route(
-            "/v1/plugins/{name}/pause",
-            axum::routing::post(pause_plugin),
-        )
-        .route(
-            "/v1/plugins/{name}/resume",
-            axum::routing::post(resume_plugin),
-        )
-        .route("/v1/aggregates", get(list_aggregates))
-        .route("/v1/aggregates/{name}/rows", get(aggregate_rows))
-        .route("/v1/archive", get(archive_status))
-        .route("/v1/reports", get(reports::list))
-        .route("/v1/reports/{name}", axum::routing::put(reports::deploy))
-        .route(
-            "/v1/reports/{name}/runs",
-            get(reports::history).post(reports::run),
-        )
-        .route("/v1/reports/runs/{id}", get(reports::status))
-        .route("/v1/reports/runs/{id}/output", get(reports::output))
-        .route("/metrics", get(metrics_text))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(admin)
+    access::router(admin)
 }
 
 async fn stats(State(a): State<Arc<Admin>>) -> Response {

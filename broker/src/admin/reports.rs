@@ -295,19 +295,23 @@ pub(super) struct OutputQuery {
     token: Option<String>,
 }
 
-/// `GET /v1/reports/runs/ID/output?token=T`: the output's bytes, for the run's token only.
+/// `GET /v1/reports/runs/ID/output?token=T`: the output's bytes, for the run's link token, or
+/// for a reader's API token (checked before this handler runs).
 pub(super) async fn output(
     State(a): State<Arc<Admin>>,
     Path(id): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Principal>>,
     q: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let token = match q {
-        Ok(Query(OutputQuery { token: Some(t) })) => t,
-        Ok(_) => return error(StatusCode::UNAUTHORIZED, "token: missing"),
-        Err(e) => return bad_request(e.body_text()),
-    };
-    if !a.reports.token_ok(&id, &token) {
-        return error(StatusCode::FORBIDDEN, "token: not this run's");
+    if caller.is_none() {
+        let token = match q {
+            Ok(Query(OutputQuery { token: Some(t) })) => t,
+            Ok(_) => return error(StatusCode::UNAUTHORIZED, "token: missing"),
+            Err(e) => return bad_request(e.body_text()),
+        };
+        if !a.reports.token_ok(&id, &token) {
+            return error(StatusCode::FORBIDDEN, "token: not this run's");
+        }
     }
     let (service, runner) = match service(&a) {
         Ok(s) => s,

@@ -1,7 +1,8 @@
 //! TLS for the QUIC endpoint: a configured certificate, or a dev CA made on first start.
 //!
-//! Dev material lives in `DATA_DIR/tls/`: `ca.pem` (give it to agents as `--broker-ca`),
-//! `ca.key`, `server.pem`, `server.key`. The server certificate names `localhost`, `127.0.0.1`,
+//! Dev material lives in `DATA_DIR/tls/`: `ca.pem` (give it to agents as `--broker-ca`; it
+//! also signs the agents' certificates unless `tls_client_ca` is set), `ca.key`, `server.pem`,
+//! `server.key` (the keys mode 0600). The server certificate names `localhost`, `127.0.0.1`,
 //! `::1` and the host name. Files are reused on later starts.
 
 use std::path::{Path, PathBuf};
@@ -21,15 +22,12 @@ pub struct TlsFiles {
     pub dev_ca: Option<PathBuf>,
 }
 
-/// Makes (once) and returns the dev CA and server certificate in `dir`.
-pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
-    let files = TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-        dev_ca: Some(dir.join("ca.pem")),
-    };
-    if files.cert.exists() && files.key.exists() && dir.join("ca.pem").exists() {
-        return Ok(files);
+/// Makes (once) the dev CA in `dir`: `ca.pem` and `ca.key`. It signs the dev server
+/// certificate and, unless `tls_client_ca` is set, the agents' certificates.
+pub fn ensure_dev_ca(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -44,6 +42,28 @@ pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
     ];
     let ca_key = rcgen::KeyPair::generate()?;
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    // The key first: a CA certificate without its key would be made again next time.
+    crate::auth::write_private(&key, &ca.key().serialize_pem())?;
+    crate::auth::write_private(&cert, &ca.pem())?;
+    tracing::info!(dir = %dir.display(), "created a dev CA");
+    Ok((cert, key))
+}
+
+/// Makes (once) and returns the dev CA and server certificate in `dir`.
+pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        dev_ca: Some(dir.join("ca.pem")),
+    };
+    let (ca_cert, ca_key) = ensure_dev_ca(dir)?;
+    if files.cert.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca_pem = read(&ca_cert)?;
+    let ca = rcgen::Issuer::from_ca_cert_pem(&ca_pem, rcgen::KeyPair::from_pem(&read(&ca_key)?)?)?;
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -61,26 +81,26 @@ pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
         .push(rcgen::DnType::CommonName, "runnel broker");
     let key = rcgen::KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
-    let write = |path: &Path, text: &str| {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-    };
-    write(&dir.join("ca.pem"), &ca.pem())?;
-    write(&dir.join("ca.key"), &ca.key().serialize_pem())?;
-    write(&files.key, &key.serialize_pem())?;
-    write(&files.cert, &format!("{}{}", cert.pem(), ca.pem()))?;
-    tracing::info!(dir = %dir.display(), "created a dev CA and server certificate");
+    crate::auth::write_private(&files.key, &key.serialize_pem())?;
+    std::fs::write(&files.cert, format!("{}{}", cert.pem(), ca_pem))
+        .with_context(|| format!("writing {}", files.cert.display()))?;
+    tracing::info!(dir = %dir.display(), "created a dev server certificate");
     Ok(files)
 }
 
-/// The QUIC server config for `files`.
-pub fn server_config(files: &TlsFiles, streams_max: u32) -> anyhow::Result<quinn::ServerConfig> {
+/// The QUIC server config for `files`, checking agents' certificates with `clients`.
+pub fn server_config(
+    files: &TlsFiles,
+    streams_max: u32,
+    clients: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> anyhow::Result<quinn::ServerConfig> {
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .with_context(|| format!("reading tls_cert {}", files.cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing tls_cert {}", files.cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading tls_key {}", files.key.display()))?;
-    runnel_protocol::server_config(certs, key, streams_max).with_context(|| {
+    runnel_protocol::server_config(certs, key, streams_max, clients).with_context(|| {
         format!(
             "tls_cert {} and tls_key {}",
             files.cert.display(),

@@ -35,7 +35,8 @@
 //! and the `events` blocks are the same byte-bounded LRU (`query/lru.rs`) with their own budgets.
 //!
 //! ## Security
-//! Every call needs `authorization: Bearer TOKEN` with a token of `flight_tokens`;
+//! Every call needs `authorization: Bearer TOKEN` with an API token of any role ([`crate::auth`])
+//! or one of `flight_tokens`;
 //! `Handshake` with basic auth (user `runnel`, password a token) answers with that bearer
 //! token. A missing or wrong token is `Unauthenticated`, naming what is wrong. One token runs
 //! at most `flight_token_concurrency_max` calls at once; the others wait their turn. TLS is on
@@ -160,7 +161,7 @@ fn schema_result(schema: &Schema) -> Result<SchemaResult, Status> {
 /// The Flight and Flight SQL service.
 pub struct Service {
     tables: Arc<Tables>,
-    tokens: Arc<Vec<String>>,
+    tokens: Arc<crate::auth::Tokens>,
     sql: FlightSqlService,
     provider: sql::Provider,
     /// Planned statements by (SQL text, [`sql::catalog_fingerprint`]).
@@ -173,8 +174,8 @@ pub struct Service {
 /// The Flight settings (`flight_*`).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The bearer tokens clients may use.
-    pub tokens: Vec<String>,
+    /// The API tokens (any role may query; `flight_tokens` are readers among them).
+    pub tokens: Arc<crate::auth::Tokens>,
     /// Most rows one call answers.
     pub rows_max: usize,
     /// The result cache.
@@ -234,7 +235,7 @@ impl Service {
         let provider = sql::Provider::new(tables.clone());
         Self {
             tables,
-            tokens: Arc::new(settings.tokens),
+            tokens: settings.tokens,
             limiter: Limiter {
                 per_token: settings.token_concurrency_max,
                 slots: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -258,18 +259,6 @@ impl Service {
         }
     }
 
-    fn known_token(&self, token: &str) -> bool {
-        // Compare every token in full so the time taken does not tell how much matched.
-        self.tokens.iter().fold(false, |found, t| {
-            let same = t.len() == token.len()
-                && t.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            found | same
-        })
-    }
-
     /// Checks the call's token, then waits for its turn among the token's calls.
     async fn admit<T>(&self, req: &Request<T>) -> Result<Permit, Status> {
         let token = self.authorize(req)?;
@@ -279,7 +268,7 @@ impl Service {
     fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let Some(h) = req.metadata().get("authorization") else {
             return Err(Status::unauthenticated(
-                "authorization: missing; send 'authorization: Bearer TOKEN' with a token of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
+                "authorization: missing; send 'authorization: Bearer TOKEN' with an API token (runnel token create) or one of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
             ));
         };
         let v = h
@@ -290,12 +279,11 @@ impl Service {
                 "authorization: expected 'Bearer TOKEN'",
             ));
         };
-        if self.known_token(token.trim()) {
-            Ok(token.trim().to_string())
-        } else {
-            Err(Status::unauthenticated(
-                "authorization: the bearer token is not one of the broker's flight_tokens",
-            ))
+        match self.tokens.check(token.trim()) {
+            Some(_) => Ok(token.trim().to_string()),
+            None => Err(Status::unauthenticated(
+                "authorization: the bearer token is not a token of this broker (an API token or one of its flight_tokens)",
+            )),
         }
     }
 
@@ -491,9 +479,9 @@ impl FlightService for Service {
                 "authorization: Handshake needs Basic credentials (user runnel, password a flight token)",
             ));
         };
-        if !self.known_token(&token) {
+        if self.tokens.check(&token).is_none() {
             return Err(Status::unauthenticated(
-                "authorization: the password is not one of the broker's flight_tokens",
+                "authorization: the password is not a token of this broker (an API token or one of its flight_tokens)",
             ));
         }
         let out: Self::HandshakeStream = stream::iter([Ok(HandshakeResponse {

@@ -25,6 +25,8 @@
 //! | [`REPORT_KEYS`] | `request/REPORT/KEY` (an `Idempotency-Key`), `schedule/REPORT/FIRE_MS` | run id: the one run the key names | with the run it names |
 //! | [`REPORT_HISTORY`] | (report, created, run id) | `()`: each report's runs in order | with [`REPORT_RUNS`] |
 //! | [`REPORT_DELIVERIES`] | (next attempt, run id) | `()`: the webhook deliveries not yet done | with [`REPORT_RUNS`] |
+//! | [`TOKENS`] | SHA-256 of a token, hex | [`crate::auth::TokenRecord`] (id, role, tenant; never the token) | `token create`, `token revoke`; the first start |
+//! | [`AGENTS`] | agent id | [`crate::auth::agents::AgentRecord`] (tenant, certificates, revocations) | `agent enroll`, `agent revoke`; a connection with a certificate not seen before |
 //!
 //! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
 //! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
@@ -90,6 +92,11 @@ pub const REPORT_HISTORY: TableDefinition<(&str, i64, &str), ()> =
 /// The webhook deliveries still to make: (next attempt, UTC ms; run id).
 pub const REPORT_DELIVERIES: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("report_deliveries");
+
+/// API tokens, by the SHA-256 of the token ([`crate::auth::TokenRecord`]).
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Agents and their certificates, by agent id ([`crate::auth::agents::AgentRecord`]).
+pub const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 
 /// The version of the values this build writes.
 pub const VALUE_VERSION: u8 = 1;

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use runnel_client::admin::Admin;
 use runnel_client::api::Deploy;
 
 use crate::{block_on, print_json};
@@ -243,19 +242,19 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             };
             let body =
                 std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-            block_on(async { print_json(&Admin::new(admin_addr).deploy(&name, body, &d).await?) })
+            block_on(async { print_json(&crate::admin(admin_addr).deploy(&name, body, &d).await?) })
         }
         PluginCmd::List { admin_addr } => {
-            block_on(async { print_json(&Admin::new(admin_addr).plugins().await?) })
+            block_on(async { print_json(&crate::admin(admin_addr).plugins().await?) })
         }
         PluginCmd::Pause { name, admin_addr } => {
-            block_on(async { print_json(&Admin::new(admin_addr).pause(&name).await?) })
+            block_on(async { print_json(&crate::admin(admin_addr).pause(&name).await?) })
         }
         PluginCmd::Resume { name, admin_addr } => {
-            block_on(async { print_json(&Admin::new(admin_addr).resume(&name).await?) })
+            block_on(async { print_json(&crate::admin(admin_addr).resume(&name).await?) })
         }
         PluginCmd::Remove { name, admin_addr } => block_on(async {
-            Admin::new(admin_addr).remove(&name).await?;
+            crate::admin(admin_addr).remove(&name).await?;
             print_json(&serde_json::json!({ "removed": name }))
         }),
     }

@@ -1,7 +1,11 @@
 //! # runnel-protocol: agent ↔ broker over QUIC
 //!
 //! - **Transport**: QUIC with TLS 1.3 only (rustls, ring), ALPN [`ALPN`]. The broker's
-//!   certificate is checked against a CA the agent is given (the broker's dev CA by default).
+//!   certificate is checked against a CA the agent is given (the broker's dev CA by default);
+//!   the agent's certificate (mutual TLS, [`ClientIdentity`]) against the broker's client CA.
+//!   The agent certificate's subject common name is the agent's `agent_id` and its
+//!   organization the agent's tenant: the broker refuses a batch whose `agent_id` is not the
+//!   one of the connection's certificate.
 //! - **Batches on a bidirectional stream, answered in order** ([`ALPN`], `runnel/2`): the agent
 //!   writes wire frames (`runnel_event::wire`: each a batch of spool records with
 //!   `(agent_id, epoch, first_seq)`), each after an 8-byte little-endian `prev_end`
@@ -48,6 +52,9 @@ pub const PREV_END_BYTES: usize = 8;
 /// Most frames of one stream the broker holds unanswered; it reads no more of the stream
 /// until one is answered. An agent's `ship_in_flight_max` is at most this.
 pub const STREAM_BATCHES_MAX: usize = 16;
+/// The application close code of a connection the broker refuses (no client certificate, a
+/// revoked one, or another agent's id); the close reason says which.
+pub const REFUSED_CODE: u32 = 0x52;
 /// Largest broker answer to one batch, in bytes.
 pub const ACK_BYTES_MAX: usize = 8 << 10;
 
@@ -66,12 +73,106 @@ pub enum TlsError {
     Quic(String),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of both ends (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The agent's QUIC client configuration: trusts only the CA(s) in `ca_pem`.
-pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+/// An agent's certificate chain and key, which it presents to the broker.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    /// The chain, the agent's certificate first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// Its key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// Reads a PEM chain and key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Identity(format!("reading the certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(TlsError::Identity(
+                "the certificate file holds no certificate".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsError::Identity(format!("reading the key PEM: {e}")))?;
+        Ok(Self { certs, key })
+    }
+}
+
+/// The subject of an agent certificate: its `agent_id` (common name) and tenant
+/// (organization; `default` when the certificate names none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSubject {
+    /// The common name: the agent's `agent_id`.
+    pub agent_id: String,
+    /// The organization: the agent's tenant.
+    pub tenant: String,
+}
+
+/// The tenant of a certificate that names no organization.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The agent subject of a DER certificate, or why it is not one.
+pub fn agent_subject(der: &[u8]) -> Result<AgentSubject, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let subject = cert.subject();
+    let agent_id = subject
+        .iter_common_name()
+        .next()
+        .ok_or("the certificate's subject has no common name (CN), which is the agent_id")?
+        .as_str()
+        .map_err(|e| format!("the certificate's common name is not text: {e}"))?
+        .to_string();
+    if agent_id.is_empty() || agent_id.len() > AGENT_ID_BYTES_MAX {
+        return Err(format!(
+            "the certificate's common name (the agent_id) must be 1 to {AGENT_ID_BYTES_MAX} bytes"
+        ));
+    }
+    let tenant = match subject.iter_organization().next() {
+        Some(o) => o
+            .as_str()
+            .map_err(|e| format!("the certificate's organization (O) is not text: {e}"))?
+            .to_string(),
+        None => DEFAULT_TENANT.to_string(),
+    };
+    check_tenant(&tenant).map_err(|e| format!("the certificate's organization (O): {e}"))?;
+    Ok(AgentSubject { agent_id, tenant })
+}
+
+/// Longest `agent_id`, in bytes.
+pub const AGENT_ID_BYTES_MAX: usize = 256;
+/// Longest tenant name, in bytes.
+pub const TENANT_BYTES_MAX: usize = 64;
+
+/// A tenant name: 1 to [`TENANT_BYTES_MAX`] of `a-z 0-9 _ -`, starting with a letter.
+pub fn check_tenant(t: &str) -> Result<(), String> {
+    let ok = !t.is_empty()
+        && t.len() <= TENANT_BYTES_MAX
+        && t.starts_with(|c: char| c.is_ascii_lowercase())
+        && t.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{t:?} is not a tenant name (1 to {TENANT_BYTES_MAX} of a-z, 0-9, _ and -, starting with a letter)"
+        ))
+    }
+}
+
+/// The agent's QUIC client configuration: trusts only the CA(s) in `ca_pem`, and presents
+/// `identity` when given (a broker that requires client certificates refuses a connection
+/// without one).
+pub fn client_config(
+    ca_pem: &[u8],
+    identity: Option<ClientIdentity>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| TlsError::Ca(format!("reading PEM: {e}")))?;
@@ -80,11 +181,16 @@ pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::Ca("the CA file holds no certificate".into()));
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Quic(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.certs, id.key)
+            .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
     // Offering the old id too lets the agent name the problem when a broker speaks only it.
     tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -102,19 +208,24 @@ pub fn client_config(ca_pem: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
 }
 
 /// The broker's QUIC server configuration for a certificate chain and its key, with at most
-/// `streams_max` batches in flight per connection.
+/// `streams_max` batches in flight per connection; `clients` checks the agents' certificates.
 pub fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     streams_max: u32,
+    clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Quic(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?;
     tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
+    // No session resumption: every connection is a full handshake, so every one has its client
+    // certificate checked (a revoked certificate cannot come back on a ticket).
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -144,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_ca_file_without_a_certificate_is_refused() {
-        let err = client_config(b"not a pem").unwrap_err();
+        let err = client_config(b"not a pem", None).unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
     }
 }
