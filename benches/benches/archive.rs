@@ -170,9 +170,11 @@ fn main() {
         let broker = runnel_broker::start(cfg, Arc::new(FsStorage)).await.unwrap();
         let status_url = format!("http://{}/v1/archive", broker.admin_addr);
         let http = reqwest::Client::new();
+        let token = runnel_benches::admin_token(&data_dir);
         let status = loop {
             let s: serde_json::Value = http
                 .get(&status_url)
+                .bearer_auth(&token)
                 .send()
                 .await
                 .unwrap()

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use runnel_benches::{
-    Guard, agent_cmd, body, broker_and_agent, env, free_port, machine, median, process_cpu_seconds,
-    release_bin, spawn, wait_ready,
+    Guard, admin_token, agent_cmd, body, broker_and_agent, enroll, env, free_port, machine, median,
+    process_cpu_seconds, release_bin, spawn, wait_ready,
 };
 
 struct Settings {
@@ -128,25 +128,27 @@ fn pin_self(cpus: &[usize]) {
 /// (a) Agent ingest on one core, spool fsync on.
 async fn agent_ingest(s: &Settings, run: u64) -> (f64, f64, f64, f64, Histogram<u64>) {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    // A CA the agent can load; no broker listens, so everything stays in the spool.
+    // A CA and a certificate the agent can load, from a broker stopped before the load: no
+    // broker listens, so everything stays in the spool.
     let ca = dir.path().join("ca.pem");
     let broker_dir = dir.path().join("ca-source");
-    let tls = Command::new(release_bin("runnel"))
+    let admin = free_port();
+    let source = Command::new(release_bin("runnel"))
         .args(["broker", "--data-dir"])
         .arg(&broker_dir)
-        .args(["--quic-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
+        .arg("--quic-addr=127.0.0.1:0")
+        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut tls = Guard(tls);
-    while !broker_dir.join("tls/ca.pem").exists() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = tls.0.kill();
+    let mut source = Guard(source);
+    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    let tls = enroll(&broker_dir, admin, dir.path(), "bench-agent");
+    let _ = source.0.kill();
     std::fs::copy(broker_dir.join("tls/ca.pem"), &ca).unwrap();
     let http = free_port();
-    let agent = spawn(&mut agent_cmd(dir.path(), http, 9, &ca, Some(1)));
+    let agent = spawn(&mut agent_cmd(dir.path(), http, 9, &ca, &tls, Some(1)));
     wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
     // Bodies for the run at up to 600k events/s (prepared up front: about 180 MB per second of
     // run); a run that exhausts them ends early and reports its real duration.
@@ -199,8 +201,12 @@ async fn end_to_end(s: &Settings, run: u64) -> (f64, f64) {
     .await;
     assert_eq!(load.events, target);
     let stats_url = format!("http://127.0.0.1:{admin}/v1/log/stats");
+    let token = admin_token(&dir.path().join("broker"));
     loop {
-        let v: serde_json::Value = reqwest::get(&stats_url)
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(&stats_url)
+            .bearer_auth(&token)
+            .send()
             .await
             .unwrap()
             .json()

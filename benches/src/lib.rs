@@ -153,14 +153,40 @@ pub async fn wait_ready(url: &str) {
     panic!("{url} not ready");
 }
 
+/// The broker's admin token (it writes it to `DATA_DIR/admin-token` on its first start).
+pub fn admin_token(broker_dir: &Path) -> String {
+    std::fs::read_to_string(broker_dir.join("admin-token"))
+        .expect("the broker writes DATA_DIR/admin-token on its first start")
+        .trim()
+        .to_string()
+}
+
+/// An agent certificate and key (`runnel agent enroll` against the broker at `admin` whose data
+/// dir is `broker_dir`), written to `dir/agent-tls/`.
+pub fn enroll(broker_dir: &Path, admin: u16, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join("agent-tls");
+    let status = std::process::Command::new(release_bin("runnel"))
+        .args(["agent", "enroll", "--name", name, "--out"])
+        .arg(&out)
+        .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+        .arg("--token-file")
+        .arg(broker_dir.join("admin-token"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runnel agent enroll");
+    assert!(status.success(), "runnel agent enroll failed");
+    (out.join("agent.pem"), out.join("agent.key"))
+}
+
 /// The release `runnel-agent` with the benchmarks' settings (a spool and dedup set large enough
-/// for long runs), on `dir/agent`, shipping to the broker at `broker_quic`; pinned to core `pin`
-/// with `taskset` when given.
+/// for long runs), on `dir/agent`, shipping to the broker at `broker_quic` with the certificate
+/// and key `tls`; pinned to core `pin` with `taskset` when given.
 pub fn agent_cmd(
     dir: &Path,
     http: u16,
     broker_quic: u16,
     ca: &Path,
+    tls: &(PathBuf, PathBuf),
     pin: Option<usize>,
 ) -> std::process::Command {
     use std::process::Command;
@@ -177,6 +203,8 @@ pub fn agent_cmd(
         .arg(format!("--http-addr=127.0.0.1:{http}"))
         .arg(format!("--broker-addr=127.0.0.1:{broker_quic}"))
         .arg(format!("--broker-ca={}", ca.display()))
+        .arg(format!("--tls-cert={}", tls.0.display()))
+        .arg(format!("--tls-key={}", tls.1.display()))
         .arg("--spool-bytes-max=17179869184")
         .arg("--spool-segment-bytes-max=268435456")
         .arg("--dedup-ids-max=50000000");
@@ -197,7 +225,8 @@ pub async fn broker_and_agent(dir: &Path) -> (Guard, Guard, u16, u16) {
     );
     wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
     let ca = dir.join("broker/tls/ca.pem");
-    let agent = spawn(&mut agent_cmd(dir, http, quic, &ca, None));
+    let tls = enroll(&dir.join("broker"), admin, dir, "bench-agent");
+    let agent = spawn(&mut agent_cmd(dir, http, quic, &ca, &tls, None));
     wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
     (broker, agent, http, admin)
 }

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
@@ -300,32 +299,10 @@ impl Tokens {
         let (token, record) = self
             .create(Role::Admin, None, "the first admin token".into())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        write_private(path, &token)?;
+        state::write_private(path, token.as_bytes())?;
         tracing::info!(id = %record.id, path = %path.display(), "created an admin token (read it from this file; runnel reads it there by default)");
         Ok(())
     }
-}
-
-/// Writes `text` to `path`, readable by its owner only, replacing it atomically.
-pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

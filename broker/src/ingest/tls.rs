@@ -43,8 +43,8 @@ pub fn ensure_dev_ca(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
     // The key first: a CA certificate without its key would be made again next time.
-    crate::auth::write_private(&key, &ca.key().serialize_pem())?;
-    crate::auth::write_private(&cert, &ca.pem())?;
+    crate::state::write_private(&key, ca.key().serialize_pem().as_bytes())?;
+    crate::state::write_private(&cert, ca.pem().as_bytes())?;
     tracing::info!(dir = %dir.display(), "created a dev CA");
     Ok((cert, key))
 }
@@ -81,7 +81,7 @@ pub fn ensure_dev_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
         .push(rcgen::DnType::CommonName, "runnel broker");
     let key = rcgen::KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
-    crate::auth::write_private(&files.key, &key.serialize_pem())?;
+    crate::state::write_private(&files.key, key.serialize_pem().as_bytes())?;
     std::fs::write(&files.cert, format!("{}{}", cert.pem(), ca_pem))
         .with_context(|| format!("writing {}", files.cert.display()))?;
     tracing::info!(dir = %dir.display(), "created a dev server certificate");

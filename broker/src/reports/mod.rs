@@ -159,7 +159,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// A secret kept in `path` (created with 32 random bytes, readable by the owner only, if
 /// missing).
 pub fn secret_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context;
     if let Ok(bytes) = std::fs::read(path)
         && bytes.len() >= 16
     {
@@ -169,23 +168,7 @@ pub fn secret_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for {}", path.display()))?;
     let text = hex(&bytes).into_bytes();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    crate::state::write_private(path, &text)?;
     Ok(text)
 }
 

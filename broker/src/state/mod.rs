@@ -121,6 +121,28 @@ pub fn from_json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> anyhow
     serde_json::from_slice(json).with_context(|| format!("state.redb: unreadable {what}"))
 }
 
+/// Writes `bytes` to `path`, readable by its owner only, replacing it atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// A redb storage backend that fails on command: the seam through which tests inject an fsync
 /// or write failure into the registry and the pipeline's commits.
 #[derive(Debug)]
