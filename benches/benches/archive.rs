@@ -268,6 +268,7 @@ fn deploy(
                 capabilities: vec![],
                 kind: PluginKind::Aggregate,
                 backfill,
+                tenant: None,
             },
             wasm,
             &runnel_broker::plugins::sha256_hex(wasm),

@@ -114,6 +114,7 @@ fn deploy(registry: &Registry, name: &str, wasm: &[u8]) {
                     runnel_broker::plugins::PluginKind::Enrich
                 },
                 backfill: None,
+                tenant: None,
             },
             wasm,
             &sha,
@@ -248,6 +249,7 @@ fn main() {
                     // session per user of the log's 50,000).
                     window: runnel_broker::BrokerConfig::default().window_settings(),
                     agent_clock_skew_max_ms: 60_000,
+                    tenants: Arc::default(),
                 },
             )
             .unwrap();

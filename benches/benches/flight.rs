@@ -176,6 +176,7 @@ fn main() {
                     capabilities: vec![],
                     kind: runnel_broker::plugins::PluginKind::Aggregate,
                     backfill: None,
+                    tenant: None,
                 },
                 &wasm,
                 &runnel_broker::plugins::sha256_hex(&wasm),

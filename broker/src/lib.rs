@@ -205,6 +205,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             commit_interval: std::time::Duration::from_millis(cfg.aggregate_commit_interval_ms),
             agent_clock_skew_max_ms: cfg.agent_clock_skew_max_ms,
             window: cfg.window_settings(),
+            tenants: agents.tenants(),
         },
     )?;
 
@@ -298,7 +299,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         reports: reports.clone(),
         report_runner: std::sync::OnceLock::new(),
         tokens: tokens.clone(),
-        agents,
+        agents: agents.clone(),
         metrics_auth: cfg.metrics_auth,
     });
     let report_runner = Arc::new(reports::Runner::new(
@@ -341,6 +342,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             archive_read_events: cfg.backfill_archive_read_events,
             window: cfg.window_settings(),
             isolation,
+            tenants: agents.tenants(),
         },
     })?;
     let wasm_max = cfg.plugin_wasm_bytes_max;

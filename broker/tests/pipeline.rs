@@ -87,6 +87,7 @@ fn settings() -> Settings {
         commit_interval: Duration::from_millis(100),
         window: runnel_window::Settings::default(),
         agent_clock_skew_max_ms: 60_000,
+        tenants: Arc::default(),
     }
 }
 
@@ -101,6 +102,7 @@ fn deploy(registry: &Registry, name: &str, component: &str, params: &[(&str, &st
                 policy: None,
                 kind: runnel_broker::plugins::PluginKind::Enrich,
                 backfill: None,
+                tenant: None,
                 params: params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -199,6 +201,7 @@ fn dead_letter_ids(dir: &Path) -> Vec<String> {
     topics::read_entries(&reader, 0, usize::MAX, |e| {
         let v: serde_json::Value = serde_json::from_slice(e).unwrap();
         ids.push(v["event"]["event_id"].as_str().unwrap().to_string());
+        true
     })
     .unwrap();
     ids
@@ -441,6 +444,7 @@ async fn a_failed_commit_keeps_window_state_and_offset_together() {
                 policy: None,
                 kind: runnel_broker::plugins::PluginKind::Aggregate,
                 backfill: None,
+                tenant: None,
                 params: Vec::new(),
                 limits: PluginLimits {
                     deadline_ms: 200,
@@ -535,6 +539,7 @@ fn a_deploy_whose_component_cannot_be_stored_fails_and_leaves_nothing() {
             policy: None,
             kind: runnel_broker::plugins::PluginKind::Enrich,
             backfill: None,
+            tenant: None,
             params: Vec::new(),
             limits: PluginLimits {
                 deadline_ms: 200,

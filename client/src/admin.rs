@@ -180,6 +180,9 @@ impl Admin {
         if let Some(b) = &d.backfill_from {
             q.append_pair("backfill_from", b);
         }
+        if let Some(t) = &d.tenant {
+            q.append_pair("tenant", t);
+        }
         for (k, v) in &d.params {
             q.append_pair("param", &format!("{k}={v}"));
         }

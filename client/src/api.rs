@@ -188,6 +188,9 @@ pub struct Deploy {
     /// Compute the version over history first (`all` or an RFC 3339 time) and swap it in when
     /// it reaches the live offset, instead of making it active at once (aggregators only).
     pub backfill_from: Option<String>,
+    /// The tenant a new plugin is deployed for (an operator's token; a tenant's token deploys
+    /// for its own tenant). `None`: a new plugin is global.
+    pub tenant: Option<String>,
 }
 
 /// An agent whose clock runs ahead of the broker's.
@@ -239,6 +242,10 @@ pub struct AggInfo {
     /// may come back with other rows).
     #[serde(default)]
     pub rows_epoch: u64,
+    /// The tenant whose aggregate it is (its events only; its table that tenant's); absent:
+    /// global, over every tenant's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Which rows `GET /v1/aggregates/NAME/rows` returns.

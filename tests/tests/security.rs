@@ -342,7 +342,13 @@ async fn every_admin_route_refuses_a_missing_wrong_or_too_low_token() {
         };
         async move { req.send().await.unwrap().status().as_u16() }
     };
+    // A tenant's admin token: refused on every route about the whole broker.
+    let v: serde_json::Value =
+        serde_json::from_str(&p.cli(&["token", "create", "--role", "admin", "--tenant", "shop"]))
+            .unwrap();
+    let tenant_admin = v["token"].as_str().unwrap().to_string();
     let mut checked = 0;
+    let mut platform = 0;
     for r in &routes {
         let (method, path, access) = (
             r["method"].as_str().unwrap(),
@@ -377,6 +383,16 @@ async fn every_admin_route_refuses_a_missing_wrong_or_too_low_token() {
                     401,
                     "{method} {path} with a wrong token"
                 );
+                let s = call(method, path, Some(&tenant_admin)).await;
+                if r["tenant_tokens"] == false {
+                    assert_eq!(s, 403, "{method} {path} with a tenant's admin token");
+                    platform += 1;
+                } else {
+                    assert!(
+                        s != 401 && s != 403,
+                        "{method} {path} with a tenant's admin token: {s}"
+                    );
+                }
                 for (i, t) in &tokens {
                     let s = call(method, path, Some(t)).await;
                     if *i < need {
@@ -394,6 +410,7 @@ async fn every_admin_route_refuses_a_missing_wrong_or_too_low_token() {
         }
     }
     assert!(checked >= 20, "{checked} routes checked");
+    assert!(platform >= 8, "{platform} broker-wide routes checked");
     // A revoked token is refused from the next request on.
     let list: Vec<serde_json::Value> = serde_json::from_str(&p.cli(&["token", "list"])).unwrap();
     let reader = list

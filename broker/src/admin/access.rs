@@ -35,6 +35,16 @@ pub enum Access {
     ReportLink,
 }
 
+/// Whether a tenant's token may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenancy {
+    /// The handler answers with the caller's tenant's things only (its plugins, aggregates,
+    /// tokens, agents), so a tenant's token may call it.
+    Scoped,
+    /// It shows or changes the whole broker: an operator's token (without a tenant) only.
+    Platform,
+}
+
 /// A route of the admin API.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
@@ -44,6 +54,8 @@ pub struct Route {
     pub path: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// Whether a tenant's token may.
+    pub tenancy: Tenancy,
 }
 
 type Handler = MethodRouter<Arc<Admin>>;
@@ -54,12 +66,32 @@ fn table() -> Vec<(Route, Handler)> {
     const READER: Access = Access::Role(Role::Reader);
     const DEPLOYER: Access = Access::Role(Role::Deployer);
     const ADMIN: Access = Access::Role(Role::Admin);
+    // Routes whose handlers answer with the caller's tenant's things only.
+    const SCOPED: &[&str] = &[
+        "/v1/plugins",
+        "/v1/plugins/{name}",
+        "/v1/plugins/{name}/pause",
+        "/v1/plugins/{name}/resume",
+        "/v1/aggregates",
+        "/v1/aggregates/{name}/rows",
+        "/v1/tokens",
+        "/v1/tokens/{id}",
+        "/v1/agents",
+        "/v1/agents/{name}/revoke",
+        "/v1/routes",
+    ];
     let r = |method, path, access, handler: Handler| {
+        let tenancy = if SCOPED.contains(&path) {
+            Tenancy::Scoped
+        } else {
+            Tenancy::Platform
+        };
         (
             Route {
                 method,
                 path,
                 access,
+                tenancy,
             },
             handler,
         )
@@ -161,7 +193,14 @@ impl Access {
 async fn list_routes() -> Response {
     let list: Vec<_> = route_list()
         .into_iter()
-        .map(|r| serde_json::json!({"method": r.method, "path": r.path, "access": r.access.as_str()}))
+        .map(|r| {
+            serde_json::json!({
+                "method": r.method,
+                "path": r.path,
+                "access": r.access.as_str(),
+                "tenant_tokens": r.tenancy == Tenancy::Scoped,
+            })
+        })
         .collect();
     axum::Json(list).into_response()
 }
@@ -169,6 +208,7 @@ async fn list_routes() -> Response {
 #[derive(Clone)]
 struct Guard {
     access: Access,
+    tenancy: Tenancy,
     admin: Arc<Admin>,
 }
 
@@ -178,6 +218,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
     for (route, handler) in table() {
         let guard = Guard {
             access: route.access,
+            tenancy: route.tenancy,
             admin: admin.clone(),
         };
         router = router.route(
@@ -256,8 +297,30 @@ async fn check(State(g): State<Guard>, mut req: Request, next: Next) -> Response
             ),
         );
     }
+    if let Some(tenant) = &principal.tenant
+        && g.tenancy == Tenancy::Platform
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this call is about the whole broker and needs an operator's token (one without a tenant); token {} belongs to tenant {tenant:?}",
+                principal.token_id
+            ),
+        );
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// The 404 a caller gets for another tenant's thing: to it, there is no such thing.
+pub(super) fn not_yours(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(
+            serde_json::json!({ "error": format!("{what}: no such thing of this token's tenant") }),
+        ),
+    )
+        .into_response()
 }
 
 fn auth_error(e: AuthError) -> Response {
@@ -333,11 +396,31 @@ async fn create_token(
     .await
 }
 
-async fn list_tokens(State(a): State<Arc<Admin>>) -> Response {
-    axum::Json(a.tokens.list()).into_response()
+async fn list_tokens(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<Principal>,
+) -> Response {
+    let scope = caller.scope();
+    let mut list = a.tokens.list();
+    list.retain(|t| scope.owns(t.tenant.as_deref()));
+    axum::Json(list).into_response()
 }
 
-async fn revoke_token(State(a): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
+async fn revoke_token(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let scope = caller.scope();
+    if !a
+        .tokens
+        .list()
+        .iter()
+        .any(|t| t.id == id && scope.owns(t.tenant.as_deref()))
+        && scope != crate::auth::Scope::All
+    {
+        return not_yours(&format!("token {id:?}"));
+    }
     blocking(StatusCode::OK, move || a.tokens.revoke(&id)).await
 }
 
@@ -370,10 +453,28 @@ async fn enroll_agent(
     .await
 }
 
-async fn list_agents(State(a): State<Arc<Admin>>) -> Response {
-    blocking(StatusCode::OK, move || a.agents.list()).await
+async fn list_agents(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<Principal>,
+) -> Response {
+    let scope = caller.scope();
+    blocking(StatusCode::OK, move || {
+        let mut list = a.agents.list()?;
+        list.retain(|r| scope.sees(&r.tenant));
+        Ok(list)
+    })
+    .await
 }
 
-async fn revoke_agent(State(a): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
+async fn revoke_agent(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<Principal>,
+    Path(name): Path<String>,
+) -> Response {
+    let scope = caller.scope();
+    let tenants = a.agents.tenants().snapshot();
+    if scope != crate::auth::Scope::All && !tenants.sees(&scope, &name) {
+        return not_yours(&format!("agent {name:?}"));
+    }
     blocking(StatusCode::OK, move || a.agents.revoke(&name)).await
 }

@@ -158,6 +158,7 @@ async fn read(
             crate::topics::read_entries(&reader, from, limit, |entry| {
                 out.extend_from_slice(entry);
                 out.push(b'\n');
+                true
             })
             .map(|_| out)
         } else {
@@ -295,9 +296,44 @@ fn plugin_infos(a: &Admin) -> anyhow::Result<Vec<PluginInfo>> {
         .collect())
 }
 
-async fn list_plugins(State(a): State<Arc<Admin>>) -> Response {
+/// Whether `scope` owns the plugin `name` (`Err`: the answer to give when it does not, or
+/// when the registry cannot say).
+fn owned_plugin(a: &Admin, scope: &crate::auth::Scope, name: &str) -> Result<(), Response> {
+    if *scope == crate::auth::Scope::All {
+        return Ok(());
+    }
+    let plugins = a
+        .registry
+        .plugins()
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response())?;
+    match plugins.iter().find(|p| p.name == name) {
+        Some(p) if !scope.owns(p.tenant.as_deref()) => {
+            Err(access::not_yours(&format!("plugin {name:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn list_plugins(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
+) -> Response {
     let a2 = a.clone();
-    match tokio::task::spawn_blocking(move || plugin_infos(&a2)).await {
+    let scope = caller.scope();
+    match tokio::task::spawn_blocking(move || {
+        let owned: std::collections::HashSet<String> = a2
+            .registry
+            .plugins()?
+            .into_iter()
+            .filter(|p| scope.owns(p.tenant.as_deref()))
+            .map(|p| p.name)
+            .collect();
+        let mut list = plugin_infos(&a2)?;
+        list.retain(|p| owned.contains(&p.name));
+        Ok::<_, anyhow::Error>(list)
+    })
+    .await
+    {
         Ok(Ok(list)) => axum::Json(list).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -321,6 +357,7 @@ fn parse_deploy(
         capabilities: Vec::new(),
         kind: plugins::PluginKind::Enrich,
         backfill: None,
+        tenant: None,
     };
     let num = |k: &str, v: &str| {
         v.parse::<u64>()
@@ -334,6 +371,10 @@ fn parse_deploy(
             }
             "policy" => req.policy = Some(v.parse()?),
             "backfill_from" => req.backfill = Some(plugins::BackfillFrom::parse(&v)?),
+            "tenant" => {
+                runnel_protocol::check_tenant(&v).map_err(|e| format!("tenant: {e}"))?;
+                req.tenant = Some(v.into_owned());
+            }
             "param" => {
                 let (pk, pv) = v
                     .split_once('=')
@@ -384,11 +425,12 @@ fn parse_deploy(
 
 async fn deploy_plugin(
     State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     axum::extract::Path(name): axum::extract::Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: bytes::Bytes,
 ) -> Response {
-    let req = match parse_deploy(
+    let mut req = match parse_deploy(
         &name,
         query.as_deref().unwrap_or(""),
         a.plugin_limits,
@@ -397,6 +439,15 @@ async fn deploy_plugin(
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    // A tenant's token deploys for its tenant; an operator's may name one (`tenant=`).
+    if let Some(own) = &caller.tenant {
+        if req.tenant.as_ref().is_some_and(|t| t != own) {
+            return bad_request(format!(
+                "tenant: this token belongs to tenant {own:?} and may deploy that tenant's plugins only"
+            ));
+        }
+        req.tenant = Some(own.clone());
+    }
     let a2 = a.clone();
     let result = tokio::task::spawn_blocking(move || {
         let sha = plugins::sha256_hex(&body);
@@ -424,6 +475,13 @@ async fn deploy_plugin(
             }
             Err(e) => return Err(bad_request(format!("component: {e}"))),
         }
+        if let Some(t) = &req.tenant
+            && req.kind == plugins::PluginKind::Enrich
+        {
+            return Err(bad_request(format!(
+                "component: an enricher runs over every tenant's events and is deployed by an operator (a token without a tenant); tenant {t:?} may deploy aggregators"
+            )));
+        }
         let (record, changed) = a2
             .registry
             .deploy(req, &body, &sha)
@@ -447,6 +505,7 @@ async fn deploy_plugin(
                     "status": record.status,
                     "policy": record.policy,
                     "changed": changed,
+                    "tenant": record.tenant,
                     "backfill": record.backfill.as_ref().map(|b| serde_json::json!({
                         "version": b.version,
                         "from": b.from.label(),
@@ -481,22 +540,34 @@ async fn set_status(a: Arc<Admin>, name: String, status: Status) -> Response {
 
 async fn pause_plugin(
     State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
+    if let Err(resp) = owned_plugin(&a, &caller.scope(), &name) {
+        return resp;
+    }
     set_status(a, name, Status::Paused).await
 }
 
 async fn resume_plugin(
     State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
+    if let Err(resp) = owned_plugin(&a, &caller.scope(), &name) {
+        return resp;
+    }
     set_status(a, name, Status::Running).await
 }
 
 async fn remove_plugin(
     State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
+    if let Err(resp) = owned_plugin(&a, &caller.scope(), &name) {
+        return resp;
+    }
     match tokio::task::spawn_blocking(move || a.registry.remove(&name)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => registry_error(e),
@@ -519,9 +590,16 @@ fn read_error(e: crate::pipeline::aggregates::ReadError) -> Response {
 }
 
 /// `GET /v1/aggregates`: every running aggregate (name, window, columns, watermark, lag).
-async fn list_aggregates(State(a): State<Arc<Admin>>) -> Response {
+async fn list_aggregates(
+    State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
+) -> Response {
+    let scope = caller.scope();
     match crate::pipeline::aggregates::list(&a.pipeline).await {
-        Ok(list) => axum::Json(list).into_response(),
+        Ok(mut list) => {
+            list.retain(|g| scope.owns(g.tenant.as_deref()));
+            axum::Json(list).into_response()
+        }
         Err(e) => read_error(e),
     }
 }
@@ -544,9 +622,13 @@ fn parse_time(field: &str, v: &str) -> Result<i64, String> {
 /// and the rows of open windows (`is_final: false`).
 async fn aggregate_rows(
     State(a): State<Arc<Admin>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Principal>,
     axum::extract::Path(name): axum::extract::Path<String>,
     q: Result<Query<RowsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Err(resp) = owned_plugin(&a, &caller.scope(), &name) {
+        return resp;
+    }
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => return bad_request(format!("query: {e}")),

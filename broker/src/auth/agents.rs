@@ -107,6 +107,7 @@ pub struct Agents {
     /// What agents trust the broker with (the server certificate's CA), handed out on enrollment.
     server_ca_pem: Option<String>,
     cert_days: u32,
+    tenants: Arc<super::Tenants>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -136,12 +137,14 @@ impl Agents {
             tx.commit()?;
         }
         let mut revoked = HashSet::new();
+        let tenants = Arc::new(super::Tenants::default());
         {
             let tx = db.begin_read()?;
             let table = tx.open_table(AGENTS)?;
             for row in table.iter()? {
                 let (_, v) = row?;
                 let record: AgentRecord = state::from_json("agent", v.value())?;
+                tenants.set(&record.name, &record.tenant);
                 revoked.extend(
                     record
                         .certificates
@@ -162,7 +165,13 @@ impl Agents {
             }),
             server_ca_pem,
             cert_days,
+            tenants,
         })
+    }
+
+    /// Which tenant each agent is of, kept up to date as agents enroll and connect.
+    pub fn tenants(&self) -> Arc<super::Tenants> {
+        self.tenants.clone()
     }
 
     fn get(&self, name: &str) -> Result<Option<AgentRecord>, AuthError> {
@@ -184,7 +193,9 @@ impl Agents {
                 .insert(record.name.as_str(), state::to_json(record).as_slice())
                 .map_err(storage)?;
         }
-        tx.commit().map_err(storage)
+        tx.commit().map_err(storage)?;
+        self.tenants.set(&record.name, &record.tenant);
+        Ok(())
     }
 
     /// Every known agent, by name.

@@ -16,6 +16,9 @@
 //! May call: [`crate::state`] (its tables). Nothing else of the broker.
 
 pub mod agents;
+mod tenants;
+
+pub use tenants::{DEFAULT_TENANT, Scope, TenantMap, Tenants};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -94,6 +97,16 @@ pub struct Principal {
     pub role: Role,
     /// Its tenant.
     pub tenant: Option<String>,
+}
+
+impl Principal {
+    /// Whose data the caller sees.
+    pub fn scope(&self) -> Scope {
+        match &self.tenant {
+            Some(t) => Scope::Tenant(t.clone()),
+            None => Scope::All,
+        }
+    }
 }
 
 /// Why a token call failed.

@@ -70,6 +70,8 @@ pub struct Settings {
     pub window: runnel_window::Settings,
     /// The plugins' isolation bounds.
     pub isolation: Isolation,
+    /// Which tenant each agent is of (a tenant's aggregator is given its events only).
+    pub tenants: Arc<crate::auth::Tenants>,
 }
 
 /// What the backfill shares with the admin API and the archiver.
@@ -375,6 +377,7 @@ impl Worker {
             next,
             events,
             errors,
+            tenants: self.settings.tenants.clone(),
         })
     }
 
@@ -435,8 +438,11 @@ impl Worker {
             let to = log_start
                 .min(next.saturating_add(self.settings.archive_read_events))
                 .min(live);
+            // Every tenant's events: a tenant's aggregator is given its own ones as in the
+            // pipeline.
             let batches = match archive.handle.block_on(crate::query::events_between(
                 archive.tables.clone(),
+                crate::auth::Scope::All,
                 next,
                 to,
                 since_ms,

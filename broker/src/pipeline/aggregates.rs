@@ -238,6 +238,7 @@ pub fn info(
         .collect(),
         clock_skewed_agents: Vec::new(),
         rows_epoch: record.rows_epoch,
+        tenant: record.tenant.clone(),
     }
 }
 

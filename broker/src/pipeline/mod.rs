@@ -46,6 +46,7 @@ mod parallel;
 pub mod shadow;
 mod stage;
 pub mod step;
+pub mod tenant;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,6 +87,8 @@ pub struct Settings {
     /// An agent whose `received_at` runs ahead of the broker's append time by more than this
     /// is flagged (`agent_clock_skew_max_ms`).
     pub agent_clock_skew_max_ms: i64,
+    /// Which tenant each agent is of: a tenant's aggregator is given its events only.
+    pub tenants: std::sync::Arc<crate::auth::Tenants>,
 }
 
 /// Bounds of isolating the failing events of one batch (`plugin_isolation_calls_max`,

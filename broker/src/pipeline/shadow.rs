@@ -36,6 +36,8 @@ pub struct Shadow {
     pub events: u64,
     /// Events the new version failed on.
     pub errors: u64,
+    /// Which tenant each agent is of (a tenant's aggregator is given its events only).
+    pub tenants: std::sync::Arc<crate::auth::Tenants>,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -98,24 +100,40 @@ impl Shadow {
             batch = w.finish();
         }
         let (batch, index, _) = enrich_all(&mut self.enrichers, batch, index)?;
-        let mut rows = if index.is_empty() {
-            Vec::new()
-        } else {
-            let out = self.run.plugin.map_batch(&batch)?;
-            self.errors += out.failed.len() as u64;
-            out.rows
+        // As in the live chain: a tenant's aggregator maps and observes its tenant's events.
+        let mask = self
+            .record
+            .tenant
+            .as_deref()
+            .map(|t| super::tenant::Mask::new(&src, &self.tenants.snapshot(), t))
+            .filter(|m| !m.all);
+        let part = match &mask {
+            Some(m) if !index.is_empty() => super::tenant::part(&batch, &index, &src.origin, m)?,
+            _ => None,
+        };
+        let mut rows = match &part {
+            _ if index.is_empty() => Vec::new(),
+            Some((_, positions)) if positions.is_empty() => Vec::new(),
+            Some((b, positions)) => {
+                let mut out = self.run.plugin.map_batch(b)?;
+                super::tenant::reindex(&mut out, positions);
+                self.errors += out.failed.len() as u64;
+                out.rows
+            }
+            None => {
+                let out = self.run.plugin.map_batch(&batch)?;
+                self.errors += out.failed.len() as u64;
+                out.rows
+            }
+        };
+        let skip = match &mask {
+            Some(m) => m.skip(&src.origin, &marked),
+            None => marked.clone(),
         };
         let from = self.plan.from.from_ms();
         rows.sort_by_key(|r| r.event);
         let agents: Vec<&str> = src.origins.iter().map(|(a, _)| a.as_str()).collect();
-        let out = fold(
-            &mut self.run.engine,
-            &facts,
-            &agents,
-            &marked,
-            &index,
-            &rows,
-        );
+        let out = fold(&mut self.run.engine, &facts, &agents, &skip, &index, &rows);
         self.run
             .pending
             .extend(out.finals.into_iter().filter(|r| r.window.start >= from));

@@ -23,6 +23,7 @@ use super::aggregates::AggRun;
 use super::fold::{Exception, Fact, fold};
 use super::parallel;
 use super::stage::{Stage, Verdict, count_batch};
+use super::tenant;
 use super::worker::Worker;
 use crate::log::SourceBatch;
 use crate::plugins::{Pause, PluginRecord, PluginStats, Status};
@@ -69,6 +70,10 @@ struct Dead {
     /// An agent's event-time dead letter (counted on its own).
     event_time: bool,
 }
+
+/// One aggregator's fold of a batch: its stage, engine, rows, and the source events it does
+/// not observe when they are not the ones the agent marked (a tenant's aggregator).
+type FoldWork<'a> = (usize, &'a mut AggRun, Vec<AggRow>, Option<Vec<usize>>);
 
 /// The rows each aggregator mapped (`None`: not running, or skipped while paused).
 type Mapped = Vec<Option<Vec<AggRow>>>;
@@ -339,29 +344,50 @@ impl Worker {
         let pause_after = self.settings.pause_after_failing_batches;
         let mut mapped: Mapped = Vec::new();
         let view = BatchView::new(&flow.batch)?;
+        // A tenant's aggregator maps its tenant's events only ([`tenant`]); `None`: the whole
+        // batch.
+        let tenants = self.settings.tenants.snapshot();
+        let mut parts: Vec<Option<tenant::Part>> = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            parts.push(match (&stage.agg, &stage.record.tenant) {
+                (Some(_), Some(t)) if !flow.index.is_empty() => {
+                    let mask = tenant::Mask::new(src, &tenants, t);
+                    tenant::part(&flow.batch, &flow.index, &src.origin, &mask)?
+                }
+                _ => None,
+            });
+        }
         // The plugin calls, side by side; what they mean is taken below, in deploy order.
         let mut outputs = if flow.index.is_empty() {
             Vec::new()
         } else {
             let batch = &flow.batch;
-            let runs: Vec<&mut AggRun> = self
+            let runs: Vec<(&mut AggRun, Option<&tenant::Part>)> = self
                 .stages
                 .iter_mut()
-                .filter(|s| s.record.status == Status::Running)
-                .filter_map(|s| s.agg.as_mut())
+                .zip(&parts)
+                .filter(|(s, _)| s.record.status == Status::Running)
+                .filter_map(|(s, part)| Some((s.agg.as_mut()?, part.as_ref())))
                 .collect();
             parallel::each(
                 runs,
                 parallel::threads(self.settings.aggregator_threads),
-                |run| {
+                |(run, part)| {
                     let started = std::time::Instant::now();
-                    let out = run.plugin.map_batch(batch);
+                    let out = match part {
+                        Some((_, positions)) if positions.is_empty() => None,
+                        Some((b, positions)) => Some(run.plugin.map_batch(b).map(|mut out| {
+                            tenant::reindex(&mut out, positions);
+                            out
+                        })),
+                        None => Some(run.plugin.map_batch(batch)),
+                    };
                     (out, elapsed_ns(started))
                 },
             )
         }
         .into_iter();
-        for stage in &mut self.stages {
+        for (stage, part) in self.stages.iter_mut().zip(&parts) {
             let running = stage.record.status == Status::Running;
             if stage.agg.is_none() || !running {
                 mapped.push(None);
@@ -373,8 +399,13 @@ impl Worker {
                 mapped.push(Some(Vec::new()));
                 continue;
             }
-            let n = flow.index.len();
+            let n = part.as_ref().map_or(flow.index.len(), |(_, p)| p.len());
             let (out, ns) = outputs.next().expect("one output per running aggregator");
+            let Some(out) = out else {
+                // None of the batch is its tenant's: as for an empty batch.
+                mapped.push(Some(Vec::new()));
+                continue;
+            };
             let out = out?;
             stage.stats.busy_ns += ns;
             stage.stats.traps += u64::from(out.failed_calls);
@@ -449,20 +480,32 @@ impl Worker {
         let event_of = |j: usize| view.event(index.partition_point(|&x| x < j));
         // Each aggregator folds its own rows into its own windows, side by side; the results
         // are taken in deploy order.
-        let work: Vec<(usize, &mut AggRun, Vec<AggRow>)> = self
+        // A tenant's aggregator observes its tenant's events only.
+        let tenants = self.settings.tenants.snapshot();
+        let work: Vec<FoldWork<'_>> = self
             .stages
             .iter_mut()
             .zip(mapped)
             .enumerate()
-            .filter_map(|(i, (stage, rows))| Some((i, stage.agg.as_mut()?, rows?)))
+            .filter_map(|(i, (stage, rows))| {
+                let skip = stage
+                    .record
+                    .tenant
+                    .as_deref()
+                    .map(|t| tenant::Mask::new(src, &tenants, t))
+                    .filter(|m| !m.all)
+                    .map(|m| m.skip(&src.origin, marked));
+                Some((i, stage.agg.as_mut()?, rows?, skip))
+            })
             .collect();
         let agents = &agents;
         let folded = parallel::each(
             work,
             parallel::threads(self.settings.aggregator_threads),
-            |(i, run, rows)| {
+            |(i, run, rows, skip)| {
                 let started = std::time::Instant::now();
-                let out = fold(&mut run.engine, facts, agents, marked, index, &rows);
+                let skip = skip.as_deref().unwrap_or(marked);
+                let out = fold(&mut run.engine, facts, agents, skip, index, &rows);
                 (i, out, elapsed_ns(started))
             },
         );

@@ -165,6 +165,10 @@ pub struct PluginRecord {
     /// rows in two parts can tell whether both parts are of the same rows.
     #[serde(default)]
     pub rows_epoch: u64,
+    /// The tenant that deployed it: it is given that tenant's events only and its table is
+    /// that tenant's. `None`: global (deployed by an operator), over every tenant's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Where a backfill starts: every event in the history, or the windows from an event time on.
@@ -362,6 +366,10 @@ pub struct Deploy {
     /// Compute this version over history in shadow and swap it in when it is done
     /// (aggregators only), instead of making it active at once.
     pub backfill: Option<BackfillFrom>,
+    /// The tenant the deploy is for (a tenant's token, or an operator's `tenant=`): a new
+    /// plugin is that tenant's; an existing one must be. `None`: an operator's deploy, which
+    /// makes a new plugin global and keeps an existing one's tenant.
+    pub tenant: Option<String>,
 }
 
 /// An aggregator's schema as the pipeline last ran it, with the plugin's identity.
@@ -630,6 +638,14 @@ impl Registry {
                 limits: req.limits,
                 capabilities: req.capabilities.clone(),
             };
+            if let (Some(rec), Some(t)) = (&existing, &req.tenant)
+                && rec.tenant.as_ref() != Some(t)
+            {
+                return Err(RegistryError::Conflict(format!(
+                    "name: a plugin named {} exists and is not of tenant {t:?}; choose another name",
+                    req.name
+                )));
+            }
             let (record, changed) = match existing {
                 None if req.backfill.is_some() && req.kind == PluginKind::Enrich => {
                     return Err(RegistryError::Conflict(format!(
@@ -667,6 +683,7 @@ impl Registry {
                             versions: vec![v],
                             backfill,
                             rows_epoch: 0,
+                            tenant: req.tenant.clone(),
                         },
                         true,
                     )
@@ -1284,6 +1301,7 @@ mod tests {
             capabilities: Vec::new(),
             kind: PluginKind::Aggregate,
             backfill,
+            tenant: None,
         }
     }
 

@@ -43,7 +43,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use tonic::Status;
 
 use super::sql::text_equality;
-use super::tables::{Tables, events_schema};
+use super::tables::{TENANT_COLUMN, Tables, events_schema};
+use crate::auth::Scope;
 
 /// Reads of the log that found it starting past the split before a scan gives up.
 const SPLIT_RETRIES: usize = 3;
@@ -61,23 +62,26 @@ pub struct History {
     tables: Arc<Tables>,
     schema: SchemaRef,
     kind: Kind,
+    /// Whose events a scan returns (filtered on `agent_id` over every tier, below SQL).
+    scope: Scope,
 }
 
 impl History {
-    /// `events` over the archive (when it is on) and the log.
-    pub fn new(tables: Arc<Tables>) -> Self {
+    /// `events` over the archive (when it is on) and the log, as `scope` sees it.
+    pub fn new(tables: Arc<Tables>, scope: Scope) -> Self {
         Self {
             tables,
             schema: events_schema(),
             kind: Kind::Events,
+            scope,
         }
     }
 
-    /// `enriched_events` over the archive and the `enriched` topic.
-    pub fn enriched(tables: Arc<Tables>) -> Self {
+    /// `enriched_events` over the archive and the `enriched` topic, as `scope` sees it.
+    pub fn enriched(tables: Arc<Tables>, scope: Scope) -> Self {
         Self {
             kind: Kind::Enriched,
-            ..Self::new(tables)
+            ..Self::new(tables, scope)
         }
     }
 
@@ -223,12 +227,14 @@ fn offset_bounds(filters: &[Expr]) -> (u64, u64) {
 /// from the archive's split on.
 pub async fn events_between(
     tables: Arc<Tables>,
+    scope: Scope,
     from: u64,
     to: u64,
     since_ms: i64,
 ) -> Result<Vec<arrow_array::RecordBatch>, Status> {
     rows(
         tables,
+        scope,
         false,
         (since_ms, i64::MAX),
         &BTreeMap::new(),
@@ -243,19 +249,30 @@ pub async fn events_between(
 /// on, over every tier as in SQL (pruned alike), oldest first, at most `limit`.
 pub async fn flight_rows(
     tables: Arc<Tables>,
+    scope: Scope,
     enriched: bool,
     range: (i64, i64),
     texts: &BTreeMap<String, String>,
     first: u64,
     limit: usize,
 ) -> Result<Vec<arrow_array::RecordBatch>, Status> {
-    rows(tables, enriched, range, texts, (first, u64::MAX), limit).await
+    rows(
+        tables,
+        scope,
+        enriched,
+        range,
+        texts,
+        (first, u64::MAX),
+        limit,
+    )
+    .await
 }
 
 /// The rows of `events` or `enriched_events` with `timestamp` in `[from, to)`, the text
 /// equalities `texts` and offsets in `[first, end)`, in offset order, at most `limit`.
 async fn rows(
     tables: Arc<Tables>,
+    scope: Scope,
     enriched: bool,
     (from, to): (i64, i64),
     texts: &BTreeMap<String, String>,
@@ -271,9 +288,9 @@ async fn rows(
         datafusion::prelude::SessionConfig::new().with_target_partitions(1),
     );
     let table = if enriched {
-        History::enriched(tables)
+        History::enriched(tables, scope)
     } else {
-        History::new(tables)
+        History::new(tables, scope)
     };
     ctx.register_table(name, Arc::new(table))
         .map_err(|e| Status::internal(format!("registering {name}: {e}")))?;
@@ -374,7 +391,8 @@ fn archive_filters(
             out.push(col("timestamp").lt(lit(ScalarValue::TimestampMicrosecond(Some(us), utc))));
         }
     }
-    for (c, v) in texts {
+    // `tenant_id` is not stored: it is computed above the archive's scan.
+    for (c, v) in texts.iter().filter(|(c, _)| *c != TENANT_COLUMN) {
         out.push(col(c.as_str()).eq(lit(v.as_str())));
     }
     out
@@ -416,11 +434,19 @@ impl History {
         for f in filters {
             b = b.filter(f.clone())?;
         }
+        // The archive stores the agent; its tenant is computed as in the log's rows.
+        let tenant = self.tables.viewer(Scope::All).tenant_expr();
         let columns: Vec<Expr> = self
             .schema
             .fields()
             .iter()
-            .map(|f| cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name()))
+            .map(|f| {
+                if f.name() == TENANT_COLUMN {
+                    tenant.clone().alias(TENANT_COLUMN)
+                } else {
+                    cast(col(f.name().as_str()), f.data_type().clone()).alias(f.name())
+                }
+            })
             .collect();
         b.project(columns)
     }
@@ -552,6 +578,12 @@ impl History {
         unfiltered: bool,
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Another tenant's events never leave the scan, whatever the query above it asks.
+        let mut unfiltered = unfiltered;
+        if let Some(only) = self.tables.viewer(self.scope.clone()).predicate() {
+            plan = plan.filter(only)?;
+            unfiltered = false;
+        }
         if let Some(p) = projection {
             let names: Vec<Expr> = p
                 .iter()

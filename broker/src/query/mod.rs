@@ -72,6 +72,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::Admin;
+use crate::auth::Scope;
 
 pub use aggregate_rows::aggregate_rows;
 pub use history::events_between;
@@ -165,7 +166,7 @@ pub struct Service {
     sql: FlightSqlService,
     provider: sql::Provider,
     /// Planned statements by (SQL text, [`sql::catalog_fingerprint`]).
-    plans: lru::ByteLru<(String, u64), Arc<sql::Planned>>,
+    plans: lru::ByteLru<(String, u64, Scope), Arc<sql::Planned>>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
     limiter: Limiter,
@@ -228,6 +229,40 @@ impl Limiter {
 /// A running call's place in its token's line.
 type Permit = tokio::sync::OwnedSemaphorePermit;
 
+/// The call's bearer token and whose it is.
+fn principal_of(
+    tokens: &crate::auth::Tokens,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<(String, crate::auth::Principal), Status> {
+    let Some(h) = metadata.get("authorization") else {
+        return Err(Status::unauthenticated(
+            "authorization: missing; send 'authorization: Bearer TOKEN' with an API token (runnel token create) or one of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
+        ));
+    };
+    let v = h
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
+    let Some(token) = v.strip_prefix("Bearer ") else {
+        return Err(Status::unauthenticated(
+            "authorization: expected 'Bearer TOKEN'",
+        ));
+    };
+    match tokens.check(token.trim()) {
+        Some(p) => Ok((token.trim().to_string(), p)),
+        None => Err(Status::unauthenticated(
+            "authorization: the bearer token is not a token of this broker (an API token or one of its flight_tokens)",
+        )),
+    }
+}
+
+/// Whose rows a call with this metadata sees.
+fn scope_of(
+    tokens: &crate::auth::Tokens,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Scope, Status> {
+    principal_of(tokens, metadata).map(|(_, p)| p.scope())
+}
+
 impl Service {
     /// A service reading through `admin`'s handles.
     pub fn new(admin: Arc<Admin>, settings: Settings) -> Self {
@@ -259,32 +294,11 @@ impl Service {
         }
     }
 
-    /// Checks the call's token, then waits for its turn among the token's calls.
-    async fn admit<T>(&self, req: &Request<T>) -> Result<Permit, Status> {
-        let token = self.authorize(req)?;
-        Ok(self.limiter.enter(&token).await)
-    }
-
-    fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let Some(h) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "authorization: missing; send 'authorization: Bearer TOKEN' with an API token (runnel token create) or one of the broker's flight_tokens (or Handshake with basic auth, user runnel)",
-            ));
-        };
-        let v = h
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization: not ASCII"))?;
-        let Some(token) = v.strip_prefix("Bearer ") else {
-            return Err(Status::unauthenticated(
-                "authorization: expected 'Bearer TOKEN'",
-            ));
-        };
-        match self.tokens.check(token.trim()) {
-            Some(_) => Ok(token.trim().to_string()),
-            None => Err(Status::unauthenticated(
-                "authorization: the bearer token is not a token of this broker (an API token or one of its flight_tokens)",
-            )),
-        }
+    /// Checks the call's token, then waits for its turn among the token's calls; the token's
+    /// scope says whose rows and tables the call sees.
+    async fn admit<T>(&self, req: &Request<T>) -> Result<(Permit, Scope), Status> {
+        let (token, principal) = principal_of(&self.tokens, req.metadata())?;
+        Ok((self.limiter.enter(&token).await, principal.scope()))
     }
 
     fn query_of(d: &FlightDescriptor) -> Result<TableQuery, Status> {
@@ -314,21 +328,25 @@ impl Service {
     async fn flight_info_of(
         &self,
         request: Request<FlightDescriptor>,
+        scope: &Scope,
     ) -> Result<Response<FlightInfo>, Status> {
         match route(request.get_ref())? {
             Route::Table => {
                 let q = Self::query_of(request.get_ref())?;
-                let (schema, _) = self.tables.schema_of(&q).await?;
+                let (schema, _) = self
+                    .tables
+                    .schema_of(&q, &self.tables.viewer(scope.clone()))
+                    .await?;
                 tables::time_range_checked(&q)?;
                 Ok(Response::new(self.flight_info(&q, &schema)?))
             }
             Route::Sql(cmd) if is_own_metadata(&cmd) => {
                 let any = cmd.clone().into_any();
-                let batch = self.metadata(cmd).await?;
+                let batch = self.metadata(cmd, scope).await?;
                 self.metadata_info(request.into_inner(), any, &batch.schema())
             }
             Route::Sql(cmd) if let Some(query) = kept_plan_sql(&cmd) => {
-                let (_, schema) = self.planned(&query).await?;
+                let (_, schema) = self.planned(&query, scope).await?;
                 let ticket = CommandTicket::new(cmd)
                     .try_encode()
                     .map_err(|e| Status::internal(format!("ticket: {e}")))?;
@@ -342,7 +360,7 @@ impl Service {
             Route::Sql(Command::CommandStatementQuery(q)) => {
                 match self.sql.get_flight_info(request).await {
                     Ok(info) => Ok(info),
-                    Err(e) => Err(self.provider.explain(&q.query, e).await),
+                    Err(e) => Err(self.provider.explain(&q.query, scope, e).await),
                 }
             }
             Route::Sql(_) => self.sql.get_flight_info(request).await,
@@ -351,13 +369,25 @@ impl Service {
 
     /// A statement's plan, made once and kept while the aggregates' columns stay as they were
     /// (`flight_sql_plans_max`), and the schema of its answer now.
-    async fn planned(&self, query: &str) -> Result<(Arc<sql::Planned>, SchemaRef), Status> {
-        let aggregates = self.tables.aggregates().await?;
-        let key = (query.to_string(), sql::catalog_fingerprint(&aggregates));
+    async fn planned(
+        &self,
+        query: &str,
+        scope: &Scope,
+    ) -> Result<(Arc<sql::Planned>, SchemaRef), Status> {
+        let aggregates = self
+            .tables
+            .aggregates_of(&self.tables.viewer(scope.clone()))
+            .await?;
+        // A plan holds its session, whose tables are the scope's: one plan per scope.
+        let key = (
+            query.to_string(),
+            sql::catalog_fingerprint(&aggregates),
+            scope.clone(),
+        );
         let planned = match self.plans.get(&key) {
             Some(p) => p,
             None => {
-                let p = Arc::new(self.provider.plan(query).await?);
+                let p = Arc::new(self.provider.plan(query, scope).await?);
                 if p.reusable() {
                     self.plans.put(key, p.clone(), 1, None);
                 }
@@ -369,7 +399,11 @@ impl Service {
     }
 
     /// The answer to a metadata command the broker answers itself (see [`is_own_metadata`]).
-    async fn metadata(&self, cmd: Command) -> Result<arrow_array::RecordBatch, Status> {
+    async fn metadata(
+        &self,
+        cmd: Command,
+        scope: &Scope,
+    ) -> Result<arrow_array::RecordBatch, Status> {
         let failed = |what: &str, e: arrow_flight::error::FlightError| {
             Status::internal(format!("{what}: {e}"))
         };
@@ -382,9 +416,9 @@ impl Service {
                 .into_builder(&self.xdbc_types)
                 .build()
                 .map_err(|e| failed("GetXdbcTypeInfo", e)),
-            Command::CommandGetCatalogs(q) => self.provider.catalogs(q).await,
-            Command::CommandGetDbSchemas(q) => self.provider.schemas(q).await,
-            Command::CommandGetTables(q) => self.provider.tables(q).await,
+            Command::CommandGetCatalogs(q) => self.provider.catalogs(q, scope).await,
+            Command::CommandGetDbSchemas(q) => self.provider.schemas(q, scope).await,
+            Command::CommandGetTables(q) => self.provider.tables(q, scope).await,
             Command::CommandGetTableTypes(_) => Ok(sql::table_types()),
             other => Err(Status::internal(format!(
                 "{} is not a metadata command",
@@ -503,7 +537,8 @@ impl FlightService for Service {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let _permit = self.admit(&request).await?;
+        let (_permit, scope) = self.admit(&request).await?;
+        let viewer = self.tables.viewer(scope);
         let mut infos = Vec::new();
         for t in FIXED_TABLES {
             let q = TableQuery {
@@ -528,7 +563,7 @@ impl FlightService for Service {
             };
             infos.push(Ok(self.flight_info(&q, &events_schema())?));
         }
-        for a in self.tables.aggregates().await? {
+        for a in self.tables.aggregates_of(&viewer).await? {
             let q = TableQuery {
                 table: a.name.clone(),
                 ..TableQuery::default()
@@ -542,8 +577,8 @@ impl FlightService for Service {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let _permit = self.admit(&request).await?;
-        self.flight_info_of(request).await
+        let (_permit, scope) = self.admit(&request).await?;
+        self.flight_info_of(request, &scope).await
     }
 
     async fn poll_flight_info(
@@ -560,16 +595,19 @@ impl FlightService for Service {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        let _permit = self.admit(&request).await?;
+        let (_permit, scope) = self.admit(&request).await?;
         match route(request.get_ref())? {
             Route::Table => {
                 let q = Self::query_of(request.get_ref())?;
-                let (schema, _) = self.tables.schema_of(&q).await?;
+                let (schema, _) = self
+                    .tables
+                    .schema_of(&q, &self.tables.viewer(scope))
+                    .await?;
                 Ok(Response::new(schema_result(&schema)?))
             }
             // A Flight SQL command's schema is the one its FlightInfo carries.
             Route::Sql(_) => {
-                let info = self.flight_info_of(request).await?.into_inner();
+                let info = self.flight_info_of(request, &scope).await?.into_inner();
                 Ok(Response::new(SchemaResult {
                     schema: info.schema,
                 }))
@@ -581,7 +619,7 @@ impl FlightService for Service {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let permit = self.admit(&request).await?;
+        let (permit, scope) = self.admit(&request).await?;
         let ticket = &request.get_ref().ticket;
         if is_json(ticket) {
             let q: TableQuery = serde_json::from_slice(ticket).map_err(|e| {
@@ -589,14 +627,17 @@ impl FlightService for Service {
                     "ticket: not a query ({e}); use the ticket of a FlightInfo"
                 ))
             })?;
-            let (schema, batches) = self.tables.cached_batches(q).await?;
+            let (schema, batches) = self
+                .tables
+                .cached_batches(q, &self.tables.viewer(scope))
+                .await?;
             return Ok(Response::new(holding(permit, encode(schema, batches))));
         }
         if let Some(query) = CommandTicket::try_decode(bytes::Bytes::copy_from_slice(ticket))
             .ok()
             .and_then(|t| kept_plan_sql(&t.command))
         {
-            let (planned, schema) = self.planned(&query).await?;
+            let (planned, schema) = self.planned(&query, &scope).await?;
             let batches = planned
                 .run()
                 .await
@@ -609,7 +650,7 @@ impl FlightService for Service {
         }
         match sql_command(ticket) {
             Some(cmd) if is_own_metadata(&cmd) => {
-                let batch = self.metadata(cmd).await?;
+                let batch = self.metadata(cmd, &scope).await?;
                 Ok(Response::new(holding(
                     permit,
                     encode(batch.schema(), vec![batch]),
@@ -644,7 +685,7 @@ impl FlightService for Service {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let _permit = self.admit(&request).await?;
+        let (_permit, scope) = self.admit(&request).await?;
         let mut request = request;
         let mut query = None;
         if request.get_ref().r#type == "CreatePreparedStatement"
@@ -661,7 +702,7 @@ impl FlightService for Service {
         match self.sql.do_action(request).await {
             Ok(r) => Ok(r),
             Err(e) => match query {
-                Some(sql) => Err(self.provider.explain(&sql, e).await),
+                Some(sql) => Err(self.provider.explain(&sql, &scope, e).await),
                 None => Err(e),
             },
         }

@@ -35,6 +35,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_flight_sql_server::session::SessionStateProvider;
 use tonic::{Request, Status};
 
+use crate::auth::Scope;
 use crate::pipeline::aggregates::AggInfo;
 
 use super::history::History;
@@ -142,8 +143,11 @@ impl Provider {
         Self { tables }
     }
 
-    /// A session with every table registered (the aggregates as they are now).
-    pub async fn context(&self) -> Result<SessionContext, Status> {
+    /// A session with every table `scope` sees registered (the aggregates as they are now):
+    /// the fixed tables, filtered to the scope's events as they are scanned, and the
+    /// aggregates the scope owns. Another tenant's aggregate is in neither the catalog nor
+    /// `information_schema`.
+    pub async fn context(&self, scope: &Scope) -> Result<SessionContext, Status> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
@@ -162,20 +166,22 @@ impl Provider {
             })
             .collect();
         tables.push((ENRICHED_TABLE.to_string(), events_schema()));
-        for a in self.tables.aggregates().await? {
+        let viewer = self.tables.viewer(scope.clone());
+        for a in self.tables.aggregates_of(&viewer).await? {
             let schema = aggregate_schema(&a);
             tables.push((a.name, schema));
         }
         for (name, schema) in tables {
             let table: Arc<dyn TableProvider> = if name == "events" {
-                Arc::new(History::new(self.tables.clone()))
+                Arc::new(History::new(self.tables.clone(), scope.clone()))
             } else if name == ENRICHED_TABLE {
-                Arc::new(History::enriched(self.tables.clone()))
+                Arc::new(History::enriched(self.tables.clone(), scope.clone()))
             } else {
                 Arc::new(Table {
                     tables: self.tables.clone(),
                     name: name.clone(),
                     schema,
+                    scope: scope.clone(),
                 })
             };
             ctx.register_table(name.as_str(), table)
@@ -187,8 +193,8 @@ impl Provider {
     /// Plans a statement (read only, as `datafusion-flight-sql-server` would) in a session of
     /// its own, which it keeps: its tables read their rows when the plan runs, so the plan can
     /// run again and again with the data as it is then.
-    pub async fn plan(&self, sql: &str) -> Result<Planned, Status> {
-        let ctx = self.context().await?;
+    pub async fn plan(&self, sql: &str, scope: &Scope) -> Result<Planned, Status> {
+        let ctx = self.context(scope).await?;
         let plan = logical_plan(&ctx, sql).await.map_err(sql_error)?;
         let mut tables = std::collections::BTreeSet::new();
         plan.apply(|node| {
@@ -206,8 +212,12 @@ impl Provider {
     }
 
     /// `GetCatalogs`.
-    pub async fn catalogs(&self, query: CommandGetCatalogs) -> Result<RecordBatch, Status> {
-        let ctx = self.context().await?;
+    pub async fn catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        scope: &Scope,
+    ) -> Result<RecordBatch, Status> {
+        let ctx = self.context(scope).await?;
         let mut builder = query.into_builder();
         for name in ctx.catalog_names() {
             builder.append(name);
@@ -219,8 +229,12 @@ impl Provider {
 
     /// `GetDbSchemas`: the schemas of every catalog (or of the one asked for), filtered by
     /// the command's pattern.
-    pub async fn schemas(&self, query: CommandGetDbSchemas) -> Result<RecordBatch, Status> {
-        let ctx = self.context().await?;
+    pub async fn schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        scope: &Scope,
+    ) -> Result<RecordBatch, Status> {
+        let ctx = self.context(scope).await?;
         let schemas = schemas_of(&ctx, query.catalog.as_deref());
         let mut builder = query.into_builder();
         for (catalog_name, schema_name, _) in schemas {
@@ -233,8 +247,12 @@ impl Provider {
 
     /// `GetTables`: every table of every catalog (or of the one asked for), filtered by the
     /// command's patterns and types.
-    pub async fn tables(&self, query: CommandGetTables) -> Result<RecordBatch, Status> {
-        let ctx = self.context().await?;
+    pub async fn tables(
+        &self,
+        query: CommandGetTables,
+        scope: &Scope,
+    ) -> Result<RecordBatch, Status> {
+        let ctx = self.context(scope).await?;
         let schemas = schemas_of(&ctx, query.catalog.as_deref());
         let mut builder = query.into_builder();
         for (catalog_name, schema_name, schema) in schemas {
@@ -263,11 +281,11 @@ impl Provider {
 
     /// The error to give for `sql` when running it failed with `failed`: the planner's own
     /// message (which names the unknown table or column) when planning fails, else `failed`.
-    pub async fn explain(&self, sql: &str, failed: Status) -> Status {
+    pub async fn explain(&self, sql: &str, scope: &Scope, failed: Status) -> Status {
         if failed.code() != tonic::Code::Internal {
             return failed;
         }
-        let ctx = match self.context().await {
+        let ctx = match self.context(scope).await {
             Ok(ctx) => ctx,
             Err(_) => return failed,
         };
@@ -280,8 +298,11 @@ impl Provider {
 
 #[async_trait]
 impl SessionStateProvider for Provider {
-    async fn new_context(&self, _request: &Request<()>) -> Result<SessionState, Status> {
-        Ok(self.context().await?.state())
+    /// The session of the call's token's scope (the service checked the token before it
+    /// handed the call on; a call without one sees nothing).
+    async fn new_context(&self, request: &Request<()>) -> Result<SessionState, Status> {
+        let scope = super::scope_of(&self.tables.admin.tokens, request.metadata())?;
+        Ok(self.context(&scope).await?.state())
     }
 }
 
@@ -291,6 +312,8 @@ struct Table {
     tables: Arc<Tables>,
     name: String,
     schema: SchemaRef,
+    /// Whose rows a scan returns.
+    scope: Scope,
 }
 
 /// `column = 'text'` on a text column of `schema`, which a table's read can filter on.
@@ -363,9 +386,10 @@ impl TableProvider for Table {
                     .or_insert_with(|| value.to_string());
             }
         }
+        let viewer = self.tables.viewer(self.scope.clone());
         let (_, batches) = self
             .tables
-            .cached_batches(query)
+            .cached_batches(query, &viewer)
             .await
             .map_err(|s| DataFusionError::External(Box::new(s)))?;
         // The schema's metadata (the watermark) may have moved since the session was made;

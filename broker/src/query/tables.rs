@@ -15,6 +15,7 @@ use tonic::Status;
 
 use super::lru::{ByteLru, CacheMetrics};
 use crate::admin::Admin;
+use crate::auth::{Scope, TenantMap};
 use crate::pipeline::aggregates::{self as aggregate, AggInfo, ReadError};
 
 /// The tables that are not aggregates (with [`ENRICHED_TABLE`], served with the archive on).
@@ -68,6 +69,78 @@ impl CacheSettings {
         bytes_max: 0,
         event_blocks_bytes_max: 0,
     };
+}
+
+/// Who reads, as of the read: the caller's scope and the agents' tenants. Every table is
+/// filtered by it where its rows are made, below SQL: an event (and a side-topic entry of one)
+/// is the tenant's when its `agent_id` is one of the tenant's agents; an aggregate is a table of
+/// the tenant that deployed it ([`Scope::owns`]).
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The caller's scope.
+    pub scope: Scope,
+    /// The agents' tenants.
+    pub tenants: TenantMap,
+}
+
+impl Viewer {
+    /// Whether the caller sees every tenant's rows (nothing to filter).
+    pub fn sees_all(&self) -> bool {
+        self.scope == Scope::All
+    }
+
+    /// Whether the caller sees the events `agent_id` appended.
+    pub fn sees_agent(&self, agent_id: &str) -> bool {
+        self.tenants.sees(&self.scope, agent_id)
+    }
+
+    /// Whether the caller sees the aggregate `info`.
+    pub fn sees_aggregate(&self, info: &AggInfo) -> bool {
+        self.scope.owns(info.tenant.as_deref())
+    }
+
+    /// The rows of `batch` (of `events`' schema) the caller sees.
+    pub fn filter(&self, batch: RecordBatch) -> Result<RecordBatch, Status> {
+        use arrow_array::cast::AsArray;
+        let Some(tenant) = self.scope.tenant() else {
+            return Ok(batch);
+        };
+        let tenants = batch
+            .column_by_name(TENANT_COLUMN)
+            .ok_or_else(|| Status::internal("a table of events without tenant_id"))?
+            .as_string::<i32>();
+        let keep: arrow_array::BooleanArray =
+            tenants.iter().map(|t| Some(t == Some(tenant))).collect();
+        datafusion::arrow::compute::filter_record_batch(&batch, &keep)
+            .map_err(|e| Status::internal(format!("filtering by tenant: {e}")))
+    }
+
+    /// The same filter as an expression, for a plan (`None`: nothing to filter).
+    pub fn predicate(&self) -> Option<datafusion::logical_expr::Expr> {
+        use datafusion::logical_expr::{col, lit};
+        let tenant = self.scope.tenant()?;
+        Some(col(TENANT_COLUMN).eq(lit(tenant.to_string())))
+    }
+
+    /// `tenant_id` computed from `agent_id`, for a table that stores only the agent (the
+    /// archive's).
+    pub fn tenant_expr(&self) -> datafusion::logical_expr::Expr {
+        use datafusion::logical_expr::{col, lit, when};
+        let mut pairs = self.tenants.pairs();
+        pairs.retain(|(_, t)| t != crate::auth::DEFAULT_TENANT);
+        let mut cases = pairs.into_iter();
+        match cases.next() {
+            None => lit(crate::auth::DEFAULT_TENANT),
+            Some((a, t)) => {
+                let mut case = when(col("agent_id").eq(lit(a)), lit(t));
+                for (a, t) in cases {
+                    case = case.when(col("agent_id").eq(lit(a)), lit(t));
+                }
+                case.otherwise(lit(crate::auth::DEFAULT_TENANT))
+                    .expect("a CASE with a WHEN")
+            }
+        }
+    }
 }
 
 /// A result: its schema and batches.
@@ -142,6 +215,21 @@ impl Tables {
         self.rows_max
     }
 
+    /// A reader of `scope`, with the agents' tenants as they are now.
+    pub fn viewer(&self, scope: Scope) -> Viewer {
+        Viewer {
+            scope,
+            tenants: self.admin.agents.tenants().snapshot(),
+        }
+    }
+
+    /// The running aggregates `viewer` sees ([`Tables::aggregates`]).
+    pub async fn aggregates_of(&self, viewer: &Viewer) -> Result<Vec<AggInfo>, Status> {
+        let mut list = self.aggregates().await?;
+        list.retain(|a| viewer.sees_aggregate(a));
+        Ok(list)
+    }
+
     /// The running aggregates as of the pipeline's last commit (at most
     /// `aggregate_commit_interval_ms` old), without waiting for the pipeline thread.
     pub async fn aggregates(&self) -> Result<Vec<AggInfo>, Status> {
@@ -160,7 +248,11 @@ impl Tables {
 
     /// The schema of a table, checking that it exists and that the query's filters name its
     /// columns.
-    pub async fn schema_of(&self, q: &TableQuery) -> Result<(SchemaRef, Option<AggInfo>), Status> {
+    pub async fn schema_of(
+        &self,
+        q: &TableQuery,
+        viewer: &Viewer,
+    ) -> Result<(SchemaRef, Option<AggInfo>), Status> {
         let (schema, info) = match q.table.as_str() {
             "events" | ENRICHED_TABLE => (events_schema(), None),
             "dead_letters" | "late_events" => (topic_schema(), None),
@@ -179,11 +271,17 @@ impl Tables {
                         .into_iter()
                         .find(|a| a.name == name);
                 }
-                let Some(info) = found else {
+                // Another tenant's aggregate is, to this caller, no table at all.
+                let Some(info) = found.filter(|a| viewer.sees_aggregate(a)) else {
                     let mut names: Vec<String> =
                         FIXED_TABLES.iter().map(|s| (*s).to_string()).collect();
                     names.push(ENRICHED_TABLE.to_string());
-                    names.extend(self.aggregates().await?.into_iter().map(|a| a.name));
+                    names.extend(
+                        self.aggregates_of(viewer)
+                            .await?
+                            .into_iter()
+                            .map(|a| a.name),
+                    );
                     return Err(Status::not_found(format!(
                         "table: {name:?} is not one of {names:?}"
                     )));
@@ -230,9 +328,14 @@ impl Tables {
     pub async fn cached_batches(
         self: &Arc<Self>,
         q: TableQuery,
+        viewer: &Viewer,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let aggregate = !FIXED_TABLES.contains(&q.table.as_str()) && q.table != ENRICHED_TABLE;
         let mut key = serde_json::to_string(&q).expect("serializing to memory");
+        // Each tenant's answer is its own (an aggregate's too: whether the caller sees it).
+        if let Some(t) = viewer.scope.tenant() {
+            key = format!("{key}~{t}");
+        }
         if aggregate {
             // Another version, or a backfill's rows, is another answer.
             let running = self.admin.pipeline.published_aggregates();
@@ -247,7 +350,7 @@ impl Tables {
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
-        let (schema, batches) = self.batches(q).await?;
+        let (schema, batches) = self.batches(q, viewer).await?;
         let all_final = aggregate
             && batches.iter().all(|b| {
                 b.column_by_name("is_final")
@@ -269,15 +372,17 @@ impl Tables {
         filters: BTreeMap<String, String>,
     ) -> Result<(Vec<RecordBatch>, u64), Status> {
         let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
+        // Every tenant's: the caller's plan filters by tenant above this read.
+        let viewer = self.viewer(Scope::All);
         tokio::task::spawn_blocking(move || {
             let schema = events_schema();
             let batches = events_batches(
                 &log,
                 &blocks,
                 &schema,
-                from,
-                to,
+                (from, to),
                 &filters,
+                &viewer,
                 usize::MAX,
                 start,
             )?;
@@ -299,6 +404,7 @@ impl Tables {
         filters: BTreeMap<String, String>,
     ) -> Result<Vec<RecordBatch>, Status> {
         let log = self.admin.log.clone();
+        let tenants = self.admin.agents.tenants().snapshot();
         tokio::task::spawn_blocking(move || {
             let schema = events_schema();
             let mut cols = EventColumns::new();
@@ -310,7 +416,7 @@ impl Tables {
                 false,
                 |ev, offset, agent_id, host| {
                     if offset >= start {
-                        cols.push(ev, offset, agent_id, host);
+                        cols.push(ev, offset, (agent_id, host), tenants.tenant_of(agent_id));
                     }
                 },
             )
@@ -328,6 +434,7 @@ impl Tables {
     /// otherwise (or for `enriched_events`).
     async fn log_alone(
         &self,
+        viewer: &Viewer,
         enriched: bool,
         (from, to): (i64, i64),
         filters: &BTreeMap<String, String>,
@@ -339,6 +446,7 @@ impl Tables {
         }
         let (log, blocks) = (self.admin.log.clone(), self.event_blocks.clone());
         let filters = filters.clone();
+        let viewer = viewer.clone();
         tokio::task::spawn_blocking(move || {
             if log.stats().start_offset > first {
                 return Ok(None);
@@ -347,9 +455,9 @@ impl Tables {
                 &log,
                 &blocks,
                 &events_schema(),
-                from,
-                to,
+                (from, to),
                 &filters,
+                &viewer,
                 limit,
                 first,
             )?;
@@ -369,8 +477,9 @@ impl Tables {
     async fn batches(
         self: &Arc<Self>,
         q: TableQuery,
+        viewer: &Viewer,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-        let (schema, info) = self.schema_of(&q).await?;
+        let (schema, info) = self.schema_of(&q, viewer).await?;
         let limit = q.limit.unwrap_or(self.rows_max);
         let batches = match info {
             Some(info) => {
@@ -395,13 +504,14 @@ impl Tables {
                 };
                 let enriched = q.table == ENRICHED_TABLE;
                 match self
-                    .log_alone(enriched, range, &q.filters, first, limit)
+                    .log_alone(viewer, enriched, range, &q.filters, first, limit)
                     .await?
                 {
                     Some(batches) => batches,
                     None => {
                         super::history::flight_rows(
                             self.clone(),
+                            viewer.scope.clone(),
                             enriched,
                             range,
                             &q.filters,
@@ -433,8 +543,9 @@ impl Tables {
                 let from = offset(&q.from, "from")?.unwrap_or(0);
                 let to = offset(&q.to, "to")?.unwrap_or(u64::MAX);
                 let schema = schema.clone();
+                let viewer = viewer.clone();
                 tokio::task::spawn_blocking(move || {
-                    topic_batches(&reader, &schema, from, to, limit)
+                    topic_batches(&reader, &schema, from, to, limit, &viewer)
                 })
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
@@ -515,22 +626,27 @@ pub fn aggregate_schema(info: &AggInfo) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
-/// The schema of `events`: the columns of a stored event ([`runnel_event::fields::COLUMNS`]).
+/// The column of `events` that names each event's tenant: its agent's
+/// ([`crate::auth::TenantMap`]), made as the rows are read.
+pub const TENANT_COLUMN: &str = "tenant_id";
+
+/// The schema of `events`: the columns of a stored event ([`runnel_event::fields::COLUMNS`])
+/// and [`TENANT_COLUMN`].
 pub fn events_schema() -> SchemaRef {
     use runnel_event::fields::{COLUMNS, Column};
-    Arc::new(Schema::new(
-        COLUMNS
-            .iter()
-            .map(|c| match c {
-                Column::Offset => Field::new(c.name(), DataType::UInt64, false),
-                Column::SchemaVersion => Field::new(c.name(), DataType::UInt32, false),
-                Column::Timestamp | Column::ReceivedAt => ts_field(c.name()),
-                Column::Text(_) | Column::AgentId | Column::Host => {
-                    Field::new(c.name(), DataType::Utf8, c.nullable())
-                }
-            })
-            .collect::<Vec<_>>(),
-    ))
+    let mut fields: Vec<Field> = COLUMNS
+        .iter()
+        .map(|c| match c {
+            Column::Offset => Field::new(c.name(), DataType::UInt64, false),
+            Column::SchemaVersion => Field::new(c.name(), DataType::UInt32, false),
+            Column::Timestamp | Column::ReceivedAt => ts_field(c.name()),
+            Column::Text(_) | Column::AgentId | Column::Host => {
+                Field::new(c.name(), DataType::Utf8, c.nullable())
+            }
+        })
+        .collect();
+    fields.push(Field::new(TENANT_COLUMN, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
 }
 
 /// The schema of `dead_letters` and `late_events`.
@@ -654,6 +770,7 @@ enum ColumnBuilder {
 
 struct EventColumns {
     columns: Vec<(runnel_event::fields::Column, ColumnBuilder)>,
+    tenant: StringBuilder,
 }
 
 impl EventColumns {
@@ -675,18 +792,22 @@ impl EventColumns {
                 (*c, b)
             })
             .collect();
-        Self { columns }
+        Self {
+            columns,
+            tenant: StringBuilder::new(),
+        }
     }
 
-    /// Appends one stored event.
+    /// Appends one stored event, of `tenant`.
     fn push(
         &mut self,
         ev: &(impl runnel_event::fields::EventFields + ?Sized),
         offset: u64,
-        agent_id: &str,
-        host: &str,
+        (agent_id, host): (&str, &str),
+        tenant: &str,
     ) {
         use runnel_event::fields::Column;
+        self.tenant.append_value(tenant);
         for (c, b) in &mut self.columns {
             match (c, b) {
                 (Column::Offset, ColumnBuilder::U64(b)) => b.append_value(offset),
@@ -704,7 +825,7 @@ impl EventColumns {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, Status> {
-        let cols: Vec<ArrayRef> = self
+        let mut cols: Vec<ArrayRef> = self
             .columns
             .iter_mut()
             .map(|(_, b)| match b {
@@ -714,6 +835,7 @@ impl EventColumns {
                 ColumnBuilder::Text(b) => Arc::new(b.finish()) as ArrayRef,
             })
             .collect();
+        cols.push(Arc::new(self.tenant.finish()));
         RecordBatch::try_new(schema.clone(), cols)
             .map_err(|e| Status::internal(format!("building a batch: {e}")))
     }
@@ -754,12 +876,13 @@ impl EventBlocks {
     }
 }
 
-/// The events of offsets `[from, to)`, every column, no filter: one batch.
+/// The events of offsets `[from, to)`, every column, no filter: one batch. (An agent's tenant
+/// never changes, so a block built once stays right.)
 fn build_events(
     log: &crate::log::BrokerLog,
     schema: &SchemaRef,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
+    tenants: &TenantMap,
 ) -> Result<RecordBatch, Status> {
     let mut cols = EventColumns::new();
     let mut next = from;
@@ -778,7 +901,12 @@ fn build_events(
                 break;
             }
             let (agent_id, host) = &src.origins[src.origin[i] as usize];
-            cols.push(&view.event(i), src.offsets[i], agent_id, host);
+            cols.push(
+                &view.event(i),
+                src.offsets[i],
+                (agent_id, host),
+                tenants.tenant_of(agent_id),
+            );
         }
         next = src.next;
     }
@@ -787,14 +915,15 @@ fn build_events(
 
 /// The events with `timestamp` in `[from, to)` and the text `filters` among the log's from
 /// offset `start` on, at most `limit`, oldest first.
+/// The events `viewer` sees, only.
 #[allow(clippy::too_many_arguments)]
 fn events_batches(
     log: &crate::log::BrokerLog,
     blocks: &EventBlocks,
     schema: &SchemaRef,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     filters: &BTreeMap<String, String>,
+    viewer: &Viewer,
     limit: usize,
     start: u64,
 ) -> Result<Vec<RecordBatch>, Status> {
@@ -812,13 +941,13 @@ fn events_batches(
             match blocks.get(block) {
                 Some(b) => b,
                 None => {
-                    let b = build_events(log, schema, lo, hi)?;
+                    let b = build_events(log, schema, (lo, hi), &viewer.tenants)?;
                     blocks.put(block, &b);
                     b
                 }
             }
         } else {
-            build_events(log, schema, lo, end)?
+            build_events(log, schema, (lo, end), &viewer.tenants)?
         };
         block += 1;
         // From `start` on.
@@ -831,6 +960,7 @@ fn events_batches(
         if filtered {
             batch = filter_events(&batch, from, to, filters)?;
         }
+        batch = viewer.filter(batch)?;
         let rows = batch.num_rows().min(limit - taken);
         if rows > 0 {
             out.push(batch.slice(0, rows));
@@ -868,17 +998,25 @@ fn filter_events(
         .map_err(|e| Status::internal(format!("filtering events: {e}")))
 }
 
+/// The entries of a side topic in `[from, to)` whose event `viewer` sees, at most `limit`.
 fn topic_batches(
     reader: &runnel_segment::LogReader,
     schema: &SchemaRef,
     from: u64,
     to: u64,
     limit: usize,
+    viewer: &Viewer,
 ) -> Result<Vec<RecordBatch>, Status> {
     #[derive(Deserialize)]
     struct Entry {
         offset: u64,
         source_offset: u64,
+        #[serde(default)]
+        event: Option<Source>,
+    }
+    #[derive(Deserialize)]
+    struct Source {
+        agent_id: String,
     }
     let mut offsets = UInt64Builder::new();
     let mut sources = UInt64Builder::new();
@@ -888,15 +1026,19 @@ fn topic_batches(
     crate::topics::read_entries(reader, from, limit, |line| {
         let Ok(e) = serde_json::from_slice::<Entry>(line) else {
             bad = Some(String::from_utf8_lossy(line).into_owned());
-            return;
+            return true;
         };
         if e.offset >= to {
-            return;
+            return false;
+        }
+        if !viewer.sees_all() && !e.event.is_some_and(|ev| viewer.sees_agent(&ev.agent_id)) {
+            return false;
         }
         offsets.append_value(e.offset);
         sources.append_value(e.source_offset);
         entries.append_value(String::from_utf8_lossy(line));
         n += 1;
+        true
     })
     .map_err(|e| Status::internal(format!("reading the topic: {e}")))?;
     if let Some(line) = bad {
@@ -953,6 +1095,13 @@ mod tests {
         }
     }
 
+    fn all_tenants() -> Viewer {
+        Viewer {
+            scope: Scope::All,
+            tenants: TenantMap::default(),
+        }
+    }
+
     fn offsets(batches: &[RecordBatch]) -> Vec<u64> {
         batches
             .iter()
@@ -998,9 +1147,9 @@ mod tests {
                 &log,
                 blocks,
                 &schema,
-                i64::MIN,
-                i64::MAX,
+                (i64::MIN, i64::MAX),
                 &none,
+                &all_tenants(),
                 usize::MAX,
                 0,
             )
@@ -1022,7 +1171,17 @@ mod tests {
             1_000_000 + total as i64 - 10,
         );
         let start = total - scan as u64;
-        let got = events_batches(&log, &blocks, &schema, from, to, &ios, 5_000, start).unwrap();
+        let got = events_batches(
+            &log,
+            &blocks,
+            &schema,
+            (from, to),
+            &ios,
+            &all_tenants(),
+            5_000,
+            start,
+        )
+        .unwrap();
         let want: Vec<u64> = (total - scan as u64..total)
             .filter(|n| {
                 let ts = 1_000_000 + *n as i64;

@@ -91,7 +91,7 @@ impl Runner {
         });
         let sql = def.render(&values)?;
         self.provider
-            .plan(&sql)
+            .plan(&sql, &crate::auth::Scope::All)
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_string())
@@ -153,7 +153,7 @@ impl Runner {
     async fn plan(&self, def: &Definition, run: &RunRecord) -> Result<Planned, String> {
         let sql = def.render(&run.params)?;
         self.provider
-            .plan(&sql)
+            .plan(&sql, &crate::auth::Scope::All)
             .await
             .map_err(|s| s.message().to_string())
     }

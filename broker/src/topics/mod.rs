@@ -139,13 +139,13 @@ impl TopicWriter {
     }
 }
 
-/// Calls `f` with up to `limit` entries from offset `from`, each as a JSON object that starts
-/// with its topic `offset`.
+/// Calls `f` with the entries from offset `from`, each as a JSON object that starts with its
+/// topic `offset`, until `f` has taken `limit` of them (it answers whether it took one).
 pub fn read_entries(
     reader: &LogReader,
     from: u64,
     limit: usize,
-    mut f: impl FnMut(&[u8]),
+    mut f: impl FnMut(&[u8]) -> bool,
 ) -> Result<usize, LogError> {
     let mut done = 0;
     let mut next = from;
@@ -164,8 +164,9 @@ pub fn read_entries(
             line.clear();
             line.extend_from_slice(format!("{{\"offset\":{},", rec.header.base_offset).as_bytes());
             line.extend_from_slice(body);
-            f(&line);
-            done += 1;
+            if f(&line) {
+                done += 1;
+            }
         }
     }
     Ok(done)

@@ -81,6 +81,11 @@ pub enum PluginCmd {
         /// list`.
         #[arg(long, value_name = "all|RFC3339")]
         backfill_from: Option<String>,
+        /// Deploy an aggregator for this tenant: it is given that tenant's events only and its
+        /// table is that tenant's (an operator's token; a tenant's token deploys for its own
+        /// tenant without it). Without it an operator's plugin is global.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Manifest (default: the first plugin.toml above the component, if any).
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -220,6 +225,7 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             deadline_ms,
             memory_bytes_max,
             backfill_from,
+            tenant,
             manifest,
             admin_addr,
         } => {
@@ -239,6 +245,7 @@ pub fn run(cmd: PluginCmd) -> anyhow::Result<()> {
                 fuel_per_call: limits.fuel_per_call,
                 capabilities: m.iter().flat_map(|m| m.capabilities.clone()).collect(),
                 backfill_from,
+                tenant,
             };
             let body =
                 std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;

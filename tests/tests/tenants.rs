@@ -1,0 +1,378 @@
+//! Tenants end to end: three tenants, each with its own agent, tokens and an aggregate. Over
+//! pyarrow (plain Flight), ADBC (Flight SQL) and `runnel query`, each tenant's token sees
+//! exactly its tenant's rows and tables, also through SQL that tries to reach around it
+//! (`UNION`, subqueries, `information_schema`, the `events` table, a hand-made ticket): zero
+//! foreign rows in every case. The admin API shows a tenant its own plugins and aggregates only
+//! and refuses it the broker-wide routes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use runnel_e2e::{Pipeline, Proc, free_tcp_port, plugin, python};
+use serde_json::Value;
+
+const TENANTS: [(&str, u64); 3] = [("shop", 300), ("ads", 200), ("games", 120)];
+
+fn run_python(script: &str, args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run scripts/setup.sh: it installs pyarrow and ADBC into ~/.cache/runnel-py");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A token of `role` for `tenant`, made by the operator.
+fn tenant_token(p: &Pipeline, role: &str, tenant: &str) -> String {
+    let v: Value =
+        serde_json::from_str(&p.cli(&["token", "create", "--role", role, "--tenant", tenant]))
+            .unwrap();
+    assert_eq!(v["tenant"], tenant);
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// `runnel ARGS --admin-addr ADMIN --token TOKEN` (the flag wins over the test's
+/// `RUNNEL_TOKEN`): its exit status, stdout and stderr.
+fn cli_as(p: &Pipeline, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = runnel_e2e::runnel(args.iter().copied().chain([
+        "--admin-addr",
+        p.admin_addr.as_str(),
+        "--token",
+        token,
+    ]))
+    .output()
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A started agent of the pipeline's broker with its own data dir, enrolled as `name` of
+/// `tenant`.
+async fn tenant_agent(p: &Pipeline, name: &str, tenant: &str) -> (Proc, String) {
+    let http = free_tcp_port();
+    let d = p.dir.path();
+    let mut args = vec![
+        format!("--data-dir={}", d.join(name).display()),
+        format!("--http-addr=127.0.0.1:{http}"),
+        format!("--broker-addr={}", p.broker_arg("--quic-addr=").unwrap()),
+        format!("--broker-ca={}", d.join("broker/tls/ca.pem").display()),
+    ];
+    args.extend(p.enroll(name, tenant));
+    let mut agent = Proc::new(
+        "agent",
+        runnel_e2e::bin("runnel-agent"),
+        args,
+        d.join(format!("{name}.log")),
+    );
+    agent.start();
+    let url = format!("http://127.0.0.1:{http}");
+    runnel_e2e::wait_ready(&format!("{url}/readyz"), &mut agent).await;
+    (agent, url)
+}
+
+fn event(tenant: &str, n: u64) -> Value {
+    let platform = ["ios", "android", "web"][(n % 3) as usize];
+    serde_json::json!({
+        "event_id": format!("{tenant}-{n}"),
+        "event_type": format!("{tenant}.view"),
+        // In order, one a second: none is late.
+        "timestamp": format!("2026-11-21T12:{:02}:{:02}.000Z", n / 60, n % 60),
+        "user_id": format!("{tenant}-user-{}", n % 7),
+        "platform": platform,
+        "properties": {"secret": format!("{tenant}-secret")},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
+    let flight = free_tcp_port();
+    // Flight runs with a `flight_tokens` entry (an operator's reader; the test uses API tokens).
+    let mut p = Pipeline::with_args(
+        &[],
+        &[
+            &format!("--flight-addr=127.0.0.1:{flight}"),
+            "--flight-token=operator-reader-0123456789",
+        ],
+    );
+    p.start_broker().await;
+    let mut agents = Vec::new();
+    let mut readers = Vec::new();
+    let client = reqwest::Client::new();
+    for (tenant, n) in TENANTS {
+        let (agent, url) = tenant_agent(&p, &format!("{tenant}-agent"), tenant).await;
+        let deployer = tenant_token(&p, "deployer", tenant);
+        // The tenant deploys its own aggregate with its own token.
+        let (ok, out, err) = cli_as(
+            &p,
+            &deployer,
+            &[
+                "plugin",
+                "deploy",
+                plugin("events_per_type").to_str().unwrap(),
+                "--name",
+                &format!("{tenant}_per_type"),
+            ],
+        );
+        assert!(ok, "{tenant} deploys: {out}{err}");
+        // It may not deploy an enricher (enrichers see every tenant's events).
+        let (ok, _, err) = cli_as(
+            &p,
+            &deployer,
+            &[
+                "plugin",
+                "deploy",
+                plugin("pii_redact").to_str().unwrap(),
+                "--name",
+                &format!("{tenant}_redact"),
+            ],
+        );
+        assert!(!ok && err.contains("enricher"), "{err}");
+        let body = serde_json::Value::Array((0..n).map(|i| event(tenant, i)).collect());
+        runnel_e2e::post_until_accepted(&client, &url, body.to_string()).await;
+        readers.push(tenant_token(&p, "reader", tenant));
+        agents.push(agent);
+    }
+    let total: u64 = TENANTS.iter().map(|(_, n)| n).sum();
+    p.wait_pipeline_caught_up(total, Duration::from_secs(60))
+        .await;
+    // Every aggregate has folded its tenant's events (as the operator sees them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (tenant, n) in TENANTS {
+        loop {
+            let rows = runnel_e2e::agg_read(&p.admin_addr, &format!("{tenant}_per_type"))
+                .unwrap_or_default();
+            let sum: i64 = rows.iter().map(|r| r["events"].as_i64().unwrap()).sum();
+            if sum == n as i64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tenant}_per_type holds {sum} events, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    let url = format!("grpc://127.0.0.1:{flight}");
+    for (i, (tenant, n)) in TENANTS.iter().enumerate() {
+        let own = format!("{tenant}_per_type");
+        let foreign: Vec<String> = TENANTS
+            .iter()
+            .filter(|(t, _)| t != tenant)
+            .map(|(t, _)| format!("{t}_per_type"))
+            .collect();
+        let foreign_agents: Vec<String> = TENANTS
+            .iter()
+            .filter(|(t, _)| t != tenant)
+            .map(|(t, _)| format!("{t}-agent"))
+            .collect();
+        let mut args = vec![url.as_str(), readers[i].as_str(), own.as_str()];
+        let joined = foreign.join(",");
+        args.push(&joined);
+        args.extend(foreign_agents.iter().map(String::as_str));
+        let got = run_python("tenant_check.py", &args);
+        let mine = |id: &str| id.starts_with(&format!("{tenant}-"));
+        let agent = format!("{tenant}-agent");
+
+        // Plain Flight (pyarrow).
+        let f = &got["flight"];
+        let flights: BTreeSet<&str> = f["flights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(flights.contains(own.as_str()), "{tenant}: {flights:?}");
+        for other in &foreign {
+            assert!(!flights.contains(other.as_str()), "{tenant}: {flights:?}");
+        }
+        let events: Vec<&str> = f["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(events.len() as u64, *n, "{tenant}: Flight events");
+        assert!(events.iter().all(|e| mine(e)), "{tenant}: {events:?}");
+        assert_eq!(f["events_agents"], serde_json::json!([agent]));
+        let own_sum: i64 = f["own"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["events"].as_i64().unwrap())
+            .sum();
+        assert_eq!(own_sum, *n as i64, "{tenant}: its aggregate");
+        for other in &foreign {
+            for key in ["foreign_errors", "foreign_ticket_errors"] {
+                let e = &f[key][other.as_str()];
+                assert!(
+                    e["message"].as_str().unwrap_or("").contains("not one of"),
+                    "{tenant} reading {other} ({key}): {e}"
+                );
+            }
+        }
+
+        // Flight SQL (ADBC).
+        let sql = &got["sql"];
+        let errors = &got["sql_errors"];
+        for name in ["events", "union", "subquery"] {
+            let rows = sql[name]
+                .as_array()
+                .unwrap_or_else(|| panic!("{tenant} {name}: {}", errors[name]));
+            assert!(!rows.is_empty(), "{tenant} {name}");
+            for r in rows {
+                assert!(
+                    mine(r["event_id"].as_str().unwrap()) && r["agent_id"] == agent.as_str(),
+                    "{tenant} {name}: a foreign row {r}"
+                );
+            }
+        }
+        assert_eq!(sql["count"][0]["n"], *n, "{tenant}: count(*)");
+        assert_eq!(
+            sql["tenant_ids"],
+            serde_json::json!([{"tenant_id": tenant}]),
+            "{tenant}: tenant_id"
+        );
+        assert_eq!(
+            sql["union"].as_array().unwrap().len() as u64,
+            2 * n,
+            "{tenant}: UNION ALL of its own rows twice"
+        );
+        assert_eq!(
+            sql["by_agent"],
+            serde_json::json!([{"agent_id": agent, "n": n}])
+        );
+        assert_eq!(sql["foreign_agents"][0]["n"], 0, "{tenant}");
+        for key in ["tables", "columns"] {
+            let names: BTreeSet<&str> = sql[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{tenant} {key}: {}", errors[key]))
+                .iter()
+                .map(|r| r["table_name"].as_str().unwrap())
+                .collect();
+            assert!(names.contains(own.as_str()), "{tenant} {key}: {names:?}");
+            for other in &foreign {
+                assert!(!names.contains(other.as_str()), "{tenant} {key}: {names:?}");
+            }
+        }
+        assert_eq!(
+            sql["own"][0]["n"], *n as i64,
+            "{tenant}: SUM over its aggregate"
+        );
+        for other in &foreign {
+            for probe in ["foreign", "foreign_union", "foreign_qualified"] {
+                let key = format!("{probe}:{other}");
+                assert!(
+                    sql.get(&key).is_none(),
+                    "{tenant} read {key}: {}",
+                    sql[&key]
+                );
+                let e = errors[&key].as_str().unwrap();
+                assert!(e.contains("not found"), "{tenant} {key}: {e}");
+            }
+        }
+        let objects: Vec<&str> = got["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(objects.contains(&own.as_str()), "{tenant}: {objects:?}");
+        for other in &foreign {
+            assert!(!objects.contains(&other.as_str()), "{tenant}: {objects:?}");
+        }
+
+        // `runnel query` with the tenant's token.
+        let out = runnel_e2e::runnel([
+            "query",
+            "SELECT event_id, agent_id FROM events UNION ALL SELECT event_id, agent_id FROM events WHERE event_id NOT IN (SELECT event_id FROM events)",
+            "--format",
+            "json",
+            &format!("--flight-addr=127.0.0.1:{flight}"),
+            "--token",
+            &readers[i],
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as u64, *n, "{tenant}: runnel query");
+        assert!(lines.iter().all(|r| r["agent_id"] == agent.as_str()));
+        let out = runnel_e2e::runnel([
+            "query",
+            &format!("SELECT * FROM {}", foreign[0]),
+            &format!("--flight-addr=127.0.0.1:{flight}"),
+            "--token",
+            &readers[i],
+        ])
+        .output()
+        .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not found"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // The admin API: its own plugins and aggregates, not the broker-wide routes.
+        let (ok, out, err) = cli_as(&p, &readers[i], &["agg", "list"]);
+        assert!(ok, "{err}");
+        let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&out)
+            .map(|l| {
+                l.iter()
+                    .map(|a| a["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|_| out.lines().map(str::to_string).collect());
+        assert!(names.iter().any(|l| l.contains(&own)), "{out}");
+        for other in &foreign {
+            assert!(!names.iter().any(|l| l.contains(other.as_str())), "{out}");
+        }
+        let (ok, _, err) = cli_as(&p, &readers[i], &["agg", "read", &foreign[0]]);
+        assert!(!ok && err.contains("no such thing"), "{err}");
+        let (ok, _, err) = cli_as(&p, &readers[i], &["log", "read"]);
+        assert!(!ok && err.contains("operator"), "{err}");
+    }
+
+    // The operator's token sees every tenant's events, each with its tenant.
+    let out = runnel_e2e::runnel([
+        "query",
+        "SELECT count(*) AS n, count(DISTINCT tenant_id) AS tenants FROM events",
+        "--format",
+        "json",
+        &format!("--flight-addr=127.0.0.1:{flight}"),
+        "--token",
+        &p.token(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], total);
+    assert_eq!(v["tenants"], 3);
+    drop(agents);
+}
