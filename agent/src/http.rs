@@ -9,7 +9,9 @@
 //!   `Content-Encoding`;
 //! - `429` (policy `drop_newest`) or `503` (policy `block`, after `spool_full_block_ms`) with
 //!   `Retry-After` when the spool is full; `503` with `Retry-After` when the disk is full, the
-//!   spool has failed, or `requests_in_flight_max` requests are already being handled.
+//!   spool has failed, or `requests_in_flight_max` requests are already being handled; `429`
+//!   with `Retry-After` while the broker throttles this agent's tenant (over its
+//!   `tenant_ingest_events_per_sec`), nothing of the request accepted.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,8 @@ pub struct AppState {
     pub(crate) in_flight: Semaphore,
     pub(crate) edge: Option<Arc<Mutex<EdgeChain>>>,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Set while the broker throttles this agent's tenant: requests get 429 meanwhile.
+    pub(crate) throttle: Arc<crate::shipper::Throttle>,
 }
 
 /// One rejected event in an answer.
@@ -195,6 +199,17 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
             Some(cfg.retry_after_secs),
         );
     };
+    // Over the tenant's ingest quota at the broker: take nothing more until it lets batches
+    // through (what was accepted is in the spool and ships then).
+    if let Some((wait, reason)) = app.throttle.current() {
+        return whole_request_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the broker is throttling this agent: {reason}; nothing of this request was accepted, send it again after Retry-After"
+            ),
+            Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+        );
+    }
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

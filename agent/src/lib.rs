@@ -272,6 +272,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     let dedup = Arc::new(Mutex::new(dedup));
 
     let broker_ca = cfg.broker_ca.clone().expect("checked by validate");
+    let throttle = Arc::new(shipper::Throttle::default());
     let shipper = Shipper::new(
         ShipperOptions {
             broker_addr: cfg.broker_addr,
@@ -289,6 +290,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         identity.clone(),
         client_identity,
         spool.clone(),
+        throttle.clone(),
     )?;
 
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
@@ -321,6 +323,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         dedup: dedup.clone(),
         metrics,
         cfg: cfg.clone(),
+        throttle,
     });
     let mut tasks = Vec::new();
     let mut http_shutdown = shutdown_rx.clone();

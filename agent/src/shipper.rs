@@ -77,6 +77,35 @@ pub struct Shipper {
     spool: Spool,
     endpoint: quinn::Endpoint,
     conn: Option<quinn::Connection>,
+    throttle: Arc<Throttle>,
+}
+
+/// Whether the broker is throttling this agent's tenant (over its ingest quota), until when
+/// and why: the shipper sets it from a `Throttled` answer, and the HTTP ingest answers 429 with
+/// `Retry-After` until then (what it accepted before stays in the spool and is shipped later).
+#[derive(Debug, Default)]
+pub struct Throttle {
+    until: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl Throttle {
+    /// Throttled for `wait`, for `reason`.
+    pub fn set(&self, wait: Duration, reason: String) {
+        *self.until.lock().expect("lock poisoned") = Some((Instant::now() + wait, reason));
+    }
+
+    /// How long the throttling lasts still and why; `None` when it is over.
+    pub fn current(&self) -> Option<(Duration, String)> {
+        let mut until = self.until.lock().expect("lock poisoned");
+        match until.as_ref() {
+            Some((t, reason)) if *t > Instant::now() => Some((*t - Instant::now(), reason.clone())),
+            Some(_) => {
+                *until = None;
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 /// A batch sent and not yet answered.
@@ -128,6 +157,22 @@ enum SendError {
     Unavailable(String),
     #[error("reading the spool: {0}")]
     SpoolRead(String),
+    #[error("throttled: {message}")]
+    Throttled {
+        message: String,
+        retry_after: Duration,
+    },
+}
+
+/// The error a `Throttled` or `Unavailable` answer is.
+fn retry_error(ack: BatchAck) -> SendError {
+    match ack.retry_after_ms() {
+        Some(ms) => SendError::Throttled {
+            message: ack.message,
+            retry_after: Duration::from_millis(ms),
+        },
+        None => SendError::Unavailable(ack.message),
+    }
 }
 
 impl SendError {
@@ -138,6 +183,7 @@ impl SendError {
             Self::Timeout => "timeout",
             Self::Unavailable(_) => "unavailable",
             Self::SpoolRead(_) => "spool_read",
+            Self::Throttled { .. } => "throttled",
         }
     }
 }
@@ -150,6 +196,7 @@ impl Shipper {
         identity: Identity,
         certificate: runnel_protocol::ClientIdentity,
         spool: Spool,
+        throttle: Arc<Throttle>,
     ) -> anyhow::Result<Self> {
         let ca = std::fs::read(&opts.broker_ca)
             .with_context(|| format!("reading --broker-ca {}", opts.broker_ca.display()))?;
@@ -169,6 +216,7 @@ impl Shipper {
             spool,
             endpoint,
             conn: None,
+            throttle,
         })
     }
 
@@ -183,6 +231,26 @@ impl Shipper {
                 .await
             {
                 SessionEnd::Shutdown => return,
+                SessionEnd::Failed {
+                    error:
+                        SendError::Throttled {
+                            message,
+                            retry_after,
+                        },
+                    ..
+                } => {
+                    // Over the tenant's quota: wait as long as the broker says, on the same
+                    // connection; the batches stay queued.
+                    metrics::counter!("runnel_agent_throttled_total").increment(1);
+                    if self.throttle.current().is_none() {
+                        tracing::warn!(reason = %message, retry_in_ms = retry_after.as_millis() as u64, "the broker throttles this agent's tenant; answering 429 until it lets batches through");
+                    }
+                    self.throttle.set(retry_after, message);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_after) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
                 SessionEnd::Failed { error, progressed } => {
                     if progressed {
                         delays = self.backoff();
@@ -362,7 +430,7 @@ impl Shipper {
                                     }
                                     Ok(Ok(ack)) => {
                                         self.ack(end).await;
-                                        return failed(SendError::Unavailable(ack.message), true);
+                                        return failed(retry_error(ack), true);
                                     }
                                     Ok(Err(e)) => {
                                         self.ack(end).await;
@@ -375,8 +443,8 @@ impl Shipper {
                             self.ack(end).await;
                         }
                         AckStatus::Rejected => return SessionEnd::Rejected(ack.message),
-                        AckStatus::Unavailable => {
-                            return failed(SendError::Unavailable(ack.message), progressed);
+                        AckStatus::Unavailable | AckStatus::Throttled => {
+                            return failed(retry_error(ack), progressed);
                         }
                     }
                 }
@@ -527,6 +595,17 @@ impl Shipper {
                         .increment(frame.len() as u64);
                     return Some(ack);
                 }
+                Err(SendError::Throttled {
+                    message,
+                    retry_after,
+                }) => {
+                    metrics::counter!("runnel_agent_throttled_total").increment(1);
+                    self.throttle.set(retry_after, message);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_after) => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(self.opts.backoff_max);
                     metrics::counter!("runnel_agent_ship_errors_total", "kind" => e.kind())
@@ -596,7 +675,7 @@ impl Shipper {
             .await
             .map_err(|_| SendError::Timeout)??;
         match ack.status {
-            AckStatus::Unavailable => Err(SendError::Unavailable(ack.message)),
+            AckStatus::Unavailable | AckStatus::Throttled => Err(retry_error(ack)),
             _ => Ok(ack),
         }
     }

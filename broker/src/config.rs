@@ -78,6 +78,17 @@ settings! {
     ingest_frame_timeout_ms: u64 [u64] = 30_000;
     /// Batches (streams) in flight per connection.
     streams_per_connection_max: u32 [u32] = 64;
+    /// Events per second one tenant's agents may append together (0: no quota). A batch over
+    /// it is answered `throttled` with how long to wait and nothing of it is appended; the
+    /// agent keeps it, sends it again then, and answers its apps 429 with Retry-After
+    /// meanwhile.
+    tenant_ingest_events_per_sec: u64 [u64] = 0;
+    /// Flight calls one tenant's tokens may have running at once (0: no quota); more wait in
+    /// line.
+    tenant_query_concurrency_max: usize [usize] = 0;
+    /// Per-tenant overrides of the quotas above, `TENANT:QUOTA=N` with QUOTA one of
+    /// `ingest_events_per_sec`, `query_concurrency_max` (repeatable).
+    tenant_quotas: Vec<String> [String, repeated] = Vec::new();
     /// The log's recovery checkpoint (producer table and counts) is rewritten after this many
     /// appended bytes; a restart scans at most about this much of the log (about 0.2 s for
     /// 32 MiB on one core).
@@ -247,6 +258,23 @@ impl BrokerConfig {
             checkpoint_interval_bytes: self.checkpoint_interval_bytes,
             scan_sealed_at_open: self.log_scan_sealed_at_open,
         }
+    }
+
+    /// The tenants' quotas (checked by [`BrokerConfig::validate`]).
+    pub fn quotas(&self) -> Result<crate::auth::Quotas, ConfigError> {
+        crate::auth::Quotas::new(
+            crate::auth::quotas::Limits {
+                ingest_events_per_sec: self.tenant_ingest_events_per_sec,
+                query_concurrency_max: self.tenant_query_concurrency_max,
+            },
+            &self.tenant_quotas,
+        )
+        .map_err(|e| {
+            ConfigError::new(
+                "tenant_quotas",
+                e.strip_prefix("tenant_quotas: ").unwrap_or(&e),
+            )
+        })
     }
 
     /// The watermark and state limits every aggregate's window engine runs with.
@@ -449,6 +477,7 @@ impl BrokerConfig {
         if self.ingest_frame_timeout_ms == 0 {
             return fail("ingest_frame_timeout_ms", "must be > 0");
         }
+        self.quotas()?;
         if self.backfill_checkpoint_interval_ms == 0 {
             return fail("backfill_checkpoint_interval_ms", "must be > 0");
         }

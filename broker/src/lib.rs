@@ -266,6 +266,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
     } else {
         None
     };
+    let quotas = Arc::new(cfg.quotas()?);
     tasks.push(tokio::spawn(ingest::quic::serve(
         endpoint,
         log.clone(),
@@ -275,6 +276,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             connections_max: cfg.connections_max,
             connections_per_address_max: cfg.connections_per_address_max,
             frame_timeout: std::time::Duration::from_millis(cfg.ingest_frame_timeout_ms),
+            quotas: quotas.clone(),
         },
         shutdown_rx.clone(),
     )));
@@ -383,6 +385,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
                     },
                     token_concurrency_max: cfg.flight_token_concurrency_max,
                     sql_plans_max: cfg.flight_sql_plans_max,
+                    quotas: quotas.clone(),
                 },
             ))
             .max_encoding_message_size(usize::MAX);

@@ -261,6 +261,7 @@ impl Target for BrokerQuic {
             }
             AckStatus::Rejected => Err("rejected".into()),
             AckStatus::Unavailable => Err("unavailable".into()),
+            AckStatus::Throttled => Err("throttled".into()),
         }
     }
 }

@@ -376,3 +376,95 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
     assert_eq!(v["tenants"], 3);
     drop(agents);
 }
+
+/// A tenant over its ingest quota is throttled at the broker: its agent answers 429 with
+/// `Retry-After` (accepting nothing of those requests), another tenant's agent is not held,
+/// and every event that got a 202 ends up in the log, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
+    let mut p = Pipeline::with_args(&[], &["--tenant-quotas=hog:ingest_events_per_sec=300"]);
+    p.start_broker().await;
+    let (hog, hog_url) = tenant_agent(&p, "hog-agent", "hog").await;
+    let (calm, calm_url) = tenant_agent(&p, "calm-agent", "calm").await;
+    let client = reqwest::Client::new();
+    let mut accepted: Vec<String> = Vec::new();
+    let (mut throttled, mut retry_after) = (0, None);
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while throttled < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never throttled: {}",
+            p.broker.log_text()
+        );
+        let ids: Vec<u64> = (n..n + 100).collect();
+        n += 100;
+        let body = Value::Array(ids.iter().map(|i| event("hog", *i)).collect());
+        let r = client
+            .post(format!("{hog_url}/v1/events"))
+            .body(body.to_string())
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted.extend(ids.iter().map(|i| format!("hog-{i}"))),
+            429 => {
+                throttled += 1;
+                retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                let v: Value = r.json().await.unwrap();
+                assert!(
+                    v["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("tenant_ingest_events_per_sec"),
+                    "{v}"
+                );
+            }
+            s => panic!("hog's agent answered {s}: {}", r.text().await.unwrap()),
+        }
+        // The other tenant is not held.
+        let body = Value::Array((n..n + 10).map(|i| event("calm", i)).collect());
+        let r = client
+            .post(format!("{calm_url}/v1/events"))
+            .body(body.to_string())
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "calm's agent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}");
+    let calm_events = (n / 100) * 10;
+    let total = accepted.len() as u64 + calm_events;
+    p.wait_for_records(total, Duration::from_secs(90)).await;
+    let log = p.log_read(0, total as usize + 1000);
+    let mut hog_ids: Vec<String> = log
+        .iter()
+        .filter(|e| e["agent_id"] == "hog-agent")
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    hog_ids.sort();
+    accepted.sort();
+    assert_eq!(hog_ids, accepted, "every 202'd event in the log, once");
+    let metrics = p.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("runnel_tenant_throttled_total")
+                && l.contains("tenant=\"hog\"")
+                && l.contains("quota=\"ingest_events_per_sec\"")),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("runnel_tenant_throttled_total") && l.contains("\"calm\"")),
+        "calm throttled"
+    );
+    drop((hog, calm));
+}

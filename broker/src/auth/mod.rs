@@ -16,8 +16,10 @@
 //! May call: [`crate::state`] (its tables). Nothing else of the broker.
 
 pub mod agents;
+pub mod quotas;
 mod tenants;
 
+pub use quotas::Quotas;
 pub use tenants::{DEFAULT_TENANT, Scope, TenantMap, Tenants};
 
 use std::collections::HashMap;

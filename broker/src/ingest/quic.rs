@@ -24,7 +24,7 @@ use crate::auth::agents::{self, Agents, Identity};
 use crate::log::{BrokerLog, check_batch};
 
 /// The endpoint's limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// See `BrokerConfig::batch_bytes_max`.
     pub batch_bytes_max: usize,
@@ -34,6 +34,8 @@ pub struct Limits {
     pub connections_per_address_max: u32,
     /// See `BrokerConfig::ingest_frame_timeout_ms`.
     pub frame_timeout: Duration,
+    /// The tenants' quotas (`tenant_ingest_events_per_sec`, `tenant_quotas`).
+    pub quotas: Arc<crate::auth::Quotas>,
 }
 
 /// Accepts connections until `shutdown` turns true, then closes the endpoint and waits for every
@@ -74,11 +76,12 @@ pub async fn serve(
             *n += 1;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let (log, open, agents, per_address) = (
+        let (log, open, agents, per_address, limits) = (
             log.clone(),
             open.clone(),
             agents.clone(),
             per_address.clone(),
+            limits.clone(),
         );
         connections.spawn(async move {
             match incoming.await {
@@ -139,7 +142,7 @@ async fn connection(conn: quinn::Connection, log: BrokerLog, agents: Arc<Agents>
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
         };
-        let (log, identity) = (log.clone(), identity.clone());
+        let (log, identity, limits) = (log.clone(), identity.clone(), limits.clone());
         streams.spawn(async move {
             if let Err(e) = stream(send, recv, log, &identity, limits, v2).await {
                 tracing::debug!(error = %e, "batch stream failed");
@@ -195,6 +198,31 @@ async fn stream(
                     Some(p) => b.with_prev_end(p),
                     None => Ok(b),
                 });
+            // The tenant's ingest quota: over it, nothing of the batch is appended and the
+            // agent is told when to send it again (and what follows it, on a new stream).
+            let checked = checked.map(|batch| {
+                let events: u64 = batch.chunk_events.iter().map(|n| u64::from(*n)).sum();
+                match limits.quotas.take_ingest(&identity.tenant, events) {
+                    Ok(()) => Ok(batch),
+                    Err(ms) => Err(BatchAck::throttled(
+                        ms,
+                        format!(
+                            "tenant {:?} is over its quota of {} events/s (tenant_ingest_events_per_sec); send again in {ms} ms",
+                            identity.tenant,
+                            limits.quotas.limits(&identity.tenant).ingest_events_per_sec
+                        ),
+                    )),
+                }
+            });
+            let checked = match checked {
+                Ok(Ok(batch)) => Ok(batch),
+                Ok(Err(throttled)) => {
+                    let _ = answers.send(Box::pin(std::future::ready(throttled))).await;
+                    let _ = recv.stop(0u32.into());
+                    return Ok(());
+                }
+                Err(reason) => Err(reason),
+            };
             let answer: Answer = match checked {
                 Ok(batch) => Box::pin(log.submit(batch).await),
                 Err(reason) => {

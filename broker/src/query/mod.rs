@@ -163,6 +163,7 @@ fn schema_result(schema: &Schema) -> Result<SchemaResult, Status> {
 pub struct Service {
     tables: Arc<Tables>,
     tokens: Arc<crate::auth::Tokens>,
+    quotas: Arc<crate::auth::Quotas>,
     sql: FlightSqlService,
     provider: sql::Provider,
     /// Planned statements by (SQL text, [`sql::catalog_fingerprint`]).
@@ -185,6 +186,8 @@ pub struct Settings {
     pub token_concurrency_max: usize,
     /// Statements kept planned (`flight_sql_plans_max`).
     pub sql_plans_max: usize,
+    /// The tenants' quotas (`tenant_query_concurrency_max`).
+    pub quotas: Arc<crate::auth::Quotas>,
 }
 
 /// At most `per_token` calls of one token run at once; the others wait in line, in order
@@ -226,8 +229,12 @@ impl Limiter {
     }
 }
 
-/// A running call's place in its token's line.
-type Permit = tokio::sync::OwnedSemaphorePermit;
+/// A running call's place in its token's line, and in its tenant's when the tenant has a
+/// `query_concurrency_max`.
+struct Permit {
+    _token: tokio::sync::OwnedSemaphorePermit,
+    _tenant: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 /// The call's bearer token and whose it is.
 fn principal_of(
@@ -271,6 +278,7 @@ impl Service {
         Self {
             tables,
             tokens: settings.tokens,
+            quotas: settings.quotas,
             limiter: Limiter {
                 per_token: settings.token_concurrency_max,
                 slots: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -298,7 +306,16 @@ impl Service {
     /// scope says whose rows and tables the call sees.
     async fn admit<T>(&self, req: &Request<T>) -> Result<(Permit, Scope), Status> {
         let (token, principal) = principal_of(&self.tokens, req.metadata())?;
-        Ok((self.limiter.enter(&token).await, principal.scope()))
+        let scope = principal.scope();
+        let tenant = match scope.tenant() {
+            Some(t) => self.quotas.enter_query(t).await,
+            None => None,
+        };
+        let permit = Permit {
+            _token: self.limiter.enter(&token).await,
+            _tenant: tenant,
+        };
+        Ok((permit, scope))
     }
 
     fn query_of(d: &FlightDescriptor) -> Result<TableQuery, Status> {

@@ -262,6 +262,9 @@ pub enum AckStatus {
     Rejected = 2,
     /// The broker cannot append now (disk full, failed fsync). Retry later.
     Unavailable = 3,
+    /// The agent's tenant is over its ingest quota: nothing of the batch was appended; send it
+    /// again after [`BatchAck::retry_after_ms`]. `message` names the quota.
+    Throttled = 4,
 }
 
 /// The broker's answer to one batch.
@@ -269,7 +272,8 @@ pub enum AckStatus {
 pub struct BatchAck {
     /// Outcome.
     pub status: AckStatus,
-    /// Log offset of the first appended event (0 if none).
+    /// Log offset of the first appended event (0 if none); for `Throttled`, the milliseconds
+    /// to wait before sending the batch again ([`BatchAck::retry_after_ms`]).
     pub base_offset: u64,
     /// Events appended.
     pub appended_events: u32,
@@ -292,6 +296,22 @@ pub fn ack_message_len(fixed: &[u8; ACK_FIXED_BYTES]) -> usize {
 }
 
 impl BatchAck {
+    /// A `Throttled` answer: wait `retry_after_ms`, for `message`'s reason.
+    pub fn throttled(retry_after_ms: u64, message: String) -> Self {
+        Self {
+            status: AckStatus::Throttled,
+            base_offset: retry_after_ms,
+            appended_events: 0,
+            duplicate_chunks: 0,
+            message,
+        }
+    }
+
+    /// How long to wait before sending a `Throttled` batch again.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        (self.status == AckStatus::Throttled).then_some(self.base_offset)
+    }
+
     /// `status u8 | base_offset u64 | appended u32 | duplicates u32 | msg_len u16 | msg`.
     pub fn encode(&self) -> Vec<u8> {
         let msg = &self.message.as_bytes()[..self.message.len().min(ACK_MESSAGE_BYTES_MAX)];
@@ -318,6 +338,7 @@ impl BatchAck {
             1 => AckStatus::Duplicate,
             2 => AckStatus::Rejected,
             3 => AckStatus::Unavailable,
+            4 => AckStatus::Throttled,
             s => return Err(WireError::Archive(format!("unknown ack status {s}"))),
         };
         let len = u16::from_le_bytes([b[17], b[18]]) as usize;
