@@ -176,10 +176,13 @@ pub struct BrokerArgs {
     /// Name on the broker's certificate.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    /// The broker's admin API, which enrolls the simulated agents (a certificate each, tenant
-    /// `bench`) with an admin token.
+    /// The broker's admin API, which enrolls the simulated agents (a certificate each, of
+    /// `--tenant`) with an admin token.
     #[arg(long, default_value = "127.0.0.1:8713")]
     pub admin_addr: SocketAddr,
+    /// The tenant the simulated agents are enrolled in (its quotas apply to them).
+    #[arg(long, default_value = "bench")]
+    pub tenant: String,
     /// The admin token (the `runnel` CLI's `--token`, `RUNNEL_TOKEN` or `--token-file`).
     #[arg(skip)]
     pub token: Option<String>,
@@ -449,7 +452,7 @@ pub async fn broker(a: &BrokerArgs) -> anyhow::Result<Report> {
     let mut identities = Vec::with_capacity(a.agents);
     for i in 0..a.agents {
         let name = format!("bench-{}-{i}", &run_id[..8]);
-        let e = admin.agent_enroll(&name, "bench").await.with_context(|| {
+        let e = admin.agent_enroll(&name, &a.tenant).await.with_context(|| {
             format!(
                 "enrolling simulated agent {name} at --admin-addr {} (it needs an admin token: --token, RUNNEL_TOKEN or --token-file)",
                 a.admin_addr

@@ -261,7 +261,13 @@ impl Target for BrokerQuic {
             }
             AckStatus::Rejected => Err("rejected".into()),
             AckStatus::Unavailable => Err("unavailable".into()),
-            AckStatus::Throttled => Err("throttled".into()),
+            AckStatus::Throttled => {
+                // As an agent does: wait as long as the broker says before this agent's next
+                // batch (its lock is held meanwhile).
+                let wait = ack.retry_after_ms().unwrap_or(0).min(10_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Err("throttled".into())
+            }
         }
     }
 }
