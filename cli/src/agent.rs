@@ -6,7 +6,7 @@
 //! broker knows it, `ca.pem`, then prints the flags that start the agent with them.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -45,24 +45,6 @@ pub enum AgentCmd {
     },
 }
 
-/// Writes `text` to `path`; the key readable by its owner only.
-fn write(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
     match cmd {
         AgentCmd::Enroll {
@@ -80,10 +62,11 @@ pub async fn run(cmd: AgentCmd) -> anyhow::Result<()> {
                 out.join("agent.key"),
                 out.join("ca.pem"),
             );
-            write(&key, &e.key_pem, true)?;
-            write(&cert, &e.cert_pem, false)?;
+            runnel_broker::state::write_private(&key, e.key_pem.as_bytes())?;
+            std::fs::write(&cert, &e.cert_pem)
+                .with_context(|| format!("writing {}", cert.display()))?;
             if let Some(pem) = &e.ca_pem {
-                write(&ca, pem, false)?;
+                std::fs::write(&ca, pem).with_context(|| format!("writing {}", ca.display()))?;
             }
             eprintln!(
                 "enrolled agent {name:?} of tenant {tenant:?} (certificate sha256 {}, valid until {})\nstart it with: runnel-agent --tls-cert {} --tls-key {}{}",

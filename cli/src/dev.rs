@@ -165,7 +165,7 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
     }
     let flight_token = broker.flight_tokens[0].clone();
     // `runnel query` run from the same directory reads it from here.
-    write_private(&data_dir.join("flight-token"), &flight_token)?;
+    runnel_broker::state::write_private(&data_dir.join("flight-token"), flight_token.as_bytes())?;
     let broker_cfg = BrokerConfig {
         data_dir: data_dir.join("broker"),
         ..broker
@@ -323,23 +323,7 @@ async fn enroll_agent(
         .agent_enroll(&name, "default")
         .await
         .with_context(|| format!("enrolling the dev agent {name:?}"))?;
-    write_private(&key, &e.key_pem)?;
-    write_private(&cert, &e.cert_pem)?;
+    runnel_broker::state::write_private(&key, e.key_pem.as_bytes())?;
+    runnel_broker::state::write_private(&cert, e.cert_pem.as_bytes())?;
     Ok((cert, key))
-}
-
-/// Writes `text` to `path`, readable by its owner only.
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }

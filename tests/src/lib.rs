@@ -647,6 +647,26 @@ pub fn python() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/runnel-py/bin/python")
 }
 
+/// Runs the script `tests/python/SCRIPT` with [`python`] and parses the JSON it prints (panics
+/// with its stderr when it fails).
+pub fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run scripts/setup.sh: it installs pyarrow and ADBC into ~/.cache/runnel-py");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A moto S3 server on a loopback port, stopped on drop.
 pub struct Moto {
     child: std::process::Child,

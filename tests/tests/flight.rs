@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use runnel_e2e::{Pipeline, free_tcp_port, plugin, python};
+use runnel_e2e::{Pipeline, free_tcp_port, plugin, run_python};
 use runnel_gen::{Config, Scenario};
 use serde_json::Value;
 
@@ -58,25 +58,6 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
-}
-
-/// Runs a script of `tests/python` with the venv's Python and returns its JSON output.
-fn run_python(script: &str, args: &[&str]) -> Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
-    let out = std::process::Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run scripts/setup.sh: it installs pyarrow and ADBC into ~/.cache/runnel-py");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `runnel agg read events_per_type`, as (start, end, is_final, event_type, platform, events).

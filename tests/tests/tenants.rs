@@ -8,28 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use runnel_e2e::{Pipeline, Proc, free_tcp_port, plugin, python};
+use runnel_e2e::{Pipeline, Proc, free_tcp_port, plugin, run_python};
 use serde_json::Value;
 
 const TENANTS: [(&str, u64); 3] = [("shop", 300), ("ads", 200), ("games", 120)];
-
-fn run_python(script: &str, args: &[&str]) -> Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
-    let out = std::process::Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run scripts/setup.sh: it installs pyarrow and ADBC into ~/.cache/runnel-py");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A token of `role` for `tenant`, made by the operator.
 fn tenant_token(p: &Pipeline, role: &str, tenant: &str) -> String {
@@ -55,6 +37,16 @@ fn cli_as(p: &Pipeline, token: &str, args: &[&str]) -> (bool, String, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `runnel plugin deploy` of the test or example plugin `component` as `name`, with `token`.
+fn deploy_as(p: &Pipeline, token: &str, component: &str, name: &str) -> (bool, String, String) {
+    let wasm = plugin(component);
+    cli_as(
+        p,
+        token,
+        &["plugin", "deploy", wasm.to_str().unwrap(), "--name", name],
     )
 }
 
@@ -114,30 +106,15 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
         let (agent, url) = tenant_agent(&p, &format!("{tenant}-agent"), tenant).await;
         let deployer = tenant_token(&p, "deployer", tenant);
         // The tenant deploys its own aggregate with its own token.
-        let (ok, out, err) = cli_as(
+        let (ok, out, err) = deploy_as(
             &p,
             &deployer,
-            &[
-                "plugin",
-                "deploy",
-                plugin("events_per_type").to_str().unwrap(),
-                "--name",
-                &format!("{tenant}_per_type"),
-            ],
+            "events_per_type",
+            &format!("{tenant}_per_type"),
         );
         assert!(ok, "{tenant} deploys: {out}{err}");
         // It may not deploy an enricher (enrichers see every tenant's events).
-        let (ok, _, err) = cli_as(
-            &p,
-            &deployer,
-            &[
-                "plugin",
-                "deploy",
-                plugin("pii_redact").to_str().unwrap(),
-                "--name",
-                &format!("{tenant}_redact"),
-            ],
-        );
+        let (ok, _, err) = deploy_as(&p, &deployer, "pii_redact", &format!("{tenant}_redact"));
         assert!(!ok && err.contains("enricher"), "{err}");
         let body = serde_json::Value::Array((0..n).map(|i| event(tenant, i)).collect());
         runnel_e2e::post_until_accepted(&client, &url, body.to_string()).await;

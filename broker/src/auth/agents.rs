@@ -18,56 +18,15 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use serde::{Deserialize, Serialize};
 
 use super::{AuthError, hex, storage};
 use crate::state::{self, AGENTS};
 
-/// One certificate of an agent.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CertRecord {
-    /// SHA-256 of the certificate's DER, hex.
-    pub sha256: String,
-    /// `enrolled` (issued by this broker) or `seen` (issued by the operator's CA, first seen on
-    /// a connection).
-    pub source: String,
-    /// When it was issued or first seen (RFC 3339).
-    pub since: String,
-    /// When it was revoked.
-    pub revoked_at: Option<String>,
-}
-
-/// An agent the broker knows.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AgentRecord {
-    /// Its `agent_id` (the certificates' common name).
-    pub name: String,
-    /// Its tenant (the certificates' organization).
-    pub tenant: String,
-    /// Its certificates, oldest first.
-    pub certificates: Vec<CertRecord>,
-    /// When its last connection was admitted (RFC 3339).
-    pub last_connected_at: Option<String>,
-}
-
-/// A certificate and key issued by [`Agents::enroll`].
-#[derive(Debug, Clone, Serialize)]
-pub struct Enrollment {
-    /// The agent.
-    pub name: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// The agent's certificate (PEM).
-    pub cert_pem: String,
-    /// Its key (PEM). The broker keeps no copy.
-    pub key_pem: String,
-    /// The CA the agent checks the broker with (PEM), when the broker knows it (the dev CA).
-    pub ca_pem: Option<String>,
-    /// SHA-256 of the certificate.
-    pub sha256: String,
-    /// Last day it is valid (RFC 3339).
-    pub not_after: String,
-}
+// What the broker stores of each agent (a row of `AGENTS`, as JSON) and answers with are the
+// API's types: one definition for both ends.
+pub use runnel_client::api::{
+    AgentCert as CertRecord, AgentEnrolled as Enrollment, AgentInfo as AgentRecord,
+};
 
 /// The identity of an admitted connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
