@@ -3,8 +3,9 @@
 #   calm: runnel bench broker --tenant calm --agents 4 --rate ${RATE:-200k} --duration ${SECS:-10}s
 #   hog:  runnel bench broker --tenant hog  --agents 4 --rate max (throttled: it waits as told)
 # against a fresh broker (archive off) with --tenant-quotas hog:ingest_events_per_sec=${QUOTA:-50000},
-# alternating runs of calm alone ("unloaded") and calm beside hog ("loaded"); prints calm's
-# throughput and latency for each, and what hog got through.
+# alternating runs of calm alone ("unloaded"), calm beside hog offering exactly its quota
+# ("at_quota": --rate QUOTA, never throttled) and calm beside hog at max ("over_quota": throttled
+# to its quota); prints calm's throughput and latency for each, and what hog got through.
 # Usage: benches/tenant_quota.sh RUNNEL_BINARY [RUNS]
 set -euo pipefail
 BIN=$1 RUNS=${2:-3} SECS=${SECS:-10} RATE=${RATE:-200k} QUOTA=${QUOTA:-50000}
@@ -24,8 +25,10 @@ one() { # KIND
     --archive-enabled false --tenant-quotas "hog:ingest_events_per_sec=$QUOTA" > "$d/b.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do curl -sf 127.0.0.1:18713/readyz >/dev/null && break; sleep 0.1; done
-  if [ "$kind" = loaded ]; then
-    bench "$d" hog max $((SECS + 3)) "$d/hog.json" &
+  if [ "$kind" != unloaded ]; then
+    local hog_rate=max
+    if [ "$kind" = at_quota ]; then hog_rate=$QUOTA; fi
+    bench "$d" hog "$hog_rate" $((SECS + 3)) "$d/hog.json" &
     hog=$!
     sleep 1.5
   fi
@@ -35,4 +38,4 @@ one() { # KIND
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$d"
 }
-for _ in $(seq "$RUNS"); do one unloaded; one loaded; done
+for _ in $(seq "$RUNS"); do one unloaded; one at_quota; one over_quota; done
