@@ -40,6 +40,36 @@ fn cli_as(p: &Pipeline, token: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `runnel query SQL --format json` against Flight on `flight`, with `token`.
+fn query_as(flight: u16, token: &str, sql: &str) -> std::process::Output {
+    runnel_e2e::runnel([
+        "query",
+        sql,
+        "--format",
+        "json",
+        &format!("--flight-addr=127.0.0.1:{flight}"),
+        "--token",
+        token,
+    ])
+    .output()
+    .unwrap()
+}
+
+/// One request of `events` (a JSON array) to the agent at `url`.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    events: impl Iterator<Item = Value>,
+) -> reqwest::Response {
+    client
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(Value::Array(events.collect()).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `runnel plugin deploy` of the test or example plugin `component` as `name`, with `token`.
 fn deploy_as(p: &Pipeline, token: &str, component: &str, name: &str) -> (bool, String, String) {
     let wasm = plugin(component);
@@ -272,17 +302,11 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
         }
 
         // `runnel query` with the tenant's token.
-        let out = runnel_e2e::runnel([
-            "query",
-            "SELECT event_id, agent_id FROM events UNION ALL SELECT event_id, agent_id FROM events WHERE event_id NOT IN (SELECT event_id FROM events)",
-            "--format",
-            "json",
-            &format!("--flight-addr=127.0.0.1:{flight}"),
-            "--token",
+        let out = query_as(
+            flight,
             &readers[i],
-        ])
-        .output()
-        .unwrap();
+            "SELECT event_id, agent_id FROM events UNION ALL SELECT event_id, agent_id FROM events WHERE event_id NOT IN (SELECT event_id FROM events)",
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -295,15 +319,11 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
             .collect();
         assert_eq!(lines.len() as u64, *n, "{tenant}: runnel query");
         assert!(lines.iter().all(|r| r["agent_id"] == agent.as_str()));
-        let out = runnel_e2e::runnel([
-            "query",
-            &format!("SELECT * FROM {}", foreign[0]),
-            &format!("--flight-addr=127.0.0.1:{flight}"),
-            "--token",
+        let out = query_as(
+            flight,
             &readers[i],
-        ])
-        .output()
-        .unwrap();
+            &format!("SELECT * FROM {}", foreign[0]),
+        );
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("not found"),
@@ -332,17 +352,11 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
     }
 
     // The operator's token sees every tenant's events, each with its tenant.
-    let out = runnel_e2e::runnel([
-        "query",
-        "SELECT count(*) AS n, count(DISTINCT tenant_id) AS tenants FROM events",
-        "--format",
-        "json",
-        &format!("--flight-addr=127.0.0.1:{flight}"),
-        "--token",
+    let out = query_as(
+        flight,
         &p.token(),
-    ])
-    .output()
-    .unwrap();
+        "SELECT count(*) AS n, count(DISTINCT tenant_id) AS tenants FROM events",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -376,14 +390,7 @@ async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
         );
         let ids: Vec<u64> = (n..n + 100).collect();
         n += 100;
-        let body = Value::Array(ids.iter().map(|i| event("hog", *i)).collect());
-        let r = client
-            .post(format!("{hog_url}/v1/events"))
-            .body(body.to_string())
-            .header("content-type", "application/json")
-            .send()
-            .await
-            .unwrap();
+        let r = post(&client, &hog_url, ids.iter().map(|i| event("hog", *i))).await;
         match r.status().as_u16() {
             202 => accepted.extend(ids.iter().map(|i| format!("hog-{i}"))),
             429 => {
@@ -404,14 +411,7 @@ async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
             s => panic!("hog's agent answered {s}: {}", r.text().await.unwrap()),
         }
         // The other tenant is not held.
-        let body = Value::Array((n..n + 10).map(|i| event("calm", i)).collect());
-        let r = client
-            .post(format!("{calm_url}/v1/events"))
-            .body(body.to_string())
-            .header("content-type", "application/json")
-            .send()
-            .await
-            .unwrap();
+        let r = post(&client, &calm_url, (n..n + 10).map(|i| event("calm", i))).await;
         assert_eq!(r.status(), 202, "calm's agent");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
