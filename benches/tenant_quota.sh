@@ -6,9 +6,11 @@
 # alternating runs of calm alone ("unloaded"), calm beside hog offering exactly its quota
 # ("at_quota": --rate QUOTA, never throttled) and calm beside hog at max ("over_quota": throttled
 # to its quota); prints calm's throughput and latency for each, and what hog got through.
+# At the end: the median of each kind's figures and calm's ratios to running alone.
 # Usage: benches/tenant_quota.sh RUNNEL_BINARY [RUNS]
 set -euo pipefail
 BIN=$1 RUNS=${2:-3} SECS=${SECS:-10} RATE=${RATE:-200k} QUOTA=${QUOTA:-50000}
+ALL=$(mktemp)
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 bench() { # DIR TENANT RATE SECS JSON
   "$BIN" bench broker --tenant "$2" --agents 4 --rate "$3" --duration "$4"s \
@@ -16,7 +18,7 @@ bench() { # DIR TENANT RATE SECS JSON
     --token "$(cat "$1/b/admin-token")" --json "$5" --quiet >/dev/null
 }
 figures() { # KIND JSON
-  python3 -c "import json; j=json.load(open('$2')); print('$1', round(j['throughput']['events_per_sec']), 'events/s p50', j['latency']['p50_ms'], 'p99', j['latency']['p99_ms'], 'ms errors', j['errors'])"
+  python3 -c "import json; j=json.load(open('$2')); print('$1', round(j['throughput']['events_per_sec']), 'events/s p50', j['latency']['p50_ms'], 'p99', j['latency']['p99_ms'], 'ms errors', j['errors'])" | tee -a "$ALL"
 }
 one() { # KIND
   local kind=$1 d pid hog=
@@ -39,3 +41,21 @@ one() { # KIND
   rm -rf "$d"
 }
 for _ in $(seq "$RUNS"); do one unloaded; one at_quota; one over_quota; done
+python3 - "$ALL" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    kind = f[0] if line[0] != ' ' else 'hog_' + prev
+    if line[0] != ' ':
+        prev = f[0]
+    runs.setdefault(kind, []).append((float(f[1]), float(f[6])))
+med = {k: (statistics.median(t for t, _ in v), statistics.median(p for _, p in v)) for k, v in runs.items()}
+for k, (t, p) in med.items():
+    print(f"median {k}: {t:.0f} events/s, p99 {p} ms ({len(runs[k])} runs)")
+base = med.get('unloaded')
+for k in ('at_quota', 'over_quota'):
+    if base and k in med:
+        print(f"calm {k} / unloaded: throughput {med[k][0] / base[0]:.2f}, p99 {med[k][1] / base[1]:.2f}")
+PY
+rm -f "$ALL"
