@@ -11,7 +11,7 @@
 //!   `Retry-After` when the spool is full; `503` with `Retry-After` when the disk is full, the
 //!   spool has failed, or `requests_in_flight_max` requests are already being handled; `429`
 //!   with `Retry-After` while the broker throttles this agent's tenant (over its
-//!   `tenant_ingest_events_per_sec`), nothing of the request accepted.
+//!   `tenant_ingest_events_per_sec` or `tenant_log_bytes_per_sec`), nothing of the request accepted.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};

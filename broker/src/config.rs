@@ -83,11 +83,14 @@ settings! {
     /// agent keeps it, sends it again then, and answers its apps 429 with Retry-After
     /// meanwhile.
     tenant_ingest_events_per_sec: u64 [u64] = 0;
+    /// Bytes per second of batches one tenant's agents may append to the log together (0: no
+    /// quota), answered as `tenant_ingest_events_per_sec` is when over it.
+    tenant_log_bytes_per_sec: u64 [u64] = 0;
     /// Flight calls one tenant's tokens may have running at once (0: no quota); more wait in
     /// line.
     tenant_query_concurrency_max: usize [usize] = 0;
     /// Per-tenant overrides of the quotas above, `TENANT:QUOTA=N` with QUOTA one of
-    /// `ingest_events_per_sec`, `query_concurrency_max` (repeatable).
+    /// `ingest_events_per_sec`, `log_bytes_per_sec`, `query_concurrency_max` (repeatable).
     tenant_quotas: Vec<String> [String, repeated] = Vec::new();
     /// The log's recovery checkpoint (producer table and counts) is rewritten after this many
     /// appended bytes; a restart scans at most about this much of the log (about 0.2 s for
@@ -265,6 +268,7 @@ impl BrokerConfig {
         crate::auth::Quotas::new(
             crate::auth::quotas::Limits {
                 ingest_events_per_sec: self.tenant_ingest_events_per_sec,
+                log_bytes_per_sec: self.tenant_log_bytes_per_sec,
                 query_concurrency_max: self.tenant_query_concurrency_max,
             },
             &self.tenant_quotas,

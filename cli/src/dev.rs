@@ -224,7 +224,7 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         }
     }
     for (name, text) in EXAMPLE_REPORTS {
-        if let Err(e) = admin.report_deploy(name, (*text).to_string()).await {
+        if let Err(e) = admin.report_deploy(name, (*text).to_string(), None).await {
             tracing::warn!(report = name, error = %e, "deploying the example report failed");
         }
     }

@@ -21,6 +21,10 @@ pub enum ReportCmd {
     Deploy {
         /// The definition.
         file: PathBuf,
+        /// The tenant it is for: its SQL sees that tenant's data only and its outputs go under
+        /// `tenants/TENANT/` (an operator's token; a tenant's token deploys for its own).
+        #[arg(long)]
+        tenant: Option<String>,
         /// The broker's admin address.
         #[arg(long, default_value = "127.0.0.1:8713")]
         admin_addr: SocketAddr,
@@ -97,11 +101,17 @@ pub async fn run(cmd: ReportCmd) -> anyhow::Result<()> {
             let list = crate::admin(admin_addr).reports().await?;
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
-        ReportCmd::Deploy { file, admin_addr } => {
+        ReportCmd::Deploy {
+            file,
+            tenant,
+            admin_addr,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let name = report_name(&text).with_context(|| format!("{}", file.display()))?;
-            let info = crate::admin(admin_addr).report_deploy(&name, text).await?;
+            let info = crate::admin(admin_addr)
+                .report_deploy(&name, text, tenant.as_deref())
+                .await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
         ReportCmd::Run {

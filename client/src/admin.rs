@@ -270,9 +270,18 @@ impl Admin {
             .await
     }
 
-    /// `PUT /v1/reports/NAME`: deploys a report definition (its TOML text).
-    pub async fn report_deploy(&self, name: &str, toml: String) -> Result<ReportInfo, Error> {
-        let url = format!("{}/v1/reports/{}", self.base, enc(name));
+    /// `PUT /v1/reports/NAME[?tenant=T]`: deploys a report definition (its TOML text), for
+    /// `tenant` (an operator's token; a tenant's deploys for its own).
+    pub async fn report_deploy(
+        &self,
+        name: &str,
+        toml: String,
+        tenant: Option<&str>,
+    ) -> Result<ReportInfo, Error> {
+        let mut url = format!("{}/v1/reports/{}", self.base, enc(name));
+        if let Some(t) = tenant {
+            url.push_str(&format!("?tenant={}", enc(t)));
+        }
         self.json(self.http.put(url).body(toml)).await
     }
 

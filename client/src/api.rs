@@ -327,6 +327,10 @@ pub struct ReportInfo {
     pub deployed_at: String,
     /// The newest run's id and status, if it has run.
     pub last_run: Option<(String, RunStatus)>,
+    /// The tenant it belongs to (its SQL sees that tenant's data only); `None`: an
+    /// operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// The body of `POST /v1/reports/NAME/runs` (every field optional).

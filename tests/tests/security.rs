@@ -410,7 +410,8 @@ async fn every_admin_route_refuses_a_missing_wrong_or_too_low_token() {
         }
     }
     assert!(checked >= 20, "{checked} routes checked");
-    assert!(platform >= 8, "{platform} broker-wide routes checked");
+    // The log's two and the archive's.
+    assert!(platform >= 3, "{platform} broker-wide routes checked");
     // A revoked token is refused from the next request on.
     let list: Vec<serde_json::Value> = serde_json::from_str(&p.cli(&["token", "list"])).unwrap();
     let reader = list

@@ -2,8 +2,9 @@
 //! pyarrow (plain Flight), ADBC (Flight SQL) and `runnel query`, each tenant's token sees
 //! exactly its tenant's rows and tables, also through SQL that tries to reach around it
 //! (`UNION`, subqueries, `information_schema`, the `events` table, a hand-made ticket): zero
-//! foreign rows in every case. The admin API shows a tenant its own plugins and aggregates only
-//! and refuses it the broker-wide routes.
+//! foreign rows in every case, and each tenant's report reads its rows only and writes its
+//! output under its tenant's folder. The admin API shows a tenant its own plugins, aggregates
+//! and reports only and refuses it the broker-wide routes.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -104,13 +105,30 @@ async fn tenant_agent(p: &Pipeline, name: &str, tenant: &str) -> (Proc, String) 
     (agent, url)
 }
 
+/// A report over `events` that tries to reach other tenants' rows (a subquery counting every
+/// agent), with `extra` lines.
+fn report_toml(name: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+format = "json"
+wait_for = "none"
+{extra}sql = "SELECT tenant_id, agent_id, count(*) AS n, (SELECT count(DISTINCT agent_id) FROM events) AS agents FROM events GROUP BY tenant_id, agent_id"
+"#
+    )
+}
+
 fn event(tenant: &str, n: u64) -> Value {
     let platform = ["ios", "android", "web"][(n % 3) as usize];
     serde_json::json!({
         "event_id": format!("{tenant}-{n}"),
         "event_type": format!("{tenant}.view"),
         // In order, one a second: none is late.
-        "timestamp": format!("2026-11-21T12:{:02}:{:02}.000Z", n / 60, n % 60),
+        "timestamp": format!(
+            "2026-11-21T{:02}:{:02}:{:02}.000Z",
+            12 + n / 3600,
+            n / 60 % 60,
+            n % 60
+        ),
         "user_id": format!("{tenant}-user-{}", n % 7),
         "platform": platform,
         "properties": {"secret": format!("{tenant}-secret")},
@@ -131,6 +149,7 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
     p.start_broker().await;
     let mut agents = Vec::new();
     let mut readers = Vec::new();
+    let mut deployers = Vec::new();
     let client = reqwest::Client::new();
     for (tenant, n) in TENANTS {
         let (agent, url) = tenant_agent(&p, &format!("{tenant}-agent"), tenant).await;
@@ -149,6 +168,7 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
         let body = serde_json::Value::Array((0..n).map(|i| event(tenant, i)).collect());
         runnel_e2e::post_until_accepted(&client, &url, body.to_string()).await;
         readers.push(tenant_token(&p, "reader", tenant));
+        deployers.push(deployer);
         agents.push(agent);
     }
     let total: u64 = TENANTS.iter().map(|(_, n)| n).sum();
@@ -173,6 +193,7 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
     }
 
     let url = format!("grpc://127.0.0.1:{flight}");
+    let mut runs = Vec::new();
     for (i, (tenant, n)) in TENANTS.iter().enumerate() {
         let own = format!("{tenant}_per_type");
         let foreign: Vec<String> = TENANTS
@@ -349,6 +370,84 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
         assert!(!ok && err.contains("no such thing"), "{err}");
         let (ok, _, err) = cli_as(&p, &readers[i], &["log", "read"]);
         assert!(!ok && err.contains("operator"), "{err}");
+
+        // Its report reads its rows only, whatever its SQL, and writes under tenants/TENANT/.
+        let report = format!("{tenant}_counts");
+        let def = p.dir.path().join(format!("{report}.toml"));
+        std::fs::write(&def, report_toml(&report, "")).unwrap();
+        let (ok, out, err) = cli_as(
+            &p,
+            &deployers[i],
+            &["report", "deploy", def.to_str().unwrap()],
+        );
+        assert!(ok, "{tenant} deploys its report: {out}{err}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap()["tenant"],
+            *tenant
+        );
+        let (ok, out, err) = cli_as(&p, &deployers[i], &["report", "run", &report, "--wait"]);
+        assert!(ok, "{tenant} runs its report: {out}{err}");
+        let run: Value = serde_json::from_str(&out).unwrap();
+        let link = run["output"]["url"].as_str().unwrap();
+        assert!(
+            link.contains(&format!("/tenants/{tenant}/{report}/")),
+            "{tenant}: output at {link}"
+        );
+        let id = run["id"].as_str().unwrap();
+        let (ok, out, err) = cli_as(&p, &readers[i], &["report", "get", id]);
+        assert!(ok, "{tenant} gets its output: {err}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([{"tenant_id": tenant, "agent_id": agent, "n": n, "agents": 1}]),
+            "{tenant}: its report's rows"
+        );
+        runs.push((report.clone(), id.to_string()));
+        // A tenant's report may not name where its outputs go.
+        std::fs::write(
+            &def,
+            report_toml(&report, "destination = \"file:///tmp/elsewhere\"\n"),
+        )
+        .unwrap();
+        let (ok, _, err) = cli_as(
+            &p,
+            &deployers[i],
+            &["report", "deploy", def.to_str().unwrap()],
+        );
+        assert!(!ok && err.contains("destination"), "{tenant}: {err}");
+    }
+
+    // A tenant sees its reports and runs only; another's are missing to it.
+    for (i, (tenant, _)) in TENANTS.iter().enumerate() {
+        let (ok, out, err) = cli_as(&p, &readers[i], &["report", "list"]);
+        assert!(ok, "{err}");
+        let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&out)
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, [format!("{tenant}_counts")], "{tenant}");
+        for (j, (report, id)) in runs.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for args in [
+                vec!["report", "status", id.as_str()],
+                vec!["report", "get", id.as_str()],
+                vec!["report", "history", report.as_str()],
+            ] {
+                let (ok, _, err) = cli_as(&p, &readers[i], &args);
+                assert!(
+                    !ok && err.contains("no such thing"),
+                    "{tenant} {args:?}: {err}"
+                );
+            }
+            let (ok, _, err) = cli_as(&p, &deployers[i], &["report", "run", report]);
+            assert!(
+                !ok && err.contains("no such thing"),
+                "{tenant} runs {report}: {err}"
+            );
+        }
     }
 
     // The operator's token sees every tenant's events, each with its tenant.
@@ -373,7 +472,19 @@ async fn each_tenant_sees_exactly_its_own_rows_and_tables() {
 /// and every event that got a 202 ends up in the log, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
-    let mut p = Pipeline::with_args(&[], &["--tenant-quotas=hog:ingest_events_per_sec=300"]);
+    over_quota_gets_429_and_loses_nothing("ingest_events_per_sec", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_log_bytes_quota_gets_429_and_loses_nothing() {
+    over_quota_gets_429_and_loses_nothing("log_bytes_per_sec", 30_000).await;
+}
+
+/// Tenant `hog` has `quota` = `limit`, tenant `calm` none: hog's agent answers 429 with
+/// `Retry-After` naming the quota's setting, calm's is never held, and every event hog's agent
+/// accepted is in the log once.
+async fn over_quota_gets_429_and_loses_nothing(quota: &str, limit: u64) {
+    let mut p = Pipeline::with_args(&[], &[&format!("--tenant-quotas=hog:{quota}={limit}")]);
     p.start_broker().await;
     let (hog, hog_url) = tenant_agent(&p, "hog-agent", "hog").await;
     let (calm, calm_url) = tenant_agent(&p, "calm-agent", "calm").await;
@@ -401,10 +512,14 @@ async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
                     .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
                 let v: Value = r.json().await.unwrap();
                 assert!(
-                    v["error"]
-                        .as_str()
-                        .unwrap()
-                        .contains("tenant_ingest_events_per_sec"),
+                    v["error"].as_str().unwrap().contains(&format!(
+                        "{limit} {}/s (tenant_{quota})",
+                        if quota == "ingest_events_per_sec" {
+                            "events"
+                        } else {
+                            "bytes"
+                        }
+                    )),
                     "{v}"
                 );
             }
@@ -412,7 +527,7 @@ async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
         }
         // The other tenant is not held.
         let r = post(&client, &calm_url, (n..n + 10).map(|i| event("calm", i))).await;
-        assert_eq!(r.status(), 202, "calm's agent");
+        assert_eq!(r.status(), 202, "calm's agent: {}", r.text().await.unwrap());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}");
@@ -434,7 +549,7 @@ async fn a_tenant_over_its_ingest_quota_gets_429_and_loses_nothing() {
             .lines()
             .any(|l| l.starts_with("runnel_tenant_throttled_total")
                 && l.contains("tenant=\"hog\"")
-                && l.contains("quota=\"ingest_events_per_sec\"")),
+                && l.contains(&format!("quota=\"{quota}\""))),
         "{metrics}"
     );
     assert!(

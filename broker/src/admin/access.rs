@@ -39,7 +39,7 @@ pub enum Access {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tenancy {
     /// The handler answers with the caller's tenant's things only (its plugins, aggregates,
-    /// tokens, agents), so a tenant's token may call it.
+    /// reports, tokens, agents), so a tenant's token may call it.
     Scoped,
     /// It shows or changes the whole broker: an operator's token (without a tenant) only.
     Platform,
@@ -78,6 +78,11 @@ fn table() -> Vec<(Route, Handler)> {
         "/v1/tokens/{id}",
         "/v1/agents",
         "/v1/agents/{name}/revoke",
+        "/v1/reports",
+        "/v1/reports/{name}",
+        "/v1/reports/{name}/runs",
+        "/v1/reports/runs/{id}",
+        "/v1/reports/runs/{id}/output",
         "/v1/routes",
     ];
     let r = |method, path, access, handler: Handler| {

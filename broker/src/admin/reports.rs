@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::Extension;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use runnel_client::api::{ReportInfo, RunAccepted, RunRequest};
 use serde::Deserialize;
 
 use super::{Admin, bad_request};
+use crate::auth::{Principal, Scope};
+use crate::reports::queue::ReportRecord;
 use crate::reports::{self, Definition, NewRun, QueueError, Reports, Runner};
 
 /// Longest `Idempotency-Key`.
@@ -59,7 +62,7 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn info(record: &reports::queue::ReportRecord, last: Option<&reports::RunRecord>) -> ReportInfo {
+fn info(record: &ReportRecord, last: Option<&reports::RunRecord>) -> ReportInfo {
     let active = record.active();
     let def = Definition::parse(&active.text);
     let (description, format, schedule, time_zone, params) = match &def {
@@ -91,15 +94,35 @@ fn info(record: &reports::queue::ReportRecord, last: Option<&reports::RunRecord>
         params,
         deployed_at: rfc3339(active.deployed_at_ms),
         last_run: last.map(|r| (r.id.clone(), r.status)),
+        tenant: record.tenant.clone(),
     }
 }
 
-/// `GET /v1/reports`.
-pub(super) async fn list(State(a): State<Arc<Admin>>) -> Response {
+/// Report `name`, if `scope` owns it; another tenant's is answered as missing.
+async fn owned(a: &Admin, scope: &Scope, name: String) -> Result<ReportRecord, Response> {
     let r = a.reports.clone();
+    let shown = format!("report {name:?}");
+    let record = blocking(move || r.queue.report(&name)).await?;
+    if scope.owns(record.tenant.as_deref()) {
+        Ok(record)
+    } else {
+        Err(super::access::not_yours(&shown))
+    }
+}
+
+/// `GET /v1/reports`: the caller's tenant's (an operator's token: every report).
+pub(super) async fn list(
+    State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Principal>,
+) -> Response {
+    let r = a.reports.clone();
+    let scope = caller.scope();
     let got = blocking(move || {
         let mut out = Vec::new();
         for record in r.queue.reports()? {
+            if !scope.owns(record.tenant.as_deref()) {
+                continue;
+            }
             let last = r.queue.history(&record.name, 1)?;
             out.push(info(&record, last.first()));
         }
@@ -112,14 +135,35 @@ pub(super) async fn list(State(a): State<Arc<Admin>>) -> Response {
     }
 }
 
-/// `PUT /v1/reports/NAME`: the definition's TOML as the body. Its SQL is planned over the
-/// tables before it is stored, so a definition naming a table or column that is not there is
-/// refused with the planner's message.
+/// `PUT /v1/reports/NAME[?tenant=T]`: the definition's TOML as the body. Its SQL is planned
+/// over the tables (as the report's tenant sees them) before it is stored, so a definition
+/// naming a table or column that is not there is refused with the planner's message. A
+/// tenant's token deploys for its tenant; an operator's may name one.
 pub(super) async fn deploy(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
     body: String,
 ) -> Response {
+    let mut tenant = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "tenant" => match runnel_protocol::check_tenant(&v) {
+                Ok(()) => tenant = Some(v.into_owned()),
+                Err(e) => return bad_request(format!("tenant: {e}")),
+            },
+            other => return bad_request(format!("{other}: unknown parameter (tenant= only)")),
+        }
+    }
+    if let Some(own) = &caller.tenant {
+        if tenant.as_ref().is_some_and(|t| t != own) {
+            return bad_request(format!(
+                "tenant: this token belongs to tenant {own:?} and may deploy that tenant's reports only"
+            ));
+        }
+        tenant = Some(own.clone());
+    }
     let (service, runner) = match service(&a) {
         Ok(s) => s,
         Err(e) => return e,
@@ -139,12 +183,31 @@ pub(super) async fn deploy(
     {
         return bad_request(e);
     }
-    if let Err(e) = runner.check(&def).await {
+    // The scope its SQL will run in: the tenant named, or an existing report's.
+    let existing = {
+        let r = a.reports.clone();
+        let name = name.clone();
+        match blocking(move || match r.queue.report(&name) {
+            Ok(record) => Ok(Some(record)),
+            Err(QueueError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        {
+            Ok(e) => e,
+            Err(e) => return e,
+        }
+    };
+    let scope = match tenant.clone().or(existing.and_then(|r| r.tenant)) {
+        Some(t) => Scope::Tenant(t),
+        None => Scope::All,
+    };
+    if let Err(e) = runner.check(&def, &scope).await {
         return bad_request(format!("sql: {}", e.trim_start_matches("SQL: ")));
     }
     let now = reports::now_ms();
     let got = blocking(move || {
-        let (record, changed) = service.queue.deploy(&def, &body, now)?;
+        let (record, changed) = service.queue.deploy(&def, &body, now, tenant.as_deref())?;
         let last = service.queue.history(&record.name, 1)?;
         Ok((info(&record, last.first()), changed))
     })
@@ -167,10 +230,14 @@ pub(super) async fn deploy(
 /// `POST /v1/reports/NAME/runs`: `202` once the run is in the queue (committed).
 pub(super) async fn run(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    if let Err(e) = owned(&a, &caller.scope(), name.clone()).await {
+        return e;
+    }
     let req: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RunRequest::default()
     } else {
@@ -243,10 +310,23 @@ async fn api_run(a: &Admin, run: reports::RunRecord) -> runnel_client::api::Repo
     run.to_api(|_| link.clone().unwrap_or_default())
 }
 
-/// `GET /v1/reports/runs/ID`.
-pub(super) async fn status(State(a): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
+/// Run `id`, if `scope` owns its report; another tenant's is answered as missing.
+async fn owned_run(a: &Admin, scope: &Scope, id: String) -> Result<reports::RunRecord, Response> {
     let r = a.reports.clone();
-    match blocking(move || r.queue.run(&id)).await {
+    let run = blocking(move || r.queue.run(&id)).await?;
+    match owned(a, scope, run.report.clone()).await {
+        Ok(_) => Ok(run),
+        Err(_) => Err(super::access::not_yours(&format!("run {:?}", run.id))),
+    }
+}
+
+/// `GET /v1/reports/runs/ID`.
+pub(super) async fn status(
+    State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    match owned_run(&a, &caller.scope(), id).await {
         Ok(run) => axum::Json(api_run(&a, run).await).into_response(),
         Err(e) => e,
     }
@@ -263,6 +343,7 @@ const HISTORY_LIMIT_MAX: usize = 1000;
 /// `GET /v1/reports/NAME/runs?limit=N`: newest first.
 pub(super) async fn history(
     State(a): State<Arc<Admin>>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -273,13 +354,11 @@ pub(super) async fn history(
     if limit == 0 || limit > HISTORY_LIMIT_MAX {
         return bad_request(format!("limit: must be between 1 and {HISTORY_LIMIT_MAX}"));
     }
+    if let Err(e) = owned(&a, &caller.scope(), name.clone()).await {
+        return e;
+    }
     let r = a.reports.clone();
-    let runs = match blocking(move || {
-        r.queue.report(&name)?;
-        r.queue.history(&name, limit)
-    })
-    .await
-    {
+    let runs = match blocking(move || r.queue.history(&name, limit)).await {
         Ok(runs) => runs,
         Err(e) => return e,
     };
@@ -296,14 +375,18 @@ pub(super) struct OutputQuery {
 }
 
 /// `GET /v1/reports/runs/ID/output?token=T`: the output's bytes, for the run's link token, or
-/// for a reader's API token (checked before this handler runs).
+/// for a reader's API token (checked before this handler runs) of the report's tenant.
 pub(super) async fn output(
     State(a): State<Arc<Admin>>,
     Path(id): Path<String>,
-    caller: Option<axum::Extension<crate::auth::Principal>>,
+    caller: Option<Extension<Principal>>,
     q: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if caller.is_none() {
+    if let Some(Extension(caller)) = &caller {
+        if let Err(e) = owned_run(&a, &caller.scope(), id.clone()).await {
+            return e;
+        }
+    } else {
         let token = match q {
             Ok(Query(OutputQuery { token: Some(t) })) => t,
             Ok(_) => return error(StatusCode::UNAUTHORIZED, "token: missing"),

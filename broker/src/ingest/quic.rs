@@ -34,7 +34,7 @@ pub struct Limits {
     pub connections_per_address_max: u32,
     /// See `BrokerConfig::ingest_frame_timeout_ms`.
     pub frame_timeout: Duration,
-    /// The tenants' quotas (`tenant_ingest_events_per_sec`, `tenant_quotas`).
+    /// The tenants' quotas (`tenant_ingest_events_per_sec`, `tenant_log_bytes_per_sec`, `tenant_quotas`).
     pub quotas: Arc<crate::auth::Quotas>,
 }
 
@@ -202,16 +202,10 @@ async fn stream(
             // agent is told when to send it again (and what follows it, on a new stream).
             let checked = checked.map(|batch| {
                 let events: u64 = batch.chunk_events.iter().map(|n| u64::from(*n)).sum();
-                match limits.quotas.take_ingest(&identity.tenant, events) {
+                let bytes = batch.frame.len() as u64;
+                match limits.quotas.take_ingest(&identity.tenant, events, bytes) {
                     Ok(()) => Ok(batch),
-                    Err(ms) => Err(BatchAck::throttled(
-                        ms,
-                        format!(
-                            "tenant {:?} is over its quota of {} events/s (tenant_ingest_events_per_sec); send again in {ms} ms",
-                            identity.tenant,
-                            limits.quotas.limits(&identity.tenant).ingest_events_per_sec
-                        ),
-                    )),
+                    Err(t) => Err(BatchAck::throttled(t.wait_ms, t.message(&identity.tenant))),
                 }
             });
             let checked = match checked {

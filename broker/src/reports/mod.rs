@@ -21,6 +21,11 @@
 //!   `X-Runnel-Signature: sha256=HEX` (HMAC-SHA256 of the body with `report_webhook_secret`)
 //!   and `X-Runnel-Delivery: ID`, retried with backoff until a 2xx, at most
 //!   `report_webhook_attempts_max` attempts, each recorded on the run.
+//! - **Tenants.** A report deployed by a tenant's token (or by an operator's with `tenant=`)
+//!   is that tenant's: its SQL is planned and run in the tenant's scope, so it reads what the
+//!   tenant's tokens read over Flight SQL and nothing else, and its outputs go under
+//!   `tenants/TENANT/` of `report_destination` (its definition may not name a destination).
+//!   The admin API shows a tenant's token its tenant's reports and runs only.
 //! - **Links.** An output in S3 is linked by a pre-signed URL (`report_link_ttl_s`); any other
 //!   by `/v1/reports/runs/ID/output?token=T` on the admin port, `T` an HMAC of the run id, so a
 //!   link opens one output and cannot be guessed.
@@ -404,7 +409,8 @@ async fn dispatch(
                 continue;
             }
         };
-        let waiting = match runner.waiting(&def, &run).await {
+        let scope = record.scope();
+        let waiting = match runner.waiting(&def, &run, &scope).await {
             Ok(w) => w,
             Err(e) => Some(format!("cannot tell yet: {e}")),
         };
@@ -425,7 +431,7 @@ async fn dispatch(
             .insert(run.id.clone());
         let (reports, runner, in_flight) = (reports.clone(), runner.clone(), in_flight.clone());
         tasks.spawn(async move {
-            attempt(&reports, &runner, def, run.clone()).await;
+            attempt(&reports, &runner, def, run.clone(), scope).await;
             in_flight.lock().expect("lock poisoned").remove(&run.id);
             reports.wake();
         });
@@ -452,12 +458,18 @@ async fn fail_now(
     Ok(())
 }
 
-/// One attempt of a claimed run, recorded in the queue.
-async fn attempt(reports: &Arc<Reports>, runner: &Arc<Runner>, def: Definition, run: RunRecord) {
+/// One attempt of a claimed run, its SQL in `scope`, recorded in the queue.
+async fn attempt(
+    reports: &Arc<Reports>,
+    runner: &Arc<Runner>,
+    def: Definition,
+    run: RunRecord,
+    scope: crate::auth::Scope,
+) {
     let started = std::time::Instant::now();
     let result = match tokio::time::timeout(
         Duration::from_millis(run.deadline_ms),
-        runner.execute(&def, &run),
+        runner.execute(&def, &run, &scope),
     )
     .await
     {

@@ -32,9 +32,22 @@ pub struct ReportRecord {
     /// or skipped by the misfire policy. Set at the first deploy, so a new report does not
     /// run for the past.
     pub scheduled_until_ms: i64,
+    /// The tenant it belongs to: its SQL runs in that tenant's scope and its outputs go under
+    /// `tenants/TENANT/` of the broker's report destination. `None`: an operator's, over
+    /// every tenant's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl ReportRecord {
+    /// What its SQL sees.
+    pub fn scope(&self) -> crate::auth::Scope {
+        match &self.tenant {
+            Some(t) => crate::auth::Scope::Tenant(t.clone()),
+            None => crate::auth::Scope::All,
+        }
+    }
+
     /// The active version.
     pub fn active(&self) -> &ReportVersion {
         self.versions.last().expect("a record has a version")
@@ -308,12 +321,15 @@ impl Queue {
     }
 
     /// Deploys a definition: a new version unless the text is the active one's. Returns the
-    /// record and whether it changed.
+    /// record and whether it changed. `tenant` (a tenant's token, or an operator's `tenant=`):
+    /// a new report is that tenant's and an existing one must be; `None` makes a new report
+    /// an operator's and keeps an existing one's tenant.
     pub fn deploy(
         &self,
         def: &Definition,
         text: &str,
         now_ms: i64,
+        tenant: Option<&str>,
     ) -> Result<(ReportRecord, bool), QueueError> {
         let sha256 = crate::plugins::sha256_hex(text.as_bytes());
         let txn = self.db.begin_write().map_err(storage)?;
@@ -323,11 +339,26 @@ impl Queue {
                 Some(v) => Some(from_json("report", v.value())?),
                 None => None,
             };
+            if let (Some(old), Some(t)) = (&old, tenant)
+                && old.tenant.as_deref() != Some(t)
+            {
+                return Err(QueueError::Invalid(format!(
+                    "name: a report named {:?} exists and is not of tenant {t:?}; choose another name",
+                    def.name
+                )));
+            }
             let mut record = old.unwrap_or(ReportRecord {
                 name: def.name.clone(),
                 versions: Vec::new(),
                 scheduled_until_ms: now_ms,
+                tenant: tenant.map(str::to_string),
             });
+            if let (Some(t), Some(_)) = (&record.tenant, &def.destination) {
+                return Err(QueueError::Invalid(format!(
+                    "destination: report {:?} is tenant {t:?}'s, whose outputs go under tenants/{t}/ of the broker's report_destination; remove destination",
+                    def.name
+                )));
+            }
             if record.versions.last().is_some_and(|v| v.sha256 == sha256) {
                 (record, false)
             } else {
@@ -763,9 +794,9 @@ mod tests {
     fn a_key_names_one_run_and_a_cut_off_run_is_queued_again() {
         let (dir, q) = queue();
         let def = Definition::parse(DEF).unwrap();
-        assert!(q.deploy(&def, DEF, 0).unwrap().1);
+        assert!(q.deploy(&def, DEF, 0, None).unwrap().1);
         assert!(
-            !q.deploy(&def, DEF, 1).unwrap().1,
+            !q.deploy(&def, DEF, 1, None).unwrap().1,
             "the same text is no new version"
         );
         let (a, repeat) = q.enqueue(new_run(Some("k")), 10).unwrap();
@@ -801,7 +832,7 @@ mod tests {
     fn a_failed_attempt_is_retried_until_the_limit() {
         let (_dir, q) = queue();
         let def = Definition::parse(DEF).unwrap();
-        q.deploy(&def, DEF, 0).unwrap();
+        q.deploy(&def, DEF, 0, None).unwrap();
         let (run, _) = q.enqueue(new_run(None), 10).unwrap();
         q.claim(&run.id, 10).unwrap().unwrap();
         let r = q

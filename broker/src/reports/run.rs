@@ -1,6 +1,7 @@
 //! One attempt of a run: the SQL over the Flight SQL tables, the output encoded whole in memory
 //! (at most `report_output_bytes_max`), then written with one `put` at its one name,
-//! `DESTINATION/REPORT/RUN_ID.EXT`. A put is atomic in every store (a local file is written
+//! `DESTINATION/REPORT/RUN_ID.EXT`
+//! (a tenant's report: `DEFAULT_DESTINATION/tenants/TENANT/REPORT/RUN_ID.EXT`). A put is atomic in every store (a local file is written
 //! aside and renamed; an S3 object appears whole), so a half-written output is never visible
 //! at that name, and a retry writes the same name again: never a second copy under another.
 
@@ -16,6 +17,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use super::definition::{Definition, Format};
 use super::queue::{Output, RunRecord};
 use crate::archive::store::{self, Location, S3Settings};
+use crate::auth::Scope;
 use crate::query::{Planned, Provider, Tables};
 
 /// Runs attempts.
@@ -73,15 +75,27 @@ impl Runner {
         self.tables.archive().is_some_and(|a| a.view().is_none())
     }
 
-    /// Where a definition's outputs go.
-    pub fn destination_of(&self, def: &Definition) -> String {
-        def.destination
-            .clone()
-            .unwrap_or_else(|| self.default_destination.clone())
+    /// Where a definition's outputs go: its store, and the folder in it under which each
+    /// report has its own. A tenant's are under `tenants/TENANT/` of the broker's default
+    /// destination (its definition names none: see [`super::Queue::deploy`]).
+    pub fn destination_of(&self, def: &Definition, scope: &Scope) -> (String, Vec<String>) {
+        match scope.tenant() {
+            Some(t) => (
+                self.default_destination.clone(),
+                vec!["tenants".to_string(), t.to_string()],
+            ),
+            None => (
+                def.destination
+                    .clone()
+                    .unwrap_or_else(|| self.default_destination.clone()),
+                Vec::new(),
+            ),
+        }
     }
 
-    /// Whether the definition's SQL plans over the tables as they are now, with sample values.
-    pub async fn check(&self, def: &Definition) -> Result<(), String> {
+    /// Whether the definition's SQL plans over the tables as `scope` sees them now, with
+    /// sample values.
+    pub async fn check(&self, def: &Definition, scope: &Scope) -> Result<(), String> {
         let values = def.resolve(&serde_json::Map::new(), 0).unwrap_or_else(|_| {
             // A parameter without a default: any value of its type plans the same.
             def.params
@@ -91,7 +105,7 @@ impl Runner {
         });
         let sql = def.render(&values)?;
         self.provider
-            .plan(&sql, &crate::auth::Scope::All)
+            .plan(&sql, scope)
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_string())
@@ -141,30 +155,39 @@ impl Runner {
         &self,
         def: &Definition,
         run: &RunRecord,
+        scope: &Scope,
     ) -> Result<Option<String>, String> {
         if !run.wait_for_final {
             return Ok(None);
         }
-        let planned = self.plan(def, run).await?;
+        let planned = self.plan(def, run, scope).await?;
         self.not_final(def, run, planned.reads()).await
     }
 
-    /// The run's SQL, its parameters rendered, planned over the tables as they are now.
-    async fn plan(&self, def: &Definition, run: &RunRecord) -> Result<Planned, String> {
+    /// The run's SQL, its parameters rendered, planned over the tables as `scope` sees them
+    /// now.
+    async fn plan(
+        &self,
+        def: &Definition,
+        run: &RunRecord,
+        scope: &Scope,
+    ) -> Result<Planned, String> {
         let sql = def.render(&run.params)?;
         self.provider
-            .plan(&sql, &crate::auth::Scope::All)
+            .plan(&sql, scope)
             .await
             .map_err(|s| s.message().to_string())
     }
 
-    /// One attempt: the output written, and whether it is partial.
+    /// One attempt, its SQL in `scope` (the report's tenant's, or every tenant's): the output
+    /// written, and whether it is partial.
     pub async fn execute(
         &self,
         def: &Definition,
         run: &RunRecord,
+        scope: &Scope,
     ) -> Result<(Output, bool), String> {
-        let planned = self.plan(def, run).await?;
+        let planned = self.plan(def, run, scope).await?;
         let partial = self.not_final(def, run, planned.reads()).await?.is_some();
         let mut stream = planned
             .run()
@@ -199,13 +222,16 @@ impl Runner {
                 self.output_bytes_max
             ));
         }
-        let destination = self.destination_of(def);
+        let (destination, folder) = self.destination_of(def, scope);
         let location = self.location(&destination)?;
         let file = format!("{}.{}", run.id, def.format.as_str());
-        let path = Path::from_url_path(location.url.path())
-            .map_err(|e| format!("destination {destination:?}: {e}"))?
-            .join(def.name.as_str())
-            .join(file.as_str());
+        let mut path = Path::from_url_path(location.url.path())
+            .map_err(|e| format!("destination {destination:?}: {e}"))?;
+        for part in &folder {
+            path = path.join(part.as_str());
+        }
+        let path = path.join(def.name.as_str()).join(file.as_str());
+        let relative: String = folder.iter().map(|p| format!("{p}/")).collect();
         let sha256 = crate::plugins::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         location
@@ -222,7 +248,7 @@ impl Runner {
             .map_err(|e| format!("writing {path}: {e}"))?;
         let url = location
             .url
-            .join(&format!("{}/{file}", def.name))
+            .join(&format!("{relative}{}/{file}", def.name))
             .map_err(|e| format!("destination {destination:?}: {e}"))?;
         Ok((
             Output {
