@@ -22,6 +22,28 @@ use serde::Deserialize;
 use super::{Admin, reports};
 use crate::auth::{AuthError, Principal, Role};
 
+/// A `tenant=` query parameter, checked; the error names the parameter.
+pub(super) fn tenant_param(v: &str) -> Result<String, String> {
+    runnel_protocol::check_tenant(v).map_err(|e| format!("tenant: {e}"))?;
+    Ok(v.to_string())
+}
+
+/// The tenant a deploy of `what` (plugins, reports) is for: a tenant's token deploys for its
+/// own tenant (naming another is refused); an operator's may name one, or none (global).
+pub(super) fn deploy_tenant(
+    caller: &Principal,
+    named: Option<String>,
+    what: &str,
+) -> Result<Option<String>, String> {
+    match &caller.tenant {
+        Some(own) if named.as_ref().is_some_and(|t| t != own) => Err(format!(
+            "tenant: this token belongs to tenant {own:?} and may deploy that tenant's {what} only"
+        )),
+        Some(own) => Ok(Some(own.clone())),
+        None => Ok(named),
+    }
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

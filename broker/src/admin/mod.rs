@@ -371,10 +371,7 @@ fn parse_deploy(
             }
             "policy" => req.policy = Some(v.parse()?),
             "backfill_from" => req.backfill = Some(plugins::BackfillFrom::parse(&v)?),
-            "tenant" => {
-                runnel_protocol::check_tenant(&v).map_err(|e| format!("tenant: {e}"))?;
-                req.tenant = Some(v.into_owned());
-            }
+            "tenant" => req.tenant = Some(access::tenant_param(&v)?),
             "param" => {
                 let (pk, pv) = v
                     .split_once('=')
@@ -439,15 +436,10 @@ async fn deploy_plugin(
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    // A tenant's token deploys for its tenant; an operator's may name one (`tenant=`).
-    if let Some(own) = &caller.tenant {
-        if req.tenant.as_ref().is_some_and(|t| t != own) {
-            return bad_request(format!(
-                "tenant: this token belongs to tenant {own:?} and may deploy that tenant's plugins only"
-            ));
-        }
-        req.tenant = Some(own.clone());
-    }
+    req.tenant = match access::deploy_tenant(&caller, req.tenant.take(), "plugins") {
+        Ok(t) => t,
+        Err(e) => return bad_request(e),
+    };
     let a2 = a.clone();
     let result = tokio::task::spawn_blocking(move || {
         let sha = plugins::sha256_hex(&body);

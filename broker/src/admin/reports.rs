@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use runnel_client::api::{ReportInfo, RunAccepted, RunRequest};
 use serde::Deserialize;
 
-use super::{Admin, bad_request};
+use super::{Admin, access, bad_request};
 use crate::auth::{Principal, Scope};
 use crate::reports::queue::ReportRecord;
 use crate::reports::{self, Definition, NewRun, QueueError, Reports, Runner};
@@ -146,24 +146,20 @@ pub(super) async fn deploy(
     RawQuery(query): RawQuery,
     body: String,
 ) -> Response {
-    let mut tenant = None;
+    let mut named = None;
     for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "tenant" => match runnel_protocol::check_tenant(&v) {
-                Ok(()) => tenant = Some(v.into_owned()),
-                Err(e) => return bad_request(format!("tenant: {e}")),
+            "tenant" => match access::tenant_param(&v) {
+                Ok(t) => named = Some(t),
+                Err(e) => return bad_request(e),
             },
             other => return bad_request(format!("{other}: unknown parameter (tenant= only)")),
         }
     }
-    if let Some(own) = &caller.tenant {
-        if tenant.as_ref().is_some_and(|t| t != own) {
-            return bad_request(format!(
-                "tenant: this token belongs to tenant {own:?} and may deploy that tenant's reports only"
-            ));
-        }
-        tenant = Some(own.clone());
-    }
+    let tenant = match access::deploy_tenant(&caller, named, "reports") {
+        Ok(t) => t,
+        Err(e) => return bad_request(e),
+    };
     let (service, runner) = match service(&a) {
         Ok(s) => s,
         Err(e) => return e,
@@ -198,10 +194,7 @@ pub(super) async fn deploy(
             Err(e) => return e,
         }
     };
-    let scope = match tenant.clone().or(existing.and_then(|r| r.tenant)) {
-        Some(t) => Scope::Tenant(t),
-        None => Scope::All,
-    };
+    let scope = Scope::of(tenant.clone().or(existing.and_then(|r| r.tenant)));
     if let Err(e) = runner.check(&def, &scope).await {
         return bad_request(format!("sql: {}", e.trim_start_matches("SQL: ")));
     }

@@ -104,10 +104,7 @@ pub struct Principal {
 impl Principal {
     /// Whose data the caller sees.
     pub fn scope(&self) -> Scope {
-        match &self.tenant {
-            Some(t) => Scope::Tenant(t.clone()),
-            None => Scope::All,
-        }
+        Scope::of(self.tenant.clone())
     }
 }
 

@@ -25,6 +25,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// One tenant's scope, or every tenant's for `None` (what an operator deployed).
+    pub fn of(tenant: Option<String>) -> Scope {
+        match tenant {
+            Some(t) => Scope::Tenant(t),
+            None => Scope::All,
+        }
+    }
+
     /// The tenant, when the scope is one tenant's.
     pub fn tenant(&self) -> Option<&str> {
         match self {

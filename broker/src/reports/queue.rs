@@ -42,10 +42,7 @@ pub struct ReportRecord {
 impl ReportRecord {
     /// What its SQL sees.
     pub fn scope(&self) -> crate::auth::Scope {
-        match &self.tenant {
-            Some(t) => crate::auth::Scope::Tenant(t.clone()),
-            None => crate::auth::Scope::All,
-        }
+        crate::auth::Scope::of(self.tenant.clone())
     }
 
     /// The active version.
