@@ -45,6 +45,48 @@ pub struct AppState {
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set while the broker throttles this agent's tenant: requests get 429 meanwhile.
     pub(crate) throttle: Arc<crate::shipper::Throttle>,
+    /// The schema registry in force.
+    pub(crate) schemas: crate::schemas::Current,
+}
+
+/// Checks each event against the schema of its type and version (before dedup, so a rejected
+/// event is not taken for a duplicate when it is sent again fixed); the ones that break it
+/// become `rejected` entries naming the JSON pointer and the rule, counted in
+/// `runnel_agent_schema_rejected_total{event_type,rule}`.
+pub(crate) fn check_schemas(
+    schemas: &runnel_schema::Schemas,
+    events: &mut Vec<(usize, Event)>,
+    rejected: &mut Vec<Rejected>,
+) {
+    if schemas.is_empty() {
+        return;
+    }
+    let before = rejected.len();
+    events.retain(|(index, ev)| {
+        match schemas.check(&ev.event_type, ev.schema_version, ev.properties.as_deref()) {
+            Ok(()) => true,
+            Err(r) => {
+                // Types without a schema are not labelled by name: producers choose them.
+                let ty = if r.schema.is_some() || r.violations[0].rule == "schema_version" {
+                    ev.event_type.clone()
+                } else {
+                    "_unregistered".to_string()
+                };
+                for v in &r.violations {
+                    metrics::counter!("runnel_agent_schema_rejected_total", "event_type" => ty.clone(), "rule" => v.rule.clone())
+                        .increment(1);
+                }
+                rejected.push(Rejected {
+                    index: *index,
+                    error: r.to_string(),
+                });
+                false
+            }
+        }
+    });
+    if rejected.len() > before {
+        rejected.sort_by_key(|r| r.index);
+    }
 }
 
 /// One rejected event in an answer.
@@ -257,7 +299,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         _ => BodyFormat::Json,
     };
     let received_at = crate::clock_ms(cfg);
-    let parsed = parse_body(body, format, &app.limits, received_at);
+    let mut parsed = parse_body(body, format, &app.limits, received_at);
     let mut out = IngestAnswer {
         rejected: parsed
             .rejected
@@ -277,6 +319,7 @@ async fn ingest(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body
         };
         metrics::counter!("runnel_agent_events_rejected_total", "field" => reason).increment(1);
     }
+    check_schemas(&app.schemas.get(), &mut parsed.events, &mut out.rejected);
     if parsed.events.is_empty() {
         return answer(StatusCode::BAD_REQUEST, &out, None);
     }

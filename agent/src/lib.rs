@@ -14,6 +14,7 @@ pub mod config;
 pub mod dedup;
 pub mod edge;
 pub mod http;
+pub mod schemas;
 pub mod shipper;
 pub mod spool;
 
@@ -272,6 +273,22 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     let dedup = Arc::new(Mutex::new(dedup));
 
     let broker_ca = cfg.broker_ca.clone().expect("checked by validate");
+    let schema_path = schemas::cache_path(&cfg.data_dir);
+    let current_schemas = schemas::load(&*storage, &schema_path);
+    let registry_follow = {
+        let ca = std::fs::read(&broker_ca)
+            .with_context(|| format!("reading broker_ca {}", broker_ca.display()))?;
+        schemas::Follow {
+            broker_addr: cfg.broker_addr,
+            server_name: cfg.broker_server_name.clone(),
+            client: runnel_protocol::registry_client_config(&ca, client_identity.clone())
+                .with_context(|| format!("loading broker_ca {}", broker_ca.display()))?,
+            path: schema_path,
+            storage: storage.clone(),
+            backoff_min: Duration::from_millis(cfg.ship_backoff_min_ms),
+            backoff_max: Duration::from_millis(cfg.ship_backoff_max_ms),
+        }
+    };
     let throttle = Arc::new(shipper::Throttle::default());
     let shipper = Shipper::new(
         ShipperOptions {
@@ -324,6 +341,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         metrics,
         cfg: cfg.clone(),
         throttle,
+        schemas: current_schemas.clone(),
     });
     let mut tasks = Vec::new();
     let mut http_shutdown = shutdown_rx.clone();
@@ -336,6 +354,11 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         }
     }));
     tasks.push(tokio::spawn(shipper.run(shutdown_rx.clone())));
+    tasks.push(tokio::spawn(schemas::follow(
+        registry_follow,
+        current_schemas,
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(maintenance(
         spool.clone(),
         dedup.clone(),

@@ -250,6 +250,21 @@ settings! {
     report_url: Option<String> [String] = None;
     /// Largest output of one run, in bytes; a larger one fails the run, naming this setting.
     report_output_bytes_max: usize [usize] = 256 << 20;
+    /// Largest schema one registration may hold, in bytes of its JSON.
+    schema_bytes_max: usize [usize] = 64 << 10;
+    /// Most versions one event type's schema may have.
+    schema_versions_max: usize [usize] = 1000;
+    /// Most event types with a schema.
+    schema_types_max: usize [usize] = 10_000;
+    /// The compatibility mode of a type without its own, until `runnel schema mode MODE` sets
+    /// one: `BACKWARD`, `BACKWARD_TRANSITIVE`, `FORWARD`, `FORWARD_TRANSITIVE`, `FULL`,
+    /// `FULL_TRANSITIVE` or `NONE`.
+    schema_mode_default: String [String] = "BACKWARD".to_string();
+    /// What agents do with an event whose type has no schema: `allow` or `reject`.
+    schema_unregistered: String [String] = "allow".to_string();
+    /// The same per type prefix, `PREFIX=allow|reject` (repeatable; the longest matching prefix
+    /// wins).
+    schema_unregistered_prefixes: Vec<String> [String, repeated] = Vec::new();
 }
 
 impl BrokerConfig {
@@ -264,6 +279,45 @@ impl BrokerConfig {
     }
 
     /// The tenants' quotas (checked by [`BrokerConfig::validate`]).
+    pub fn schema_settings(&self) -> Result<crate::schemas::Settings, ConfigError> {
+        let mode_default = self
+            .schema_mode_default
+            .parse()
+            .map_err(|e: String| ConfigError::new("schema_mode_default", e))?;
+        let default = self
+            .schema_unregistered
+            .parse()
+            .map_err(|e: String| ConfigError::new("schema_unregistered", e))?;
+        let mut prefixes = std::collections::BTreeMap::new();
+        for p in &self.schema_unregistered_prefixes {
+            let Some((prefix, policy)) = p.split_once('=') else {
+                return Err(ConfigError::new(
+                    "schema_unregistered_prefixes",
+                    format!("{p:?} is not PREFIX=allow|reject"),
+                ));
+            };
+            let policy = policy.parse().map_err(|e: String| {
+                ConfigError::new("schema_unregistered_prefixes", format!("{p:?}: {e}"))
+            })?;
+            prefixes.insert(prefix.to_string(), policy);
+        }
+        let positive = |field: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::new(field, "must be > 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(crate::schemas::Settings {
+            bytes_max: positive("schema_bytes_max", self.schema_bytes_max)?,
+            versions_max: positive("schema_versions_max", self.schema_versions_max)?,
+            types_max: positive("schema_types_max", self.schema_types_max)?,
+            mode_default,
+            unregistered: runnel_schema::Unregistered { default, prefixes },
+        })
+    }
+
+    /// The tenants' quotas.
     pub fn quotas(&self) -> Result<crate::auth::Quotas, ConfigError> {
         crate::auth::Quotas::new(
             crate::auth::quotas::Limits {
@@ -555,6 +609,7 @@ impl BrokerConfig {
                 "must be at least report_retry_backoff_ms",
             );
         }
+        self.schema_settings()?;
         if self.report_attempts_max == 0 || self.report_attempts_max > 100 {
             return fail("report_attempts_max", "must be between 1 and 100");
         }

@@ -14,6 +14,7 @@
 //! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
 //! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
 //! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
+//! | [`schemas`] | the schema registry: versions per event type, compatibility modes, the document agents validate with |
 //! | [`auth`] | API tokens and their roles, the agents' certificates: enrollment, revocation |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
 //!
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod query;
 pub mod reports;
+pub mod schemas;
 pub mod state;
 pub mod topics;
 
@@ -267,6 +269,8 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         None
     };
     let quotas = Arc::new(cfg.quotas()?);
+    let schemas = schemas::Registry::open(registry.database(), cfg.schema_settings()?)
+        .map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
     tasks.push(tokio::spawn(ingest::quic::serve(
         endpoint,
         log.clone(),
@@ -278,6 +282,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
             frame_timeout: std::time::Duration::from_millis(cfg.ingest_frame_timeout_ms),
             quotas: quotas.clone(),
         },
+        schemas.subscribe(),
         shutdown_rx.clone(),
     )));
     let admin = Arc::new(admin::Admin {
@@ -287,6 +292,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         dead_letters: dead_letters_reader,
         late_events: late_events_reader,
         registry: registry.clone(),
+        schemas: schemas.clone(),
         runtime: runtime.clone(),
         pipeline: pipeline.shared.clone(),
         backfill: backfill_progress.clone(),

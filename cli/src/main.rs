@@ -11,6 +11,7 @@ mod log;
 mod plugin;
 mod query;
 mod report;
+mod schema;
 mod token;
 
 use std::future::Future;
@@ -87,6 +88,11 @@ enum Cmd {
     Report {
         #[command(subcommand)]
         cmd: report::ReportCmd,
+    },
+    /// Schemas: register JSON Schemas per event type, check one, set compatibility modes.
+    Schema {
+        #[command(subcommand)]
+        cmd: schema::SchemaCmd,
     },
     /// API tokens: create (with a role and a tenant), list, revoke.
     Token {
@@ -180,6 +186,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Query(args) => block_on(query::run(args, &mut std::io::stdout().lock())),
         Cmd::Report { cmd } => block_on(report::run(cmd)),
         Cmd::Token { cmd } => block_on(token::run(cmd)),
+        Cmd::Schema { cmd } => block_on(schema::run(cmd)),
     }
 }
 

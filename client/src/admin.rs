@@ -4,7 +4,8 @@ use std::io::Write;
 
 use crate::Error;
 use crate::api::{
-    AggInfo, Deploy, LogStats, PluginInfo, ReportInfo, ReportRun, RowRange, RunAccepted, RunRequest,
+    AggInfo, Deploy, LogStats, PluginInfo, ReportInfo, ReportRun, RowRange, RunAccepted,
+    RunRequest, SchemaCheck, SchemaInfo, SchemaMode, SchemaRegistered,
 };
 
 /// A client of one broker's admin API (`http://ADDR`).
@@ -267,6 +268,68 @@ impl Admin {
     /// `GET /v1/reports`.
     pub async fn reports(&self) -> Result<Vec<ReportInfo>, Error> {
         self.json(self.http.get(format!("{}/v1/reports", self.base)))
+            .await
+    }
+
+    /// `GET /v1/schemas`: every event type's schemas.
+    pub async fn schemas(&self) -> Result<Vec<SchemaInfo>, Error> {
+        self.json(self.http.get(format!("{}/v1/schemas", self.base)))
+            .await
+    }
+
+    /// `GET /v1/schemas/TYPE`.
+    pub async fn schema(&self, event_type: &str) -> Result<SchemaInfo, Error> {
+        let url = format!("{}/v1/schemas/{}", self.base, enc(event_type));
+        self.json(self.http.get(url)).await
+    }
+
+    /// `POST /v1/schemas/TYPE`: registers `schema` as the type's next version; refused (with
+    /// every violation in the message) when it breaks the type's compatibility mode.
+    pub async fn schema_register(
+        &self,
+        event_type: &str,
+        schema: &serde_json::Value,
+    ) -> Result<SchemaRegistered, Error> {
+        let url = format!("{}/v1/schemas/{}", self.base, enc(event_type));
+        self.json(self.http.post(url).json(schema)).await
+    }
+
+    /// `POST /v1/schemas/TYPE/check`: whether `schema` could be registered, and why not.
+    pub async fn schema_check(
+        &self,
+        event_type: &str,
+        schema: &serde_json::Value,
+    ) -> Result<SchemaCheck, Error> {
+        let url = format!("{}/v1/schemas/{}/check", self.base, enc(event_type));
+        self.json(self.http.post(url).json(schema)).await
+    }
+
+    /// `PUT /v1/schemas/TYPE/mode`, or the registry's default (`PUT /v1/schema-settings`)
+    /// without a type.
+    pub async fn schema_set_mode(
+        &self,
+        event_type: Option<&str>,
+        mode: &str,
+    ) -> Result<SchemaMode, Error> {
+        let url = match event_type {
+            Some(t) => format!("{}/v1/schemas/{}/mode", self.base, enc(t)),
+            None => format!("{}/v1/schema-settings", self.base),
+        };
+        let body = SchemaMode {
+            mode: mode.to_string(),
+        };
+        self.json(self.http.put(url).json(&body)).await
+    }
+
+    /// `GET /v1/schema-settings`: the registry's default mode.
+    pub async fn schema_default_mode(&self) -> Result<SchemaMode, Error> {
+        self.json(self.http.get(format!("{}/v1/schema-settings", self.base)))
+            .await
+    }
+
+    /// `GET /v1/schema-registry`: the document agents validate with.
+    pub async fn schema_registry(&self) -> Result<serde_json::Value, Error> {
+        self.json(self.http.get(format!("{}/v1/schema-registry", self.base)))
             .await
     }
 

@@ -533,3 +533,77 @@ pub struct AgentInfo {
     /// When its last connection was admitted.
     pub last_connected_at: Option<String>,
 }
+
+/// `GET /v1/schemas/TYPE`: an event type's schemas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaInfo {
+    /// The event type.
+    pub event_type: String,
+    /// Its compatibility mode (`BACKWARD`, ...).
+    pub mode: String,
+    /// The mode is the registry's default (the type has none of its own).
+    pub mode_is_default: bool,
+    /// Every version, oldest first.
+    pub versions: Vec<SchemaVersionInfo>,
+}
+
+/// One version of a schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaVersionInfo {
+    /// `1`, `2`, ...
+    pub version: u32,
+    /// When it was registered (RFC 3339).
+    pub registered_at: String,
+    /// The JSON Schema of the events' `properties`.
+    pub schema: serde_json::Value,
+}
+
+/// `POST /v1/schemas/TYPE`: what a registration did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaRegistered {
+    /// The event type.
+    pub event_type: String,
+    /// The version the schema has.
+    pub version: u32,
+    /// `false`: it was the latest version's schema already, nothing was registered.
+    pub created: bool,
+}
+
+/// `POST /v1/schemas/TYPE/check`, and the body of a refused registration (`409`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaCheck {
+    /// The event type.
+    pub event_type: String,
+    /// The mode it was checked under.
+    pub mode: String,
+    /// The version it would get (or has, when `existing`).
+    pub version: u32,
+    /// Whether it may be registered.
+    pub compatible: bool,
+    /// It is the latest version's schema already.
+    pub existing: bool,
+    /// Every incompatible difference.
+    pub violations: Vec<SchemaViolation>,
+}
+
+/// One way a schema breaks its type's mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaViolation {
+    /// JSON pointer into the schemas (`/properties/amount`).
+    pub pointer: String,
+    /// The rule (`TYPE_NARROWED`, `PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL`, ...).
+    pub rule: String,
+    /// The version it was checked against.
+    pub against: u32,
+    /// `/properties/amount: type narrowed from number to integer (BACKWARD)`.
+    pub message: String,
+}
+
+/// `GET|PUT /v1/schema-settings`: the registry's default mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaMode {
+    /// `BACKWARD`, `BACKWARD_TRANSITIVE`, `FORWARD`, `FORWARD_TRANSITIVE`, `FULL`,
+    /// `FULL_TRANSITIVE` or `NONE`.
+    pub mode: String,
+}

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde::Deserialize;
 
-use super::{Admin, reports};
+use super::{Admin, reports, schemas};
 use crate::auth::{AuthError, Principal, Role};
 
 /// A `tenant=` query parameter, checked; the error names the parameter.
@@ -180,6 +180,39 @@ fn table() -> Vec<(Route, Handler)> {
             ReportLink,
             get(reports::output),
         ),
+        r("GET", "/v1/schemas", READER, get(schemas::list)),
+        r(
+            "GET",
+            "/v1/schemas/{event_type}",
+            READER,
+            get(schemas::show),
+        ),
+        r(
+            "POST",
+            "/v1/schemas/{event_type}",
+            DEPLOYER,
+            post(schemas::register),
+        ),
+        r(
+            "POST",
+            "/v1/schemas/{event_type}/check",
+            READER,
+            post(schemas::check_schema),
+        ),
+        r(
+            "PUT",
+            "/v1/schemas/{event_type}/mode",
+            DEPLOYER,
+            put(schemas::set_mode),
+        ),
+        r("GET", "/v1/schema-settings", READER, get(schemas::settings)),
+        r(
+            "PUT",
+            "/v1/schema-settings",
+            DEPLOYER,
+            put(schemas::set_settings),
+        ),
+        r("GET", "/v1/schema-registry", READER, get(schemas::document)),
         r("POST", "/v1/tokens", ADMIN, post(create_token)),
         r("GET", "/v1/tokens", ADMIN, get(list_tokens)),
         r("DELETE", "/v1/tokens/{id}", ADMIN, delete(revoke_token)),

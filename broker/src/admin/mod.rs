@@ -29,6 +29,7 @@
 
 mod access;
 mod reports;
+mod schemas;
 
 pub use access::{Access, Route, route_list};
 
@@ -54,6 +55,8 @@ pub struct Admin {
     pub late_events: runnel_segment::LogReader,
     /// The plugin registry.
     pub registry: Registry,
+    /// The schema registry.
+    pub schemas: crate::schemas::Registry,
     /// The plugin runtime (deploys are test-loaded in it).
     pub runtime: runnel_host::Runtime,
     /// The pipeline's progress.

@@ -45,6 +45,7 @@ pub async fn serve(
     log: BrokerLog,
     agents: Arc<Agents>,
     limits: Limits,
+    registry: watch::Receiver<Arc<runnel_schema::Document>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let open = Arc::new(AtomicU32::new(0));
@@ -76,16 +77,17 @@ pub async fn serve(
             *n += 1;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let (log, open, agents, per_address, limits) = (
+        let (log, open, agents, per_address, limits, registry) = (
             log.clone(),
             open.clone(),
             agents.clone(),
             per_address.clone(),
             limits.clone(),
+            registry.clone(),
         );
         connections.spawn(async move {
             match incoming.await {
-                Ok(conn) => connection(conn, log, agents, limits).await,
+                Ok(conn) => connection(conn, log, agents, limits, registry).await,
                 Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
             }
             open.fetch_sub(1, Ordering::Relaxed);
@@ -105,7 +107,13 @@ pub async fn serve(
     endpoint.wait_idle().await;
 }
 
-async fn connection(conn: quinn::Connection, log: BrokerLog, agents: Arc<Agents>, limits: Limits) {
+async fn connection(
+    conn: quinn::Connection,
+    log: BrokerLog,
+    agents: Arc<Agents>,
+    limits: Limits,
+    registry: watch::Receiver<Arc<runnel_schema::Document>>,
+) {
     let peer = conn.remote_address();
     let admitted = {
         let conn = conn.clone();
@@ -126,6 +134,14 @@ async fn connection(conn: quinn::Connection, log: BrokerLog, agents: Arc<Agents>
         }
     };
     let identity = Arc::new(identity);
+    if runnel_protocol::negotiated(&conn).as_deref() == Some(runnel_protocol::REGISTRY_ALPN) {
+        metrics::gauge!("runnel_broker_registry_connections").increment(1.0);
+        if let Err(e) = push_registry(&conn, registry).await {
+            tracing::debug!(%peer, agent = %identity.agent_id, error = %e, "registry connection ended");
+        }
+        metrics::gauge!("runnel_broker_registry_connections").decrement(1.0);
+        return;
+    }
     // `runnel/2` agents send a `prev_end` before each frame; `runnel/1` agents do not.
     let v2 = runnel_protocol::negotiated(&conn).as_deref() == Some(runnel_protocol::ALPN);
     tracing::debug!(%peer, v2, agent = %identity.agent_id, tenant = %identity.tenant, "agent connected");
@@ -151,6 +167,38 @@ async fn connection(conn: quinn::Connection, log: BrokerLog, agents: Arc<Agents>
     }
     while streams.join_next().await.is_some() {}
     metrics::gauge!("runnel_broker_connections").decrement(1.0);
+}
+
+/// A registry connection: the agent's stream names the generation it has; the document is
+/// written when it differs, then every new one, until the connection ends.
+async fn push_registry(
+    conn: &quinn::Connection,
+    mut registry: watch::Receiver<Arc<runnel_schema::Document>>,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut have = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut have)).await??;
+    let mut have = u64::from_le_bytes(have);
+    loop {
+        let doc = registry.borrow_and_update().clone();
+        if doc.generation != have {
+            let json = serde_json::to_vec(&*doc)?;
+            anyhow::ensure!(
+                json.len() <= runnel_protocol::REGISTRY_BYTES_MAX,
+                "the registry document is {} bytes, over {}",
+                json.len(),
+                runnel_protocol::REGISTRY_BYTES_MAX
+            );
+            send.write_all(&(json.len() as u32).to_le_bytes()).await?;
+            send.write_all(&json).await?;
+            metrics::counter!("runnel_broker_registry_pushes_total").increment(1);
+            have = doc.generation;
+        }
+        tokio::select! {
+            changed = registry.changed() => changed?,
+            e = conn.closed() => return Err(e.into()),
+        }
+    }
 }
 
 /// One stream: a reader hands each frame, checked, to the log in order and queues its answer

@@ -93,6 +93,11 @@ pub const REPORT_HISTORY: TableDefinition<(&str, i64, &str), ()> =
 pub const REPORT_DELIVERIES: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("report_deliveries");
 
+/// Schemas, by event type ([`crate::schemas::SchemaRecord`]).
+pub const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schemas");
+/// The schema registry's default mode and generation.
+pub const SCHEMA_SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_settings");
+
 /// API tokens, by the SHA-256 of the token ([`crate::auth::TokenRecord`]).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Agents and their certificates, by agent id ([`crate::auth::agents::AgentRecord`]).

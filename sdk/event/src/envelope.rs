@@ -223,6 +223,15 @@ fn string_field<'a>(
         .map_err(|e| EventError::new(name, format!("invalid string: {e}")))
 }
 
+/// Checks an `event_type` against the contract's pattern; the error is the rule.
+pub fn check_event_type(s: &str) -> Result<(), String> {
+    if valid_event_type(s) {
+        Ok(())
+    } else {
+        Err(format!("must match [a-z][a-z0-9_.]{{0,63}}, got {s:?}"))
+    }
+}
+
 fn valid_event_type(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

@@ -15,8 +15,8 @@ pub mod fields;
 pub mod wire;
 
 pub use envelope::{
-    BodyFormat, EnvelopeLimits, Event, EventError, EventParts, ParsedBody, parse_body, parse_event,
-    validate_parts,
+    BodyFormat, EnvelopeLimits, Event, EventError, EventParts, ParsedBody, check_event_type,
+    parse_body, parse_event, validate_parts,
 };
 pub use wire::{AckStatus, Batch, BatchAck, Chunk, WireError};
 

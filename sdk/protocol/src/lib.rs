@@ -45,6 +45,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// ALPN protocol id of the agent-to-broker protocol: several batches per stream.
 pub const ALPN: &[u8] = b"runnel/2";
+/// ALPN protocol id of an agent's registry connection: the broker pushes the schema registry
+/// (`runnel_schema::Document`) on it. The agent opens one bidirectional stream and writes the
+/// generation it has (8 bytes, little-endian; 0 for none); the broker answers with the
+/// document when its generation differs, then with each new one as the registry changes, every
+/// one as a 4-byte little-endian length and that many bytes of JSON (at most
+/// [`REGISTRY_BYTES_MAX`]). The same client certificate admits it.
+pub const REGISTRY_ALPN: &[u8] = b"runnel-registry/1";
+/// Largest registry document on a registry connection, in bytes.
+pub const REGISTRY_BYTES_MAX: usize = 64 << 20;
 /// The earlier protocol id: one batch per stream. The broker still serves it.
 pub const ALPN_V1: &[u8] = b"runnel/1";
 /// Bytes of the `prev_end` before each frame of a `runnel/2` stream.
@@ -101,6 +110,15 @@ impl ClientIdentity {
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| TlsError::Identity(format!("reading the key PEM: {e}")))?;
         Ok(Self { certs, key })
+    }
+}
+
+impl Clone for ClientIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -173,6 +191,23 @@ pub fn client_config(
     ca_pem: &[u8],
     identity: Option<ClientIdentity>,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    // Offering the old id too lets the agent name the problem when a broker speaks only it.
+    client_config_for(ca_pem, identity, vec![ALPN.to_vec(), ALPN_V1.to_vec()])
+}
+
+/// The agent's configuration of its registry connection ([`REGISTRY_ALPN`]).
+pub fn registry_client_config(
+    ca_pem: &[u8],
+    identity: ClientIdentity,
+) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_for(ca_pem, Some(identity), vec![REGISTRY_ALPN.to_vec()])
+}
+
+fn client_config_for(
+    ca_pem: &[u8],
+    identity: Option<ClientIdentity>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| TlsError::Ca(format!("reading PEM: {e}")))?;
@@ -191,8 +226,7 @@ pub fn client_config(
             .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?,
         None => builder.with_no_client_auth(),
     };
-    // Offering the old id too lets the agent name the problem when a broker speaks only it.
-    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
+    tls.alpn_protocols = alpn;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
@@ -221,7 +255,7 @@ pub fn server_config(
         .with_client_cert_verifier(clients)
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Identity(format!("they do not match: {e}")))?;
-    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), ALPN_V1.to_vec(), REGISTRY_ALPN.to_vec()];
     // No session resumption: every connection is a full handshake, so every one has its client
     // certificate checked (a revoked certificate cannot come back on a ticket).
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
