@@ -53,7 +53,7 @@ pub struct AppState {
 /// event is not taken for a duplicate when it is sent again fixed); the ones that break it
 /// become `rejected` entries naming the JSON pointer and the rule, counted in
 /// `runnel_agent_schema_rejected_total{event_type,rule}`.
-pub(crate) fn check_schemas(
+pub fn check_schemas(
     schemas: &runnel_schema::Schemas,
     events: &mut Vec<(usize, Event)>,
     rejected: &mut Vec<Rejected>,

@@ -32,6 +32,76 @@ pub struct DevArgs {
     /// Events a second the generator posts.
     #[arg(long, default_value_t = 200)]
     rate: u32,
+    /// Schemas to register (`docs/schemas.md`): `example` (the generator's, `schemas/`), `off`,
+    /// or a directory of `TYPE.json` files.
+    #[arg(long, default_value = "example")]
+    schemas: String,
+}
+
+/// The example schemas (`schemas/`), by event type.
+const EXAMPLE_SCHEMAS: &[(&str, &str)] = &[
+    (
+        "onboarding.completed",
+        include_str!("../../schemas/fintech/onboarding.completed.json"),
+    ),
+    (
+        "deposit.completed",
+        include_str!("../../schemas/fintech/deposit.completed.json"),
+    ),
+    (
+        "withdrawal.completed",
+        include_str!("../../schemas/fintech/withdrawal.completed.json"),
+    ),
+    (
+        "app.login",
+        include_str!("../../schemas/fintech/app.login.json"),
+    ),
+    (
+        "page.view",
+        include_str!("../../schemas/ecommerce/page.view.json"),
+    ),
+    (
+        "search",
+        include_str!("../../schemas/ecommerce/search.json"),
+    ),
+    (
+        "cart.add",
+        include_str!("../../schemas/ecommerce/cart.add.json"),
+    ),
+    (
+        "checkout.completed",
+        include_str!("../../schemas/ecommerce/checkout.completed.json"),
+    ),
+];
+
+/// The schemas `--schemas` names: (event type, its JSON text).
+fn schema_files(arg: &str) -> anyhow::Result<Vec<(String, String)>> {
+    match arg {
+        "off" => Ok(Vec::new()),
+        "example" => Ok(EXAMPLE_SCHEMAS
+            .iter()
+            .map(|(t, s)| (t.to_string(), s.to_string()))
+            .collect()),
+        dir => {
+            let mut out = Vec::new();
+            let entries = std::fs::read_dir(dir).with_context(|| format!("--schemas {dir}"))?;
+            for entry in entries {
+                let path = entry?.path();
+                let Some(ty) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".json"))
+                else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                out.push((ty.to_string(), text));
+            }
+            out.sort();
+            Ok(out)
+        }
+    }
 }
 
 /// The example aggregators `runnel dev` deploys from `--plugins-dir`.
@@ -221,6 +291,18 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         if let Err(e) = admin.deploy(name, wasm, &Deploy::default()).await {
             tracing::warn!(plugin = name, error = %e, "deploying failed");
+        }
+    }
+    for (ty, text) in schema_files(&args.schemas)? {
+        let registered = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(schema) => admin.schema_register(&ty, &schema).await.map(|_| ()),
+            Err(e) => Err(runnel_client::Error::Protocol {
+                url: ty.clone(),
+                message: format!("not JSON: {e}"),
+            }),
+        };
+        if let Err(e) = registered {
+            tracing::warn!(event_type = %ty, error = %e, "registering the schema failed");
         }
     }
     for (name, text) in EXAMPLE_REPORTS {
