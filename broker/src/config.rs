@@ -265,6 +265,8 @@ settings! {
     /// The same per type prefix, `PREFIX=allow|reject` (repeatable; the longest matching prefix
     /// wins).
     schema_unregistered_prefixes: Vec<String> [String, repeated] = Vec::new();
+    /// Most side-topic entries one `runnel dlq` call reads (list, show, redrive).
+    dlq_scan_entries_max: usize [usize] = 1_000_000;
 }
 
 impl BrokerConfig {
@@ -610,6 +612,9 @@ impl BrokerConfig {
             );
         }
         self.schema_settings()?;
+        if self.dlq_scan_entries_max == 0 {
+            return fail("dlq_scan_entries_max", "must be > 0");
+        }
         if self.report_attempts_max == 0 || self.report_attempts_max > 100 {
             return fail("report_attempts_max", "must be between 1 and 100");
         }

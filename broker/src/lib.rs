@@ -14,6 +14,7 @@
 //! | [`archive`] | the log copied into Delta Lake tables in object storage, exactly once |
 //! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
 //! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
+//! | [`dlq`] | dead letters listed with filters and re-driven into the pipeline once each |
 //! | [`schemas`] | the schema registry: versions per event type, compatibility modes, the document agents validate with |
 //! | [`auth`] | API tokens and their roles, the agents' certificates: enrollment, revocation |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
@@ -27,6 +28,7 @@ pub mod archive;
 pub mod auth;
 pub mod backfill;
 pub mod config;
+pub mod dlq;
 pub mod ingest;
 pub mod log;
 pub mod pipeline;
@@ -269,6 +271,14 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         None
     };
     let quotas = Arc::new(cfg.quotas()?);
+    let dlq = dlq::Dlq::open(
+        registry.database(),
+        dead_letters_reader.clone(),
+        late_events_reader.clone(),
+        log.clone(),
+        cfg.dlq_scan_entries_max,
+    )
+    .map_err(|e| anyhow::anyhow!("dead letters: {e}"))?;
     let schemas = schemas::Registry::open(registry.database(), cfg.schema_settings()?)
         .map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
     tasks.push(tokio::spawn(ingest::quic::serve(
@@ -293,6 +303,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         late_events: late_events_reader,
         registry: registry.clone(),
         schemas: schemas.clone(),
+        dlq,
         runtime: runtime.clone(),
         pipeline: pipeline.shared.clone(),
         backfill: backfill_progress.clone(),

@@ -7,6 +7,7 @@ mod agent;
 mod agg;
 mod archive;
 mod dev;
+mod dlq;
 mod log;
 mod plugin;
 mod query;
@@ -88,6 +89,11 @@ enum Cmd {
     Report {
         #[command(subcommand)]
         cmd: report::ReportCmd,
+    },
+    /// Dead letters: list them by kind, plugin and time, show one, re-drive them once fixed.
+    Dlq {
+        #[command(subcommand)]
+        cmd: dlq::DlqCmd,
     },
     /// Schemas: register JSON Schemas per event type, check one, set compatibility modes.
     Schema {
@@ -187,6 +193,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Report { cmd } => block_on(report::run(cmd)),
         Cmd::Token { cmd } => block_on(token::run(cmd)),
         Cmd::Schema { cmd } => block_on(schema::run(cmd)),
+        Cmd::Dlq { cmd } => block_on(dlq::run(cmd)),
     }
 }
 

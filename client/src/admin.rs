@@ -271,6 +271,42 @@ impl Admin {
             .await
     }
 
+    /// `GET /v1/dlq`: dead letters (or late events, `kind=late`) the filters select.
+    pub async fn dlq_list(
+        &self,
+        kind: Option<&str>,
+        plugin: Option<&str>,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, Error> {
+        let mut url = format!("{}/v1/dlq?limit={limit}", self.base);
+        for (k, v) in [("kind", kind), ("plugin", plugin), ("since", since)] {
+            if let Some(v) = v {
+                url.push_str(&format!("&{k}={}", enc(v)));
+            }
+        }
+        self.json(self.http.get(url)).await
+    }
+
+    /// `GET /v1/dlq/ID`: one dead letter (a late event with `late`).
+    pub async fn dlq_show(&self, id: u64, late: bool) -> Result<serde_json::Value, Error> {
+        let mut url = format!("{}/v1/dlq/{id}", self.base);
+        if late {
+            url.push_str("?topic=late_events");
+        }
+        self.json(self.http.get(url)).await
+    }
+
+    /// `POST /v1/dlq/redrive`: re-drives the dead letters `filter` selects (`kind`, `plugin`,
+    /// `since`, `ids`), once each.
+    pub async fn dlq_redrive(
+        &self,
+        filter: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/v1/dlq/redrive", self.base);
+        self.json(self.http.post(url).json(filter)).await
+    }
+
     /// `GET /v1/schemas`: every event type's schemas.
     pub async fn schemas(&self) -> Result<Vec<SchemaInfo>, Error> {
         self.json(self.http.get(format!("{}/v1/schemas", self.base)))

@@ -186,7 +186,15 @@ async fn misbehaving_plugins_are_contained_under_load() {
             .map_or(String::new(), |d| d["reason"].to_string())
     );
     for d in &by_plugin["trapper"] {
-        assert_eq!(d["kind"], "trap", "{d}");
+        assert_eq!(
+            (
+                d["kind"].as_str(),
+                d["failure"].as_str(),
+                d["stage"].as_str()
+            ),
+            (Some("plugin_error"), Some("trap"), Some("enrich")),
+            "{d}"
+        );
         assert!(
             d["reason"].as_str().unwrap().contains("poisoned event"),
             "{d}"
@@ -204,7 +212,11 @@ async fn misbehaving_plugins_are_contained_under_load() {
 
     // The loop was interrupted at its deadline (50 ms, 1 ms epoch ticks) every time.
     for d in by_plugin.get("looper").into_iter().flatten() {
-        assert_eq!(d["kind"], "timeout", "{d}");
+        assert_eq!(
+            (d["kind"].as_str(), d["failure"].as_str()),
+            (Some("plugin_timeout"), Some("timeout")),
+            "{d}"
+        );
         assert!(
             d["reason"].as_str().unwrap().contains("deadline of 50 ms"),
             "{d}"
@@ -219,7 +231,11 @@ async fn misbehaving_plugins_are_contained_under_load() {
     );
     // The hog was stopped at its memory cap.
     for d in by_plugin.get("hog").into_iter().flatten() {
-        assert_eq!(d["kind"], "out_of_memory", "{d}");
+        assert_eq!(
+            (d["kind"].as_str(), d["failure"].as_str()),
+            (Some("plugin_error"), Some("out_of_memory")),
+            "{d}"
+        );
         assert!(
             d["reason"].as_str().unwrap().contains("memory_bytes_max"),
             "{d}"

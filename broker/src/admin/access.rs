@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde::Deserialize;
 
-use super::{Admin, reports, schemas};
+use super::{Admin, dlq, reports, schemas};
 use crate::auth::{AuthError, Principal, Role};
 
 /// A `tenant=` query parameter, checked; the error names the parameter.
@@ -180,6 +180,9 @@ fn table() -> Vec<(Route, Handler)> {
             ReportLink,
             get(reports::output),
         ),
+        r("GET", "/v1/dlq", READER, get(dlq::list)),
+        r("GET", "/v1/dlq/{id}", READER, get(dlq::show)),
+        r("POST", "/v1/dlq/redrive", DEPLOYER, post(dlq::redrive)),
         r("GET", "/v1/schemas", READER, get(schemas::list)),
         r(
             "GET",

@@ -28,6 +28,7 @@
 //! known token, 403 with a role too low). [`route_list`] lists them all, for the tests.
 
 mod access;
+mod dlq;
 mod reports;
 mod schemas;
 
@@ -57,6 +58,8 @@ pub struct Admin {
     pub registry: Registry,
     /// The schema registry.
     pub schemas: crate::schemas::Registry,
+    /// The dead-letter queue.
+    pub dlq: crate::dlq::Dlq,
     /// The plugin runtime (deploys are test-loaded in it).
     pub runtime: runnel_host::Runtime,
     /// The pipeline's progress.

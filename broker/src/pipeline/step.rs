@@ -120,6 +120,11 @@ fn dead_letter(
         plugin: failed.map(|r| r.name.as_str()),
         version: failed.map(|r| r.active.as_str()),
         kind,
+        failure: kind.failure(),
+        stage: failed.map(|r| match r.kind {
+            crate::plugins::PluginKind::Aggregate => "aggregate",
+            _ => "enrich",
+        }),
         bound: bound.as_deref(),
         reason: &reason,
         event: view,

@@ -98,6 +98,14 @@ pub const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schemas"
 /// The schema registry's default mode and generation.
 pub const SCHEMA_SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_settings");
 
+/// Re-driven dead letters, by entry id ([`crate::dlq`]).
+pub const REDRIVES: TableDefinition<u64, &[u8]> = TableDefinition::new("redrives");
+/// Re-drive batches, by (agent, sequence number): their entries, and where the log put them.
+pub const REDRIVE_BATCHES: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("redrive_batches");
+/// The next re-drive sequence number of each agent.
+pub const REDRIVE_SEQS: TableDefinition<&str, u64> = TableDefinition::new("redrive_seqs");
+
 /// API tokens, by the SHA-256 of the token ([`crate::auth::TokenRecord`]).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Agents and their certificates, by agent id ([`crate::auth::agents::AgentRecord`]).

@@ -5,8 +5,10 @@
 use runnel_event::fields::EventView;
 use serde::Serialize;
 
-/// The entry version this build writes.
-pub const ENTRY_VERSION: u32 = 1;
+/// The entry version this build writes. Version 2: `dead_letters` entries' `kind` is
+/// `plugin_error`, `plugin_timeout`, `refused` or `event_time`, with the host's word in
+/// `failure` and the failing plugin's `stage`; version 1 wrote the host's word as the kind.
+pub const ENTRY_VERSION: u32 = 2;
 
 /// An entry a topic can hold.
 pub trait Entry {
@@ -48,13 +50,30 @@ pub enum DeadLetterKind<'a> {
     EventTime,
 }
 
-impl Serialize for DeadLetterKind<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match self {
-            Self::Plugin(k) => k,
+impl DeadLetterKind<'_> {
+    /// Its name in an entry: `plugin_timeout` (a plugin past its deadline), `plugin_error`
+    /// (any other plugin failure), `refused`, `event_time`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Plugin("timeout") => "plugin_timeout",
+            Self::Plugin(_) => "plugin_error",
             Self::Refused => "refused",
             Self::EventTime => "event_time",
-        })
+        }
+    }
+
+    /// The host's word for a plugin failure (`trap`, `timeout`, `out_of_memory`, ...).
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Self::Plugin(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for DeadLetterKind<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -70,6 +89,11 @@ pub struct DeadLetter<'a> {
     pub version: Option<&'a str>,
     /// The kind of failure.
     pub kind: DeadLetterKind<'a>,
+    /// For a plugin failure: the host's word (`trap`, `timeout`, `out_of_memory`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<&'a str>,
+    /// The stage that failed on it: `enrich` or `aggregate` (none for `event_time`).
+    pub stage: Option<&'static str>,
     /// For `event_time`: which bound (`future`, `past`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bound: Option<&'a str>,
