@@ -267,6 +267,14 @@ settings! {
     schema_unregistered_prefixes: Vec<String> [String, repeated] = Vec::new();
     /// Most side-topic entries one `runnel dlq` call reads (list, show, redrive).
     dlq_scan_entries_max: usize [usize] = 1_000_000;
+    /// Data-quality checks, `TYPE:KEY=VALUE,...` with KEY one of `volume_per_hour_min`,
+    /// `volume_per_hour_max`, `freshness_secs`, `property` and `missing_share_max` (repeatable;
+    /// they replace checks of the same type set with `runnel dq set` at each start).
+    dq_checks: Vec<String> [String, repeated] = Vec::new();
+    /// How often the data-quality checks are evaluated, in milliseconds.
+    dq_interval_ms: u64 [u64] = 1000;
+    /// Events before the end of the log the data-quality checks read at start.
+    dq_lookback_events: u64 [u64] = 1_000_000;
 }
 
 impl BrokerConfig {
@@ -317,6 +325,23 @@ impl BrokerConfig {
             mode_default,
             unregistered: runnel_schema::Unregistered { default, prefixes },
         })
+    }
+
+    /// The data-quality checks the config declares.
+    pub fn dq_checks(&self) -> Result<Vec<(String, crate::dq::Checks)>, ConfigError> {
+        self.dq_checks
+            .iter()
+            .map(|c| {
+                let (ty, checks) = c.split_once(':').ok_or_else(|| {
+                    ConfigError::new("dq_checks", format!("{c:?} is not TYPE:KEY=VALUE,..."))
+                })?;
+                runnel_event::check_event_type(ty)
+                    .map_err(|e| ConfigError::new("dq_checks", format!("{c:?}: event type {e}")))?;
+                let checks = crate::dq::Checks::parse(checks)
+                    .map_err(|e| ConfigError::new("dq_checks", format!("{c:?}: {e}")))?;
+                Ok((ty.to_string(), checks))
+            })
+            .collect()
     }
 
     /// The tenants' quotas.
@@ -614,6 +639,10 @@ impl BrokerConfig {
         self.schema_settings()?;
         if self.dlq_scan_entries_max == 0 {
             return fail("dlq_scan_entries_max", "must be > 0");
+        }
+        self.dq_checks()?;
+        if self.dq_interval_ms == 0 {
+            return fail("dq_interval_ms", "must be > 0");
         }
         if self.report_attempts_max == 0 || self.report_attempts_max > 100 {
             return fail("report_attempts_max", "must be between 1 and 100");

@@ -15,6 +15,7 @@
 //! | [`backfill`] | a new aggregator version computed over history in shadow, then swapped in |
 //! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
 //! | [`dlq`] | dead letters listed with filters and re-driven into the pipeline once each |
+//! | [`dq`] | data-quality alarms per event type (volume, freshness, completeness) computed over the log |
 //! | [`schemas`] | the schema registry: versions per event type, compatibility modes, the document agents validate with |
 //! | [`auth`] | API tokens and their roles, the agents' certificates: enrollment, revocation |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod backfill;
 pub mod config;
 pub mod dlq;
+pub mod dq;
 pub mod ingest;
 pub mod log;
 pub mod pipeline;
@@ -279,6 +281,14 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         cfg.dlq_scan_entries_max,
     )
     .map_err(|e| anyhow::anyhow!("dead letters: {e}"))?;
+    let dq = dq::Dq::open(registry.database(), &cfg.dq_checks()?)?;
+    tasks.push(tokio::spawn(dq::run(
+        dq.clone(),
+        log.clone(),
+        std::time::Duration::from_millis(cfg.dq_interval_ms),
+        cfg.dq_lookback_events,
+        shutdown_rx.clone(),
+    )));
     let schemas = schemas::Registry::open(registry.database(), cfg.schema_settings()?)
         .map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
     tasks.push(tokio::spawn(ingest::quic::serve(
@@ -304,6 +314,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         registry: registry.clone(),
         schemas: schemas.clone(),
         dlq,
+        dq,
         runtime: runtime.clone(),
         pipeline: pipeline.shared.clone(),
         backfill: backfill_progress.clone(),

@@ -8,6 +8,7 @@ mod agg;
 mod archive;
 mod dev;
 mod dlq;
+mod dq;
 mod log;
 mod plugin;
 mod query;
@@ -94,6 +95,11 @@ enum Cmd {
     Dlq {
         #[command(subcommand)]
         cmd: dlq::DlqCmd,
+    },
+    /// Data-quality alarms: expected volume, freshness and completeness per event type.
+    Dq {
+        #[command(subcommand)]
+        cmd: dq::DqCmd,
     },
     /// Schemas: register JSON Schemas per event type, check one, set compatibility modes.
     Schema {
@@ -194,6 +200,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Token { cmd } => block_on(token::run(cmd)),
         Cmd::Schema { cmd } => block_on(schema::run(cmd)),
         Cmd::Dlq { cmd } => block_on(dlq::run(cmd)),
+        Cmd::Dq { cmd } => block_on(dq::run(cmd)),
     }
 }
 

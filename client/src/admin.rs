@@ -307,6 +307,28 @@ impl Admin {
         self.json(self.http.post(url).json(filter)).await
     }
 
+    /// `GET /v1/dq`: every checked event type with each check's state.
+    pub async fn dq_list(&self) -> Result<Vec<serde_json::Value>, Error> {
+        self.json(self.http.get(format!("{}/v1/dq", self.base)))
+            .await
+    }
+
+    /// `PUT /v1/dq/TYPE`: sets a type's data-quality checks.
+    pub async fn dq_set(
+        &self,
+        event_type: &str,
+        checks: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let url = format!("{}/v1/dq/{}", self.base, enc(event_type));
+        self.json(self.http.put(url).json(checks)).await
+    }
+
+    /// `DELETE /v1/dq/TYPE`.
+    pub async fn dq_remove(&self, event_type: &str) -> Result<(), Error> {
+        let url = format!("{}/v1/dq/{}", self.base, enc(event_type));
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
     /// `GET /v1/schemas`: every event type's schemas.
     pub async fn schemas(&self) -> Result<Vec<SchemaInfo>, Error> {
         self.json(self.http.get(format!("{}/v1/schemas", self.base)))

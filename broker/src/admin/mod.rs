@@ -29,6 +29,7 @@
 
 mod access;
 mod dlq;
+mod dq;
 mod reports;
 mod schemas;
 
@@ -60,6 +61,8 @@ pub struct Admin {
     pub schemas: crate::schemas::Registry,
     /// The dead-letter queue.
     pub dlq: crate::dlq::Dlq,
+    /// The data-quality checks.
+    pub dq: crate::dq::Dq,
     /// The plugin runtime (deploys are test-loaded in it).
     pub runtime: runnel_host::Runtime,
     /// The pipeline's progress.

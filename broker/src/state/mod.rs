@@ -106,6 +106,9 @@ pub const REDRIVE_BATCHES: TableDefinition<(&str, u64), &[u8]> =
 /// The next re-drive sequence number of each agent.
 pub const REDRIVE_SEQS: TableDefinition<&str, u64> = TableDefinition::new("redrive_seqs");
 
+/// Data-quality checks, by event type ([`crate::dq::Checks`]).
+pub const DQ_CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("dq_checks");
+
 /// API tokens, by the SHA-256 of the token ([`crate::auth::TokenRecord`]).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Agents and their certificates, by agent id ([`crate::auth::agents::AgentRecord`]).
