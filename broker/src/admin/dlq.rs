@@ -12,16 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::Admin;
+use super::{Admin, error};
 use crate::dlq::{DlqError, Filter};
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": msg.to_string() })),
-    )
-        .into_response()
-}
 
 fn dlq_error(e: DlqError) -> Response {
     match e {

@@ -8,16 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::Admin;
+use super::{Admin, error};
 use crate::dq::Checks;
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": msg.to_string() })),
-    )
-        .into_response()
-}
 
 /// `GET /v1/dq`.
 pub(super) async fn list(State(a): State<Arc<Admin>>) -> Response {

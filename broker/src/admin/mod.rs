@@ -125,6 +125,15 @@ struct ReadQuery {
     topic: Option<String>,
 }
 
+/// An error answer: `status` with `{"error": msg}`.
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": msg.to_string() })),
+    )
+        .into_response()
+}
+
 fn bad_request(msg: String) -> Response {
     (
         StatusCode::BAD_REQUEST,

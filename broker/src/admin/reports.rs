@@ -10,21 +10,13 @@ use axum::response::{IntoResponse, Response};
 use runnel_client::api::{ReportInfo, RunAccepted, RunRequest};
 use serde::Deserialize;
 
-use super::{Admin, access, bad_request};
+use super::{Admin, access, bad_request, error};
 use crate::auth::{Principal, Scope};
 use crate::reports::queue::ReportRecord;
 use crate::reports::{self, Definition, NewRun, QueueError, Reports, Runner};
 
 /// Longest `Idempotency-Key`.
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": msg.to_string() })),
-    )
-        .into_response()
-}
 
 fn queue_error(e: QueueError) -> Response {
     let status = match &e {

@@ -17,16 +17,8 @@ use runnel_client::api::{
     SchemaCheck, SchemaInfo, SchemaMode, SchemaRegistered, SchemaVersionInfo, SchemaViolation,
 };
 
-use super::Admin;
+use super::{Admin, error};
 use crate::schemas::{CheckOutcome, Mode, Registry, SchemaError, SchemaRecord};
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": msg.to_string() })),
-    )
-        .into_response()
-}
 
 fn schema_error(event_type: &str, e: SchemaError) -> Response {
     match e {

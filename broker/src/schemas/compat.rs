@@ -1300,18 +1300,7 @@ fn objects(cx: &mut Cx, a: &Objects, b: &Objects, depth: usize) {
                     if b.open() {
                         cx.add(PROPERTY_REMOVED_FROM_OPEN_CONTENT_MODEL, String::new());
                     } else if let Some(p) = b.partial(name) {
-                        let mut sub = cx.sub();
-                        compare(&mut sub, x, p, depth + 1);
-                        let ok = sub.compatible();
-                        cx.diffs.extend(sub.diffs);
-                        cx.add(
-                            if ok {
-                                PROPERTY_REMOVED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            } else {
-                                PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            },
-                            String::new(),
-                        );
+                        covered(cx, (x, p), depth, [PROPERTY_REMOVED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL, PROPERTY_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL]);
                     } else if matches!(x.body, Body::False) {
                         cx.add(PROPERTY_WITH_FALSE_REMOVED_FROM_CLOSED_CONTENT_MODEL, String::new());
                     } else {
@@ -1334,18 +1323,7 @@ fn objects(cx: &mut Cx, a: &Objects, b: &Objects, depth: usize) {
                         return;
                     }
                     if let Some(p) = a.partial(name) {
-                        let mut sub = cx.sub();
-                        compare(&mut sub, p, y, depth + 1);
-                        let ok = sub.compatible();
-                        cx.diffs.extend(sub.diffs);
-                        cx.add(
-                            if ok {
-                                PROPERTY_ADDED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            } else {
-                                PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            },
-                            String::new(),
-                        );
+                        covered(cx, (p, y), depth, [PROPERTY_ADDED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL, PROPERTY_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL]);
                     }
                     if b.required.contains(name) {
                         if y.default.is_some() {
@@ -1434,17 +1412,14 @@ fn arrays(cx: &mut Cx, a: &Arrays, b: &Arrays, depth: usize) {
                     if b.open() {
                         cx.add(ITEM_REMOVED_FROM_OPEN_CONTENT_MODEL, String::new());
                     } else if let Some(p) = &b.additional {
-                        let mut sub = cx.sub();
-                        compare(&mut sub, x, p, depth + 1);
-                        let ok = sub.compatible();
-                        cx.diffs.extend(sub.diffs);
-                        cx.add(
-                            if ok {
-                                ITEM_REMOVED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            } else {
-                                ITEM_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            },
-                            String::new(),
+                        covered(
+                            cx,
+                            (x, p),
+                            depth,
+                            [
+                                ITEM_REMOVED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL,
+                                ITEM_REMOVED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL,
+                            ],
                         );
                     } else {
                         cx.add(ITEM_REMOVED_FROM_CLOSED_CONTENT_MODEL, String::new());
@@ -1461,17 +1436,14 @@ fn arrays(cx: &mut Cx, a: &Arrays, b: &Arrays, depth: usize) {
                             cx.add(ITEM_ADDED_TO_OPEN_CONTENT_MODEL, String::new());
                         }
                     } else if let Some(p) = &a.additional {
-                        let mut sub = cx.sub();
-                        compare(&mut sub, p, y, depth + 1);
-                        let ok = sub.compatible();
-                        cx.diffs.extend(sub.diffs);
-                        cx.add(
-                            if ok {
-                                ITEM_ADDED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            } else {
-                                ITEM_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL
-                            },
-                            String::new(),
+                        covered(
+                            cx,
+                            (p, y),
+                            depth,
+                            [
+                                ITEM_ADDED_IS_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL,
+                                ITEM_ADDED_NOT_COVERED_BY_PARTIALLY_OPEN_CONTENT_MODEL,
+                            ],
                         );
                     } else {
                         cx.add(ITEM_ADDED_TO_CLOSED_CONTENT_MODEL, String::new());
@@ -1481,6 +1453,17 @@ fn arrays(cx: &mut Cx, a: &Arrays, b: &Arrays, depth: usize) {
             }
         });
     }
+}
+
+/// A property or item added or removed where a partly open model's schema covers it:
+/// whether `from` → `to` is compatible decides between `rules` (covered, not covered); the
+/// comparison's own differences are kept.
+fn covered(cx: &mut Cx, (from, to): (&Node, &Node), depth: usize, rules: [Rule; 2]) {
+    let mut sub = cx.sub();
+    compare(&mut sub, from, to, depth + 1);
+    let ok = sub.compatible();
+    cx.diffs.extend(sub.diffs);
+    cx.add(if ok { rules[0] } else { rules[1] }, String::new());
 }
 
 /// A JSON pointer token (`~` and `/` escaped).
