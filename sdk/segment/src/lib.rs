@@ -43,6 +43,15 @@
 //! before them, which makes a time index ([`LogReader::offset_for_time`]). Every record's length,
 //! CRC and offset are checked again when it is read back.
 //!
+//! ## Rewrite
+//! A record's bytes may have to go (an erasure removes a user's events). The log is otherwise
+//! append-only, so [`LogReader::rewrite_sealed`] replaces a whole sealed segment: every record
+//! keeps its offsets, count and timestamp and may get a new payload; the copy is written to
+//! `NAME.seg.rewrite`, fsynced and renamed over the segment, and the index file is written
+//! again. [`SegmentLog::seal`] seals the active segment first when its records must be covered
+//! too. A crash leaves either the old segment or the new one; the next open removes an
+//! unfinished copy.
+//!
 //! ## Recovery
 //! [`SegmentLog::open`] scans every segment in offset order and rebuilds the indexes. With
 //! [`LogOptions::trust_sealed_indexes`] it scans only the last (active) segment and takes each
@@ -65,7 +74,8 @@ pub mod fault;
 pub mod storage;
 
 pub use log::{
-    LogError, LogOptions, LogReader, LogStats, RecoveryReport, SegmentLog, StoredRecord,
+    LogError, LogOptions, LogReader, LogStats, RecoveryReport, Rewrite, SegmentLog, SegmentSummary,
+    StoredRecord,
 };
 pub use record::{
     Decoded, RECORD_HEADER_BYTES, RecordFault, RecordHeader, SEGMENT_HEADER_BYTES, decode_record,

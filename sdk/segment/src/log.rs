@@ -4,7 +4,7 @@
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::index::SegmentIndex;
 use crate::record::{
@@ -123,6 +123,34 @@ pub struct LogStats {
     pub end_offset: u64,
 }
 
+/// A sealed segment, as [`LogReader::sealed_segments`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Its first offset (its name).
+    pub base: u64,
+    /// One past its last offset.
+    pub end_offset: u64,
+    /// Its bytes.
+    pub bytes: u64,
+    /// Its records.
+    pub records: u64,
+    /// Its largest record timestamp (`i64::MIN` if it holds none).
+    pub max_ts: i64,
+}
+
+/// What [`LogReader::rewrite_sealed`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Records in the segment.
+    pub records: u64,
+    /// Records given a new payload.
+    pub changed: u64,
+    /// The segment's bytes before.
+    pub bytes_before: u64,
+    /// Its bytes after.
+    pub bytes_after: u64,
+}
+
 /// A record read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
@@ -218,6 +246,9 @@ struct Shared {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
     segments: RwLock<Vec<SegmentInfo>>,
+    index_interval_bytes: u64,
+    /// Held for the whole of a [`LogReader::rewrite_sealed`]: one rewrite at a time.
+    rewriting: Mutex<()>,
 }
 
 /// Sequential scanning of one segment file's records.
@@ -432,6 +463,7 @@ impl SegmentLog {
             }
         }
         remove_orphan_indexes(&*storage, dir, &segments);
+        remove_unfinished_rewrites(&*storage, dir);
 
         let mut next_offset = segments
             .last()
@@ -467,6 +499,8 @@ impl SegmentLog {
             storage: storage.clone(),
             dir: dir.to_path_buf(),
             segments: RwLock::new(segments),
+            index_interval_bytes: opts.index_interval_bytes,
+            rewriting: Mutex::new(()),
         });
         let log = Self {
             storage,
@@ -600,6 +634,18 @@ impl SegmentLog {
             dir: self.shared.dir.clone(),
             reason,
         }
+    }
+
+    /// Seals the active segment, if it holds any record, and starts a new one, so every record
+    /// appended so far lies in a sealed segment (which [`LogReader::rewrite_sealed`] can
+    /// rewrite). Returns whether it sealed one.
+    pub fn seal(&mut self) -> Result<bool, LogError> {
+        self.check_poisoned()?;
+        if self.active_len <= SEGMENT_HEADER_BYTES as u64 {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
     }
 
     /// Seals the active segment (durably) and starts a new one at `next_offset`.
@@ -743,6 +789,24 @@ fn write_index(storage: &dyn Storage, info: &SegmentInfo, if_changed: bool) {
         return;
     }
     let _ = storage.write_atomic(&path, &bytes);
+}
+
+/// The file a rewrite of the segment at `path` is written to before it replaces the segment.
+fn rewrite_path(path: &Path) -> PathBuf {
+    path.with_extension("seg.rewrite")
+}
+
+/// Removes the files of rewrites a crash interrupted before their swap: the segment they were
+/// to replace is still there, unchanged, and the caller rewrites it again.
+fn remove_unfinished_rewrites(storage: &dyn Storage, dir: &Path) {
+    let Ok(files) = storage.list_dir(dir) else {
+        return;
+    };
+    for p in files {
+        if parse_name(&p, ".seg.rewrite").is_some() {
+            let _ = storage.remove_file(&p);
+        }
+    }
 }
 
 /// Removes index files whose segment is gone (deleted or quarantined before its index was).
@@ -892,6 +956,79 @@ fn recover_segment(
     Ok(Some(info))
 }
 
+/// A segment file being written by [`LogReader::rewrite_sealed`], indexed as appends index.
+struct SegmentCopy {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    frame: Vec<u8>,
+    len: u64,
+    index: Vec<IndexEntry>,
+    last_index_pos: u64,
+    max_ts: i64,
+    index_interval_bytes: u64,
+}
+
+impl SegmentCopy {
+    fn create(
+        storage: &dyn Storage,
+        path: &Path,
+        index_interval_bytes: u64,
+    ) -> Result<Self, LogError> {
+        let mut file = storage
+            .open_writable(path, true)
+            .map_err(io_err("create rewrite", path))?;
+        file.set_len(0).map_err(io_err("truncate rewrite", path))?;
+        file.append(&segment_header())
+            .map_err(io_err("write segment header", path))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            frame: Vec::new(),
+            len: SEGMENT_HEADER_BYTES as u64,
+            index: Vec::new(),
+            last_index_pos: 0,
+            max_ts: i64::MIN,
+            index_interval_bytes,
+        })
+    }
+
+    fn push(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<(), LogError> {
+        self.frame.clear();
+        encode_record(
+            &mut self.frame,
+            header.base_offset,
+            header.count,
+            header.ts_ms,
+            payload,
+        );
+        self.file
+            .append(&self.frame)
+            .map_err(io_err("write rewrite", &self.path))?;
+        let pos = self.len;
+        if pos == SEGMENT_HEADER_BYTES as u64
+            || pos - self.last_index_pos >= self.index_interval_bytes
+        {
+            self.index.push(IndexEntry {
+                offset: header.base_offset,
+                pos,
+                max_ts_before: self.max_ts,
+            });
+            self.last_index_pos = pos;
+        }
+        self.len += self.frame.len() as u64;
+        self.max_ts = self.max_ts.max(header.ts_ms);
+        Ok(())
+    }
+
+    /// Makes the copy durable.
+    fn finish(mut self) -> Result<Self, LogError> {
+        self.file
+            .sync_data()
+            .map_err(io_err("fsync rewrite", &self.path))?;
+        Ok(self)
+    }
+}
+
 /// The part of one segment a read will scan.
 struct ScanPlan {
     file: Arc<dyn ReadableFile>,
@@ -950,6 +1087,154 @@ impl LogReader {
             .iter()
             .take_while(|s| s.end_offset <= offset)
             .count()
+    }
+
+    /// The sealed segments, oldest first (the active one is never among them).
+    pub fn sealed_segments(&self) -> Vec<SegmentSummary> {
+        let segs = self.shared.segments.read().expect("lock poisoned");
+        segs[..segs.len().saturating_sub(1)]
+            .iter()
+            .map(|s| SegmentSummary {
+                base: s.base,
+                end_offset: s.end_offset,
+                bytes: s.durable_len,
+                records: s.records,
+                max_ts: s.max_ts,
+            })
+            .collect()
+    }
+
+    /// Rewrites the sealed segment that starts at `base`, record by record: `edit` sees each
+    /// record and returns a new payload for it, or `None` to keep it as it is. Every record
+    /// keeps its offsets, count and timestamp, so what readers see at other offsets does not
+    /// change. The new segment is written next to the old one (`NAME.seg.rewrite`), fsynced,
+    /// and renamed over it; readers then see the new file, a read already under way finishes
+    /// on the old one. A crash before the rename leaves the old segment whole (the next open
+    /// removes the unfinished file); after it, the new one. The segment's index file is
+    /// removed before the rename and written again after it, so it never describes the wrong
+    /// file. One rewrite runs at a time.
+    ///
+    /// Returns `Ok(None)` when there is no sealed segment at `base` (deleted by retention, say,
+    /// before or during the rewrite) and a [`Rewrite`] with `changed == 0`, having written
+    /// nothing, when `edit` kept every record. A bad record in the segment fails the rewrite
+    /// with [`LogError::Corrupt`] and leaves it as it was.
+    pub fn rewrite_sealed(
+        &self,
+        base: u64,
+        mut edit: impl FnMut(&RecordHeader, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Option<Rewrite>, LogError> {
+        let _one = self.shared.rewriting.lock().expect("lock poisoned");
+        let (file, path, end) = {
+            let segs = self.shared.segments.read().expect("lock poisoned");
+            let sealed = &segs[..segs.len().saturating_sub(1)];
+            let Some(s) = sealed.iter().find(|s| s.base == base) else {
+                return Ok(None);
+            };
+            (s.file.clone(), s.path.clone(), s.durable_len)
+        };
+        let tmp = rewrite_path(&path);
+        let mut out: Option<SegmentCopy> = None;
+        let mut records = 0u64;
+        let mut changed = 0u64;
+        // Records before the first change are copied once it comes.
+        let mut kept: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
+        let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES as u64, end, RECORD_FORMAT_MAX);
+        let scanned = (|| -> Result<(), LogError> {
+            loop {
+                let (header, payload) = match scanner.next(None).map_err(io_err("read", &path))? {
+                    Scan::Record {
+                        header, payload, ..
+                    } => (header, payload),
+                    Scan::End => return Ok(()),
+                    Scan::Torn { pos } => {
+                        return Err(self.corrupt(path.clone(), pos, RecordFault::Truncated, true));
+                    }
+                    Scan::Fault { pos, fault } => {
+                        return Err(self.corrupt(path.clone(), pos, fault, true));
+                    }
+                };
+                records += 1;
+                let new = edit(&header, payload);
+                changed += u64::from(new.is_some());
+                let copy = match (&mut out, &new) {
+                    (Some(copy), _) => copy,
+                    (None, None) => {
+                        kept.push((header, payload.to_vec()));
+                        continue;
+                    }
+                    (None, Some(_)) => {
+                        let mut copy = SegmentCopy::create(
+                            &*self.shared.storage,
+                            &tmp,
+                            self.shared.index_interval_bytes,
+                        )?;
+                        for (h, p) in kept.drain(..) {
+                            copy.push(&h, &p)?;
+                        }
+                        out.insert(copy)
+                    }
+                };
+                copy.push(&header, new.as_deref().unwrap_or(payload))?;
+            }
+        })();
+        let Some(copy) = out else {
+            if let Err(e) = scanned {
+                // The copy may have failed while it was being created.
+                let _ = self.shared.storage.remove_file(&tmp);
+                return Err(e);
+            }
+            return Ok(Some(Rewrite {
+                records,
+                changed,
+                bytes_before: end,
+                bytes_after: end,
+            }));
+        };
+        let storage = &*self.shared.storage;
+        let copy = match scanned.and_then(|()| copy.finish()) {
+            Ok(copy) => copy,
+            Err(e) => {
+                let _ = storage.remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let readable: Arc<dyn ReadableFile> =
+            Arc::from(storage.open_readable(&tmp).map_err(io_err("open", &tmp))?);
+        let _ = storage.remove_file(&index_path(&path));
+        let index = {
+            let mut segs = self.shared.segments.write().expect("lock poisoned");
+            let active = segs.len().saturating_sub(1);
+            let Some(s) = segs[..active].iter_mut().find(|s| s.base == base) else {
+                drop(segs);
+                let _ = storage.remove_file(&tmp);
+                return Ok(None);
+            };
+            if let Err(source) = storage.rename(&tmp, &path) {
+                drop(segs);
+                let _ = storage.remove_file(&tmp);
+                return Err(LogError::Io {
+                    op: "rename rewrite",
+                    path,
+                    source,
+                });
+            }
+            s.file = readable;
+            s.durable_len = copy.len;
+            s.index = copy.index;
+            s.max_ts = copy.max_ts;
+            s.records = records;
+            s.to_index()
+        };
+        storage
+            .sync_dir(&self.shared.dir)
+            .map_err(io_err("fsync directory", &self.shared.dir))?;
+        let _ = storage.write_atomic(&index_path(&path), &index.encode());
+        Ok(Some(Rewrite {
+            records,
+            changed,
+            bytes_before: end,
+            bytes_after: copy.len,
+        }))
     }
 
     /// One past the last durable offset.

@@ -600,3 +600,191 @@ fn lowering_record_bytes_max_never_drops_stored_records() {
     // The limit still applies to new appends.
     assert!(log.append(&[3; 3000], 1, 0).is_err());
 }
+
+/// `payload` with every `needle` replaced by as many `#`s, `None` if it holds none.
+fn scrub(payload: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    let mut out = payload.to_vec();
+    let mut hit = false;
+    for i in 0..out.len().saturating_sub(needle.len() - 1) {
+        if out[i..].starts_with(needle) {
+            out[i..i + needle.len()].fill(b'#');
+            hit = true;
+        }
+    }
+    hit.then_some(out)
+}
+
+/// The bytes of every file under `dir`, concatenated.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_rewrite_changes_only_the_edited_records_and_keeps_every_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let (mut log, _) = open(dir.path(), indexed());
+    log.seal().unwrap();
+    let before = view(&log);
+    let reader = log.reader();
+    let sealed = reader.sealed_segments();
+    assert!(sealed.len() >= 4, "{sealed:?}");
+    // record-7 and record-70..79 hold "record-7".
+    let mut rewritten = 0;
+    for s in &sealed {
+        let r = reader
+            .rewrite_sealed(s.base, |_, p| scrub(p, b"record-7"))
+            .unwrap()
+            .expect("sealed segment");
+        assert_eq!(r.records, s.records);
+        if r.changed == 0 {
+            assert_eq!(r.bytes_after, r.bytes_before, "nothing written");
+        }
+        rewritten += r.changed;
+    }
+    assert_eq!(rewritten, 11);
+    assert!(!holds(&all_bytes(dir.path()), b"record-7"));
+    assert!(files_ending(dir.path(), "rewrite").is_empty());
+    let want: Vec<(u64, Vec<u8>)> = before
+        .0
+        .iter()
+        .map(|(o, p)| (*o, scrub(p, b"record-7").unwrap_or_else(|| p.clone())))
+        .collect();
+    assert_eq!(view(&log).0, want);
+    assert_eq!(view(&log).1, before.1, "offsets as before");
+    assert_eq!(reader.sealed_segments().len(), sealed.len());
+    // Reads from the middle find the same records: the index describes the new files.
+    assert_eq!(payloads(&log, 141), want[70..].to_vec());
+    assert_eq!(
+        reader.offset_for_time(71).unwrap(),
+        142,
+        "the time index still holds"
+    );
+    drop(log);
+    for opts in [small(), indexed()] {
+        let (log, report) = open(dir.path(), opts);
+        assert!(report.quarantined_segments.is_empty());
+        assert_eq!(view(&log).0, want);
+    }
+    let (log, report) = open(dir.path(), indexed());
+    assert_eq!(report.indexed_segments, sealed.len(), "every index trusted");
+    assert!(
+        log.reader()
+            .rewrite_sealed(1, |_, _| None)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn the_active_segment_is_rewritten_only_once_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), LogOptions::default());
+    log.append(b"alpha", 1, 1).unwrap();
+    log.sync().unwrap();
+    assert!(log.reader().sealed_segments().is_empty());
+    assert!(
+        log.reader()
+            .rewrite_sealed(0, |_, _| None)
+            .unwrap()
+            .is_none()
+    );
+    assert!(log.seal().unwrap());
+    assert!(
+        !log.seal().unwrap(),
+        "an empty active segment is not sealed"
+    );
+    let r = log
+        .reader()
+        .rewrite_sealed(0, |_, p| scrub(p, b"alpha"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.records, r.changed), (1, 1));
+    assert_eq!(log.append(b"beta", 1, 2).unwrap(), 1);
+    log.sync().unwrap();
+    assert_eq!(
+        payloads(&log, 0),
+        vec![(0, b"#####".to_vec()), (1, b"beta".to_vec())]
+    );
+}
+
+#[test]
+fn a_failed_rewrite_leaves_the_segment_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, faults) = faulty(dir.path());
+    for i in 0..10u64 {
+        log.append(format!("event-{i}").as_bytes(), 1, i as i64)
+            .unwrap();
+    }
+    log.sync().unwrap();
+    log.seal().unwrap();
+    let before = view(&log);
+    let reader = log.reader();
+    faults.set_fail_sync(true);
+    let err = reader
+        .rewrite_sealed(0, |_, p| scrub(p, b"event-3"))
+        .unwrap_err();
+    assert!(err.to_string().contains("fsync rewrite"), "{err}");
+    faults.set_fail_sync(false);
+    faults.tear_next_write();
+    let err = reader
+        .rewrite_sealed(0, |_, p| scrub(p, b"event-3"))
+        .unwrap_err();
+    assert!(err.to_string().contains(".seg.rewrite"), "{err}");
+    assert_eq!(faults.injected(), 2);
+    assert_eq!(view(&log), before);
+    assert!(files_ending(dir.path(), "rewrite").is_empty());
+    // The same rewrite goes through once the disk behaves.
+    let r = reader
+        .rewrite_sealed(0, |_, p| scrub(p, b"event-3"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.changed, 1);
+    assert!(!holds(&all_bytes(dir.path()), b"event-3"));
+}
+
+#[test]
+fn an_unfinished_rewrite_is_removed_at_open_and_the_segment_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let want = view(&open(dir.path(), small()).0);
+    let first = &segment_files(dir.path())[0];
+    // A crash after the copy was written, before its rename.
+    let tmp = first.with_extension("seg.rewrite");
+    std::fs::write(&tmp, b"RUNNELSG half a copy").unwrap();
+    let (log, report) = open(dir.path(), indexed());
+    assert!(report.quarantined_segments.is_empty());
+    assert!(!tmp.exists());
+    assert_eq!(view(&log), want);
+}
+
+#[test]
+fn a_segment_retention_removed_is_not_brought_back_by_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    hundred_records(dir.path());
+    let (mut log, _) = open(dir.path(), indexed());
+    let first = log.reader().sealed_segments()[0];
+    log.delete_before(first.end_offset).unwrap();
+    let r = log
+        .reader()
+        .rewrite_sealed(first.base, |_, p| scrub(p, b"record"))
+        .unwrap();
+    assert!(r.is_none());
+    assert!(
+        !segment_files(dir.path())
+            .iter()
+            .any(|p| p.ends_with(format!("{:020}.seg", first.base)))
+    );
+    assert!(files_ending(dir.path(), "rewrite").is_empty());
+}
