@@ -94,6 +94,10 @@ settings! {
     edge_plugin_memory_bytes_max: usize [usize] = 64 << 20;
     /// Size at which a spool segment is sealed and a new one started, in bytes.
     spool_segment_bytes_max: u64 [u64] = 64 << 20;
+    /// Age at which a spool segment is sealed whatever its size, in ms: only sealed segments
+    /// are deleted once acknowledged, so this bounds how long an event the broker has stays on
+    /// the agent's disk (an erasure's promise, docs/privacy.md).
+    spool_seal_after_ms: u64 [u64] = 600_000;
     /// Scan every sealed spool segment at start (checking each record's CRC) instead of taking
     /// its figures from the index file written when it was sealed. Off, the records are checked
     /// by the dedup rebuild that follows (it reads the whole spool), and a bad one makes the
@@ -181,6 +185,9 @@ impl AgentConfig {
         }
         if self.dedup_window_secs == 0 {
             return fail("dedup_window_secs", "must be at least 1");
+        }
+        if self.spool_seal_after_ms == 0 || i64::try_from(self.spool_seal_after_ms).is_err() {
+            return fail("spool_seal_after_ms", "must be > 0 and fit in 63 bits");
         }
         if self.spool_segment_bytes_max < 64 << 10 {
             return fail("spool_segment_bytes_max", "must be at least 65536");

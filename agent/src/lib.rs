@@ -365,6 +365,7 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
         storage.clone(),
         snapshot_path.clone(),
         cfg.clock_offset_ms,
+        cfg.spool_seal_after_ms as i64,
         shutdown_rx,
     )));
     tracing::info!(%http_addr, agent_id = %identity.agent_id, epoch = spool.epoch(), "agent started");
@@ -380,7 +381,8 @@ pub async fn start(cfg: AgentConfig, storage: Arc<dyn Storage>) -> anyhow::Resul
     })
 }
 
-/// Once a second: age out dedup ids; delete acknowledged spool segments after writing the dedup
+/// Once a second: age out dedup ids; seal the spool's active segment once it is
+/// `spool_seal_after_ms` old; delete acknowledged spool segments after writing the dedup
 /// snapshot that remembers their ids.
 async fn maintenance(
     spool: Spool,
@@ -388,6 +390,7 @@ async fn maintenance(
     storage: Arc<dyn Storage>,
     snapshot_path: std::path::PathBuf,
     clock_offset_ms: i64,
+    seal_after_ms: i64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -404,6 +407,9 @@ async fn maintenance(
         };
         metrics::counter!("runnel_agent_dedup_evicted_early_total").absolute(evicted);
         metrics::gauge!("runnel_agent_spool_bytes").set(spool.bytes() as f64);
+        if let Err(e) = spool.seal_older(seal_after_ms).await {
+            tracing::warn!(error = %e, "sealing the spool's active segment by age failed");
+        }
         // While a request in flight holds ids below the cursor, the snapshot would keep its
         // segments anyway: no snapshot until something can be deleted.
         let floor = dedup.lock().expect("lock poisoned").spool_floor();

@@ -68,6 +68,12 @@ enum Cmd {
         offset: u64,
         reply: oneshot::Sender<Result<(usize, u64), String>>,
     },
+    /// Seal the active segment if its first record is at least `age_ms` old at `now_ms`.
+    SealOlder {
+        age_ms: i64,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 struct State {
@@ -246,6 +252,23 @@ impl Spool {
     /// Deletes segments wholly below the durable cursor and below `keep_from` (records from it on
     /// are still needed, e.g. for ids a dedup snapshot left out); returns (segments, bytes)
     /// removed.
+    /// Seals the active segment once its first record is `age_ms` old (records recovered at
+    /// start count from the start), so that acknowledged events leave the disk within about
+    /// that time even when the segment never fills: only sealed segments are deleted.
+    /// Returns whether it sealed one.
+    pub async fn seal_older(&self, age_ms: i64) -> Result<bool, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::SealOlder {
+                age_ms,
+                now_ms: runnel_event::now_ms(),
+                reply,
+            })
+            .await
+            .map_err(|_| "spool writer stopped".to_string())?;
+        rx.await.map_err(|_| "spool writer stopped".to_string())?
+    }
+
     pub async fn delete_acked(&self, keep_from: u64) -> Result<(usize, u64), String> {
         let (reply, rx) = oneshot::channel();
         let offset = self.acked().min(keep_from);
@@ -265,6 +288,8 @@ fn writer(
     bytes_max: u64,
 ) {
     let mut cmds = Vec::with_capacity(GROUP_COMMIT_MAX);
+    // Records recovered at open are as old as the open, for `SealOlder`.
+    let opened_ms = runnel_event::now_ms();
     while let Some(first) = rx.blocking_recv() {
         cmds.push(first);
         while cmds.len() < GROUP_COMMIT_MAX {
@@ -323,6 +348,20 @@ fn writer(
                         );
                         state.space_freed.notify_waiters();
                     }
+                    let _ = reply.send(result);
+                }
+                Cmd::SealOlder {
+                    age_ms,
+                    now_ms,
+                    reply,
+                } => {
+                    let (held, first) = log.active_since();
+                    let old = held && now_ms.saturating_sub(first.unwrap_or(opened_ms)) >= age_ms;
+                    let result = if old {
+                        log.seal().map_err(|e| e.to_string())
+                    } else {
+                        Ok(false)
+                    };
                     let _ = reply.send(result);
                 }
             }

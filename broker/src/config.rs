@@ -275,6 +275,19 @@ settings! {
     dq_interval_ms: u64 [u64] = 1000;
     /// Events before the end of the log the data-quality checks read at start.
     dq_lookback_events: u64 [u64] = 1_000_000;
+    /// The identity fields an erasure request may name and events are matched by: `user_id`
+    /// (always), `device_id`, `session_id`, `properties.NAME` (repeatable).
+    erasure_identity_fields: Vec<String> [String, repeated] = vec!["user_id".to_string()];
+    /// An erasure request unfinished this long after it was made is late
+    /// (`runnel_erasure_requests_late`), in milliseconds.
+    erasure_deadline_ms: u64 [u64] = 86_400_000;
+    /// How long after a request agents may still ship events they accepted before it: the log
+    /// is erased again by a pass that starts this long after the request, in milliseconds.
+    erasure_spool_grace_ms: u64 [u64] = 300_000;
+    /// How often unfinished erasures are worked on, in milliseconds.
+    erasure_interval_ms: u64 [u64] = 1000;
+    /// Most unfinished erasure requests; another is refused with 503 until one is done.
+    erasure_pending_max: usize [usize] = 10_000;
 }
 
 impl BrokerConfig {
@@ -324,6 +337,38 @@ impl BrokerConfig {
             types_max: positive("schema_types_max", self.schema_types_max)?,
             mode_default,
             unregistered: runnel_schema::Unregistered { default, prefixes },
+        })
+    }
+
+    /// How erasure runs (checked by [`BrokerConfig::validate`]).
+    pub fn erasure_settings(&self) -> Result<crate::erasure::Settings, ConfigError> {
+        let mut fields = vec![crate::erasure::identity::Field::UserId];
+        for f in &self.erasure_identity_fields {
+            let field = f
+                .parse()
+                .map_err(|e: String| ConfigError::new("erasure_identity_fields", e))?;
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+        let ms = |field: &str, v: u64| {
+            i64::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| ConfigError::new(field, "must be > 0 and fit in 63 bits"))
+        };
+        if self.erasure_pending_max == 0 {
+            return Err(ConfigError::new("erasure_pending_max", "must be > 0"));
+        }
+        if self.erasure_interval_ms == 0 {
+            return Err(ConfigError::new("erasure_interval_ms", "must be > 0"));
+        }
+        Ok(crate::erasure::Settings {
+            fields,
+            deadline_ms: ms("erasure_deadline_ms", self.erasure_deadline_ms)?,
+            spool_grace_ms: i64::try_from(self.erasure_spool_grace_ms)
+                .map_err(|_| ConfigError::new("erasure_spool_grace_ms", "must fit in 63 bits"))?,
+            pending_max: self.erasure_pending_max,
         })
     }
 
@@ -641,6 +686,7 @@ impl BrokerConfig {
             return fail("dlq_scan_entries_max", "must be > 0");
         }
         self.dq_checks()?;
+        self.erasure_settings()?;
         if self.dq_interval_ms == 0 {
             return fail("dq_interval_ms", "must be > 0");
         }

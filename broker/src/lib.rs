@@ -16,6 +16,7 @@
 //! | [`reports`] | report definitions, their durable run queue, schedules, outputs and webhooks |
 //! | [`dlq`] | dead letters listed with filters and re-driven into the pipeline once each |
 //! | [`dq`] | data-quality alarms per event type (volume, freshness, completeness) computed over the log |
+//! | [`erasure`] | a user's events removed from the log and the side topics, rewritten in place, with an audit of keyed hashes |
 //! | [`schemas`] | the schema registry: versions per event type, compatibility modes, the document agents validate with |
 //! | [`auth`] | API tokens and their roles, the agents' certificates: enrollment, revocation |
 //! | [`admin`] | the admin HTTP API, a thin layer over the others |
@@ -31,6 +32,7 @@ pub mod backfill;
 pub mod config;
 pub mod dlq;
 pub mod dq;
+pub mod erasure;
 pub mod ingest;
 pub mod log;
 pub mod pipeline;
@@ -190,6 +192,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         None
     };
     let (enriched_writer, enriched_source) = enriched.unzip();
+    let enriched_reader = enriched_source.as_ref().map(|s| s.reader.clone());
     let isolation = pipeline::Isolation {
         calls_max: cfg.plugin_isolation_calls_max,
         time_max: std::time::Duration::from_millis(cfg.plugin_isolation_time_ms),
@@ -289,6 +292,24 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         cfg.dq_lookback_events,
         shutdown_rx.clone(),
     )));
+    let erasures = erasure::Erasures::open(
+        registry.database(),
+        &reports::secret_file(&cfg.data_dir.join("erasure").join("key"))?,
+        cfg.erasure_settings()?,
+    )
+    .map_err(|e| anyhow::anyhow!("erasures: {e:#}"))?;
+    tasks.push(tokio::spawn(erasure::run::run(
+        erasures.clone(),
+        erasure::run::Stores {
+            log: log.clone(),
+            pipeline: pipeline.shared.clone(),
+            dead_letters: dead_letters_reader.clone(),
+            late_events: late_events_reader.clone(),
+            enriched: enriched_reader,
+        },
+        std::time::Duration::from_millis(cfg.erasure_interval_ms),
+        shutdown_rx.clone(),
+    )));
     let schemas = schemas::Registry::open(registry.database(), cfg.schema_settings()?)
         .map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
     tasks.push(tokio::spawn(ingest::quic::serve(
@@ -315,6 +336,7 @@ pub async fn start(cfg: BrokerConfig, storage: Arc<dyn Storage>) -> anyhow::Resu
         schemas: schemas.clone(),
         dlq,
         dq,
+        erasures,
         runtime: runtime.clone(),
         pipeline: pipeline.shared.clone(),
         backfill: backfill_progress.clone(),

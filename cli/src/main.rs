@@ -9,6 +9,7 @@ mod archive;
 mod dev;
 mod dlq;
 mod dq;
+mod erase;
 mod log;
 mod plugin;
 mod query;
@@ -101,6 +102,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: dq::DqCmd,
     },
+    /// Erase a user's events from the broker's stores (or print the requests: --status).
+    Erase(erase::EraseArgs),
     /// Schemas: register JSON Schemas per event type, check one, set compatibility modes.
     Schema {
         #[command(subcommand)]
@@ -201,6 +204,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Schema { cmd } => block_on(schema::run(cmd)),
         Cmd::Dlq { cmd } => block_on(dlq::run(cmd)),
         Cmd::Dq { cmd } => block_on(dq::run(cmd)),
+        Cmd::Erase(args) => block_on(erase::run(args)),
     }
 }
 

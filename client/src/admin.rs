@@ -4,8 +4,8 @@ use std::io::Write;
 
 use crate::Error;
 use crate::api::{
-    AggInfo, Deploy, LogStats, PluginInfo, ReportInfo, ReportRun, RowRange, RunAccepted,
-    RunRequest, SchemaCheck, SchemaInfo, SchemaMode, SchemaRegistered,
+    AggInfo, Deploy, ErasureStatus, LogStats, PluginInfo, ReportInfo, ReportRun, RowRange,
+    RunAccepted, RunRequest, SchemaCheck, SchemaInfo, SchemaMode, SchemaRegistered,
 };
 
 /// A client of one broker's admin API (`http://ADDR`).
@@ -305,6 +305,28 @@ impl Admin {
     ) -> Result<serde_json::Value, Error> {
         let url = format!("{}/v1/dlq/redrive", self.base);
         self.json(self.http.post(url).json(filter)).await
+    }
+
+    /// `POST /v1/erasures`: erases the events of the identity `values` (field → value, e.g.
+    /// `user_id`); answers once the request is durable.
+    pub async fn erase(
+        &self,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> Result<ErasureStatus, Error> {
+        let url = format!("{}/v1/erasures", self.base);
+        self.json(self.http.post(url).json(values)).await
+    }
+
+    /// `GET /v1/erasures`: every erasure request, oldest first.
+    pub async fn erasures(&self) -> Result<Vec<ErasureStatus>, Error> {
+        self.json(self.http.get(format!("{}/v1/erasures", self.base)))
+            .await
+    }
+
+    /// `GET /v1/erasures/ID`.
+    pub async fn erasure(&self, id: u64) -> Result<ErasureStatus, Error> {
+        self.json(self.http.get(format!("{}/v1/erasures/{id}", self.base)))
+            .await
     }
 
     /// `GET /v1/dq`: every checked event type with each check's state.

@@ -607,3 +607,66 @@ pub struct SchemaMode {
     /// `FULL_TRANSITIVE` or `NONE`.
     pub mode: String,
 }
+
+/// `GET /v1/erasures/ID` (and the `202` of `POST /v1/erasures`): one erasure request, its
+/// progress in every store and its audit. It holds no identity value, only keyed hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureStatus {
+    /// Its id.
+    pub id: u64,
+    /// `running`, `late` (unfinished past its deadline) or `done`.
+    pub state: String,
+    /// When it was made (RFC 3339).
+    pub created: String,
+    /// When it is late (RFC 3339).
+    pub deadline: String,
+    /// When every store had finished (RFC 3339).
+    pub finished: Option<String>,
+    /// Whom it erases: each identity field with the keyed hash of its value.
+    pub identity: Vec<ErasureIdentity>,
+    /// Each store's progress.
+    pub stores: Vec<ErasureStore>,
+}
+
+/// An identity value of an erasure, as kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureIdentity {
+    /// `user_id`, `device_id`, `session_id` or `properties.NAME`.
+    pub field: String,
+    /// HMAC-SHA256 of `FIELD 0x00 VALUE` under the broker's erasure key, hex.
+    pub hash: String,
+}
+
+/// One store's progress on an erasure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureStore {
+    /// `log`, `dead_letters`, `late_events` or `enriched`.
+    pub store: String,
+    /// `running` or `done`.
+    pub state: String,
+    /// When it finished (RFC 3339).
+    pub finished: Option<String>,
+    /// The store's offset below which it is clean of the request.
+    pub clean_below: u64,
+    /// The segments it rewrote.
+    pub rewritten: Vec<ErasureRewrite>,
+    /// Records it could not read, so could not check.
+    pub unreadable: u64,
+}
+
+/// One segment a store rewrote for an erasure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasureRewrite {
+    /// The segment (its first offset, its file name).
+    pub segment: u64,
+    /// Events (or entries) of the request's erased in it.
+    pub entries: u64,
+    /// Its bytes before.
+    pub bytes_before: u64,
+    /// Its bytes after.
+    pub bytes_after: u64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Counted and about to be rewritten (a pass is at it, or was when the broker stopped).
+    pub pending: bool,
+}

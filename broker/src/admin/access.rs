@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde::Deserialize;
 
-use super::{Admin, dlq, dq, reports, schemas};
+use super::{Admin, dlq, dq, erasures, reports, schemas};
 use crate::auth::{AuthError, Principal, Role};
 
 /// A `tenant=` query parameter, checked; the error names the parameter.
@@ -183,6 +183,9 @@ fn table() -> Vec<(Route, Handler)> {
         r("GET", "/v1/dlq", READER, get(dlq::list)),
         r("GET", "/v1/dlq/{id}", READER, get(dlq::show)),
         r("POST", "/v1/dlq/redrive", DEPLOYER, post(dlq::redrive)),
+        r("POST", "/v1/erasures", ADMIN, post(erasures::request)),
+        r("GET", "/v1/erasures", ADMIN, get(erasures::list)),
+        r("GET", "/v1/erasures/{id}", ADMIN, get(erasures::show)),
         r("GET", "/v1/dq", READER, get(dq::list)),
         r("PUT", "/v1/dq/{event_type}", DEPLOYER, put(dq::set)),
         r(

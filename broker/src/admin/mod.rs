@@ -19,6 +19,7 @@
 //! - `POST /v1/plugins/NAME/pause`, `POST /v1/plugins/NAME/resume`, `DELETE /v1/plugins/NAME`.
 //! - `/v1/reports…`: report definitions, runs and outputs ([`reports`], `docs/reports.md`).
 //! - `/v1/tokens…`, `/v1/agents…`: API tokens and agent certificates ([`access`]).
+//! - `/v1/erasures…`: erasure requests and their audit ([`erasures`], `docs/privacy.md`).
 //! - `/metrics` (Prometheus), `/livez`, `/readyz`.
 //!
 //! Every route declares who may call it ([`Access`]) where it is added to the router, and the
@@ -30,6 +31,7 @@
 mod access;
 mod dlq;
 mod dq;
+mod erasures;
 mod reports;
 mod schemas;
 
@@ -63,6 +65,8 @@ pub struct Admin {
     pub dlq: crate::dlq::Dlq,
     /// The data-quality checks.
     pub dq: crate::dq::Dq,
+    /// The erasure requests.
+    pub erasures: crate::erasure::Erasures,
     /// The plugin runtime (deploys are test-loaded in it).
     pub runtime: runnel_host::Runtime,
     /// The pipeline's progress.

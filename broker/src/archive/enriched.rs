@@ -131,12 +131,17 @@ fn events_of(
     let mut wanted = record.offsets().peekable();
     let mut k = 0usize;
     let mut found = 0u64;
-    log.walk_events(record.from, (record.next - record.from) as usize, |w| {
+    log.walk_events_with_erased(record.from, (record.next - record.from) as usize, |w| {
         while wanted.next_if(|o| *o < w.offset).is_some() {}
         if wanted.next_if_eq(&w.offset).is_none() {
             return;
         }
         found += 1;
+        if w.event.is_erased() {
+            // An erasure took it: no row, whatever the record holds for it.
+            k += 1;
+            return;
+        }
         match &changed {
             Some(view) if k < view.len() => {
                 f(&view.event(k), w.offset, &w.batch.agent_id, &w.batch.host)

@@ -283,6 +283,8 @@ impl Dlq {
         let mut bad = None;
         crate::topics::read_entries(reader, 0, self.scan_max, |bytes| {
             match serde_json::from_slice::<Value>(bytes) {
+                // What an erasure left is no dead letter any more.
+                Ok(e) if e.get("erased").is_some() => {}
                 Ok(e) => {
                     let mut e = normalize(e, topic);
                     if filter.matches(&e) {

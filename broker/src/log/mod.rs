@@ -28,6 +28,7 @@
 //! May call: nothing else of the broker (it is the bottom of the broker's stack).
 
 mod checkpoint;
+pub mod erase;
 pub mod producers;
 pub mod walk;
 mod writer;
@@ -47,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use checkpoint::{Checkpoint, Checkpointer};
 use producers::Producers;
-use walk::{ReadSize, walk};
+use walk::{ReadSize, walk, walk_with_erased};
 use writer::{Append, Request, Retire};
 
 /// A batch that passed every check, ready for the writer.
@@ -515,12 +516,15 @@ fn scan(
         records: 256,
         bytes: 32 << 20,
     };
-    walk(reader, from, size, |e| {
+    walk_with_erased(reader, from, size, |e| {
         if e.offset == e.record {
             scanned += 1;
             let b = e.batch;
             let end = b.first_seq.to_native() + b.chunks.len() as u64;
             producers.advance(&b.agent_id, b.epoch.to_native(), end);
+        }
+        if e.event.is_erased() {
+            return ControlFlow::Continue(());
         }
         counts.events += 1;
         match counts.by_type.get_mut(e.event.event_type.as_str()) {

@@ -6,7 +6,9 @@
 //! the frame and every chunk before appending it, so a record that does not decode here is a
 //! bug or a format this build does not read: it is counted
 //! (`runnel_broker_log_unreadable_records_total{reason}`), logged with its offset, and its
-//! offsets are skipped, so every reader moves past it the same way. Offsets only grow.
+//! offsets are skipped, so every reader moves past it the same way. Offsets only grow. An event
+//! an erasure replaced ([`runnel_event::Event::erased`]) is skipped the same way: its offset is a
+//! gap every reader steps over.
 
 use std::ops::ControlFlow;
 
@@ -75,6 +77,27 @@ pub fn walk(
     reader: &LogReader,
     from: u64,
     size: ReadSize,
+    f: impl FnMut(&Walked<'_>) -> ControlFlow<()>,
+) -> Result<u64, LogError> {
+    walk_events(reader, from, size, false, f)
+}
+
+/// [`walk`], erased events included: for recovery, which must see every record's batch
+/// header (its producer's sequence numbers) whatever an erasure left of its events.
+pub(super) fn walk_with_erased(
+    reader: &LogReader,
+    from: u64,
+    size: ReadSize,
+    f: impl FnMut(&Walked<'_>) -> ControlFlow<()>,
+) -> Result<u64, LogError> {
+    walk_events(reader, from, size, true, f)
+}
+
+fn walk_events(
+    reader: &LogReader,
+    from: u64,
+    size: ReadSize,
+    erased: bool,
     mut f: impl FnMut(&Walked<'_>) -> ControlFlow<()>,
 ) -> Result<u64, LogError> {
     let mut next = from;
@@ -87,7 +110,7 @@ pub fn walk(
             let base = rec.header.base_offset;
             let end = base + u64::from(rec.header.count);
             debug_assert!(end > next, "the reader returned a record before {next}");
-            if let ControlFlow::Break(at) = walk_record(rec, next, &mut f) {
+            if let ControlFlow::Break(at) = walk_record(rec, next, erased, &mut f) {
                 return Ok(at);
             }
             next = next.max(end);
@@ -99,6 +122,7 @@ pub fn walk(
 fn walk_record(
     rec: &StoredRecord,
     from: u64,
+    erased: bool,
     f: &mut impl FnMut(&Walked<'_>) -> ControlFlow<()>,
 ) -> ControlFlow<u64> {
     // Checked against batch_bytes_max when appended, so read whatever the limit is now.
@@ -128,7 +152,8 @@ fn walk_record(
             }
         };
         for event in c.events.iter() {
-            if offset >= from {
+            // An erased event keeps its offset and is seen by no reader.
+            if offset >= from && (erased || !event.is_erased()) {
                 let w = Walked {
                     offset,
                     record: rec.header.base_offset,

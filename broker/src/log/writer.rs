@@ -44,10 +44,27 @@ impl Retire {
     }
 }
 
+/// Seal the active segment, so that every record appended so far is in a sealed one; answers
+/// the offset below which that holds.
+pub(super) struct Seal {
+    pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+impl Seal {
+    fn run(self, log: &mut SegmentLog) {
+        let done = log
+            .seal()
+            .map(|_| log.next_offset())
+            .map_err(|e| e.to_string());
+        let _ = self.reply.send(done);
+    }
+}
+
 /// What the writer is asked.
 pub(super) enum Request {
     Append(Append),
     Retire(Retire),
+    Seal(Seal),
     /// Answer what is queued, then end: sends after this fail ("log writer stopped").
     Stop,
 }
@@ -104,6 +121,10 @@ pub(super) fn writer(
                 r.run(&mut log);
                 continue;
             }
+            Request::Seal(r) => {
+                r.run(&mut log);
+                continue;
+            }
             Request::Stop => {
                 rx.close();
                 continue;
@@ -113,6 +134,7 @@ pub(super) fn writer(
             match rx.try_recv() {
                 Ok(Request::Append(a)) => group.push(a),
                 Ok(Request::Retire(r)) => r.run(&mut log),
+                Ok(Request::Seal(r)) => r.run(&mut log),
                 Ok(Request::Stop) => rx.close(),
                 Err(_) => break,
             }

@@ -200,6 +200,22 @@ pub enum Query {
         /// Answer: done, or why not.
         reply: std::sync::mpsc::Sender<Result<(), String>>,
     },
+    /// Seal the side topics' active segments (an erasure rewrites sealed ones only).
+    SealTopics {
+        /// Answer: each topic's end offset, below which every entry is in a sealed segment.
+        reply: tokio::sync::oneshot::Sender<Result<TopicEnds, String>>,
+    },
+}
+
+/// The side topics' end offsets after [`Query::SealTopics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicEnds {
+    /// `dead_letters`.
+    pub dead_letters: u64,
+    /// `late_events`.
+    pub late_events: u64,
+    /// `enriched` (`None`: the archive is off and there is no such topic).
+    pub enriched: Option<u64>,
 }
 
 /// The [`AggInfo`] of a running aggregator.

@@ -204,8 +204,24 @@ impl Worker {
                     }
                     let _ = reply.send(answer);
                 }
+                Query::SealTopics { reply } => {
+                    let _ = reply.send(self.seal_topics().map_err(|e| e.to_string()));
+                }
             }
         }
+    }
+
+    /// Seals the side topics' active segments.
+    fn seal_topics(&mut self) -> Result<aggregates::TopicEnds, runnel_segment::LogError> {
+        let t = &mut self.topics;
+        Ok(aggregates::TopicEnds {
+            dead_letters: t.dead_letters.seal()?,
+            late_events: t.late_events.seal()?,
+            enriched: match t.enriched.as_mut() {
+                Some(e) => Some(e.writer.seal()?),
+                None => None,
+            },
+        })
     }
 
     /// Swaps a backfilled version in: commits the live progress, folds the events the shadow

@@ -27,6 +27,11 @@
 //! | [`REPORT_DELIVERIES`] | (next attempt, run id) | `()`: the webhook deliveries not yet done | with [`REPORT_RUNS`] |
 //! | [`TOKENS`] | SHA-256 of a token, hex | [`crate::auth::TokenRecord`] (id, role, tenant; never the token) | `token create`, `token revoke`; the first start |
 //! | [`AGENTS`] | agent id | [`crate::auth::agents::AgentRecord`] (tenant, certificates, revocations) | `agent enroll`, `agent revoke`; a connection with a certificate not seen before |
+//! | [`SCHEMAS`] | event type | [`crate::schemas`]' versions of its schema | `schema register` |
+//! | [`SCHEMA_SETTINGS`] | `generation`, `default_mode`, mode per type | the registry's settings | `schema register`, `schema mode` |
+//! | [`REDRIVES`], [`REDRIVE_BATCHES`], [`REDRIVE_SEQS`] | dead-letter id; (agent, batch); agent | [`crate::dlq`]'s marks and pending batches | `dlq redrive` |
+//! | [`DQ_CHECKS`] | event type | [`crate::dq::Checks`] | `dq set`, `dq remove`; the config at start |
+//! | [`ERASURES`] | request id | [`crate::erasure::Request`] (keyed hashes of the identity, each store's progress and rewrites) | `erase`; the erasure passes |
 //!
 //! **Versioned values**: a record ([`PLUGINS`], [`STATS`], [`AGG_META`]) is stored as one
 //! version byte ([`VALUE_VERSION`]) then its JSON; one written before versions (plain JSON,
@@ -108,6 +113,10 @@ pub const REDRIVE_SEQS: TableDefinition<&str, u64> = TableDefinition::new("redri
 
 /// Data-quality checks, by event type ([`crate::dq::Checks`]).
 pub const DQ_CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("dq_checks");
+
+/// Erasure requests and their audit, by id ([`crate::erasure::Request`]: keyed hashes of the
+/// identity values, never the values).
+pub const ERASURES: TableDefinition<u64, &[u8]> = TableDefinition::new("erasures");
 
 /// API tokens, by the SHA-256 of the token ([`crate::auth::TokenRecord`]).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");

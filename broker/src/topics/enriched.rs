@@ -111,6 +111,37 @@ impl Record {
         Ok(Self::new(offsets, self.chain, events))
     }
 
+    /// The record with its events at `offsets` emptied (an erasure's: they are gone from
+    /// the log); `None` when it holds none of them, or holds the log's events (nothing of
+    /// them is in the record). Positions stay, so the record still has one event per offset.
+    pub fn erased(
+        &self,
+        offsets: &std::collections::BTreeSet<u64>,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(bytes) = &self.events else {
+            return Ok(None);
+        };
+        let view = runnel_batch::BatchView::new(bytes)?;
+        let mut w = runnel_batch::BatchWriter::with_capacity(view.len(), 256);
+        let mut changed = false;
+        for (i, o) in self.offsets().enumerate() {
+            if i >= view.len() {
+                break;
+            }
+            let ev = view.event(i);
+            if offsets.contains(&o) && !ev.event_type().is_empty() {
+                w.push(0, 0, 0, [None; 8]);
+                changed = true;
+            } else {
+                w.push_ref(&ev);
+            }
+        }
+        Ok(changed.then(|| Self {
+            events: Some(w.finish()),
+            ..self.clone()
+        }))
+    }
+
     /// Its size as stored.
     pub fn encoded_len(&self) -> usize {
         30 + self.chain.len() + self.runs.len() * 12 + self.events.as_ref().map_or(0, Vec::len)

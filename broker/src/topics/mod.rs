@@ -127,6 +127,15 @@ impl TopicWriter {
         self.log.delete_before(offset)
     }
 
+    /// Makes the appended entries durable and seals the active segment (when it holds
+    /// entries); returns the topic's end offset, below which every entry is in a sealed
+    /// segment.
+    pub fn seal(&mut self) -> Result<u64, LogError> {
+        self.sync()?;
+        self.log.seal()?;
+        Ok(self.log.next_offset())
+    }
+
     /// Makes the appended entries durable. After a failure the log is poisoned (every later
     /// append and sync fails) and nothing appended since the last good sync counts as written.
     pub fn sync(&mut self) -> Result<(), LogError> {
@@ -137,6 +146,38 @@ impl TopicWriter {
         self.pending_high = None;
         result
     }
+}
+
+/// What an erasure leaves of an entry whose event it selected: its source offset (the topic's
+/// replay skips by it) and `"erased": true`.
+pub fn erased_entry(source_offset: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "source_offset": source_offset,
+        "erased": true,
+        "entry_version": entries::ENTRY_VERSION,
+    }))
+    .expect("serializing to memory")
+}
+
+/// Rewrites the sealed segment at `base` of a topic of JSON entries, each entry whose `event`
+/// `erase` selects replaced by [`erased_entry`]; returns the rewrite and the entries replaced,
+/// `None` when the segment is gone. Blocking.
+pub fn erase_in_segment(
+    reader: &LogReader,
+    base: u64,
+    erase: &dyn Fn(&serde_json::Value) -> bool,
+) -> Result<Option<(runnel_segment::Rewrite, u64)>, LogError> {
+    let mut entries = 0u64;
+    let rewrite = reader.rewrite_sealed(base, |_, payload| {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        if v.get("erased").is_some() || !erase(v.get("event")?) {
+            return None;
+        }
+        let source_offset = v.get("source_offset")?.as_u64()?;
+        entries += 1;
+        Some(erased_entry(source_offset))
+    })?;
+    Ok(rewrite.map(|r| (r, entries)))
 }
 
 /// Calls `f` with the entries from offset `from`, each as a JSON object that starts with its

@@ -74,6 +74,35 @@ pub struct Event {
     pub properties: Option<String>,
 }
 
+impl Event {
+    /// What an erasure leaves in the place of an event in the broker's log: every field empty,
+    /// so its offset stays taken (other events keep theirs) and nothing of it remains. No
+    /// accepted event looks like this (an `event_type` is never empty); readers of the log skip
+    /// it ([`ArchivedEvent::is_erased`]).
+    pub fn erased() -> Self {
+        Self {
+            event_id: String::new(),
+            event_type: String::new(),
+            timestamp_ms: 0,
+            received_at_ms: 0,
+            schema_version: 0,
+            user_id: None,
+            session_id: None,
+            device_id: None,
+            platform: None,
+            app_version: None,
+            properties: None,
+        }
+    }
+}
+
+impl ArchivedEvent {
+    /// Whether this is what an erasure left ([`Event::erased`]).
+    pub fn is_erased(&self) -> bool {
+        self.event_type.is_empty()
+    }
+}
+
 /// Why one event was rejected: the field and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {rule}")]

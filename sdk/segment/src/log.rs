@@ -395,6 +395,8 @@ pub struct SegmentLog {
     pending_records: u64,
     /// Largest timestamp in the active segment, durable or not.
     active_max_ts: i64,
+    /// Timestamp of the active segment's first record appended since open (or roll).
+    active_first_ts: Option<i64>,
     last_index_pos: u64,
     poisoned: Option<String>,
     frame: Vec<u8>,
@@ -513,11 +515,22 @@ impl SegmentLog {
             pending_index: Vec::new(),
             pending_records: 0,
             active_max_ts,
+            active_first_ts: None,
             last_index_pos,
             poisoned: None,
             frame: Vec::new(),
         };
         Ok((log, report))
+    }
+
+    /// Whether the active segment holds records, and the timestamp of the first one appended
+    /// to it since this open (`None` for records recovered at open): what a caller that seals
+    /// by age ([`Self::seal`]) measures from.
+    pub fn active_since(&self) -> (bool, Option<i64>) {
+        (
+            self.active_len > SEGMENT_HEADER_BYTES as u64,
+            self.active_first_ts,
+        )
     }
 
     /// The offset the next append gets.
@@ -589,6 +602,7 @@ impl SegmentLog {
         self.active_len += size;
         self.pending_records += 1;
         self.active_max_ts = self.active_max_ts.max(ts_ms);
+        self.active_first_ts.get_or_insert(ts_ms);
         self.next_offset = base + u64::from(count);
         Ok(base)
     }
@@ -688,6 +702,7 @@ impl SegmentLog {
         self.active_path = path;
         self.active_len = SEGMENT_HEADER_BYTES as u64;
         self.active_max_ts = i64::MIN;
+        self.active_first_ts = None;
         self.last_index_pos = 0;
         Ok(())
     }
