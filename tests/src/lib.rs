@@ -619,6 +619,20 @@ pub async fn post_until_accepted(client: &reqwest::Client, agent_url: &str, body
     }
 }
 
+/// Posts `events` to an agent in order, `per_request` to a request, each retried until it is
+/// accepted (202).
+pub async fn post_events(agent_url: &str, events: &[serde_json::Value], per_request: usize) {
+    let client = reqwest::Client::new();
+    for chunk in events.chunks(per_request) {
+        post_until_accepted(
+            &client,
+            agent_url,
+            serde_json::Value::from(chunk.to_vec()).to_string(),
+        )
+        .await;
+    }
+}
+
 /// Posts generated events to an agent in order, `batch` events per request, retrying each
 /// request until it is accepted (202), waiting `pace` between requests.
 pub async fn post_generated(

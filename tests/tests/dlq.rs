@@ -71,15 +71,7 @@ async fn dead_letters_are_redriven_once_after_the_fix() {
 
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let all: Vec<Value> = (0..EVENTS).map(|i| event(i, &now)).collect();
-    let client = reqwest::Client::new();
-    for chunk in all.chunks(50) {
-        runnel_e2e::post_until_accepted(
-            &client,
-            &p.agent_url,
-            Value::from(chunk.to_vec()).to_string(),
-        )
-        .await;
-    }
+    runnel_e2e::post_events(&p.agent_url, &all, 50).await;
     // What the aggregate must hold once every event is in: a count of what was sent.
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
     for e in &all {

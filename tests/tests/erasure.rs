@@ -140,18 +140,6 @@ fn dead_letters(p: &Pipeline) -> Vec<Value> {
         .collect()
 }
 
-async fn post_all(p: &Pipeline, all: &[Value]) {
-    let client = reqwest::Client::new();
-    for chunk in all.chunks(40) {
-        runnel_e2e::post_until_accepted(
-            &client,
-            &p.agent_url,
-            Value::from(chunk.to_vec()).to_string(),
-        )
-        .await;
-    }
-}
-
 async fn wait_done(p: &Pipeline, id: u64, timeout: Duration) -> runnel_client::api::ErasureStatus {
     let deadline = Instant::now() + timeout;
     loop {
@@ -201,7 +189,7 @@ async fn an_erased_users_bytes_are_gone_from_every_store_and_the_rest_is_kept() 
     ]);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let all = events(N, &now);
-    post_all(&p, &all).await;
+    runnel_e2e::post_events(&p.agent_url, &all, 40).await;
     p.wait_pipeline_caught_up(N as u64, Duration::from_secs(60))
         .await;
     let before = log_offsets(&p);
@@ -324,7 +312,7 @@ async fn a_broker_killed_during_an_erasure_finishes_it_after_restart() {
     p.start().await;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let all = events(N, &now);
-    post_all(&p, &all).await;
+    runnel_e2e::post_events(&p.agent_url, &all, 40).await;
     p.wait_for_records(N as u64, Duration::from_secs(60)).await;
     let before = log_offsets(&p);
     let segments = std::fs::read_dir(p.dir.path().join("broker/log"))

@@ -253,6 +253,13 @@ fn erase_store(
     Ok(())
 }
 
+/// Adds one to the count of each open request `hit` says an entry is of.
+fn tally(counts: &mut [u64], open: &[(usize, Matcher)], hit: impl Fn(&Matcher) -> bool) {
+    for (n, (_, m)) in counts.iter_mut().zip(open) {
+        *n += u64::from(hit(m));
+    }
+}
+
 /// The event log.
 struct LogStore<'a>(&'a BrokerLog);
 
@@ -272,9 +279,7 @@ impl Store for LogStore<'_> {
                 if w.offset >= seg.end_offset {
                     return;
                 }
-                for (k, (_, m)) in open.iter().enumerate() {
-                    counts[k] += u64::from(m.matches_event(w.event));
-                }
+                tally(&mut counts, open, |m| m.matches_event(w.event));
             })
             .map_err(|e| e.to_string())?;
         Ok(counts)
@@ -320,9 +325,7 @@ impl Store for TopicStore<'_> {
                     && v.get("erased").is_none()
                     && let Some(ev) = v.get("event")
                 {
-                    for (k, (_, m)) in open.iter().enumerate() {
-                        counts[k] += u64::from(m.matches_json(ev));
-                    }
+                    tally(&mut counts, open, |m| m.matches_json(ev));
                 }
                 ControlFlow::Continue(())
             })
